@@ -1,0 +1,338 @@
+//! Server settings: the TOML config file format, its documented defaults, and validation into
+//! the runtime `Config`. Paths in the file are relative to the file's own directory.
+//!
+//! It must not read zone or members files; `snapshot` does that.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::health::spec::HealthSettings;
+use crate::zone::name::Name;
+use crate::zone::{Diagnostic, Location};
+
+/// Where `consortium-dns serve` looks when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/consortium-dns.toml";
+
+/// The file format. Every key is optional except the zones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    limits: LimitsSection,
+    /// Health-check defaults for every member (each member may override them).
+    #[serde(default)]
+    health: HealthSettings,
+    #[serde(default, rename = "zone")]
+    zones: Vec<toml::Spanned<ZoneSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServerSection {
+    /// DNS listen addresses, UDP and TCP on each. Default `["127.0.0.1:5300"]`.
+    #[serde(default = "default_listen")]
+    listen: Vec<String>,
+    /// Loopback HTTP endpoint for metrics, health and admin. Default `127.0.0.1:8053`;
+    /// `""` turns it off.
+    #[serde(default = "default_http_listen")]
+    http_listen: String,
+    /// UDP worker threads, each with its own SO_REUSEPORT socket per address. 0 = one per CPU.
+    #[serde(default)]
+    udp_workers: usize,
+    /// Answer to CH TXT `id.server` / `hostname.bind`; unset = REFUSED.
+    #[serde(default)]
+    identity: Option<String>,
+    /// Answer to CH TXT `version.server` / `version.bind`; unset = REFUSED.
+    #[serde(default)]
+    version: Option<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            http_listen: default_http_listen(),
+            udp_workers: 0,
+            identity: None,
+            version: None,
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:5300".into()]
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:8053".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LimitsSection {
+    /// Largest UDP answer we send, whatever the client advertises (RFC 6891 §6.2.5; 1232 is
+    /// the DNS Flag Day 2020 value that avoids IP fragmentation). Default 1232.
+    #[serde(default = "default_udp_payload")]
+    udp_payload: u16,
+    /// Concurrent TCP connections in total. Default 1024.
+    #[serde(default = "default_tcp_max_connections")]
+    tcp_max_connections: usize,
+    /// Concurrent TCP connections from one client address. Default 64.
+    #[serde(default = "default_tcp_max_per_client")]
+    tcp_max_connections_per_client: usize,
+    /// A TCP connection with no complete query for this long is closed (RFC 7766 §6.2.3).
+    /// Default "10s".
+    #[serde(default = "default_tcp_idle_timeout", with = "crate::duration::serde_text")]
+    tcp_idle_timeout: Duration,
+    /// Queries read but not yet answered on one TCP connection. Default 32.
+    #[serde(default = "default_tcp_pipeline")]
+    tcp_max_in_flight: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            udp_payload: default_udp_payload(),
+            tcp_max_connections: default_tcp_max_connections(),
+            tcp_max_connections_per_client: default_tcp_max_per_client(),
+            tcp_idle_timeout: default_tcp_idle_timeout(),
+            tcp_max_in_flight: default_tcp_pipeline(),
+        }
+    }
+}
+
+fn default_udp_payload() -> u16 {
+    1232
+}
+fn default_tcp_max_connections() -> usize {
+    1024
+}
+fn default_tcp_max_per_client() -> usize {
+    64
+}
+fn default_tcp_idle_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_tcp_pipeline() -> usize {
+    32
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ZoneSection {
+    /// The zone's apex, e.g. `consortium.example`.
+    origin: String,
+    /// RFC 1035 master file.
+    file: PathBuf,
+    /// Members file (TOML) adding one CNAME per member and the pools.
+    #[serde(default)]
+    members: Option<PathBuf>,
+}
+
+/// Validated runtime settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file itself (for reload and messages).
+    pub path: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub udp_workers: usize,
+    pub identity: Option<String>,
+    pub version: Option<String>,
+    pub limits: Limits,
+    pub health_defaults: HealthSettings,
+    pub zones: Vec<ZoneConfig>,
+}
+
+/// Resource limits of the listeners.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub udp_payload: u16,
+    pub tcp_max_connections: usize,
+    pub tcp_max_connections_per_client: usize,
+    pub tcp_idle_timeout: Duration,
+    pub tcp_max_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let s = LimitsSection::default();
+        Limits {
+            udp_payload: s.udp_payload,
+            tcp_max_connections: s.tcp_max_connections,
+            tcp_max_connections_per_client: s.tcp_max_connections_per_client,
+            tcp_idle_timeout: s.tcp_idle_timeout,
+            tcp_max_in_flight: s.tcp_max_in_flight,
+        }
+    }
+}
+
+/// One served zone and its files (absolute or relative to the working directory).
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    pub origin: Name,
+    pub file: PathBuf,
+    pub members: Option<PathBuf>,
+    pub location: Location,
+}
+
+impl Config {
+    /// Reads and validates the config file.
+    pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Diagnostic::file(path, format!("cannot read config: {e}"))])?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| vec![Diagnostic::toml(path, text, &e)])?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut errors = Vec::new();
+        let whole = |message: String| Diagnostic::file(path, message);
+
+        let mut listen = Vec::new();
+        for text_addr in &file.server.listen {
+            match text_addr.parse::<SocketAddr>() {
+                Ok(addr) => listen.push(addr),
+                Err(_) => errors.push(whole(format!(
+                    "server.listen: bad address {text_addr:?} (want ADDR:PORT)"
+                ))),
+            }
+        }
+        if listen.is_empty() && errors.is_empty() {
+            errors.push(whole("server.listen: at least one address is needed".into()));
+        }
+        let http_listen = if file.server.http_listen.is_empty() {
+            None
+        } else {
+            match file.server.http_listen.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errors.push(whole(format!(
+                        "server.http-listen: bad address {:?} (want ADDR:PORT)",
+                        file.server.http_listen
+                    )));
+                    None
+                }
+            }
+        };
+        let limits = Limits {
+            udp_payload: file.limits.udp_payload,
+            tcp_max_connections: file.limits.tcp_max_connections,
+            tcp_max_connections_per_client: file.limits.tcp_max_connections_per_client,
+            tcp_idle_timeout: file.limits.tcp_idle_timeout,
+            tcp_max_in_flight: file.limits.tcp_max_in_flight,
+        };
+        if limits.udp_payload < 512 {
+            errors.push(whole("limits.udp-payload must be at least 512 (RFC 1035)".into()));
+        }
+        if limits.tcp_max_connections == 0 || limits.tcp_max_connections_per_client == 0 {
+            errors.push(whole("limits: TCP connection limits must be at least 1".into()));
+        }
+        if limits.tcp_idle_timeout.is_zero() {
+            errors.push(whole("limits.tcp-idle-timeout must be above zero".into()));
+        }
+        if limits.tcp_max_in_flight == 0 {
+            errors.push(whole("limits.tcp-max-in-flight must be at least 1".into()));
+        }
+        if let Err(reason) = file.health.validate_defaults() {
+            errors.push(whole(format!("health: {reason}")));
+        }
+
+        let mut zones: Vec<ZoneConfig> = Vec::new();
+        if file.zones.is_empty() {
+            errors.push(whole("no [[zone]] configured".into()));
+        }
+        for spanned in &file.zones {
+            let location = Location::new(path.into(), line_of(text, spanned.span().start));
+            let section = spanned.get_ref();
+            let origin_text = if section.origin.ends_with('.') {
+                section.origin.clone()
+            } else {
+                format!("{}.", section.origin)
+            };
+            let origin = match Name::parse(&origin_text, None) {
+                Ok(origin) => origin,
+                Err(e) => {
+                    errors.push(Diagnostic::at(location, format!("zone origin: {e}")));
+                    continue;
+                }
+            };
+            if zones.iter().any(|z| z.origin.key() == origin.key()) {
+                errors.push(Diagnostic::at(
+                    location,
+                    format!("zone {origin} configured twice"),
+                ));
+                continue;
+            }
+            zones.push(ZoneConfig {
+                origin,
+                file: base.join(&section.file),
+                members: section.members.as_ref().map(|m| base.join(m)),
+                location,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            listen,
+            http_listen,
+            udp_workers: file.server.udp_workers,
+            identity: file.server.identity,
+            version: file.server.version,
+            limits,
+            health_defaults: file.health,
+            zones,
+        })
+    }
+}
+
+/// The 1-based line of a byte offset.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&c| c == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let config = Config::parse(
+            "[[zone]]\norigin = \"example\"\nfile = \"example.zone\"\n",
+            Path::new("/etc/cdns/c.toml"),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.listen,
+            vec!["127.0.0.1:5300".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(config.limits.udp_payload, 1232);
+        assert_eq!(config.zones[0].file, PathBuf::from("/etc/cdns/example.zone"));
+        assert_eq!(config.zones[0].origin.to_string(), "example.");
+    }
+
+    #[test]
+    fn unknown_keys_rejected_with_line() {
+        let errors = Config::parse(
+            "[server]\nlisten = [\"127.0.0.1:53\"]\nlistne = 1\n",
+            Path::new("c.toml"),
+        )
+        .expect_err("unknown key");
+        let text = errors[0].to_string();
+        assert!(text.starts_with("c.toml:3:"), "{text}");
+        assert!(text.contains("listne"), "{text}");
+    }
+}

@@ -1,0 +1,74 @@
+//! Durations written as text in config files: `"500ms"`, `"10s"`, `"2m"`, `"1h"`, `"1d"`.
+
+use std::time::Duration;
+
+/// Parses `<number><unit>` with unit one of ms, s, m, h, d.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?} (want e.g. \"500ms\", \"10s\", \"2m\")"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("bad duration unit in {text:?} (use ms, s, m, h or d)")),
+    };
+    number
+        .checked_mul(millis)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+/// Writes a duration in the same syntax, choosing the largest exact unit.
+pub fn format(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms != 0 && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// serde adapters for `Duration` fields written as text.
+pub mod serde_text {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// serde adapter for optional `Duration` fields written as text.
+pub mod serde_text_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse(&text).map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse("10").is_err());
+        assert!(parse("s").is_err());
+        assert_eq!(format(Duration::from_secs(120)), "2m");
+        assert_eq!(format(Duration::from_millis(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,11 @@
+//! consortium-dns: an authoritative DNS server for a consortium's zone, with one CNAME per
+//! member node and shared names answered by a health-weighted random pick.
+
+pub mod app;
+pub mod config;
+pub mod duration;
+pub mod health;
+pub mod pick;
+pub mod server;
+pub mod snapshot;
+pub mod zone;

@@ -1,0 +1,664 @@
+//! The request path: query bytes in, response bytes out, against one Snapshot.
+//!
+//! Pure and transport-free: UDP, TCP and the benchmarks call `answer`. It parses only the
+//! header, the question and the additional section (for EDNS), lowercases the name into a
+//! stack buffer, does O(1) hash lookups (one per label for names that do not exist), and copies
+//! pre-encoded record tails behind compression pointers into the question. It never panics on
+//! input and, once `out` has grown to its working size, never allocates.
+
+use rand::Rng;
+
+use crate::snapshot::{Node, RRset, Snapshot, Zone};
+use crate::zone::rtype;
+
+/// Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2).
+const QR: u16 = 0x8000;
+const AA: u16 = 0x0400;
+const TC: u16 = 0x0200;
+const RD: u16 = 0x0100;
+const CD: u16 = 0x0010;
+
+/// Response codes (RFC 1035 §4.1.1, RFC 6891 §9).
+pub const NOERROR: u16 = 0;
+pub const FORMERR: u16 = 1;
+pub const SERVFAIL: u16 = 2;
+pub const NXDOMAIN: u16 = 3;
+pub const NOTIMP: u16 = 4;
+pub const REFUSED: u16 = 5;
+pub const NOTAUTH: u16 = 9;
+pub const BADVERS: u16 = 16;
+
+/// Header + question of the largest possible question name.
+const HEADER_LEN: usize = 12;
+/// An OPT record with no options.
+const OPT_LEN: usize = 11;
+/// Smallest UDP payload every client accepts (RFC 1035 §2.3.4).
+const CLASSIC_UDP_LIMIT: usize = 512;
+/// CNAMEs followed inside a zone after the first one.
+const MAX_CHAIN: usize = 8;
+
+/// How the query arrived; decides the size limit and truncation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What happened to one query, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No response is sent (too short to answer, or itself a response).
+    Dropped,
+    Responded {
+        /// The full (extended) response code.
+        rcode: u16,
+        qtype: u16,
+        truncated: bool,
+        /// The pool pick made for this answer: (zone, pool, member slot in the pool).
+        pick: Option<(u32, u32, u32)>,
+    },
+}
+
+/// EDNS(0) as sent by the client (RFC 6891 §6.1.3).
+#[derive(Debug, Clone, Copy)]
+struct Edns {
+    udp_size: u16,
+    version: u8,
+    dnssec_ok: bool,
+}
+
+/// The parsed question; `qname` is the raw wire name as the client wrote it.
+#[derive(Debug, Clone, Copy)]
+struct Question {
+    qname_len: usize,
+    qtype: u16,
+    qclass: u16,
+    /// Offset just past QCLASS.
+    end: usize,
+}
+
+enum Owner<'a> {
+    /// A compression pointer to an earlier name in the message.
+    Pointer(usize),
+    /// The name written out.
+    Name(&'a [u8]),
+}
+
+/// Answers one query. `out` is cleared and receives the response (unless `Dropped`).
+/// `max_udp_payload` is the server's ceiling for UDP answers.
+pub fn answer<R: Rng + ?Sized>(
+    snapshot: &Snapshot,
+    query: &[u8],
+    out: &mut Vec<u8>,
+    transport: Transport,
+    max_udp_payload: u16,
+    rng: &mut R,
+) -> Outcome {
+    out.clear();
+    if query.len() < HEADER_LEN {
+        return Outcome::Dropped;
+    }
+    let flags = be16(query, 2);
+    if flags & QR != 0 {
+        // Never answer a response: that is how reflection loops start.
+        return Outcome::Dropped;
+    }
+    let opcode = (flags >> 11) & 0xf;
+    let qdcount = be16(query, 4);
+    let question = if qdcount == 1 { parse_question(query) } else { None };
+
+    // RFC 1035 §4.1.1: only QUERY is implemented here (NOTIFY and UPDATE are not accepted).
+    if opcode != 0 {
+        return error_response(query, out, question, None, NOTIMP);
+    }
+    let Some(question) = question else {
+        return error_response(query, out, None, None, FORMERR);
+    };
+    // A query carries no answer or authority records (RFC 1035 §4.1.1 / §7.3).
+    if be16(query, 6) != 0 || be16(query, 8) != 0 {
+        return error_response(query, out, Some(question), None, FORMERR);
+    }
+    let edns = match parse_additional(query, question.end, be16(query, 10)) {
+        Ok(edns) => edns,
+        Err(()) => return error_response(query, out, Some(question), None, FORMERR),
+    };
+    if let Some(e) = edns {
+        // RFC 6891 §6.1.3: a version we do not implement gets BADVERS, with our version (0).
+        if e.version > 0 {
+            return error_response(query, out, Some(question), Some(e), BADVERS);
+        }
+    }
+    if question.qtype == rtype::OPT {
+        return error_response(query, out, Some(question), edns, FORMERR);
+    }
+
+    let limit = match transport {
+        Transport::Tcp => usize::from(u16::MAX),
+        Transport::Udp => match edns {
+            // RFC 6891 §6.2.5: values below 512 are treated as 512.
+            Some(e) => usize::from(e.udp_size.min(max_udp_payload)).max(CLASSIC_UDP_LIMIT),
+            None => CLASSIC_UDP_LIMIT,
+        },
+    };
+
+    let mut response = Response::start(query, out, &question);
+    let pick = match question.qclass {
+        rtype::CLASS_IN => resolve(snapshot, query, &question, &mut response, rng),
+        rtype::CLASS_CH => {
+            chaos(snapshot, query, &question, &mut response);
+            None
+        }
+        _ => {
+            response.rcode = REFUSED;
+            None
+        }
+    };
+    let truncated = response.finish(limit, edns, max_udp_payload);
+    Outcome::Responded {
+        rcode: response_rcode(out),
+        qtype: question.qtype,
+        truncated,
+        pick,
+    }
+}
+
+/// Reads the (extended) rcode back from a finished response.
+fn response_rcode(out: &[u8]) -> u16 {
+    u16::from(out.get(3).copied().unwrap_or(0) & 0x0f)
+}
+
+#[inline]
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    match bytes.get(at..at + 2) {
+        Some(b) => u16::from_be_bytes([b[0], b[1]]),
+        None => 0,
+    }
+}
+
+/// Parses the single question at offset 12. Compression is not accepted in a question name
+/// (nothing earlier in the message could be pointed at).
+fn parse_question(query: &[u8]) -> Option<Question> {
+    let mut pos = HEADER_LEN;
+    loop {
+        let len = *query.get(pos)? as usize;
+        if len == 0 {
+            pos += 1;
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        pos += len + 1;
+        if pos - HEADER_LEN > 255 {
+            return None;
+        }
+    }
+    let qname_len = pos - HEADER_LEN;
+    if qname_len > 255 || query.len() < pos + 4 {
+        return None;
+    }
+    Some(Question {
+        qname_len,
+        qtype: be16(query, pos),
+        qclass: be16(query, pos + 2),
+        end: pos + 4,
+    })
+}
+
+/// Walks the additional section: at most one OPT, owned by the root, with well-formed options
+/// (RFC 6891 §6.1.1). Other records are skipped after a bounds check.
+fn parse_additional(query: &[u8], mut pos: usize, count: u16) -> Result<Option<Edns>, ()> {
+    let mut edns = None;
+    for _ in 0..count {
+        let owner_start = pos;
+        // Skip the owner name; a pointer ends it (it is never followed, so no loop can form).
+        loop {
+            let len = *query.get(pos).ok_or(())?;
+            match len {
+                0 => {
+                    pos += 1;
+                    break;
+                }
+                1..=63 => pos += usize::from(len) + 1,
+                0xC0..=0xFF => {
+                    let target = usize::from(be16(query, pos) & 0x3fff);
+                    if target >= owner_start {
+                        return Err(());
+                    }
+                    pos += 2;
+                    break;
+                }
+                _ => return Err(()),
+            }
+            if pos - owner_start > 255 {
+                return Err(());
+            }
+        }
+        let fixed = query.get(pos..pos + 10).ok_or(())?;
+        let rrtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let class = u16::from_be_bytes([fixed[2], fixed[3]]);
+        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        pos += 10;
+        let rdata = query.get(pos..pos + rdlen).ok_or(())?;
+        pos += rdlen;
+        if rrtype == rtype::OPT {
+            if edns.is_some() || pos - rdlen - 10 - owner_start != 1 {
+                return Err(());
+            }
+            let mut o = 0;
+            while o < rdata.len() {
+                let option_len = usize::from(be16(rdata, o + 2));
+                if o + 4 + option_len > rdata.len() {
+                    return Err(());
+                }
+                o += 4 + option_len;
+            }
+            edns = Some(Edns {
+                udp_size: class,
+                version: (ttl >> 16) as u8,
+                dnssec_ok: ttl & 0x8000 != 0,
+            });
+        }
+    }
+    Ok(edns)
+}
+
+/// A response being written: header placeholder, question, then sections in order.
+struct Response<'o> {
+    out: &'o mut Vec<u8>,
+    id: [u8; 2],
+    request_flags: u16,
+    qname_len: usize,
+    aa: bool,
+    rcode: u16,
+    answers: u16,
+    authority: u16,
+    additional: u16,
+    /// Offset where the additional section starts.
+    additional_start: usize,
+    /// (offset, count) after each additional RRset, for a clean cut.
+    additional_marks: [(usize, u16); 16],
+    marks: usize,
+    /// A referral whose glue is required (RFC 9471): losing it sets TC.
+    glue_required: bool,
+}
+
+impl<'o> Response<'o> {
+    fn start(query: &[u8], out: &'o mut Vec<u8>, question: &Question) -> Response<'o> {
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        // The question is echoed byte for byte, letter case included.
+        out.extend_from_slice(&query[HEADER_LEN..question.end]);
+        let end = out.len();
+        Response {
+            out,
+            id: [query[0], query[1]],
+            request_flags: be16(query, 2),
+            qname_len: question.qname_len,
+            aa: false,
+            rcode: NOERROR,
+            answers: 0,
+            authority: 0,
+            additional: 0,
+            additional_start: end,
+            additional_marks: [(0, 0); 16],
+            marks: 0,
+            glue_required: false,
+        }
+    }
+
+    fn put_owner(&mut self, owner: &Owner<'_>) {
+        match owner {
+            Owner::Pointer(at) => {
+                let at = *at as u16;
+                self.out.extend_from_slice(&(0xC000 | at).to_be_bytes());
+            }
+            Owner::Name(wire) => self.out.extend_from_slice(wire),
+        }
+    }
+
+    /// Writes `count` record tails under `owner`; returns the offset of the first RDATA.
+    fn put_records(&mut self, owner: &Owner<'_>, count: u16, tails: &[u8]) -> usize {
+        let mut pos = 0;
+        let mut first_rdata = 0;
+        for i in 0..count {
+            self.put_owner(owner);
+            let rdlen = usize::from(be16(tails, pos + 8));
+            let end = (pos + 10 + rdlen).min(tails.len());
+            if i == 0 {
+                first_rdata = self.out.len() + 10;
+            }
+            self.out.extend_from_slice(&tails[pos..end]);
+            pos = end;
+        }
+        first_rdata
+    }
+
+    fn answer_rrset(&mut self, owner: &Owner<'_>, rrset: &RRset) -> usize {
+        self.answers += rrset.count;
+        self.put_records(owner, rrset.count, &rrset.tails)
+    }
+
+    /// Pointer to the suffix of the question name that is `name_len` octets long.
+    fn question_suffix(&self, name_len: usize) -> Owner<'static> {
+        Owner::Pointer(HEADER_LEN + self.qname_len - name_len)
+    }
+
+    fn negative_soa(&mut self, zone: &Zone) {
+        let owner = self.question_suffix(zone.origin.wire().len());
+        self.put_records(&owner, 1, &zone.negative_soa);
+        self.authority += 1;
+    }
+
+    fn begin_additional(&mut self) {
+        self.additional_start = self.out.len();
+    }
+
+    fn additional_for(&mut self, rrset: &RRset) {
+        for extra in rrset.additional.iter() {
+            self.put_records(&Owner::Name(extra.owner.wire()), extra.count, &extra.tails);
+            self.additional += extra.count;
+            if self.marks < self.additional_marks.len() {
+                self.additional_marks[self.marks] = (self.out.len(), self.additional);
+                self.marks += 1;
+            }
+        }
+    }
+
+    /// Applies the size limit, appends OPT, writes the header. Returns whether TC was set.
+    /// `advertised` is our own UDP payload size, sent in the OPT record.
+    fn finish(&mut self, limit: usize, edns: Option<Edns>, advertised: u16) -> bool {
+        let budget = limit.saturating_sub(if edns.is_some() { OPT_LEN } else { 0 });
+        let mut truncated = false;
+        if self.out.len() > budget {
+            truncated = true;
+            if self.additional_start <= budget {
+                // Keep whole additional RRsets that fit; drop the rest. Only required glue
+                // makes the loss visible as TC (RFC 9471 §3).
+                let keep = self.additional_marks[..self.marks]
+                    .iter()
+                    .rev()
+                    .find(|(end, _)| *end <= budget)
+                    .copied()
+                    .unwrap_or((self.additional_start, 0));
+                self.out.truncate(keep.0);
+                self.additional = keep.1;
+                truncated = self.glue_required;
+            } else {
+                // RFC 2181 §9: the answer does not fit; send the question with TC set.
+                self.out.truncate(HEADER_LEN + self.qname_len + 4);
+                self.answers = 0;
+                self.authority = 0;
+                self.additional = 0;
+            }
+        }
+        let mut additional = self.additional;
+        if let Some(e) = edns {
+            // RFC 6891 §6.1.2/§6.1.3: our payload size, extended rcode, version 0, DO copied.
+            self.out.push(0);
+            self.out.extend_from_slice(&rtype::OPT.to_be_bytes());
+            self.out.extend_from_slice(&advertised.max(512).to_be_bytes());
+            self.out.push((self.rcode >> 4) as u8);
+            self.out.push(0);
+            self.out
+                .extend_from_slice(&(if e.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+            self.out.extend_from_slice(&[0, 0]);
+            additional += 1;
+        }
+        let mut flags = QR | (self.request_flags & (RD | CD)) | (self.rcode & 0x0f);
+        if self.aa {
+            flags |= AA;
+        }
+        if truncated {
+            flags |= TC;
+        }
+        let header = &mut self.out[..HEADER_LEN];
+        header[0..2].copy_from_slice(&self.id);
+        header[2..4].copy_from_slice(&flags.to_be_bytes());
+        header[4..6].copy_from_slice(&1u16.to_be_bytes());
+        header[6..8].copy_from_slice(&self.answers.to_be_bytes());
+        header[8..10].copy_from_slice(&self.authority.to_be_bytes());
+        header[10..12].copy_from_slice(&additional.to_be_bytes());
+        truncated
+    }
+}
+
+/// A header-only (plus question when known) error answer.
+fn error_response(
+    query: &[u8],
+    out: &mut Vec<u8>,
+    question: Option<Question>,
+    edns: Option<Edns>,
+    rcode: u16,
+) -> Outcome {
+    let request_flags = be16(query, 2);
+    out.clear();
+    out.extend_from_slice(&query[..2]);
+    // Keep the opcode and RD so the client can match the answer.
+    let flags = QR | (request_flags & (0x7800 | RD | CD)) | (rcode & 0x0f);
+    out.extend_from_slice(&flags.to_be_bytes());
+    let qdcount = u16::from(question.is_some());
+    out.extend_from_slice(&qdcount.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&u16::from(edns.is_some()).to_be_bytes());
+    if let Some(q) = question {
+        out.extend_from_slice(&query[HEADER_LEN..q.end]);
+    }
+    if let Some(e) = edns {
+        out.push(0);
+        out.extend_from_slice(&rtype::OPT.to_be_bytes());
+        out.extend_from_slice(&(CLASSIC_UDP_LIMIT as u16).to_be_bytes());
+        out.push((rcode >> 4) as u8);
+        out.push(0);
+        out.extend_from_slice(&(if e.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+    Outcome::Responded {
+        rcode,
+        qtype: question.map_or(0, |q| q.qtype),
+        truncated: false,
+        pick: None,
+    }
+}
+
+/// Where a name leads inside the snapshot.
+enum Found<'s> {
+    /// The name exists (`wildcard` = synthesized from `*.closest-encloser`, RFC 4592 §3.3.1).
+    Node(u32, &'s Node),
+    /// The name is at or below a delegation: refer to the cut.
+    Referral(u32, &'s Node),
+    /// The name does not exist in zone `.0`.
+    NxDomain(u32),
+    /// No zone served here encloses the name.
+    NotOurs,
+}
+
+/// Finds `key` (a lowercased wire name).
+fn find<'s>(snapshot: &'s Snapshot, key: &[u8], qtype: u16) -> Found<'s> {
+    if let Some(&(z, n)) = snapshot.names.get(key) {
+        let zone = &snapshot.zones[z as usize];
+        let node = &zone.nodes[n as usize];
+        if let Some(cut) = node.cut {
+            // RFC 4035 §3.1.4.1: DS at the cut is the parent's data.
+            if !(qtype == rtype::DS && cut == n) {
+                return Found::Referral(z, &zone.nodes[cut as usize]);
+            }
+        }
+        return Found::Node(z, node);
+    }
+    // The closest encloser: the longest existing ancestor.
+    let mut pos = 0;
+    loop {
+        let len = usize::from(key.get(pos).copied().unwrap_or(0));
+        if len == 0 {
+            return Found::NotOurs;
+        }
+        pos += len + 1;
+        let Some(suffix) = key.get(pos..) else {
+            return Found::NotOurs;
+        };
+        if let Some(&(z, n)) = snapshot.names.get(suffix) {
+            let zone = &snapshot.zones[z as usize];
+            let node = &zone.nodes[n as usize];
+            if let Some(cut) = node.cut {
+                return Found::Referral(z, &zone.nodes[cut as usize]);
+            }
+            return match node.wildcard {
+                Some(w) => Found::Node(z, &zone.nodes[w as usize]),
+                None => Found::NxDomain(z),
+            };
+        }
+    }
+}
+
+fn rrset_of(node: &Node, rtype: u16) -> Option<&RRset> {
+    node.rrsets.iter().find(|r| r.rtype == rtype)
+}
+
+/// Answers class IN. Returns the pool pick, if one was made.
+fn resolve<R: Rng + ?Sized>(
+    snapshot: &Snapshot,
+    query: &[u8],
+    question: &Question,
+    response: &mut Response<'_>,
+    rng: &mut R,
+) -> Option<(u32, u32, u32)> {
+    let qtype = question.qtype;
+    if qtype == rtype::AXFR || qtype == rtype::IXFR {
+        // Zone transfers are not offered (yet): refuse as an ACL would.
+        response.rcode = REFUSED;
+        return None;
+    }
+    let mut key_buf = [0u8; 255];
+    let qname = &query[HEADER_LEN..HEADER_LEN + question.qname_len];
+    let key = &mut key_buf[..qname.len()];
+    for (k, c) in key.iter_mut().zip(qname) {
+        *k = c.to_ascii_lowercase();
+    }
+    let mut pick = None;
+    let mut current_key: &[u8] = key;
+    let mut owner = Owner::Pointer(HEADER_LEN);
+    let mut chain_zone: Option<u32> = None;
+    for step in 0..=MAX_CHAIN {
+        let found = find(snapshot, current_key, qtype);
+        // In-zone chains only: a target in another zone ends the chain here.
+        if let (Some(z), Found::Node(fz, _) | Found::Referral(fz, _)) = (chain_zone, &found) {
+            if z != *fz {
+                return pick;
+            }
+        }
+        if let (Some(z), Found::NxDomain(fz)) = (chain_zone, &found) {
+            if z != *fz {
+                return pick;
+            }
+        }
+        match found {
+            Found::NotOurs => {
+                if step == 0 {
+                    response.rcode = REFUSED;
+                }
+                return pick;
+            }
+            Found::NxDomain(z) => {
+                let zone = &snapshot.zones[z as usize];
+                response.aa = true;
+                // RFC 6604 §3: the rcode describes the last name of the chain.
+                response.rcode = NXDOMAIN;
+                response.negative_soa(zone);
+                return pick;
+            }
+            Found::Referral(z, cut) => {
+                if step > 0 {
+                    // A chain into a delegation: the CNAMEs are the authoritative part.
+                    return pick;
+                }
+                let _ = z;
+                let Some(ns) = rrset_of(cut, rtype::NS) else {
+                    return pick;
+                };
+                let owner = response.question_suffix(cut.name.wire().len());
+                response.put_records(&owner, ns.count, &ns.tails);
+                response.authority += ns.count;
+                response.begin_additional();
+                response.glue_required = !ns.additional.is_empty();
+                response.additional_for(ns);
+                return pick;
+            }
+            Found::Node(z, node) => {
+                response.aa = true;
+                chain_zone = Some(z);
+                let zone = &snapshot.zones[z as usize];
+                let next_chase: Option<&[u8]>;
+                let rdata_at: usize;
+                if let Some(p) = node.pool {
+                    let pool = &zone.pools[p as usize];
+                    let table = pool.table.load();
+                    let Some(slot) = table.pick(rng) else {
+                        // A pool with no members to offer: NODATA (issue: pick, "no members").
+                        response.negative_soa(zone);
+                        return pick;
+                    };
+                    let Some(entry) = pool.entries.get(slot as usize) else {
+                        response.negative_soa(zone);
+                        return pick;
+                    };
+                    pick = Some((z, p, slot));
+                    rdata_at = response.put_records(&owner, 1, &entry.tail);
+                    response.answers += 1;
+                    next_chase = entry.chase.as_deref();
+                } else if let Some(rrset) = (qtype != rtype::ANY).then(|| rrset_of(node, qtype)).flatten() {
+                    response.answer_rrset(&owner, rrset);
+                    response.begin_additional();
+                    response.additional_for(rrset);
+                    return pick;
+                } else if let Some(cname) = rrset_of(node, rtype::CNAME) {
+                    rdata_at = response.answer_rrset(&owner, cname);
+                    next_chase = cname.chase.as_deref();
+                } else if let Some(first) = node.rrsets.first().filter(|_| qtype == rtype::ANY) {
+                    // RFC 8482 §4.1: answer ANY with one RRset.
+                    response.answer_rrset(&owner, first);
+                    return pick;
+                } else {
+                    // NODATA (RFC 2308 §2.2), empty non-terminals included.
+                    response.negative_soa(zone);
+                    return pick;
+                }
+                if qtype == rtype::CNAME || qtype == rtype::ANY {
+                    return pick;
+                }
+                let Some(target) = next_chase else {
+                    return pick;
+                };
+                current_key = target;
+                owner = if rdata_at < 0x4000 {
+                    Owner::Pointer(rdata_at)
+                } else {
+                    Owner::Name(target)
+                };
+            }
+        }
+    }
+    pick
+}
+
+/// Class CH: `id.server`/`hostname.bind` and `version.server`/`version.bind` when configured.
+fn chaos(snapshot: &Snapshot, query: &[u8], question: &Question, response: &mut Response<'_>) {
+    let qname = &query[HEADER_LEN..HEADER_LEN + question.qname_len];
+    let is = |name: &[u8]| qname.eq_ignore_ascii_case(name);
+    let tail = if is(b"\x02id\x06server\x00") || is(b"\x08hostname\x04bind\x00") {
+        snapshot.chaos_identity.as_deref()
+    } else if is(b"\x07version\x06server\x00") || is(b"\x07version\x04bind\x00") {
+        snapshot.chaos_version.as_deref()
+    } else {
+        None
+    };
+    let Some(tail) = tail else {
+        response.rcode = REFUSED;
+        return;
+    };
+    response.aa = true;
+    if question.qtype == rtype::TXT || question.qtype == rtype::ANY {
+        response.put_records(&Owner::Pointer(HEADER_LEN), 1, tail);
+        response.answers += 1;
+    }
+}

@@ -1,0 +1,177 @@
+//! DNS listeners: binding UDP and TCP sockets, running the worker loops, and stopping them.
+//!
+//! The listeners read the current Snapshot through `Shared` once per query and hand bytes to
+//! `answer::answer`. They own sockets and connection limits, never zone data.
+
+pub mod answer;
+mod tcp;
+mod udp;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use crate::config::Limits;
+use crate::snapshot::Snapshot;
+
+/// What the request path shares with the control plane.
+#[derive(Debug)]
+pub struct Shared {
+    /// The published Snapshot; `load()` once per query.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub limits: Limits,
+}
+
+/// Sockets bound before the server starts, so the caller knows the addresses (port 0 works)
+/// and systemd readiness can wait for them.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Per listen address: one SO_REUSEPORT UDP socket per worker.
+    udp: Vec<Vec<UdpSocket>>,
+    tcp: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on every address. With port 0, UDP picks a port and TCP takes the same.
+    pub fn bind(addrs: &[SocketAddr], udp_workers: usize) -> io::Result<Listeners> {
+        let workers = if udp_workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            udp_workers
+        };
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for &addr in addrs {
+            let (sockets, listener) = bind_pair(addr, workers)?;
+            udp.push(sockets);
+            tcp.push(listener);
+        }
+        Ok(Listeners { udp, tcp })
+    }
+
+    /// The bound addresses (UDP and TCP share each one).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+}
+
+fn bind_pair(addr: SocketAddr, workers: usize) -> io::Result<(Vec<UdpSocket>, TcpListener)> {
+    // With port 0 the UDP port chosen may be taken for TCP; try a few times.
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let first = udp_socket(addr)?;
+        let bound = first.local_addr()?;
+        match tcp_listener(bound) {
+            Ok(listener) => {
+                let mut sockets = vec![first];
+                for _ in 1..workers {
+                    sockets.push(udp_socket(bound)?);
+                }
+                return Ok((sockets, listener));
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::other("could not bind")))
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // One socket per worker on the same port; the kernel spreads datagrams among them.
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    let socket: UdpSocket = socket.into();
+    // Workers wake up this often to notice shutdown.
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(socket)
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The running listeners.
+#[derive(Debug)]
+pub struct Running {
+    udp_threads: Vec<JoinHandle<()>>,
+    udp_stop: Arc<AtomicBool>,
+    tcp_stop: watch::Sender<bool>,
+    tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts UDP worker threads and the TCP accept loops (on the current tokio runtime).
+pub fn start(listeners: Listeners, shared: Arc<Shared>) -> io::Result<Running> {
+    let udp_stop = Arc::new(AtomicBool::new(false));
+    let mut udp_threads = Vec::new();
+    for (address_index, sockets) in listeners.udp.into_iter().enumerate() {
+        for (worker, socket) in sockets.into_iter().enumerate() {
+            let shared = shared.clone();
+            let stop = udp_stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("udp-{address_index}-{worker}"))
+                .spawn(move || udp::worker(socket, shared, stop))?;
+            udp_threads.push(thread);
+        }
+    }
+    let (tcp_stop, stop_rx) = watch::channel(false);
+    let mut tcp_tasks = Vec::new();
+    for listener in listeners.tcp {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tcp_tasks.push(tokio::spawn(tcp::accept_loop(
+            listener,
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    Ok(Running {
+        udp_threads,
+        udp_stop,
+        tcp_stop,
+        tcp_tasks,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets TCP connections finish the query in hand within `grace`, and
+    /// joins the UDP workers.
+    pub async fn shutdown(self, grace: Duration) {
+        self.udp_stop.store(true, Ordering::Relaxed);
+        let _ = self.tcp_stop.send(true);
+        let tasks = futures_join(self.tcp_tasks);
+        if tokio::time::timeout(grace, tasks).await.is_err() {
+            tracing::warn!("TCP connections still open after the {grace:?} grace period; closing them");
+        }
+        let threads = self.udp_threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}

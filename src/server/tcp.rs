@@ -1,0 +1,148 @@
+//! TCP per RFC 7766: length-prefixed messages, pipelined queries answered as they come, an
+//! idle timeout, and caps on connections in total and per client address.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::Shared;
+use super::answer::{Outcome, Transport, answer};
+
+/// Connections open per client address, for the per-client cap.
+type PerClient = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let limit = Arc::new(Semaphore::new(shared.limits.tcp_max_connections));
+    let per_client: PerClient = Arc::default();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: keep the loop alive, pause briefly.
+                tracing::warn!("tcp accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            // Over the total cap: close at once rather than queue (RFC 7766 §6.2.2).
+            drop(stream);
+            continue;
+        };
+        if !claim_client_slot(
+            &per_client,
+            peer.ip(),
+            shared.limits.tcp_max_connections_per_client,
+        ) {
+            drop(stream);
+            continue;
+        }
+        let shared = shared.clone();
+        let per_client = per_client.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            serve_connection(stream, peer, &shared, stop).await;
+            release_client_slot(&per_client, peer.ip());
+            drop(permit);
+        });
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    // Stop accepting; connections see `stop` and finish the query in hand.
+    while connections.join_next().await.is_some() {}
+}
+
+fn claim_client_slot(per_client: &PerClient, ip: IpAddr, cap: usize) -> bool {
+    let mut map = per_client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let count = map.entry(ip).or_insert(0);
+    if *count >= cap {
+        return false;
+    }
+    *count += 1;
+    true
+}
+
+fn release_client_slot(per_client: &PerClient, ip: IpAddr) {
+    let mut map = per_client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(count) = map.get_mut(&ip) {
+        *count -= 1;
+        if *count == 0 {
+            map.remove(&ip);
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) {
+    let idle = shared.limits.tcp_idle_timeout;
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut rng = SmallRng::from_os_rng();
+    let mut query = vec![0u8; 512];
+    let mut out = Vec::with_capacity(4096);
+    let mut frame = Vec::with_capacity(4096);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        // The whole next message must arrive within the idle timeout: a client sending one
+        // byte at a time cannot hold the connection (RFC 7766 §6.2.3).
+        let read = async {
+            let len = usize::from(reader.read_u16().await?);
+            query.resize(len, 0);
+            reader.read_exact(&mut query).await?;
+            Ok::<usize, std::io::Error>(len)
+        };
+        let len = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            result = tokio::time::timeout(idle, read) => match result {
+                Ok(Ok(len)) => len,
+                Ok(Err(_)) | Err(_) => return,
+            },
+        };
+        let outcome = {
+            let snapshot = shared.snapshot.load();
+            answer(
+                &snapshot,
+                &query[..len],
+                &mut out,
+                Transport::Tcp,
+                shared.limits.udp_payload,
+                &mut rng,
+            )
+        };
+        if let Outcome::Dropped = outcome {
+            // Not a query we answer; RFC 7766 lets us close.
+            return;
+        }
+        frame.clear();
+        frame.extend_from_slice(&(out.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&out);
+        match tokio::time::timeout(idle, writer.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("tcp write to {peer} failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! RFC 1035 master-file parser: text to records with wire-form RDATA, each tagged file:line.
+//!
+//! Handles `$ORIGIN`, `$TTL`, `$INCLUDE` (relative to the including file, loops refused),
+//! relative names, `@`, inherited owners, parentheses, comments, quoted strings, TTL units
+//! (`1h30m`), and RFC 3597 generic RDATA (`TYPE65534 \# 2 abcd`). It must not decide what the
+//! records mean for serving; that is `zone::validate` and the snapshot builder.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::name::{Name, NameError};
+use super::{Diagnostic, Location, Record, rtype};
+
+/// Deepest `$INCLUDE` nesting accepted.
+const MAX_INCLUDE_DEPTH: usize = 8;
+/// Largest zone file read (a safety bound against a wrong path pointing at a huge file).
+pub const MAX_ZONE_FILE_BYTES: u64 = 1 << 30;
+/// Longest TTL accepted (RFC 2181 §8).
+const MAX_TTL: u32 = 0x7fff_ffff;
+
+/// Parses `path` with `origin` as the initial `$ORIGIN`. Returns every record, or every error
+/// found (parsing continues past a bad entry so `check` can report them all).
+pub fn parse_file(path: &Path, origin: &Name) -> Result<Vec<Record>, Vec<Diagnostic>> {
+    let mut parser = Parser {
+        records: Vec::new(),
+        errors: Vec::new(),
+        include_stack: Vec::new(),
+        default_ttl: None,
+        last_ttl: None,
+    };
+    parser.parse_path(path, origin.clone(), None);
+    if parser.errors.is_empty() {
+        Ok(parser.records)
+    } else {
+        Err(parser.errors)
+    }
+}
+
+/// Parses zone text held in memory (used by tests and the fuzz targets).
+pub fn parse_str(text: &str, file: &Path, origin: &Name) -> Result<Vec<Record>, Vec<Diagnostic>> {
+    let mut parser = Parser {
+        records: Vec::new(),
+        errors: Vec::new(),
+        include_stack: vec![file.to_path_buf()],
+        default_ttl: None,
+        last_ttl: None,
+    };
+    parser.parse_bytes(text.as_bytes(), Arc::from(file), origin.clone());
+    if parser.errors.is_empty() {
+        Ok(parser.records)
+    } else {
+        Err(parser.errors)
+    }
+}
+
+struct Parser {
+    records: Vec<Record>,
+    errors: Vec<Diagnostic>,
+    include_stack: Vec<PathBuf>,
+    default_ttl: Option<u32>,
+    last_ttl: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Token {
+    text: Vec<u8>,
+    quoted: bool,
+}
+
+struct Entry {
+    line: usize,
+    inherits_owner: bool,
+    tokens: Vec<Token>,
+}
+
+impl Parser {
+    fn parse_path(&mut self, path: &Path, origin: Name, included_from: Option<Location>) {
+        let error_at = |message: String| match &included_from {
+            Some(loc) => Diagnostic::at(loc.clone(), message),
+            None => Diagnostic::file(path, message),
+        };
+        let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if self.include_stack.contains(&canonical) {
+            self.errors.push(error_at(format!(
+                "$INCLUDE loop: {} includes itself",
+                path.display()
+            )));
+            return;
+        }
+        if self.include_stack.len() >= MAX_INCLUDE_DEPTH {
+            self.errors.push(error_at(format!(
+                "$INCLUDE nested deeper than {MAX_INCLUDE_DEPTH} files at {}",
+                path.display()
+            )));
+            return;
+        }
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() > MAX_ZONE_FILE_BYTES => {
+                self.errors.push(error_at(format!(
+                    "{} is {} bytes, more than the {} byte limit for a zone file",
+                    path.display(),
+                    meta.len(),
+                    MAX_ZONE_FILE_BYTES
+                )));
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.errors
+                    .push(error_at(format!("cannot read {}: {e}", path.display())));
+                return;
+            }
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                self.errors
+                    .push(error_at(format!("cannot read {}: {e}", path.display())));
+                return;
+            }
+        };
+        self.include_stack.push(canonical);
+        self.parse_bytes(&bytes, Arc::from(path), origin);
+        self.include_stack.pop();
+    }
+
+    fn parse_bytes(&mut self, src: &[u8], file: Arc<Path>, mut origin: Name) {
+        let mut lexer = Lexer { src, pos: 0, line: 1 };
+        let mut last_owner: Option<Name> = None;
+        loop {
+            let entry = match lexer.next_entry() {
+                None => break,
+                Some(Ok(entry)) => entry,
+                Some(Err((line, message))) => {
+                    self.errors
+                        .push(Diagnostic::at(Location::new(file.clone(), line), message));
+                    continue;
+                }
+            };
+            let loc = Location::new(file.clone(), entry.line);
+            if let Err(message) = self.parse_entry(entry, &loc, &mut origin, &mut last_owner) {
+                self.errors.push(Diagnostic::at(loc, message));
+            }
+        }
+    }
+
+    fn parse_entry(
+        &mut self,
+        entry: Entry,
+        loc: &Location,
+        origin: &mut Name,
+        last_owner: &mut Option<Name>,
+    ) -> Result<(), String> {
+        let mut tokens = entry.tokens.into_iter().peekable();
+        let first = tokens.peek().ok_or("empty entry")?;
+        if !entry.inherits_owner && !first.quoted && first.text.first() == Some(&b'$') {
+            let directive = text_of(&tokens.next().ok_or("empty entry")?)?.to_ascii_uppercase();
+            return self.parse_directive(&directive, tokens.collect(), loc, origin);
+        }
+        let owner = if entry.inherits_owner {
+            last_owner
+                .clone()
+                .ok_or("record with a blank owner but no previous owner to inherit")?
+        } else {
+            let token = tokens.next().ok_or("empty entry")?;
+            Name::parse(text_of(&token)?, Some(origin)).map_err(name_error)?
+        };
+        *last_owner = Some(owner.clone());
+
+        let mut ttl = None;
+        let mut class = None;
+        let rtype = loop {
+            let token = tokens.next().ok_or("missing record type")?;
+            let word = text_of(&token)?;
+            if ttl.is_none() && word.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+                ttl = Some(parse_ttl(word)?);
+            } else if class.is_none() && parse_class(word).is_some() {
+                class = parse_class(word);
+            } else {
+                break rtype::from_mnemonic(word).ok_or_else(|| {
+                    format!("unknown record type {word:?} (write it as TYPEnnn \\# len hex per RFC 3597)")
+                })?;
+            }
+        };
+        let class = class.unwrap_or(rtype::CLASS_IN);
+        if class != rtype::CLASS_IN {
+            return Err("only class IN is served from zone files".into());
+        }
+        let rest: Vec<Token> = tokens.collect();
+        let rdata = parse_rdata(rtype, &rest, origin)?;
+        let ttl = match ttl.or(self.default_ttl).or(self.last_ttl) {
+            Some(ttl) => ttl,
+            // RFC 2308 §4: without $TTL, BIND takes the SOA MINIMUM; do the same for the SOA itself.
+            None if rtype == rtype::SOA => soa_minimum(&rdata).unwrap_or(0),
+            None => return Err("no TTL given and no $TTL in effect".into()),
+        };
+        self.last_ttl = Some(ttl);
+        self.records.push(Record {
+            name: owner,
+            rtype,
+            ttl,
+            rdata,
+            location: loc.clone(),
+        });
+        Ok(())
+    }
+
+    fn parse_directive(
+        &mut self,
+        directive: &str,
+        args: Vec<Token>,
+        loc: &Location,
+        origin: &mut Name,
+    ) -> Result<(), String> {
+        match directive {
+            "$ORIGIN" => {
+                let [arg] = args.as_slice() else {
+                    return Err("$ORIGIN takes exactly one name".into());
+                };
+                *origin = Name::parse(text_of(arg)?, Some(origin)).map_err(name_error)?;
+                Ok(())
+            }
+            "$TTL" => {
+                let [arg] = args.as_slice() else {
+                    return Err("$TTL takes exactly one value".into());
+                };
+                self.default_ttl = Some(parse_ttl(text_of(arg)?)?);
+                Ok(())
+            }
+            "$INCLUDE" => {
+                let (file, include_origin) = match args.as_slice() {
+                    [file] => (text_of(file)?, origin.clone()),
+                    [file, name] => (
+                        text_of(file)?,
+                        Name::parse(text_of(name)?, Some(origin)).map_err(name_error)?,
+                    ),
+                    _ => return Err("$INCLUDE takes a file name and an optional origin".into()),
+                };
+                let base = loc.file.parent().unwrap_or(Path::new("."));
+                let path = base.join(file);
+                // RFC 1035 §5.1: the included file does not change the including file's origin.
+                self.parse_path(&path, include_origin, Some(loc.clone()));
+                Ok(())
+            }
+            other => Err(format!("unknown directive {other}")),
+        }
+    }
+}
+
+fn name_error(e: NameError) -> String {
+    e.to_string()
+}
+
+fn text_of(token: &Token) -> Result<&str, String> {
+    std::str::from_utf8(&token.text).map_err(|_| "invalid UTF-8 (use \\DDD escapes)".to_string())
+}
+
+fn parse_class(word: &str) -> Option<u16> {
+    match word.to_ascii_uppercase().as_str() {
+        "IN" => Some(rtype::CLASS_IN),
+        "CH" => Some(3),
+        "HS" => Some(4),
+        "CS" => Some(2),
+        w => w.strip_prefix("CLASS").and_then(|n| n.parse().ok()),
+    }
+}
+
+/// A TTL in seconds or with BIND units (`1w2d3h4m5s`).
+pub(crate) fn parse_ttl(word: &str) -> Result<u32, String> {
+    let bad = || format!("bad TTL {word:?}");
+    if word.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut number: Option<u64> = None;
+    for c in word.chars() {
+        if let Some(d) = c.to_digit(10) {
+            number = Some(number.unwrap_or(0).checked_mul(10).ok_or_else(bad)? + u64::from(d));
+            if number > Some(u64::from(u32::MAX)) {
+                return Err(bad());
+            }
+            continue;
+        }
+        let unit = match c.to_ascii_lowercase() {
+            'w' => 604_800,
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        total += number.take().ok_or_else(bad)? * unit;
+    }
+    total += number.unwrap_or(0);
+    if total > u64::from(MAX_TTL) {
+        return Err(format!("TTL {word:?} is above the RFC 2181 limit of {MAX_TTL}"));
+    }
+    Ok(total as u32)
+}
+
+fn soa_minimum(rdata: &[u8]) -> Option<u32> {
+    let tail = rdata.get(rdata.len().checked_sub(4)?..)?;
+    Some(u32::from_be_bytes(tail.try_into().ok()?))
+}
+
+fn parse_u16(token: Option<&Token>, what: &str) -> Result<u16, String> {
+    let token = token.ok_or_else(|| format!("missing {what}"))?;
+    text_of(token)?
+        .parse()
+        .map_err(|_| format!("bad {what} {:?}", String::from_utf8_lossy(&token.text)))
+}
+
+fn parse_u8(token: Option<&Token>, what: &str) -> Result<u8, String> {
+    let token = token.ok_or_else(|| format!("missing {what}"))?;
+    text_of(token)?
+        .parse()
+        .map_err(|_| format!("bad {what} {:?}", String::from_utf8_lossy(&token.text)))
+}
+
+fn parse_name(token: Option<&Token>, origin: &Name, what: &str) -> Result<Name, String> {
+    let token = token.ok_or_else(|| format!("missing {what}"))?;
+    Name::parse(text_of(token)?, Some(origin)).map_err(|e| format!("bad {what}: {e}"))
+}
+
+fn expect_count(tokens: &[Token], n: usize, rtype: u16) -> Result<(), String> {
+    if tokens.len() != n {
+        return Err(format!(
+            "{} needs {n} fields, found {}",
+            rtype::mnemonic(rtype),
+            tokens.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Parses presentation RDATA into uncompressed wire RDATA.
+fn parse_rdata(rtype: u16, tokens: &[Token], origin: &Name) -> Result<Vec<u8>, String> {
+    if tokens.first().is_some_and(|t| !t.quoted && t.text == b"\\#") {
+        return parse_generic(tokens);
+    }
+    let mut out = Vec::new();
+    match rtype {
+        rtype::A => {
+            expect_count(tokens, 1, rtype)?;
+            let addr: Ipv4Addr = text_of(&tokens[0])?
+                .parse()
+                .map_err(|_| format!("bad IPv4 address {:?}", String::from_utf8_lossy(&tokens[0].text)))?;
+            out.extend_from_slice(&addr.octets());
+        }
+        rtype::AAAA => {
+            expect_count(tokens, 1, rtype)?;
+            let addr: Ipv6Addr = text_of(&tokens[0])?
+                .parse()
+                .map_err(|_| format!("bad IPv6 address {:?}", String::from_utf8_lossy(&tokens[0].text)))?;
+            out.extend_from_slice(&addr.octets());
+        }
+        rtype::NS | rtype::CNAME | rtype::PTR | rtype::DNAME => {
+            expect_count(tokens, 1, rtype)?;
+            out.extend_from_slice(parse_name(tokens.first(), origin, "target name")?.wire());
+        }
+        rtype::MX => {
+            expect_count(tokens, 2, rtype)?;
+            out.extend_from_slice(&parse_u16(tokens.first(), "MX preference")?.to_be_bytes());
+            out.extend_from_slice(parse_name(tokens.get(1), origin, "MX exchange")?.wire());
+        }
+        rtype::SRV => {
+            expect_count(tokens, 4, rtype)?;
+            for (i, what) in ["SRV priority", "SRV weight", "SRV port"].iter().enumerate() {
+                out.extend_from_slice(&parse_u16(tokens.get(i), what)?.to_be_bytes());
+            }
+            out.extend_from_slice(parse_name(tokens.get(3), origin, "SRV target")?.wire());
+        }
+        rtype::TXT | rtype::SPF => {
+            if tokens.is_empty() {
+                return Err("TXT needs at least one string".into());
+            }
+            for token in tokens {
+                let bytes = unescape(&token.text)?;
+                if bytes.len() > 255 {
+                    return Err("TXT string longer than 255 octets (split it into several strings)".into());
+                }
+                out.push(bytes.len() as u8);
+                out.extend_from_slice(&bytes);
+            }
+        }
+        rtype::CAA => {
+            expect_count(tokens, 3, rtype)?;
+            let flags = parse_u8(tokens.first(), "CAA flags")?;
+            let tag = text_of(&tokens[1])?;
+            if tag.is_empty() || tag.len() > 255 || !tag.bytes().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("bad CAA tag {tag:?}"));
+            }
+            let value = unescape(&tokens[2].text)?;
+            out.push(flags);
+            out.push(tag.len() as u8);
+            out.extend_from_slice(tag.as_bytes());
+            out.extend_from_slice(&value);
+        }
+        rtype::SOA => {
+            expect_count(tokens, 7, rtype)?;
+            out.extend_from_slice(parse_name(tokens.first(), origin, "SOA MNAME")?.wire());
+            out.extend_from_slice(parse_name(tokens.get(1), origin, "SOA RNAME")?.wire());
+            let serial: u32 = text_of(&tokens[2])?
+                .parse()
+                .map_err(|_| format!("bad SOA serial {:?}", String::from_utf8_lossy(&tokens[2].text)))?;
+            out.extend_from_slice(&serial.to_be_bytes());
+            for token in &tokens[3..] {
+                out.extend_from_slice(&parse_ttl(text_of(token)?)?.to_be_bytes());
+            }
+        }
+        rtype::DS => {
+            if tokens.len() < 4 {
+                return Err("DS needs key tag, algorithm, digest type and digest".into());
+            }
+            out.extend_from_slice(&parse_u16(tokens.first(), "DS key tag")?.to_be_bytes());
+            out.push(parse_u8(tokens.get(1), "DS algorithm")?);
+            out.push(parse_u8(tokens.get(2), "DS digest type")?);
+            let hex: String = tokens[3..].iter().map(text_of).collect::<Result<_, _>>()?;
+            out.extend_from_slice(&decode_hex(&hex)?);
+        }
+        _ => {
+            return Err(format!(
+                "type {} must be written in RFC 3597 form (\\# length hex)",
+                rtype::mnemonic(rtype)
+            ));
+        }
+    }
+    if out.len() > usize::from(u16::MAX) {
+        return Err("RDATA longer than 65535 octets".into());
+    }
+    Ok(out)
+}
+
+/// RFC 3597 §5: `\# <length> <hex...>`.
+fn parse_generic(tokens: &[Token]) -> Result<Vec<u8>, String> {
+    let length: usize = tokens
+        .get(1)
+        .ok_or("\\# needs a length")
+        .and_then(|t| text_of(t).map_err(|_| "bad length"))?
+        .parse()
+        .map_err(|_| "bad \\# length".to_string())?;
+    let hex: String = tokens[2..].iter().map(text_of).collect::<Result<_, _>>()?;
+    let data = decode_hex(&hex)?;
+    if data.len() != length || length > usize::from(u16::MAX) {
+        return Err(format!(
+            "\\# length {length} does not match {} octets of data",
+            data.len()
+        ));
+    }
+    Ok(data)
+}
+
+fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
+    if hex.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("bad hex {hex:?}"))
+        })
+        .collect()
+}
+
+/// Resolves `\X` and `\DDD` escapes of a character-string.
+fn unescape(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' {
+            out.push(raw[i]);
+            i += 1;
+            continue;
+        }
+        let rest = &raw[i + 1..];
+        if rest.len() >= 3 && rest[..3].iter().all(u8::is_ascii_digit) {
+            let value =
+                u32::from(rest[0] - b'0') * 100 + u32::from(rest[1] - b'0') * 10 + u32::from(rest[2] - b'0');
+            out.push(u8::try_from(value).map_err(|_| "escape \\DDD above 255".to_string())?);
+            i += 4;
+        } else if let Some(&c) = rest.first() {
+            out.push(c);
+            i += 2;
+        } else {
+            return Err("dangling backslash".into());
+        }
+    }
+    Ok(out)
+}
+
+/// Splits the source into entries (one record or directive, possibly over several lines in
+/// parentheses), keeping the line where each entry starts.
+struct Lexer<'a> {
+    src: &'a [u8],
+    pos: usize,
+    line: usize,
+}
+
+impl Lexer<'_> {
+    fn next_entry(&mut self) -> Option<Result<Entry, (usize, String)>> {
+        loop {
+            if self.pos >= self.src.len() {
+                return None;
+            }
+            let start_line = self.line;
+            let inherits_owner = matches!(self.src[self.pos], b' ' | b'\t');
+            match self.read_entry_tokens() {
+                Ok(tokens) if tokens.is_empty() => continue,
+                Ok(tokens) => {
+                    return Some(Ok(Entry {
+                        line: start_line,
+                        inherits_owner,
+                        tokens,
+                    }));
+                }
+                Err(message) => {
+                    self.skip_line();
+                    return Some(Err((start_line, message)));
+                }
+            }
+        }
+    }
+
+    fn skip_line(&mut self) {
+        while self.pos < self.src.len() {
+            let c = self.src[self.pos];
+            self.pos += 1;
+            if c == b'\n' {
+                self.line += 1;
+                return;
+            }
+        }
+    }
+
+    fn read_entry_tokens(&mut self) -> Result<Vec<Token>, String> {
+        let mut tokens = Vec::new();
+        let mut depth = 0usize;
+        while self.pos < self.src.len() {
+            let c = self.src[self.pos];
+            match c {
+                b'\n' => {
+                    self.pos += 1;
+                    self.line += 1;
+                    if depth == 0 {
+                        return Ok(tokens);
+                    }
+                }
+                b' ' | b'\t' | b'\r' => self.pos += 1,
+                b';' => {
+                    while self.pos < self.src.len() && self.src[self.pos] != b'\n' {
+                        self.pos += 1;
+                    }
+                }
+                b'(' => {
+                    depth += 1;
+                    self.pos += 1;
+                }
+                b')' => {
+                    depth = depth.checked_sub(1).ok_or("')' without a matching '('")?;
+                    self.pos += 1;
+                }
+                b'"' => {
+                    self.pos += 1;
+                    let mut text = Vec::new();
+                    loop {
+                        let Some(&c) = self.src.get(self.pos) else {
+                            return Err("unterminated quoted string".into());
+                        };
+                        self.pos += 1;
+                        match c {
+                            b'"' => break,
+                            b'\n' => {
+                                self.line += 1;
+                                return Err("newline inside a quoted string".into());
+                            }
+                            b'\\' => {
+                                text.push(c);
+                                if let Some(&next) = self.src.get(self.pos) {
+                                    if next == b'\n' {
+                                        self.line += 1;
+                                    }
+                                    text.push(next);
+                                    self.pos += 1;
+                                }
+                            }
+                            _ => text.push(c),
+                        }
+                    }
+                    tokens.push(Token { text, quoted: true });
+                }
+                _ => {
+                    let mut text = Vec::new();
+                    while let Some(&c) = self.src.get(self.pos) {
+                        if matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'(' | b')' | b'"') {
+                            break;
+                        }
+                        text.push(c);
+                        self.pos += 1;
+                        if c == b'\\' {
+                            if let Some(&next) = self.src.get(self.pos) {
+                                if next == b'\n' {
+                                    return Err("backslash at the end of a line".into());
+                                }
+                                text.push(next);
+                                self.pos += 1;
+                            }
+                        }
+                    }
+                    tokens.push(Token { text, quoted: false });
+                }
+            }
+        }
+        if depth > 0 {
+            return Err("unbalanced '(' at end of file".into());
+        }
+        Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<Record>, Vec<Diagnostic>> {
+        let origin = Name::parse("example.", None).expect("origin");
+        parse_str(text, Path::new("test.zone"), &origin)
+    }
+
+    #[test]
+    fn parses_common_syntax() {
+        let records = parse(
+            "$TTL 1h\n@ IN SOA ns1 hostmaster ( 1 ; serial\n 2h 1h 1w 5m )\n  NS ns1\nns1 300 A 192.0.2.1\n\
+             txt TXT \"a b\" c \"\\065\\\"\"\nsrv IN 60 SRV 1 2 443 ns1\nx TYPE65534 \\# 2 abcd\n",
+        )
+        .expect("parses");
+        assert_eq!(records.len(), 6);
+        assert_eq!(records[0].rtype, rtype::SOA);
+        assert_eq!(records[0].ttl, 3600);
+        assert_eq!(records[0].location.line, 2);
+        assert_eq!(records[1].name.to_string(), "example.");
+        assert_eq!(records[1].location.line, 4);
+        assert_eq!(records[2].ttl, 300);
+        assert_eq!(records[3].rdata, b"\x03a b\x01c\x02A\"");
+        assert_eq!(records[4].ttl, 60);
+        assert_eq!(records[5].rtype, 65534);
+        assert_eq!(records[5].rdata, vec![0xab, 0xcd]);
+    }
+
+    #[test]
+    fn reports_errors_with_lines_and_continues() {
+        let errors = parse("$TTL 60\n@ SOA a b 1 2 3 4 5\nbad A 300.1.1.1\nok A 1.2.3.4\nq BOGUS x\n")
+            .expect_err("has errors");
+        let lines: Vec<usize> = errors.iter().map(|e| e.line.unwrap_or(0)).collect();
+        assert_eq!(lines, vec![3, 5]);
+        assert!(
+            errors[0].to_string().starts_with("test.zone:3: bad IPv4 address"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("1h30m"), Ok(5400));
+        assert_eq!(parse_ttl("1W"), Ok(604_800));
+        assert!(parse_ttl("h").is_err());
+        assert!(parse_ttl("4294967295").is_err());
+    }
+}

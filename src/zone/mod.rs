@@ -1,0 +1,410 @@
+//! Zone data from files: master file + members file -> validated records, members and pools.
+//!
+//! Everything here runs off the request path (at load and reload). Every error carries the
+//! file and, where it has one, the line. It must not know about wire responses; the snapshot
+//! builder turns `ZoneData` into answer tables.
+
+pub mod master;
+pub mod members;
+pub mod name;
+pub mod rtype;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::ZoneConfig;
+use crate::health::spec::HealthSettings;
+use members::{Member, PoolDef};
+use name::Name;
+
+/// Where something was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: Arc<Path>,
+    pub line: usize,
+}
+
+impl Location {
+    pub fn new(file: Arc<Path>, line: usize) -> Location {
+        Location { file, line }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A problem found in a file, shown as `file:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: Arc<Path>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn at(location: Location, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: location.file,
+            line: Some(location.line),
+            message: message.into(),
+        }
+    }
+
+    pub fn file(path: &Path, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: Arc::from(path),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax or schema error, placed on the line its span starts.
+    pub fn toml(path: &Path, text: &str, error: &toml::de::Error) -> Diagnostic {
+        let line = error.span().map(|span| crate::config::line_of(text, span.start));
+        Diagnostic {
+            file: Arc::from(path),
+            line,
+            message: error.message().trim().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// One resource record as loaded: RDATA in uncompressed wire form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub name: Name,
+    pub rtype: u16,
+    pub ttl: u32,
+    pub rdata: Vec<u8>,
+    pub location: Location,
+}
+
+/// A validated zone: its records (member CNAMEs included), members and pools.
+#[derive(Debug, Clone)]
+pub struct ZoneData {
+    pub origin: Name,
+    pub records: Vec<Record>,
+    pub members: Vec<Member>,
+    pub pools: Vec<PoolDef>,
+}
+
+/// Loads and validates one configured zone.
+pub fn load(zone: &ZoneConfig, health_defaults: &HealthSettings) -> Result<ZoneData, Vec<Diagnostic>> {
+    let mut records = master::parse_file(&zone.file, &zone.origin)?;
+    let (members, pools) = match &zone.members {
+        Some(path) => members::load(path, &zone.origin, health_defaults)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut errors = Vec::new();
+    check_member_names(&records, &members, &pools, &mut errors);
+    for member in &members {
+        records.push(member.cname_record());
+    }
+    validate(&zone.origin, &mut records, &zone.file, &mut errors);
+    check_pool_targets(&zone.origin, &members, &pools, &mut errors);
+    if errors.is_empty() {
+        Ok(ZoneData {
+            origin: zone.origin.clone(),
+            records,
+            members,
+            pools,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// A member or pool label must not name anything the zone file already defines.
+fn check_member_names(
+    records: &[Record],
+    members: &[Member],
+    pools: &[PoolDef],
+    errors: &mut Vec<Diagnostic>,
+) {
+    let mut defined: HashMap<Box<[u8]>, &Location> = HashMap::new();
+    for record in records {
+        defined.entry(record.name.key()).or_insert(&record.location);
+    }
+    for member in members {
+        if let Some(other) = defined.get(&member.name.key()) {
+            errors.push(Diagnostic::at(
+                member.location.clone(),
+                format!(
+                    "member label {} collides with a record of the zone file at {other}",
+                    member.name
+                ),
+            ));
+        }
+    }
+    for pool in pools {
+        if let Some(other) = defined.get(&pool.name.key()) {
+            errors.push(Diagnostic::at(
+                pool.location.clone(),
+                format!(
+                    "pool name {} collides with a record of the zone file at {other}",
+                    pool.name
+                ),
+            ));
+        }
+    }
+}
+
+/// A member target that is a pool name of the same zone would make the pool answer itself.
+fn check_pool_targets(origin: &Name, members: &[Member], pools: &[PoolDef], errors: &mut Vec<Diagnostic>) {
+    let pool_names: HashSet<Box<[u8]>> = pools.iter().map(|p| p.name.key()).collect();
+    for member in members {
+        if member.target.is_subdomain_of(origin) && pool_names.contains(&member.target.key()) {
+            errors.push(Diagnostic::at(
+                member.location.clone(),
+                format!(
+                    "member target {} is a pool name of this zone: that would loop",
+                    member.target
+                ),
+            ));
+        }
+    }
+}
+
+/// A CNAME's target key and the index of its record.
+type CnameEdge = (Box<[u8]>, usize);
+
+/// Zone-level rules (RFC 1034/1035/2181): data inside the zone, one SOA at the apex, NS at the
+/// apex, CNAME alone at its name, nothing but glue below a delegation, no CNAME loops.
+/// Also removes duplicate records and aligns TTLs within an RRset (RFC 2181 §5.2).
+fn validate(origin: &Name, records: &mut Vec<Record>, file: &Path, errors: &mut Vec<Diagnostic>) {
+    let origin_key = origin.key();
+    records.retain(|r| {
+        if r.name.is_subdomain_of(origin) {
+            true
+        } else {
+            errors.push(Diagnostic::at(
+                r.location.clone(),
+                format!("{} is outside the zone {origin}", r.name),
+            ));
+            false
+        }
+    });
+
+    // Group into RRsets, deduplicating.
+    let mut by_name: BTreeMap<Box<[u8]>, BTreeMap<u16, Vec<usize>>> = BTreeMap::new();
+    let mut seen: HashSet<(Box<[u8]>, u16, Vec<u8>)> = HashSet::new();
+    let mut keep = vec![true; records.len()];
+    for (i, r) in records.iter().enumerate() {
+        if !seen.insert((r.name.key(), r.rtype, r.rdata.clone())) {
+            keep[i] = false;
+            continue;
+        }
+        by_name
+            .entry(r.name.key())
+            .or_default()
+            .entry(r.rtype)
+            .or_default()
+            .push(i);
+    }
+
+    let soa_count = records.iter().filter(|r| r.rtype == rtype::SOA).count();
+    match by_name.get(&origin_key).and_then(|types| types.get(&rtype::SOA)) {
+        None => errors.push(Diagnostic::file(
+            file,
+            format!("zone {origin} has no SOA record at its apex"),
+        )),
+        Some(soas) if soas.len() > 1 => errors.push(Diagnostic::at(
+            records[soas[1]].location.clone(),
+            "more than one SOA record at the apex",
+        )),
+        Some(_) => {}
+    }
+    if soa_count > 1 {
+        for r in records
+            .iter()
+            .filter(|r| r.rtype == rtype::SOA && r.name.key() != origin_key)
+        {
+            errors.push(Diagnostic::at(r.location.clone(), "SOA record below the apex"));
+        }
+    }
+    if by_name
+        .get(&origin_key)
+        .is_none_or(|types| !types.contains_key(&rtype::NS))
+    {
+        errors.push(Diagnostic::file(
+            file,
+            format!("zone {origin} has no NS records at its apex"),
+        ));
+    }
+
+    let cuts: HashSet<Box<[u8]>> = by_name
+        .iter()
+        .filter(|(key, types)| **key != origin_key && types.contains_key(&rtype::NS))
+        .map(|(key, _)| key.clone())
+        .collect();
+
+    for (key, types) in &by_name {
+        let first = |t: u16| types.get(&t).map(|v| records[v[0]].location.clone());
+        if let Some(cnames) = types.get(&rtype::CNAME) {
+            if cnames.len() > 1 {
+                errors.push(Diagnostic::at(
+                    records[cnames[1]].location.clone(),
+                    "more than one CNAME at one name",
+                ));
+            }
+            if types.len() > 1 {
+                let loc = first(rtype::CNAME).unwrap_or_else(|| records[cnames[0]].location.clone());
+                errors.push(Diagnostic::at(
+                    loc,
+                    format!(
+                        "{} has a CNAME and other data (RFC 1034 §3.6.2)",
+                        records[cnames[0]].name
+                    ),
+                ));
+            }
+            if **key == *origin_key {
+                errors.push(Diagnostic::at(
+                    records[cnames[0]].location.clone(),
+                    "CNAME at the zone apex",
+                ));
+            }
+        }
+        let name = &records[types.values().next().map_or(0, |v| v[0])].name;
+        if name.is_wildcard() && types.contains_key(&rtype::NS) {
+            if let Some(loc) = first(rtype::NS) {
+                errors.push(Diagnostic::at(
+                    loc,
+                    "NS records at a wildcard name (RFC 4592 §4.2)",
+                ));
+            }
+        }
+        // Below a delegation only glue addresses may live; at the cut NS, DS and addresses.
+        let mut ancestor = name.parent();
+        let mut under_cut = None;
+        while let Some(a) = ancestor {
+            if a.key() == origin_key {
+                break;
+            }
+            if cuts.contains(&a.key()) {
+                under_cut = Some(a.clone());
+            }
+            ancestor = a.parent();
+        }
+        let at_cut = cuts.contains(key);
+        for (&t, indexes) in types {
+            let allowed = if under_cut.is_some() {
+                t == rtype::A || t == rtype::AAAA
+            } else if at_cut {
+                matches!(t, rtype::NS | rtype::DS | rtype::A | rtype::AAAA)
+            } else {
+                true
+            };
+            if !allowed {
+                let cut = under_cut.clone().unwrap_or_else(|| name.clone());
+                errors.push(Diagnostic::at(
+                    records[indexes[0]].location.clone(),
+                    format!(
+                        "{} record at {name} is hidden by the delegation at {cut}",
+                        rtype::mnemonic(t)
+                    ),
+                ));
+            }
+            if t == rtype::DS && !at_cut {
+                errors.push(Diagnostic::at(
+                    records[indexes[0]].location.clone(),
+                    "DS record away from a delegation",
+                ));
+            }
+        }
+    }
+
+    // CNAME chains inside the zone must end.
+    let cname_target: HashMap<Box<[u8]>, CnameEdge> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.rtype == rtype::CNAME)
+        .map(|(i, r)| (r.name.key(), (Name::from_wire_unchecked(&r.rdata).key(), i)))
+        .collect();
+    let mut reported: HashSet<Box<[u8]>> = HashSet::new();
+    for (start, (_, index)) in &cname_target {
+        let mut visited: Vec<&Box<[u8]>> = vec![start];
+        let mut current = start;
+        while let Some((next, _)) = cname_target.get(current) {
+            if visited.contains(&next) {
+                if visited.iter().all(|v| !reported.contains(*v)) {
+                    errors.push(Diagnostic::at(
+                        records[*index].location.clone(),
+                        format!("CNAME loop starting at {}", records[*index].name),
+                    ));
+                }
+                reported.extend(visited.iter().map(|v| (*v).clone()));
+                break;
+            }
+            visited.push(next);
+            current = next;
+        }
+    }
+
+    // RFC 2181 §5.2: one TTL per RRset; take the lowest, as a cache would see.
+    for types in by_name.values() {
+        for indexes in types.values() {
+            let ttl = indexes.iter().map(|&i| records[i].ttl).min().unwrap_or(0);
+            for &i in indexes {
+                records[i].ttl = ttl;
+            }
+        }
+    }
+    let mut i = 0;
+    records.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn check(text: &str) -> Vec<String> {
+        let origin = Name::parse("example.", None).expect("origin");
+        let mut records = master::parse_str(text, Path::new("z"), &origin).expect("syntax ok");
+        let mut errors = Vec::new();
+        validate(&origin, &mut records, &PathBuf::from("z"), &mut errors);
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    const HEAD: &str = "$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n";
+
+    #[test]
+    fn accepts_good_zone() {
+        assert_eq!(check(HEAD), Vec::<String>::new());
+    }
+
+    #[test]
+    fn rejects_semantic_errors() {
+        let errs = check(&format!("{HEAD}www CNAME ns\nwww A 1.2.3.4\n"));
+        assert!(
+            errs.iter().any(|e| e.contains("CNAME and other data")),
+            "{errs:?}"
+        );
+        let errs = check(&format!("{HEAD}a CNAME b\nb CNAME a\n"));
+        assert!(errs.iter().any(|e| e.contains("CNAME loop")), "{errs:?}");
+        let errs = check(&format!("{HEAD}sub NS ns.sub\nx.sub TXT hi\nns.sub A 1.1.1.1\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("z:6:"), "{errs:?}");
+        let errs = check(&format!("{HEAD}www.other. A 1.2.3.4\n"));
+        assert!(errs[0].contains("outside the zone"), "{errs:?}");
+        let errs = check("$TTL 60\n@ NS ns\n");
+        assert!(errs[0].contains("no SOA"), "{errs:?}");
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need where it is missing, then runs the
+# whole suite. .ci/run calls this same script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests and benches drive: dig/named-checkzone, NSD and Knot as reference
+# servers, kdig, dnsperf, systemd-analyze.
+need_pkgs=()
+command -v dig >/dev/null || need_pkgs+=(bind9-dnsutils)
+command -v named-checkzone >/dev/null || need_pkgs+=(bind9-utils)
+command -v nsd >/dev/null || [ -x /usr/sbin/nsd ] || need_pkgs+=(nsd)
+command -v knotd >/dev/null || [ -x /usr/sbin/knotd ] || need_pkgs+=(knot)
+command -v kdig >/dev/null || need_pkgs+=(knot-dnsutils)
+command -v dnsperf >/dev/null || need_pkgs+=(dnsperf)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "tests/run.sh: installing ${need_pkgs[*]}" >&2
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    # Keep the packaged daemons (nsd, knot) from starting on port 53: tests run their own.
+    created_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    if [ -n "$created_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+cargo test --locked --release "$@"
