@@ -1,0 +1,158 @@
+//! Shared harness: a copy of the example consortium in a temp dir, the server started on it,
+//! and raw UDP/TCP exchanges. Messages are built and parsed with hickory-proto, an independent
+//! DNS implementation.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use consortium_dns::app::{self, ServerHandle};
+use consortium_dns::config::Config;
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::{DNSClass, Name, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// The repository root (where `config/` and `zones/` live).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A private copy of `config/` and `zones/` that a test may edit. The config listens on
+/// 127.0.0.1 port 0 with the HTTP endpoint off, and health probes off (`kind = "none"`)
+/// unless the test rewrites them.
+pub struct Tree {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tree {
+    pub fn example() -> Tree {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for sub in ["config", "zones"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+            for entry in std::fs::read_dir(repo_root().join(sub)).expect("read example dir") {
+                let entry = entry.expect("dir entry");
+                std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).expect("copy");
+            }
+        }
+        let tree = Tree { dir };
+        let config = tree.read("config/consortium-dns.toml");
+        let config = config
+            .replace("listen = [\"127.0.0.1:5300\"]", "listen = [\"127.0.0.1:0\"]")
+            .replace("http-listen = \"127.0.0.1:8053\"", "http-listen = \"\"")
+            .replace("kind = \"https\"", "kind = \"none\"");
+        tree.write("config/consortium-dns.toml", &config);
+        let members = tree
+            .read("zones/consortium.example.members.toml")
+            .replace("kind = \"tcp\"", "kind = \"none\"");
+        tree.write("zones/consortium.example.members.toml", &members);
+        tree
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("config/consortium-dns.toml")
+    }
+
+    pub fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.path(relative)).expect("read file")
+    }
+
+    pub fn write(&self, relative: &str, text: &str) {
+        std::fs::write(self.path(relative), text).expect("write file");
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.config_path()).unwrap_or_else(|e| panic!("config: {e:?}"))
+    }
+
+    /// Starts the server on this tree.
+    pub async fn start(&self) -> ServerHandle {
+        app::start(self.config()).await.unwrap_or_else(|e| panic!("server start: {e}"))
+    }
+}
+
+/// The example tree, started. Keep the tree alive as long as the server.
+pub async fn start_example() -> (Tree, ServerHandle) {
+    let tree = Tree::example();
+    let server = tree.start().await;
+    (tree, server)
+}
+
+pub fn name(text: &str) -> Name {
+    Name::from_str(text).expect("valid name")
+}
+
+/// A query for `qname`/`qtype` with a fixed ID, EDNS(0) at `edns_size` when given.
+pub fn query(qname: &str, qtype: RecordType, edns_size: Option<u16>) -> Message {
+    let mut message = Message::query();
+    message.metadata.id = 0x1234;
+    let mut q = Query::query(name(qname), qtype);
+    q.set_query_class(DNSClass::IN);
+    message.add_query(q);
+    if let Some(size) = edns_size {
+        let mut edns = Edns::new();
+        edns.set_max_payload(size);
+        message.set_edns(edns);
+    }
+    message
+}
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Sends raw bytes over UDP and returns the raw answer, or `None` after a timeout.
+pub async fn udp_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
+    socket.send_to(bytes, addr).await.expect("send");
+    let mut buf = vec![0u8; 65_535];
+    match tokio::time::timeout(TIMEOUT, socket.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+/// One query over UDP, parsed.
+pub async fn udp(addr: SocketAddr, message: &Message) -> Message {
+    let bytes = message.to_vec().expect("encode query");
+    let answer = udp_raw(addr, &bytes).await.expect("UDP answer before timeout");
+    Message::from_vec(&answer).expect("answer parses")
+}
+
+/// Sends length-prefixed messages on one TCP connection and reads `expect` answers.
+pub async fn tcp_raw(addr: SocketAddr, messages: &[Vec<u8>], expect: usize) -> Vec<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut frame = Vec::new();
+    for m in messages {
+        frame.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        frame.extend_from_slice(m);
+    }
+    stream.write_all(&frame).await.expect("write");
+    let mut answers = Vec::new();
+    for _ in 0..expect {
+        let read = async {
+            let len = stream.read_u16().await? as usize;
+            let mut buf = vec![0u8; len];
+            stream.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        };
+        answers.push(tokio::time::timeout(TIMEOUT, read).await.expect("TCP answer in time").expect("read"));
+    }
+    answers
+}
+
+/// One query over TCP, parsed.
+pub async fn tcp(addr: SocketAddr, message: &Message) -> Message {
+    let bytes = message.to_vec().expect("encode query");
+    let answers = tcp_raw(addr, &[bytes], 1).await;
+    Message::from_vec(&answers[0]).expect("answer parses")
+}
+
+/// Runs the `consortium-dns` binary built by cargo for this test run.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_consortium-dns"))
+}

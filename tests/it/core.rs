@@ -1,0 +1,1 @@
+//! Behaviour of the authoritative core (issue 3).

@@ -1,0 +1,6 @@
+//! Integration tests: one binary, the real server in-process on 127.0.0.1 port 0.
+#![allow(unreachable_pub)]
+
+mod common;
+mod core;
+mod differential;
