@@ -1,17 +1,25 @@
-//! Wiring: load the config and zones, bind, start the listeners; the handle stops them.
+//! Wiring: load the config and zones, bind, start listeners, health checks, the admin HTTP
+//! endpoint and the reload triggers; `Control::reload` is the one place a new Snapshot is
+//! validated and swapped in.
 //!
 //! `main` and the integration tests both start the server through `start`, so tests run the
 //! same code as production on port 0.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::health::HealthManager;
+use crate::metrics::Metrics;
+use crate::reload::{self, FileWatcher};
 use crate::server::{self, Listeners, Running, Shared};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{self, Snapshot};
 use crate::zone::Diagnostic;
 
 /// Why the server could not start.
@@ -21,6 +29,57 @@ pub enum StartError {
     Load(Vec<Diagnostic>),
     #[error("cannot bind DNS listeners: {0}")]
     Bind(#[source] std::io::Error),
+    #[error("cannot bind the HTTP endpoint: {0}")]
+    BindHttp(#[source] std::io::Error),
+}
+
+/// The outcome of one load or reload, as status and `POST /reload` show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ReloadReport {
+    pub ok: bool,
+    /// What asked for it: "start", "file change", "SIGHUP", "http".
+    pub trigger: String,
+    pub at_unix: u64,
+    /// `file:line: reason` for every problem found; empty on success.
+    pub errors: Vec<String>,
+    /// Settings changed in the config that only a restart applies.
+    pub restart_needed: Vec<String>,
+    /// Served serial per zone after this reload (unchanged zones included).
+    pub serials: BTreeMap<String, u32>,
+    pub duration_ms: f64,
+}
+
+/// Everything the control plane needs; shared by the HTTP endpoint, signals and watcher.
+#[derive(Debug)]
+pub struct Control {
+    pub shared: Arc<Shared>,
+    pub health: Arc<HealthManager>,
+    pub metrics: Metrics,
+    /// The config as running (listen overrides applied).
+    config: Mutex<Config>,
+    overrides: Overrides,
+    last_reload: Mutex<Option<ReloadReport>>,
+    last_success: Mutex<Option<ReloadReport>>,
+    reloading: tokio::sync::Mutex<()>,
+    ready: AtomicBool,
+}
+
+/// Command-line settings that win over the config file, on start and on every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<Vec<SocketAddr>>,
+    pub http_listen: Option<Option<SocketAddr>>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(listen) = &self.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(http) = self.http_listen {
+            config.http_listen = http;
+        }
+    }
 }
 
 /// A running server.
@@ -28,35 +87,319 @@ pub enum StartError {
 pub struct ServerHandle {
     /// Bound DNS addresses, UDP and TCP on each.
     pub dns_addrs: Vec<SocketAddr>,
+    /// Bound admin HTTP address, if enabled.
+    pub http_addr: Option<SocketAddr>,
+    pub control: Arc<Control>,
+    /// Same as `control.shared`.
     pub shared: Arc<Shared>,
+    /// The config as started (overrides applied).
     pub config: Config,
     running: Running,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    _watcher: Option<FileWatcher>,
 }
 
 /// Loads everything and starts serving on the current tokio runtime.
 pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
-    let snapshot = Snapshot::load(&config).map_err(StartError::Load)?;
+    start_with(config, Overrides::default()).await
+}
+
+/// As `start`, with command-line overrides that also hold across reloads.
+pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<ServerHandle, StartError> {
+    overrides.apply(&mut config);
+    let metrics = Metrics::new();
+    let started = std::time::Instant::now();
+    let zones = snapshot::load_zones(&config).map_err(StartError::Load)?;
+    let snapshot = Snapshot::build(
+        zones,
+        config.identity.as_deref(),
+        config.version.as_deref(),
+        Some(&metrics),
+    );
     let listeners = Listeners::bind(&config.listen, config.udp_workers).map_err(StartError::Bind)?;
     let dns_addrs = listeners.local_addrs();
-    let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(snapshot),
-        limits: config.limits.clone(),
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(StartError::BindHttp)?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let shared = Arc::new(Shared::new(snapshot, config.limits.clone(), metrics.clone()));
+    let health = HealthManager::start(shared.clone());
+    health.sync(&shared.snapshot.load());
+    let report = ReloadReport {
+        ok: true,
+        trigger: "start".into(),
+        at_unix: unix_now(),
+        errors: Vec::new(),
+        restart_needed: Vec::new(),
+        serials: serials_of(&shared.snapshot.load()),
+        duration_ms: started.elapsed().as_secs_f64() * 1_000.0,
+    };
+    let control = Arc::new(Control {
+        shared: shared.clone(),
+        health,
+        metrics: metrics.clone(),
+        config: Mutex::new(config.clone()),
+        overrides,
+        last_reload: Mutex::new(None),
+        last_success: Mutex::new(None),
+        reloading: tokio::sync::Mutex::new(()),
+        ready: AtomicBool::new(false),
     });
+    control.record(report);
+
     let running = server::start(listeners, shared.clone()).map_err(StartError::Bind)?;
     for addr in &dns_addrs {
         tracing::info!(%addr, "serving DNS over UDP and TCP");
     }
+
+    let mut background = Vec::new();
+    if let Some(listener) = http_listener {
+        if let Some(addr) = http_addr {
+            tracing::info!(%addr, "serving metrics and admin over HTTP");
+        }
+        background.push(tokio::spawn(crate::http::serve(listener, control.clone())));
+    }
+
+    // File changes become reload requests; one task runs them in order.
+    let (requests, mut incoming) = mpsc::channel::<()>(1);
+    let watcher = match FileWatcher::start(reload::watched_files(&config), requests) {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            tracing::warn!("cannot watch zone files ({e}); reload with SIGHUP or POST /reload");
+            None
+        }
+    };
+    let reloader = control.clone();
+    background.push(tokio::spawn(async move {
+        while incoming.recv().await.is_some() {
+            reloader.reload("file change").await;
+        }
+    }));
+    control.ready.store(true, Ordering::Relaxed);
     Ok(ServerHandle {
         dns_addrs,
+        http_addr,
+        control,
         shared,
         config,
         running,
+        background,
+        _watcher: watcher,
     })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn serials_of(snapshot: &Snapshot) -> BTreeMap<String, u32> {
+    snapshot
+        .zones()
+        .iter()
+        .map(|z| (z.origin.to_string(), z.serial))
+        .collect()
+}
+
+impl Control {
+    /// Zones loaded and sockets bound.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The last reload attempt and the last successful one.
+    pub fn reload_reports(&self) -> (Option<ReloadReport>, Option<ReloadReport>) {
+        let last = self.last_reload.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let success = self
+            .last_success
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (last, success)
+    }
+
+    fn record(&self, report: ReloadReport) {
+        let outcome = if report.ok { "success" } else { "failure" };
+        self.metrics.reloads.with_label_values(&[outcome]).inc();
+        if report.ok {
+            self.metrics.last_reload_success.set(report.at_unix as i64);
+            self.metrics.zone_serial.reset();
+            for (zone, serial) in &report.serials {
+                self.metrics
+                    .zone_serial
+                    .with_label_values(&[zone])
+                    .set(i64::from(*serial));
+            }
+            *self.last_success.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        }
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    /// Reads the config and every zone again; on success swaps the new Snapshot in at once,
+    /// on failure keeps serving the old one. Reloads never overlap.
+    pub async fn reload(&self, trigger: &str) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().await;
+        let started = std::time::Instant::now();
+        let config_path = self.config.lock().unwrap_or_else(|p| p.into_inner()).path.clone();
+        let previous = self.shared.snapshot.load_full();
+        let metrics = self.metrics.clone();
+        let overrides = self.overrides.clone();
+        // Parsing and building are CPU and file work: off the async workers.
+        let built = tokio::task::spawn_blocking(move || {
+            let mut config = Config::load(&config_path)?;
+            overrides.apply(&mut config);
+            let mut zones = snapshot::load_zones(&config)?;
+            let policies: BTreeMap<Box<[u8]>, _> = config
+                .zones
+                .iter()
+                .map(|z| (z.origin.key(), z.serial_policy))
+                .collect();
+            for zone in &mut zones {
+                let before = previous
+                    .zones()
+                    .iter()
+                    .find(|z| z.origin.key() == zone.origin.key());
+                let policy = policies.get(&zone.origin.key()).copied().unwrap_or_default();
+                let served = reload::choose_serial(
+                    policy,
+                    before.map(|z| (z.serial, z.content_digest)),
+                    zone.serial(),
+                    zone.content_digest(),
+                    SystemTime::now(),
+                );
+                zone.set_serial(served);
+            }
+            let snapshot = Snapshot::build(
+                zones,
+                config.identity.as_deref(),
+                config.version.as_deref(),
+                Some(&metrics),
+            );
+            Ok::<_, Vec<Diagnostic>>((config, snapshot))
+        })
+        .await;
+        let built = match built {
+            Ok(result) => result,
+            Err(join_error) => Err(vec![Diagnostic::file(
+                std::path::Path::new("reload"),
+                format!("reload task failed: {join_error}"),
+            )]),
+        };
+        let report = match built {
+            Ok((config, snapshot)) => {
+                let restart_needed = {
+                    let running = self.config.lock().unwrap_or_else(|p| p.into_inner());
+                    reload::restart_needed(&running, &config)
+                };
+                if !restart_needed.is_empty() {
+                    tracing::warn!(settings = ?restart_needed, "config changes that need a restart were not applied");
+                }
+                // Health first, so the new tables reflect current health before anyone sees them.
+                self.health.sync(&snapshot);
+                let serials = serials_of(&snapshot);
+                self.shared.snapshot.store(Arc::new(snapshot));
+                // Tables of the published snapshot, in case a probe flipped meanwhile.
+                self.health.publish_tables(&self.shared.snapshot.load());
+                {
+                    let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
+                    let listen = running.listen.clone();
+                    let http = running.http_listen;
+                    let limits = running.limits.clone();
+                    let workers = running.udp_workers;
+                    *running = config;
+                    // What needs a restart stays as it runs.
+                    running.listen = listen;
+                    running.http_listen = http;
+                    running.limits = limits;
+                    running.udp_workers = workers;
+                }
+                tracing::info!(trigger, ?serials, "reloaded");
+                ReloadReport {
+                    ok: true,
+                    trigger: trigger.into(),
+                    at_unix: unix_now(),
+                    errors: Vec::new(),
+                    restart_needed,
+                    serials,
+                    duration_ms: started.elapsed().as_secs_f64() * 1_000.0,
+                }
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!(trigger, "reload failed, still serving the previous data: {e}");
+                }
+                ReloadReport {
+                    ok: false,
+                    trigger: trigger.into(),
+                    at_unix: unix_now(),
+                    errors: errors.iter().map(ToString::to_string).collect(),
+                    restart_needed: Vec::new(),
+                    serials: serials_of(&self.shared.snapshot.load()),
+                    duration_ms: started.elapsed().as_secs_f64() * 1_000.0,
+                }
+            }
+        };
+        self.record(report.clone());
+        report
+    }
+
+    /// Sets the health, weight and certificate gauges from the current state (at scrape).
+    pub fn refresh_gauges(&self) {
+        let snapshot = self.shared.snapshot.load();
+        let report = self.health.report(&snapshot);
+        let m = &self.metrics;
+        m.member_up.reset();
+        m.member_effective_weight.reset();
+        m.member_probe_duration.reset();
+        m.member_cert_expiry_days.reset();
+        m.member_cert_covers_pool.reset();
+        m.pool_fail_open.reset();
+        for pool in &report.pools {
+            m.pool_fail_open
+                .with_label_values(&[&pool.zone, &pool.name])
+                .set(i64::from(pool.fail_open));
+            for member in &pool.members {
+                m.member_up
+                    .with_label_values(&[&pool.zone, &member.label])
+                    .set(i64::from(member.state == "up"));
+                m.member_effective_weight
+                    .with_label_values(&[&pool.zone, &pool.name, &member.label])
+                    .set(member.effective_weight);
+                if let Some(probe) = &member.last_probe {
+                    m.member_probe_duration
+                        .with_label_values(&[&pool.zone, &member.label])
+                        .set(probe.latency_ms / 1_000.0);
+                }
+                if let Some(cert) = &member.certificate {
+                    if let Some(days) = cert.days_to_expiry {
+                        m.member_cert_expiry_days
+                            .with_label_values(&[&pool.zone, &member.label])
+                            .set(days);
+                    }
+                    m.member_cert_covers_pool
+                        .with_label_values(&[&pool.zone, &pool.name, &member.label])
+                        .set(i64::from(cert.covers_pool));
+                }
+            }
+        }
+    }
 }
 
 impl ServerHandle {
     /// Stops the listeners, giving open TCP queries `grace` to finish.
     pub async fn shutdown(self, grace: Duration) {
+        self.control.ready.store(false, Ordering::Relaxed);
+        for task in &self.background {
+            task.abort();
+        }
+        self.control.health.stop();
         self.running.shutdown(grace).await;
     }
 }

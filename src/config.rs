@@ -132,6 +132,25 @@ struct ZoneSection {
     /// Members file (TOML) adding one CNAME per member and the pools.
     #[serde(default)]
     members: Option<PathBuf>,
+    /// How the served SOA serial moves when the content changed but the file's serial did not:
+    /// `keep`, `increment`, `unixtime` or `dateserial`. Default `increment`.
+    #[serde(default)]
+    serial_policy: SerialPolicy,
+}
+
+/// How a reload raises the SOA serial of changed content (after Knot's `serial-policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialPolicy {
+    /// Serve the file's serial as written.
+    Keep,
+    /// Previous served serial + 1.
+    #[default]
+    Increment,
+    /// Seconds since the Unix epoch (or previous + 1 if that is not greater).
+    Unixtime,
+    /// YYYYMMDDnn (or previous + 1 if that is not greater).
+    Dateserial,
 }
 
 /// Validated runtime settings.
@@ -178,6 +197,7 @@ pub struct ZoneConfig {
     pub origin: Name,
     pub file: PathBuf,
     pub members: Option<PathBuf>,
+    pub serial_policy: SerialPolicy,
     pub location: Location,
 }
 
@@ -275,6 +295,7 @@ impl Config {
                 origin,
                 file: base.join(&section.file),
                 members: section.members.as_ref().map(|m| base.join(m)),
+                serial_policy: section.serial_policy,
                 location,
             });
         }

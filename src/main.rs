@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use consortium_dns::config::{Config, DEFAULT_CONFIG_PATH};
 use consortium_dns::snapshot::Snapshot;
 
+mod status;
+
 /// sysexits.h: bad command line or config.
 const EX_USAGE: u8 = 64;
 /// sysexits.h: bad zone or members data.
@@ -36,6 +38,19 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Show pools and members of a running server (from its loopback admin endpoint).
+    Status {
+        /// The server's admin HTTP address.
+        #[arg(
+            long = "http-listen",
+            value_name = "ADDR:PORT",
+            default_value = "127.0.0.1:8053"
+        )]
+        http_listen: SocketAddr,
+        /// Print the raw JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -59,6 +74,7 @@ fn main() -> ExitCode {
     })) {
         Command::Serve(args) => serve(args),
         Command::Check { config } => check(&config),
+        Command::Status { http_listen, json } => status::run(http_listen, json),
     }
 }
 
@@ -111,16 +127,14 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging();
-    let mut config = match load_config(&args.config) {
+    let config = match load_config(&args.config) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    if !args.listen.is_empty() {
-        config.listen = args.listen;
-    }
-    if let Some(http) = args.http_listen {
-        config.http_listen = Some(http);
-    }
+    let overrides = consortium_dns::app::Overrides {
+        listen: (!args.listen.is_empty()).then_some(args.listen),
+        http_listen: args.http_listen.map(Some),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -129,7 +143,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let handle = match consortium_dns::app::start(config).await {
+        let handle = match consortium_dns::app::start_with(config, overrides).await {
             Ok(handle) => handle,
             Err(consortium_dns::app::StartError::Load(errors)) => {
                 for e in errors {
@@ -142,21 +156,28 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(EX_OSERR);
             }
         };
-        wait_for_stop_signal().await;
+        wait_for_stop_signal(&handle).await;
         tracing::info!("shutting down");
         handle.shutdown(Duration::from_secs(5)).await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_stop_signal() {
+/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the zones.
+async fn wait_for_stop_signal(handle: &consortium_dns::app::ServerHandle) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
+    let (Ok(mut term), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+    else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hangup.recv() => {
+                handle.control.reload("SIGHUP").await;
+            }
+        }
     }
 }

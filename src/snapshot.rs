@@ -13,6 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::pick::PickTable;
 use crate::zone::members::{Member, PoolDef};
 use crate::zone::name::Name;
@@ -39,6 +40,8 @@ pub struct Snapshot {
 pub struct Zone {
     pub origin: Name,
     pub serial: u32,
+    /// `ZoneData::content_digest` of what was built (serial excluded).
+    pub content_digest: u64,
     pub(crate) nodes: Vec<Node>,
     /// SOA tail for negative answers, TTL = min(SOA TTL, MINIMUM) (RFC 2308 §3).
     pub(crate) negative_soa: Box<[u8]>,
@@ -96,25 +99,18 @@ pub struct Pool {
 pub(crate) struct PoolEntry {
     pub(crate) tail: Box<[u8]>,
     pub(crate) chase: Option<Box<[u8]>>,
+    /// This member's pick counter (same series across reloads: same labels).
+    pub(crate) picks: Option<prometheus::IntCounter>,
 }
 
 impl Pool {
-    /// Publishes a new table built from `effective` weights, one per pool member in order.
-    pub fn publish_weights(&self, members: &[Member], effective: &[u64]) {
-        let triples: Vec<(u32, u64, u64)> = self
-            .def
-            .members
+    /// Publishes a new table from `(effective, configured)` weights, one per pool member in
+    /// order (both scaled by `health::WEIGHT_SCALE`).
+    pub fn publish(&self, weights: &[(u64, u64)]) {
+        let triples = weights
             .iter()
             .enumerate()
-            .map(|(slot, &m)| {
-                let configured = u64::from(members.get(m).map_or(0, |m| m.weight));
-                (
-                    slot as u32,
-                    effective.get(slot).copied().unwrap_or(configured),
-                    configured,
-                )
-            })
-            .collect();
+            .map(|(slot, &(eff, conf))| (slot as u32, eff, conf));
         self.table.store(Arc::new(PickTable::build(triples)));
     }
 }
@@ -132,31 +128,27 @@ impl Snapshot {
     /// Loads every zone of the config and builds the snapshot. All errors of all files are
     /// returned together.
     pub fn load(config: &Config) -> Result<Snapshot, Vec<Diagnostic>> {
-        let mut zones = Vec::new();
-        let mut errors = Vec::new();
-        for zone_config in &config.zones {
-            match zone::load(zone_config, &config.health_defaults) {
-                Ok(data) => zones.push(data),
-                Err(mut e) => errors.append(&mut e),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
+        let zones = load_zones(config)?;
         Ok(Snapshot::build(
             zones,
             config.identity.as_deref(),
             config.version.as_deref(),
+            None,
         ))
     }
 
-    /// Builds answer tables from validated zone data.
-    pub fn build(zones: Vec<ZoneData>, identity: Option<&str>, version: Option<&str>) -> Snapshot {
+    /// Builds answer tables from validated zone data; with `metrics`, picks are counted.
+    pub fn build(
+        zones: Vec<ZoneData>,
+        identity: Option<&str>,
+        version: Option<&str>,
+        metrics: Option<&Metrics>,
+    ) -> Snapshot {
         let origins: Vec<Box<[u8]>> = zones.iter().map(|z| z.origin.key()).collect();
         let mut names: NameMap<(u32, u32)> = NameMap::default();
         let mut built = Vec::with_capacity(zones.len());
         for (zone_index, data) in zones.into_iter().enumerate() {
-            let zone = build_zone(data);
+            let zone = build_zone(data, metrics);
             for (node_index, node) in zone.nodes.iter().enumerate() {
                 let key = node.name.key();
                 // The deepest configured zone enclosing the name answers for it.
@@ -190,6 +182,19 @@ impl Snapshot {
         }
     }
 
+    /// Counts a pick reported by `server::answer`.
+    #[inline]
+    pub fn count_pick(&self, (zone, pool, slot): (u32, u32, u32)) {
+        let entry = self
+            .zones
+            .get(zone as usize)
+            .and_then(|z| z.pools.get(pool as usize))
+            .and_then(|p| p.entries.get(slot as usize));
+        if let Some(counter) = entry.and_then(|e| e.picks.as_ref()) {
+            counter.inc();
+        }
+    }
+
     /// The zones served, in config order.
     pub fn zones(&self) -> &[Zone] {
         &self.zones
@@ -220,7 +225,21 @@ pub(crate) fn key_is_subdomain(name: &[u8], ancestor: &[u8]) -> bool {
 /// Owner name -> (name as written, RRsets by type).
 type RecordsByName<'r> = BTreeMap<Box<[u8]>, (Name, BTreeMap<u16, Vec<&'r Record>>)>;
 
-fn build_zone(data: ZoneData) -> Zone {
+/// Reads and validates every zone of the config; all errors of all files together.
+pub fn load_zones(config: &Config) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
+    let mut zones = Vec::new();
+    let mut errors = Vec::new();
+    for zone_config in &config.zones {
+        match zone::load(zone_config, &config.health_defaults) {
+            Ok(data) => zones.push(data),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() { Ok(zones) } else { Err(errors) }
+}
+
+fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
+    let content_digest = data.content_digest();
     let ZoneData {
         origin,
         records,
@@ -406,9 +425,12 @@ fn build_zone(data: ZoneData) -> Zone {
                         .target
                         .is_subdomain_of(&origin)
                         .then(|| member.target.key());
+                    let picks = metrics
+                        .map(|m| m.pick_counter(&origin.to_string(), &def.name.to_string(), &member.label));
                     PoolEntry {
                         tail: tail.into(),
                         chase,
+                        picks,
                     }
                 })
                 .collect();
@@ -417,13 +439,17 @@ fn build_zone(data: ZoneData) -> Zone {
                 entries,
                 table: ArcSwap::from_pointee(PickTable::default()),
             };
-            let configured: Vec<u64> = pool
+            // Until the health checker has a say, every member counts at its configured weight.
+            let configured: Vec<(u64, u64)> = pool
                 .def
                 .members
                 .iter()
-                .map(|&m| u64::from(members[m].weight))
+                .map(|&m| {
+                    let w = u64::from(members[m].weight) * crate::health::WEIGHT_SCALE;
+                    (w, w)
+                })
                 .collect();
-            pool.publish_weights(&members, &configured);
+            pool.publish(&configured);
             pool
         })
         .collect();
@@ -431,6 +457,7 @@ fn build_zone(data: ZoneData) -> Zone {
     Zone {
         origin,
         serial,
+        content_digest,
         nodes,
         negative_soa,
         pools,

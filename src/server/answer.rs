@@ -109,7 +109,12 @@ pub fn answer<R: Rng + ?Sized>(
 
     // RFC 1035 §4.1.1: only QUERY is implemented here (NOTIFY and UPDATE are not accepted).
     if opcode != 0 {
-        return error_response(query, out, question, None, NOTIMP);
+        // RFC 6891 §6.1.1: a request with OPT gets OPT back, errors included; look for it when
+        // the message is laid out like a query (UPDATE puts records before it).
+        let edns = question
+            .filter(|_| be16(query, 6) == 0 && be16(query, 8) == 0)
+            .and_then(|q| parse_additional(query, q.end, be16(query, 10)).ok().flatten());
+        return error_response(query, out, question, edns, NOTIMP);
     }
     let Some(question) = question else {
         return error_response(query, out, None, None, FORMERR);
@@ -120,7 +125,9 @@ pub fn answer<R: Rng + ?Sized>(
     }
     let edns = match parse_additional(query, question.end, be16(query, 10)) {
         Ok(edns) => edns,
-        Err(()) => return error_response(query, out, Some(question), None, FORMERR),
+        // RFC 6891 §7: a FORMERR about the OPT itself still carries an OPT, so the client can
+        // tell it from a server without EDNS.
+        Err(seen) => return error_response(query, out, Some(question), seen, FORMERR),
     };
     if let Some(e) = edns {
         // RFC 6891 §6.1.3: a version we do not implement gets BADVERS, with our version (0).
@@ -206,14 +213,15 @@ fn parse_question(query: &[u8]) -> Option<Question> {
 }
 
 /// Walks the additional section: at most one OPT, owned by the root, with well-formed options
-/// (RFC 6891 §6.1.1). Other records are skipped after a bounds check.
-fn parse_additional(query: &[u8], mut pos: usize, count: u16) -> Result<Option<Edns>, ()> {
+/// (RFC 6891 §6.1.1). Other records are skipped after a bounds check. An error carries the
+/// OPT read so far (a duplicate's first, or one with malformed options), for the FORMERR.
+fn parse_additional(query: &[u8], mut pos: usize, count: u16) -> Result<Option<Edns>, Option<Edns>> {
     let mut edns = None;
     for _ in 0..count {
         let owner_start = pos;
         // Skip the owner name; a pointer ends it (it is never followed, so no loop can form).
         loop {
-            let len = *query.get(pos).ok_or(())?;
+            let len = *query.get(pos).ok_or(edns)?;
             match len {
                 0 => {
                     pos += 1;
@@ -223,42 +231,42 @@ fn parse_additional(query: &[u8], mut pos: usize, count: u16) -> Result<Option<E
                 0xC0..=0xFF => {
                     let target = usize::from(be16(query, pos) & 0x3fff);
                     if target >= owner_start {
-                        return Err(());
+                        return Err(edns);
                     }
                     pos += 2;
                     break;
                 }
-                _ => return Err(()),
+                _ => return Err(edns),
             }
             if pos - owner_start > 255 {
-                return Err(());
+                return Err(edns);
             }
         }
-        let fixed = query.get(pos..pos + 10).ok_or(())?;
+        let fixed = query.get(pos..pos + 10).ok_or(edns)?;
         let rrtype = u16::from_be_bytes([fixed[0], fixed[1]]);
         let class = u16::from_be_bytes([fixed[2], fixed[3]]);
         let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
         let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
         pos += 10;
-        let rdata = query.get(pos..pos + rdlen).ok_or(())?;
+        let rdata = query.get(pos..pos + rdlen).ok_or(edns)?;
         pos += rdlen;
         if rrtype == rtype::OPT {
             if edns.is_some() || pos - rdlen - 10 - owner_start != 1 {
-                return Err(());
-            }
-            let mut o = 0;
-            while o < rdata.len() {
-                let option_len = usize::from(be16(rdata, o + 2));
-                if o + 4 + option_len > rdata.len() {
-                    return Err(());
-                }
-                o += 4 + option_len;
+                return Err(edns);
             }
             edns = Some(Edns {
                 udp_size: class,
                 version: (ttl >> 16) as u8,
                 dnssec_ok: ttl & 0x8000 != 0,
             });
+            let mut o = 0;
+            while o < rdata.len() {
+                let option_len = usize::from(be16(rdata, o + 2));
+                if o + 4 + option_len > rdata.len() {
+                    return Err(edns);
+                }
+                o += 4 + option_len;
+            }
         }
     }
     Ok(edns)
@@ -275,7 +283,8 @@ struct Response<'o> {
     answers: u16,
     authority: u16,
     additional: u16,
-    /// Offset where the additional section starts.
+    /// Offset where the additional section starts; `usize::MAX` until `begin_additional`, so
+    /// that an oversized answer with no additional section is cut down to the question.
     additional_start: usize,
     /// (offset, count) after each additional RRset, for a clean cut.
     additional_marks: [(usize, u16); 16],
@@ -289,7 +298,6 @@ impl<'o> Response<'o> {
         out.extend_from_slice(&[0; HEADER_LEN]);
         // The question is echoed byte for byte, letter case included.
         out.extend_from_slice(&query[HEADER_LEN..question.end]);
-        let end = out.len();
         Response {
             out,
             id: [query[0], query[1]],
@@ -300,7 +308,7 @@ impl<'o> Response<'o> {
             answers: 0,
             authority: 0,
             additional: 0,
-            additional_start: end,
+            additional_start: usize::MAX,
             additional_marks: [(0, 0); 16],
             marks: 0,
             glue_required: false,
@@ -567,16 +575,18 @@ fn resolve<R: Rng + ?Sized>(
                 response.negative_soa(zone);
                 return pick;
             }
-            Found::Referral(z, cut) => {
-                if step > 0 {
-                    // A chain into a delegation: the CNAMEs are the authoritative part.
-                    return pick;
-                }
-                let _ = z;
+            Found::Referral(_, cut) => {
+                // RFC 1034 §4.3.2 step 3b, also when a CNAME restarted the lookup (step 3a):
+                // the cut's NS RRset goes in the authority section and its glue in the
+                // additional section; CNAMEs already in the answer keep AA set.
                 let Some(ns) = rrset_of(cut, rtype::NS) else {
                     return pick;
                 };
-                let owner = response.question_suffix(cut.name.wire().len());
+                let owner = if step == 0 {
+                    response.question_suffix(cut.name.wire().len())
+                } else {
+                    Owner::Name(cut.name.wire())
+                };
                 response.put_records(&owner, ns.count, &ns.tails);
                 response.authority += ns.count;
                 response.begin_additional();

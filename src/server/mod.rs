@@ -19,6 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
 /// What the request path shares with the control plane.
@@ -27,6 +28,17 @@ pub struct Shared {
     /// The published Snapshot; `load()` once per query.
     pub snapshot: ArcSwap<Snapshot>,
     pub limits: Limits,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, limits: Limits, metrics: Metrics) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            limits,
+            metrics,
+        }
+    }
 }
 
 /// Sockets bound before the server starts, so the caller knows the addresses (port 0 works)

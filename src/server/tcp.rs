@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::Shared;
 use super::answer::{Outcome, Transport, answer};
+use crate::metrics::QueryCounters;
 
 /// Connections open per client address, for the per-client cap.
 type PerClient = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -54,7 +55,9 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut 
         let stop = stop.clone();
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
+            shared.metrics.tcp_connections_open.inc();
             serve_connection(stream, peer, &shared, stop).await;
+            shared.metrics.tcp_connections_open.dec();
             release_client_slot(&per_client, peer.ip());
             drop(permit);
         });
@@ -98,6 +101,7 @@ async fn serve_connection(
     let mut query = vec![0u8; 512];
     let mut out = Vec::with_capacity(4096);
     let mut frame = Vec::with_capacity(4096);
+    let mut counters = QueryCounters::new(shared.metrics.clone(), Transport::Tcp);
     loop {
         if *stop.borrow() {
             return;
@@ -120,19 +124,34 @@ async fn serve_connection(
         };
         let outcome = {
             let snapshot = shared.snapshot.load();
-            answer(
+            let outcome = answer(
                 &snapshot,
                 &query[..len],
                 &mut out,
                 Transport::Tcp,
                 shared.limits.udp_payload,
                 &mut rng,
-            )
+            );
+            if let Outcome::Responded { pick: Some(pick), .. } = outcome {
+                snapshot.count_pick(pick);
+            }
+            outcome
         };
-        if let Outcome::Dropped = outcome {
-            // Not a query we answer; RFC 7766 lets us close.
-            return;
+        match outcome {
+            Outcome::Responded {
+                rcode,
+                qtype,
+                truncated,
+                ..
+            } => counters.answered(qtype, rcode, truncated),
+            Outcome::Dropped => {
+                // Not a query we answer; RFC 7766 lets us close.
+                counters.dropped();
+                return;
+            }
         }
+        // TCP is not the hot path: publish at once so a scrape sees this query.
+        counters.flush();
         frame.clear();
         frame.extend_from_slice(&(out.len() as u16).to_be_bytes());
         frame.extend_from_slice(&out);

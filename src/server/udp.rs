@@ -10,6 +10,7 @@ use rand::rngs::SmallRng;
 
 use super::Shared;
 use super::answer::{Outcome, Transport, answer};
+use crate::metrics::QueryCounters;
 
 /// Largest datagram we read; anything longer is cut by the kernel and will fail to parse.
 const RECV_BUFFER: usize = 65_535;
@@ -19,6 +20,7 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
     let mut out = Vec::with_capacity(4096);
     let mut rng = SmallRng::from_os_rng();
     let max_payload = shared.limits.udp_payload;
+    let mut counters = QueryCounters::new(shared.metrics.clone(), Transport::Udp);
     while !stop.load(Ordering::Relaxed) {
         let (len, peer) = match socket.recv_from(&mut buffer) {
             Ok(received) => received,
@@ -28,6 +30,8 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
                     ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
                 ) =>
             {
+                // Idle: publish what was counted.
+                counters.flush();
                 continue;
             }
             Err(e) => {
@@ -45,10 +49,22 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
             max_payload,
             &mut rng,
         );
-        if let Outcome::Responded { .. } = outcome {
-            if let Err(e) = socket.send_to(&out, peer) {
-                tracing::debug!("udp send to {peer} failed: {e}");
+        match outcome {
+            Outcome::Responded {
+                rcode,
+                qtype,
+                truncated,
+                pick,
+            } => {
+                if let Some(pick) = pick {
+                    snapshot.count_pick(pick);
+                }
+                counters.answered(qtype, rcode, truncated);
+                if let Err(e) = socket.send_to(&out, peer) {
+                    tracing::debug!("udp send to {peer} failed: {e}");
+                }
             }
+            Outcome::Dropped => counters.dropped(),
         }
     }
 }

@@ -102,6 +102,68 @@ pub struct ZoneData {
     pub pools: Vec<PoolDef>,
 }
 
+/// (owner key, type, TTL, RDATA) of one record, for the content digest.
+type DigestEntry = (Box<[u8]>, u16, u32, Vec<u8>);
+
+impl ZoneData {
+    /// The apex SOA record.
+    fn soa_mut(&mut self) -> Option<&mut Record> {
+        let origin = self.origin.key();
+        self.records
+            .iter_mut()
+            .find(|r| r.rtype == rtype::SOA && r.name.key() == origin)
+    }
+
+    /// The SOA serial as loaded (or as set by `set_serial`).
+    pub fn serial(&self) -> u32 {
+        let origin = self.origin.key();
+        self.records
+            .iter()
+            .find(|r| r.rtype == rtype::SOA && r.name.key() == origin)
+            .and_then(|soa| soa.rdata.len().checked_sub(20).map(|at| &soa.rdata[at..at + 4]))
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Replaces the SOA serial (RDATA: MNAME RNAME SERIAL REFRESH RETRY EXPIRE MINIMUM).
+    pub fn set_serial(&mut self, serial: u32) {
+        if let Some(soa) = self.soa_mut() {
+            if let Some(at) = soa.rdata.len().checked_sub(20) {
+                soa.rdata[at..at + 4].copy_from_slice(&serial.to_be_bytes());
+            }
+        }
+    }
+
+    /// A digest of the zone's content, the SOA serial excluded: equal digests mean nothing a
+    /// resolver could see has changed.
+    pub fn content_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut entries: Vec<DigestEntry> = self
+            .records
+            .iter()
+            .map(|r| {
+                let mut rdata = r.rdata.clone();
+                if r.rtype == rtype::SOA {
+                    if let Some(at) = rdata.len().checked_sub(20) {
+                        rdata[at..at + 4].fill(0);
+                    }
+                }
+                (r.name.key(), r.rtype, r.ttl, rdata)
+            })
+            .collect();
+        entries.sort();
+        // Keyed SipHash with fixed keys: stable within the process, which is all we compare.
+        let mut hasher = std::hash::DefaultHasher::new();
+        entries.hash(&mut hasher);
+        for pool in &self.pools {
+            (pool.name.key(), pool.ttl, &pool.members).hash(&mut hasher);
+        }
+        for member in &self.members {
+            (member.name.key(), member.weight).hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+}
+
 /// Loads and validates one configured zone.
 pub fn load(zone: &ZoneConfig, health_defaults: &HealthSettings) -> Result<ZoneData, Vec<Diagnostic>> {
     let mut records = master::parse_file(&zone.file, &zone.origin)?;

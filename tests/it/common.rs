@@ -73,7 +73,9 @@ impl Tree {
 
     /// Starts the server on this tree.
     pub async fn start(&self) -> ServerHandle {
-        app::start(self.config()).await.unwrap_or_else(|e| panic!("server start: {e}"))
+        app::start(self.config())
+            .await
+            .unwrap_or_else(|e| panic!("server start: {e}"))
     }
 }
 
@@ -140,7 +142,12 @@ pub async fn tcp_raw(addr: SocketAddr, messages: &[Vec<u8>], expect: usize) -> V
             stream.read_exact(&mut buf).await?;
             Ok::<_, std::io::Error>(buf)
         };
-        answers.push(tokio::time::timeout(TIMEOUT, read).await.expect("TCP answer in time").expect("read"));
+        answers.push(
+            tokio::time::timeout(TIMEOUT, read)
+                .await
+                .expect("TCP answer in time")
+                .expect("read"),
+        );
     }
     answers
 }

@@ -1,0 +1,202 @@
+//! Micro-benchmarks: the request path (`server::answer::answer`, query bytes in, response bytes
+//! out), the weighted pick alone, and the Snapshot build, at the example's size and at
+//! generated sizes (10 / 1,000 / 10,000 members).
+//!
+//! Short by design (the whole set runs in a few minutes): `cargo bench --bench answer`.
+//! A filter narrows it, e.g. `cargo bench --bench answer -- answer/`.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use consortium_dns::config::Config;
+use consortium_dns::pick::PickTable;
+use consortium_dns::server::answer::{NOERROR, NXDOMAIN, Outcome, Transport, answer};
+use consortium_dns::snapshot::Snapshot;
+use consortium_dns::zone;
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+/// Our UDP payload ceiling, as in the example config.
+const MAX_UDP_PAYLOAD: u16 = 1232;
+const TYPE_A: u16 = 1;
+
+/// A query as a resolver sends it: no RD, one question, an EDNS(0) OPT advertising 1232.
+fn query(name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = vec![0x4a, 0x17, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    // OPT: root owner, type 41, class = UDP size, TTL = ext-rcode/version/DO, no options.
+    q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    q
+}
+
+/// A config tree in a temp dir: the example zone file plus `members` generated members (with
+/// one pool, `any`, over all of them). Health checks are off: nothing is probed here.
+struct Generated {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn generate(members: usize) -> Generated {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let zone_text =
+        std::fs::read_to_string(root.join("zones/consortium.example.zone")).expect("example zone");
+    std::fs::write(dir.path().join("consortium.example.zone"), zone_text).expect("write zone");
+
+    let mut text = String::from("member-ttl = 300\n\n[[pool]]\nlabel = \"any\"\nttl = 30\n");
+    for i in 1..=members {
+        let _ = write!(
+            text,
+            "\n[[member]]\nlabel = \"node{i}\"\ntarget = \"node{i}.operator-{}.example.net\"\nweight = {}\n",
+            i % 500,
+            i % 3 + 1
+        );
+    }
+    std::fs::write(dir.path().join("consortium.example.members.toml"), text).expect("write members");
+
+    let config = dir.path().join("consortium-dns.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nhttp-listen = \"\"\nudp-workers = 1\n\n\
+         [health]\nkind = \"none\"\n\n\
+         [[zone]]\norigin = \"consortium.example\"\nfile = \"consortium.example.zone\"\n\
+         members = \"consortium.example.members.toml\"\n",
+    )
+    .expect("write config");
+    Generated { _dir: dir, config }
+}
+
+fn load_snapshot(config_path: &Path) -> Snapshot {
+    let config = Config::load(config_path).unwrap_or_else(|e| panic!("config: {e:?}"));
+    Snapshot::load(&config).unwrap_or_else(|e| panic!("zones: {e:?}"))
+}
+
+fn response_code(outcome: Outcome) -> u16 {
+    match outcome {
+        Outcome::Responded { rcode, .. } => rcode,
+        Outcome::Dropped => panic!("query dropped"),
+    }
+}
+
+/// The three request-path cases against one snapshot.
+fn bench_answers(c: &mut Criterion, group_name: &str, snapshot: &Snapshot, node: &str) {
+    let cases = [
+        ("node_a", query(node, TYPE_A), NOERROR),
+        ("shared_any_a", query("any.consortium.example", TYPE_A), NOERROR),
+        (
+            "nxdomain",
+            query("no-such-node.consortium.example", TYPE_A),
+            NXDOMAIN,
+        ),
+    ];
+    let mut group = c.benchmark_group(group_name);
+    let mut out = Vec::with_capacity(4096);
+    let mut rng = SmallRng::seed_from_u64(9);
+    for (label, bytes, expected) in &cases {
+        // Measure what we think we measure: a real answer with the expected rcode.
+        let outcome = answer(
+            snapshot,
+            bytes,
+            &mut out,
+            Transport::Udp,
+            MAX_UDP_PAYLOAD,
+            &mut rng,
+        );
+        assert_eq!(response_code(outcome), *expected, "{group_name}/{label}");
+        group.bench_function(*label, |b| {
+            b.iter(|| {
+                answer(
+                    black_box(snapshot),
+                    black_box(bytes),
+                    &mut out,
+                    Transport::Udp,
+                    MAX_UDP_PAYLOAD,
+                    &mut rng,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn request_path(c: &mut Criterion) {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/consortium-dns.toml");
+    let snapshot = load_snapshot(&example);
+    bench_answers(c, "answer/example", &snapshot, "node1.consortium.example");
+
+    let generated = generate(10_000);
+    let snapshot = load_snapshot(&generated.config);
+    // A node from the middle of the table, not the first one inserted.
+    bench_answers(c, "answer/10000", &snapshot, "node5000.consortium.example");
+}
+
+fn weights(members: u32) -> Vec<(u32, u64, u64)> {
+    (0..members)
+        .map(|i| {
+            let w = u64::from(i % 3 + 1);
+            (i, w, w)
+        })
+        .collect()
+}
+
+fn pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    for members in [10u32, 10_000] {
+        let triples = weights(members);
+        group.bench_with_input(BenchmarkId::new("build", members), &triples, |b, t| {
+            b.iter(|| PickTable::build(black_box(t).iter().copied()))
+        });
+        let table = PickTable::build(triples.iter().copied());
+        let mut rng = SmallRng::seed_from_u64(9);
+        group.bench_with_input(BenchmarkId::new("pick", members), &table, |b, t| {
+            b.iter(|| black_box(t).pick(&mut rng))
+        });
+    }
+    group.finish();
+}
+
+fn snapshot_build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot");
+    group.sample_size(10);
+    for members in [10usize, 1_000, 10_000] {
+        let generated = generate(members);
+        let config = Config::load(&generated.config).expect("config");
+        // Parse + validate once; `build` is the table-making part alone.
+        let data = zone::load(&config.zones[0], &config.health_defaults).expect("zone data");
+        group.bench_with_input(BenchmarkId::new("build", members), &data, |b, data| {
+            b.iter_batched(
+                || vec![data.clone()],
+                |zones| Snapshot::build(zones, None, None, None),
+                BatchSize::LargeInput,
+            )
+        });
+        // Files to Snapshot: what a reload costs (read, parse, validate, build).
+        group.bench_with_input(BenchmarkId::new("load", members), &config, |b, config| {
+            b.iter(|| Snapshot::load(config).expect("loads"))
+        });
+    }
+    group.finish();
+}
+
+fn short() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = short();
+    targets = request_path, pick, snapshot_build
+}
+criterion_main!(benches);

@@ -1,0 +1,141 @@
+//! The loopback HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
+//! `/status` (JSON for `consortium-dns status`) and `POST /reload`.
+//!
+//! It reads through `app::Control`; it never holds zone data of its own.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+
+use crate::app::{Control, ReloadReport};
+use crate::health::StatusReport;
+
+/// What `GET /status` returns.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusDocument {
+    pub ready: bool,
+    pub zones: Vec<ZoneStatus>,
+    pub last_reload: Option<ReloadReport>,
+    pub last_successful_reload: Option<ReloadReport>,
+    pub health: StatusReport,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ZoneStatus {
+    pub zone: String,
+    pub serial: u32,
+    pub members: usize,
+}
+
+/// Serves HTTP/1.1 on `listener` until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, control: Arc<Control>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("http accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| handle(request, control.clone()));
+            let connection =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            // Bound slow clients: the admin endpoint is for scrapers and the status command.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), connection).await;
+        });
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    control: Arc<Control>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            control.refresh_gauges();
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                control.metrics.encode(),
+            )
+        }
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") => {
+            if control.is_ready() {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            }
+        }
+        (&Method::GET, "/status") => json(StatusCode::OK, &status(&control)),
+        (&Method::POST, "/reload") => {
+            let report = control.reload("http").await;
+            let code = if report.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            json(code, &report)
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    Ok(response)
+}
+
+/// The status document of a running server.
+pub fn status(control: &Control) -> StatusDocument {
+    let snapshot = control.shared.snapshot.load();
+    let (last_reload, last_successful_reload) = control.reload_reports();
+    StatusDocument {
+        ready: control.is_ready(),
+        zones: snapshot
+            .zones()
+            .iter()
+            .map(|z| ZoneStatus {
+                zone: z.origin.to_string(),
+                serial: z.serial,
+                members: z.members.len(),
+            })
+            .collect(),
+        last_reload,
+        last_successful_reload,
+        health: control.health.report(&snapshot),
+    }
+}
+
+fn reply(code: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn json<T: Serialize>(code: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => reply(code, "application/json", body + "\n"),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("encoding failed: {e}\n"),
+        ),
+    }
+}

@@ -1,0 +1,337 @@
+//! Prometheus metrics: names (shared with the tests), the registry of one server, and the
+//! per-worker query counters that keep counting off the shared cache lines.
+//!
+//! Workers count into plain local arrays and flush into the registry's counters every few
+//! dozen queries or when idle, so the request path does no atomic operation per query and
+//! never takes the registry's lock.
+
+use std::time::Instant;
+
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::server::answer::Transport;
+use crate::zone::rtype;
+
+pub const QUERIES_TOTAL: &str = "consortium_dns_queries_total";
+pub const TRUNCATED_TOTAL: &str = "consortium_dns_responses_truncated_total";
+pub const DROPPED_TOTAL: &str = "consortium_dns_dropped_packets_total";
+pub const MALFORMED_TOTAL: &str = "consortium_dns_malformed_queries_total";
+pub const POOL_PICKS_TOTAL: &str = "consortium_dns_pool_picks_total";
+pub const POOL_FAIL_OPEN: &str = "consortium_dns_pool_fail_open";
+pub const MEMBER_UP: &str = "consortium_dns_member_up";
+pub const MEMBER_EFFECTIVE_WEIGHT: &str = "consortium_dns_member_effective_weight";
+pub const MEMBER_PROBE_DURATION: &str = "consortium_dns_member_probe_duration_seconds";
+pub const MEMBER_CERT_EXPIRY_DAYS: &str = "consortium_dns_member_certificate_expiry_days";
+pub const MEMBER_CERT_COVERS_POOL: &str = "consortium_dns_member_certificate_covers_pool";
+pub const RELOADS_TOTAL: &str = "consortium_dns_reloads_total";
+pub const LAST_RELOAD_SUCCESS: &str = "consortium_dns_last_reload_success_timestamp_seconds";
+pub const ZONE_SERIAL: &str = "consortium_dns_zone_serial";
+pub const TCP_CONNECTIONS_OPEN: &str = "consortium_dns_tcp_connections_open";
+
+/// Query types counted under their own label; the rest count as "other".
+const QTYPES: [(u16, &str); 14] = [
+    (rtype::A, "A"),
+    (rtype::AAAA, "AAAA"),
+    (rtype::CNAME, "CNAME"),
+    (rtype::NS, "NS"),
+    (rtype::SOA, "SOA"),
+    (rtype::MX, "MX"),
+    (rtype::TXT, "TXT"),
+    (rtype::SRV, "SRV"),
+    (rtype::CAA, "CAA"),
+    (rtype::PTR, "PTR"),
+    (rtype::DS, "DS"),
+    (rtype::ANY, "ANY"),
+    (rtype::AXFR, "AXFR"),
+    (rtype::IXFR, "IXFR"),
+];
+const QTYPE_SLOTS: usize = QTYPES.len() + 1;
+/// Response codes counted under their own label; the rest count as "other".
+const RCODES: [(u16, &str); 8] = [
+    (0, "NOERROR"),
+    (1, "FORMERR"),
+    (2, "SERVFAIL"),
+    (3, "NXDOMAIN"),
+    (4, "NOTIMP"),
+    (5, "REFUSED"),
+    (9, "NOTAUTH"),
+    (16, "BADVERS"),
+];
+const RCODE_SLOTS: usize = RCODES.len() + 1;
+
+fn qtype_slot(qtype: u16) -> usize {
+    QTYPES
+        .iter()
+        .position(|(t, _)| *t == qtype)
+        .unwrap_or(QTYPES.len())
+}
+
+fn rcode_slot(rcode: u16) -> usize {
+    RCODES
+        .iter()
+        .position(|(r, _)| *r == rcode)
+        .unwrap_or(RCODES.len())
+}
+
+fn transport_label(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    }
+}
+
+/// Every metric of one server instance.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    queries: IntCounterVec,
+    truncated: IntCounterVec,
+    dropped: IntCounterVec,
+    malformed: IntCounterVec,
+    pub pool_picks: IntCounterVec,
+    pub pool_fail_open: IntGaugeVec,
+    pub member_up: IntGaugeVec,
+    pub member_effective_weight: GaugeVec,
+    pub member_probe_duration: GaugeVec,
+    pub member_cert_expiry_days: IntGaugeVec,
+    pub member_cert_covers_pool: IntGaugeVec,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: IntGauge,
+    pub zone_serial: IntGaugeVec,
+    pub tcp_connections_open: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+            // Names are constants and unique, so registration cannot collide.
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let float_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        Metrics {
+            queries: counter_vec(
+                QUERIES_TOTAL,
+                "Queries answered, by transport, qtype and rcode.",
+                &["transport", "qtype", "rcode"],
+            ),
+            truncated: counter_vec(TRUNCATED_TOTAL, "Responses sent with TC set.", &["transport"]),
+            dropped: counter_vec(
+                DROPPED_TOTAL,
+                "Packets not answered (too short, or a response).",
+                &["transport"],
+            ),
+            malformed: counter_vec(MALFORMED_TOTAL, "Queries answered FORMERR.", &["transport"]),
+            pool_picks: counter_vec(
+                POOL_PICKS_TOTAL,
+                "Answers of a pool's shared name, by picked member.",
+                &["zone", "pool", "member"],
+            ),
+            pool_fail_open: gauge_vec(
+                POOL_FAIL_OPEN,
+                "1 when no member of the pool is eligible and it picks among all.",
+                &["zone", "pool"],
+            ),
+            member_up: gauge_vec(
+                MEMBER_UP,
+                "1 when the member's health checks pass.",
+                &["zone", "member"],
+            ),
+            member_effective_weight: float_vec(
+                MEMBER_EFFECTIVE_WEIGHT,
+                "Weight the member is picked with now (configured x health x slow start x certificate).",
+                &["zone", "pool", "member"],
+            ),
+            member_probe_duration: float_vec(
+                MEMBER_PROBE_DURATION,
+                "Duration of the member's last probe.",
+                &["zone", "member"],
+            ),
+            member_cert_expiry_days: gauge_vec(
+                MEMBER_CERT_EXPIRY_DAYS,
+                "Days until the member's certificate expires (negative once expired).",
+                &["zone", "member"],
+            ),
+            member_cert_covers_pool: gauge_vec(
+                MEMBER_CERT_COVERS_POOL,
+                "1 when the member's certificate covers the pool's shared name.",
+                &["zone", "pool", "member"],
+            ),
+            reloads: counter_vec(
+                RELOADS_TOTAL,
+                "Reloads by outcome (success, failure).",
+                &["outcome"],
+            ),
+            last_reload_success: register(
+                &registry,
+                IntGauge::new(LAST_RELOAD_SUCCESS, "Unix time of the last successful load.")
+                    .expect("valid metric"),
+            ),
+            zone_serial: gauge_vec(ZONE_SERIAL, "SOA serial served for the zone.", &["zone"]),
+            tcp_connections_open: register(
+                &registry,
+                IntGauge::new(TCP_CONNECTIONS_OPEN, "Open DNS TCP connections.").expect("valid metric"),
+            ),
+            registry,
+        }
+    }
+
+    /// Text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_default()
+    }
+
+    /// A counter handle for one member's picks (created once per snapshot build).
+    pub fn pick_counter(&self, zone: &str, pool: &str, member: &str) -> IntCounter {
+        self.pool_picks.with_label_values(&[zone, pool, member])
+    }
+}
+
+/// One worker's local query counts; `flush` moves them into the shared counters.
+#[derive(Debug)]
+pub struct QueryCounters {
+    metrics: Metrics,
+    transport: Transport,
+    counts: [[u64; RCODE_SLOTS]; QTYPE_SLOTS],
+    handles: Vec<Option<IntCounter>>,
+    truncated: u64,
+    dropped: u64,
+    malformed: u64,
+    pending: u32,
+    last_flush: Instant,
+}
+
+impl QueryCounters {
+    /// Queries counted before a flush is considered.
+    const FLUSH_EVERY: u32 = 64;
+
+    pub fn new(metrics: Metrics, transport: Transport) -> QueryCounters {
+        QueryCounters {
+            metrics,
+            transport,
+            counts: [[0; RCODE_SLOTS]; QTYPE_SLOTS],
+            handles: vec![None; QTYPE_SLOTS * RCODE_SLOTS],
+            truncated: 0,
+            dropped: 0,
+            malformed: 0,
+            pending: 0,
+            last_flush: Instant::now(),
+        }
+    }
+
+    #[inline]
+    pub fn answered(&mut self, qtype: u16, rcode: u16, truncated: bool) {
+        self.counts[qtype_slot(qtype)][rcode_slot(rcode)] += 1;
+        self.truncated += u64::from(truncated);
+        self.malformed += u64::from(rcode == 1);
+        self.tick();
+    }
+
+    #[inline]
+    pub fn dropped(&mut self) {
+        self.dropped += 1;
+        self.tick();
+    }
+
+    #[inline]
+    fn tick(&mut self) {
+        self.pending += 1;
+        if self.pending >= Self::FLUSH_EVERY {
+            self.pending = 0;
+            if self.last_flush.elapsed().as_millis() >= 100 {
+                self.flush();
+            }
+        }
+    }
+
+    /// Publishes local counts to the registry.
+    pub fn flush(&mut self) {
+        self.last_flush = Instant::now();
+        self.pending = 0;
+        let transport = transport_label(self.transport);
+        for (q, row) in self.counts.iter_mut().enumerate() {
+            for (r, count) in row.iter_mut().enumerate() {
+                if *count == 0 {
+                    continue;
+                }
+                let handle = self.handles[q * RCODE_SLOTS + r].get_or_insert_with(|| {
+                    let qtype = QTYPES.get(q).map_or("other", |(_, name)| name);
+                    let rcode = RCODES.get(r).map_or("other", |(_, name)| name);
+                    self.metrics.queries.with_label_values(&[transport, qtype, rcode])
+                });
+                handle.inc_by(*count);
+                *count = 0;
+            }
+        }
+        for (count, vec) in [
+            (&mut self.truncated, &self.metrics.truncated),
+            (&mut self.dropped, &self.metrics.dropped),
+            (&mut self.malformed, &self.metrics.malformed),
+        ] {
+            if *count > 0 {
+                vec.with_label_values(&[transport]).inc_by(*count);
+                *count = 0;
+            }
+        }
+    }
+}
+
+impl Drop for QueryCounters {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_counts_reach_the_registry_on_flush() {
+        let metrics = Metrics::new();
+        let mut counters = QueryCounters::new(metrics.clone(), Transport::Udp);
+        counters.answered(rtype::A, 0, false);
+        counters.answered(rtype::A, 0, true);
+        counters.answered(999, 3, false);
+        counters.dropped();
+        assert!(!metrics.encode().contains("qtype=\"A\""), "not flushed yet");
+        counters.flush();
+        let text = metrics.encode();
+        assert!(
+            text.contains("consortium_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\",transport=\"udp\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "consortium_dns_queries_total{qtype=\"other\",rcode=\"NXDOMAIN\",transport=\"udp\"} 1"
+        ));
+        assert!(text.contains("consortium_dns_responses_truncated_total{transport=\"udp\"} 1"));
+        assert!(text.contains("consortium_dns_dropped_packets_total{transport=\"udp\"} 1"));
+    }
+}

@@ -1,0 +1,133 @@
+//! `consortium-dns status`: fetches `/status` from a running server's loopback admin endpoint
+//! and prints pools and members as tables.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use consortium_dns::http::StatusDocument;
+
+pub(crate) fn run(addr: SocketAddr, raw_json: bool) -> ExitCode {
+    match fetch(addr) {
+        Ok(body) if raw_json => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok(body) => match serde_json::from_str::<StatusDocument>(&body) {
+            Ok(document) => {
+                print!("{}", render(&document));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("unexpected status document from {addr}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!(
+                "cannot read status from http://{addr}/status: {e} (is the server running with --http-listen {addr}?)"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("no status line").to_string(),
+        ));
+    }
+    Ok(body.to_string())
+}
+
+fn render(document: &StatusDocument) -> String {
+    let mut out = String::new();
+    for zone in &document.zones {
+        out.push_str(&format!(
+            "zone {}  serial {}  members {}\n",
+            zone.zone, zone.serial, zone.members
+        ));
+    }
+    if let Some(reload) = &document.last_reload {
+        let outcome = if reload.ok { "ok" } else { "FAILED" };
+        out.push_str(&format!(
+            "last reload: {outcome} ({}, unix {})\n",
+            reload.trigger, reload.at_unix
+        ));
+        for error in &reload.errors {
+            out.push_str(&format!("  {error}\n"));
+        }
+        for setting in &reload.restart_needed {
+            out.push_str(&format!("  needs restart: {setting}\n"));
+        }
+    }
+    for pool in &document.health.pools {
+        let open = if pool.fail_open {
+            "  FAILING OPEN (no eligible member)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "\npool {}  ttl {}  cert-policy {}{open}\n",
+            pool.name, pool.ttl, pool.cert_policy
+        ));
+        out.push_str(&format!(
+            "  {:<12} {:<32} {:<6} {:<5} {:>8} {:<24} {:>9} {:<18}\n",
+            "MEMBER", "TARGET", "PROBE", "STATE", "WEIGHT", "LAST PROBE", "LATENCY", "CERTIFICATE"
+        ));
+        for m in &pool.members {
+            let (last, latency) = match &m.last_probe {
+                Some(p) => (p.detail.clone(), format!("{:.1}ms", p.latency_ms)),
+                None => ("-".to_string(), "-".to_string()),
+            };
+            let cert = match &m.certificate {
+                Some(c) => format!(
+                    "{}d node:{} pool:{}{}",
+                    c.days_to_expiry.map_or("?".to_string(), |d| d.to_string()),
+                    yes_no(c.covers_node),
+                    yes_no(c.covers_pool),
+                    if m.cert_eligible { "" } else { " INELIGIBLE" }
+                ),
+                None => "-".to_string(),
+            };
+            out.push_str(&format!(
+                "  {:<12} {:<32} {:<6} {:<5} {:>8.2} {:<24} {:>9} {:<18}\n",
+                m.label,
+                m.target,
+                m.probe,
+                m.state,
+                m.effective_weight,
+                truncate(&last, 24),
+                latency,
+                cert
+            ));
+        }
+    }
+    out
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        text.chars().take(width - 1).collect::<String>() + "…"
+    }
+}
