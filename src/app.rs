@@ -128,7 +128,9 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
     };
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-    let shared = Arc::new(Shared::new(snapshot, config.limits.clone(), metrics.clone()));
+    let mut shared = Shared::new(snapshot, config.limits.clone(), metrics.clone());
+    shared.query_log_sample = config.query_log_sample;
+    let shared = Arc::new(shared);
     let health = HealthManager::start(shared.clone());
     health.sync(&shared.snapshot.load());
     let report = ReloadReport {

@@ -50,6 +50,9 @@ struct ServerSection {
     /// Answer to CH TXT `version.server` / `version.bind`; unset = REFUSED.
     #[serde(default)]
     version: Option<String>,
+    /// Log one query in N at info level (target `query`); 0 = off.
+    #[serde(default)]
+    query_log_sample: u32,
 }
 
 impl Default for ServerSection {
@@ -60,6 +63,7 @@ impl Default for ServerSection {
             udp_workers: 0,
             identity: None,
             version: None,
+            query_log_sample: 0,
         }
     }
 }
@@ -163,6 +167,7 @@ pub struct Config {
     pub udp_workers: usize,
     pub identity: Option<String>,
     pub version: Option<String>,
+    pub query_log_sample: u32,
     pub limits: Limits,
     pub health_defaults: HealthSettings,
     pub zones: Vec<ZoneConfig>,
@@ -309,6 +314,7 @@ impl Config {
             udp_workers: file.server.udp_workers,
             identity: file.server.identity,
             version: file.server.version,
+            query_log_sample: file.server.query_log_sample,
             limits,
             health_defaults: file.health,
             zones,

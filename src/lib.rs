@@ -9,6 +9,7 @@ pub mod http;
 pub mod metrics;
 pub mod pick;
 pub mod reload;
+pub mod sd_notify;
 pub mod server;
 pub mod snapshot;
 pub mod zone;

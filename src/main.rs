@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use consortium_dns::config::{Config, DEFAULT_CONFIG_PATH};
+use consortium_dns::sd_notify;
 use consortium_dns::snapshot::Snapshot;
 
 mod status;
@@ -53,7 +54,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 struct ServeArgs {
     /// Config file.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
@@ -64,27 +65,50 @@ struct ServeArgs {
     /// Metrics/admin HTTP address.
     #[arg(long = "http-listen", value_name = "ADDR:PORT")]
     http_listen: Option<SocketAddr>,
+    /// Log format: readable text, or one JSON object per line.
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Seconds to let open TCP queries finish on SIGTERM/SIGINT; a second signal exits at once.
+    #[arg(long = "shutdown-grace", value_name = "SECONDS", default_value_t = 5)]
+    shutdown_grace: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Default, PartialEq, Eq)]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ServeArgs {
-        config: DEFAULT_CONFIG_PATH.into(),
-        ..ServeArgs::default()
-    })) {
+    // No subcommand means `serve` with its defaults.
+    let command = cli.command.unwrap_or_else(|| {
+        let argv0 = std::env::args().next().unwrap_or_else(|| "consortium-dns".into());
+        Cli::parse_from([argv0, "serve".into()])
+            .command
+            .unwrap_or(Command::Check {
+                config: DEFAULT_CONFIG_PATH.into(),
+            })
+    });
+    match command {
         Command::Serve(args) => serve(args),
         Command::Check { config } => check(&config),
         Command::Status { http_listen, json } => status::run(http_listen, json),
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
+    // RUST_LOG overrides the default level, e.g. RUST_LOG=consortium_dns=debug.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -126,7 +150,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_logging();
+    init_logging(args.log_format);
+    let shutdown_grace = args.shutdown_grace;
     let config = match load_config(&args.config) {
         Ok(config) => config,
         Err(code) => return code,
@@ -156,11 +181,39 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(EX_OSERR);
             }
         };
+        // Zones loaded, sockets bound, first query answerable: tell systemd (Type=notify).
+        let zones = handle.shared.snapshot.load().zones().len();
+        sd_notify::notify_or_log(&format!("READY=1\nSTATUS=serving {zones} zone(s)"));
         wait_for_stop_signal(&handle).await;
-        tracing::info!("shutting down");
-        handle.shutdown(Duration::from_secs(5)).await;
+        tracing::info!("shutting down; a second signal exits at once");
+        sd_notify::notify_or_log("STOPPING=1");
+        let grace = Duration::from_secs(shutdown_grace);
+        tokio::select! {
+            _ = handle.shutdown(grace) => {}
+            _ = second_signal() => {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(1);
+            }
+        }
+        tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Resolves on the next SIGTERM or SIGINT.
+async fn second_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the zones.
@@ -176,7 +229,10 @@ async fn wait_for_stop_signal(handle: &consortium_dns::app::ServerHandle) {
             _ = term.recv() => return,
             _ = tokio::signal::ctrl_c() => return,
             _ = hangup.recv() => {
-                handle.control.reload("SIGHUP").await;
+                sd_notify::notify_or_log("RELOADING=1");
+                let report = handle.control.reload("SIGHUP").await;
+                let status = if report.ok { "reloaded" } else { "reload failed, serving previous data" };
+                sd_notify::notify_or_log(&format!("READY=1\nSTATUS={status}"));
             }
         }
     }

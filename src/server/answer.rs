@@ -672,3 +672,12 @@ fn chaos(snapshot: &Snapshot, query: &[u8], question: &Question, response: &mut 
         response.answers += 1;
     }
 }
+
+/// The question of a query as text (name, qtype, qclass), for the sampled query log.
+pub fn question_text(query: &[u8]) -> Option<(String, u16, u16)> {
+    let question = parse_question(query)?;
+    let mut name = String::new();
+    crate::zone::name::write_wire_name(&mut name, &query[HEADER_LEN..HEADER_LEN + question.qname_len])
+        .ok()?;
+    Some((name, question.qtype, question.qclass))
+}

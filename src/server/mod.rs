@@ -29,6 +29,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub limits: Limits,
     pub metrics: Metrics,
+    /// Log one query in this many (0 = off).
+    pub query_log_sample: u32,
 }
 
 impl Shared {
@@ -37,6 +39,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             limits,
             metrics,
+            query_log_sample: 0,
         }
     }
 }

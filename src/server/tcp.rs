@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -108,19 +108,26 @@ async fn serve_connection(
         }
         // The whole next message must arrive within the idle timeout: a client sending one
         // byte at a time cannot hold the connection (RFC 7766 §6.2.3).
+        let deadline = tokio::time::Instant::now() + idle;
+        // Between messages a shutdown closes the connection at once...
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            buffered = tokio::time::timeout_at(deadline, reader.fill_buf()) => match buffered {
+                Ok(Ok(bytes)) if !bytes.is_empty() => {}
+                _ => return,
+            },
+        }
+        // ...but a message that has started arriving is in flight: read, answer, then close.
         let read = async {
             let len = usize::from(reader.read_u16().await?);
             query.resize(len, 0);
             reader.read_exact(&mut query).await?;
             Ok::<usize, std::io::Error>(len)
         };
-        let len = tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            result = tokio::time::timeout(idle, read) => match result {
-                Ok(Ok(len)) => len,
-                Ok(Err(_)) | Err(_) => return,
-            },
+        let len = match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(len)) => len,
+            Ok(Err(_)) | Err(_) => return,
         };
         let outcome = {
             let snapshot = shared.snapshot.load();

@@ -21,6 +21,8 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
     let mut rng = SmallRng::from_os_rng();
     let max_payload = shared.limits.udp_payload;
     let mut counters = QueryCounters::new(shared.metrics.clone(), Transport::Udp);
+    let sample = shared.query_log_sample;
+    let mut seen: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
         let (len, peer) = match socket.recv_from(&mut buffer) {
             Ok(received) => received,
@@ -56,6 +58,12 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
                 truncated,
                 pick,
             } => {
+                if sample > 0 {
+                    seen = seen.wrapping_add(1);
+                    if seen % sample == 0 {
+                        log_query(&buffer[..len], peer, rcode, truncated);
+                    }
+                }
                 if let Some(pick) = pick {
                     snapshot.count_pick(pick);
                 }
@@ -66,5 +74,12 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
             }
             Outcome::Dropped => counters.dropped(),
         }
+    }
+}
+
+/// One line of the sampled query log.
+fn log_query(query: &[u8], peer: std::net::SocketAddr, rcode: u16, truncated: bool) {
+    if let Some((name, qtype, _)) = super::answer::question_text(query) {
+        tracing::info!(target: "query", client = %peer, qname = %name, qtype = %crate::zone::rtype::mnemonic(qtype), rcode, truncated);
     }
 }

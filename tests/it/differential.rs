@@ -14,11 +14,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use consortium_dns::app::ServerHandle;
+use consortium_dns::zone::rtype;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
@@ -328,6 +330,7 @@ async fn ask(addr: SocketAddr, case: &Case, transport: Transport) -> Result<Repl
 struct Nsd {
     child: Child,
     addr: SocketAddr,
+    origin: String,
     dir: tempfile::TempDir,
 }
 
@@ -362,7 +365,12 @@ impl Nsd {
                 .process_group(0)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-            let mut nsd = Nsd { child, addr, dir };
+            let mut nsd = Nsd {
+                child,
+                addr,
+                origin: origin.to_string(),
+                dir,
+            };
             match nsd.wait_ready().await {
                 Ok(()) => return nsd,
                 Err(e) => last_failure = e,
@@ -373,7 +381,7 @@ impl Nsd {
 
     /// Polls with an SOA query until NSD answers (10 s at most).
     async fn wait_ready(&mut self) -> Result<(), String> {
-        let probe = common::query("consortium.example.", RecordType::SOA, None)
+        let probe = common::query(&self.origin, RecordType::SOA, None)
             .to_vec()
             .expect("probe encodes");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -545,7 +553,8 @@ fn zone_facts(tree: &Tree, server: &ServerHandle) -> ZoneFacts {
         names.insert(owner.clone());
         // Empty non-terminals between the owner and the apex.
         let mut parent = record.name.parent();
-        while let Some(p) = parent.filter(|p| p.is_subdomain_of(&zone.origin) && *p != zone.origin) {
+        while let Some(p) = parent.filter(|p| p.is_subdomain_of(&zone.origin) && p.key() != zone.origin.key())
+        {
             names.insert(p.to_string().to_ascii_lowercase());
             parent = p.parent();
         }
@@ -557,7 +566,7 @@ fn zone_facts(tree: &Tree, server: &ServerHandle) -> ZoneFacts {
             // Below an existing name: NXDOMAIN, a referral under the cut, NXDOMAIN under a CNAME.
             names.insert(child("x", &owner));
         }
-        if record.rtype == 2 && owner != origin {
+        if record.rtype == rtype::NS && owner != origin {
             names.insert(child("a.b", &owner));
         }
     }

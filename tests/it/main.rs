@@ -4,3 +4,6 @@
 mod common;
 mod core;
 mod differential;
+mod health;
+mod ops;
+mod reload;

@@ -1,0 +1,1 @@
+//! Health checks and the weighted pick of the shared name (issue 4).

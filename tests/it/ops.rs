@@ -1,0 +1,1 @@
+//! Metrics, systemd readiness and graceful shutdown (issue 6).
