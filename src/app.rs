@@ -130,6 +130,10 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
 
     let mut shared = Shared::new(snapshot, config.limits.clone(), metrics.clone());
     shared.query_log_sample = config.query_log_sample;
+    shared.rrl = config
+        .rrl
+        .enabled
+        .then(|| server::rrl::Limiter::new(config.rrl.clone()));
     let shared = Arc::new(shared);
     let health = HealthManager::start(shared.clone());
     health.sync(&shared.snapshot.load());

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::health::spec::HealthSettings;
+use crate::server::rrl::RrlConfig;
 use crate::zone::name::Name;
 use crate::zone::{Diagnostic, Location};
 
@@ -27,6 +28,9 @@ struct ConfigFile {
     /// Health-check defaults for every member (each member may override them).
     #[serde(default)]
     health: HealthSettings,
+    /// Response rate limiting for UDP (on by default).
+    #[serde(default)]
+    rrl: RrlConfig,
     #[serde(default, rename = "zone")]
     zones: Vec<toml::Spanned<ZoneSection>>,
 }
@@ -169,6 +173,7 @@ pub struct Config {
     pub version: Option<String>,
     pub query_log_sample: u32,
     pub limits: Limits,
+    pub rrl: RrlConfig,
     pub health_defaults: HealthSettings,
     pub zones: Vec<ZoneConfig>,
 }
@@ -266,6 +271,9 @@ impl Config {
         if limits.tcp_max_in_flight == 0 {
             errors.push(whole("limits.tcp-max-in-flight must be at least 1".into()));
         }
+        if let Err(reason) = file.rrl.validate() {
+            errors.push(whole(format!("rrl: {reason}")));
+        }
         if let Err(reason) = file.health.validate_defaults() {
             errors.push(whole(format!("health: {reason}")));
         }
@@ -316,6 +324,7 @@ impl Config {
             version: file.server.version,
             query_log_sample: file.server.query_log_sample,
             limits,
+            rrl: file.rrl,
             health_defaults: file.health,
             zones,
         })

@@ -27,6 +27,7 @@ pub const RELOADS_TOTAL: &str = "consortium_dns_reloads_total";
 pub const LAST_RELOAD_SUCCESS: &str = "consortium_dns_last_reload_success_timestamp_seconds";
 pub const ZONE_SERIAL: &str = "consortium_dns_zone_serial";
 pub const TCP_CONNECTIONS_OPEN: &str = "consortium_dns_tcp_connections_open";
+pub const RRL_LIMITED_TOTAL: &str = "consortium_dns_rrl_limited_total";
 
 /// Query types counted under their own label; the rest count as "other".
 const QTYPES: [(u16, &str); 14] = [
@@ -88,6 +89,9 @@ pub struct Metrics {
     truncated: IntCounterVec,
     dropped: IntCounterVec,
     malformed: IntCounterVec,
+    /// Responses held back by rate limiting: dropped, or sent truncated ("slip").
+    pub rrl_dropped: IntCounter,
+    pub rrl_slipped: IntCounter,
     pub pool_picks: IntCounterVec,
     pub pool_fail_open: IntGaugeVec,
     pub member_up: IntGaugeVec,
@@ -133,6 +137,11 @@ impl Metrics {
                 GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
+        let rrl_limited = counter_vec(
+            RRL_LIMITED_TOTAL,
+            "UDP responses held back by response rate limiting, by action (drop, slip).",
+            &["action"],
+        );
         Metrics {
             queries: counter_vec(
                 QUERIES_TOTAL,
@@ -146,6 +155,8 @@ impl Metrics {
                 &["transport"],
             ),
             malformed: counter_vec(MALFORMED_TOTAL, "Queries answered FORMERR.", &["transport"]),
+            rrl_dropped: rrl_limited.with_label_values(&["drop"]),
+            rrl_slipped: rrl_limited.with_label_values(&["slip"]),
             pool_picks: counter_vec(
                 POOL_PICKS_TOTAL,
                 "Answers of a pool's shared name, by picked member.",

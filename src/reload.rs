@@ -93,6 +93,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     if format!("{:?}", running.limits) != format!("{:?}", new.limits) {
         changes.push("limits".to_string());
     }
+    if running.rrl != new.rrl {
+        changes.push("rrl".to_string());
+    }
     changes
 }
 

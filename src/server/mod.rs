@@ -4,6 +4,7 @@
 //! `answer::answer`. They own sockets and connection limits, never zone data.
 
 pub mod answer;
+pub mod rrl;
 mod tcp;
 mod udp;
 
@@ -31,6 +32,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Log one query in this many (0 = off).
     pub query_log_sample: u32,
+    /// UDP response rate limiting; `None` when turned off.
+    pub rrl: Option<rrl::Limiter>,
 }
 
 impl Shared {
@@ -40,6 +43,7 @@ impl Shared {
             limits,
             metrics,
             query_log_sample: 0,
+            rrl: None,
         }
     }
 }

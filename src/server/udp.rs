@@ -10,6 +10,7 @@ use rand::rngs::SmallRng;
 
 use super::Shared;
 use super::answer::{Outcome, Transport, answer};
+use super::rrl::{self, Verdict};
 use crate::metrics::QueryCounters;
 
 /// Largest datagram we read; anything longer is cut by the kernel and will fail to parse.
@@ -68,6 +69,19 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
                     snapshot.count_pick(pick);
                 }
                 counters.answered(qtype, rcode, truncated);
+                if let Some(limiter) = &shared.rrl {
+                    match limiter.check(peer.ip(), rrl::classify(&out)) {
+                        Verdict::Send => {}
+                        Verdict::Slip => {
+                            shared.metrics.rrl_slipped.inc();
+                            rrl::slip(&mut out);
+                        }
+                        Verdict::Drop => {
+                            shared.metrics.rrl_dropped.inc();
+                            continue;
+                        }
+                    }
+                }
                 if let Err(e) = socket.send_to(&out, peer) {
                     tracing::debug!("udp send to {peer} failed: {e}");
                 }

@@ -42,7 +42,9 @@ impl Tree {
         let config = config
             .replace("listen = [\"127.0.0.1:5300\"]", "listen = [\"127.0.0.1:0\"]")
             .replace("http-listen = \"127.0.0.1:8053\"", "http-listen = \"\"")
-            .replace("kind = \"https\"", "kind = \"none\"");
+            .replace("kind = \"https\"", "kind = \"none\"")
+            // Tests send bursts from one address; the RRL tests turn it back on.
+            .replace("[rrl]\nenabled = true", "[rrl]\nenabled = false");
         tree.write("config/consortium-dns.toml", &config);
         let members = tree
             .read("zones/consortium.example.members.toml")
@@ -162,4 +164,74 @@ pub async fn tcp(addr: SocketAddr, message: &Message) -> Message {
 /// Runs the `consortium-dns` binary built by cargo for this test run.
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_consortium-dns"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Added for the reload tests (issue 5): atomic file replacement, the admin endpoint, free ports.
+// ---------------------------------------------------------------------------------------------
+
+impl Tree {
+    /// Replaces a file the way editors and git do: the new text is written to a temporary file
+    /// in the same directory, then renamed over the old one, so a reader sees old or new whole.
+    pub fn replace(&self, relative: &str, text: &str) {
+        let path = self.path(relative);
+        let file_name = path
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
+        let temp = path.with_file_name(format!(".{file_name}.tmp"));
+        std::fs::write(&temp, text).expect("write temp file");
+        std::fs::rename(&temp, &path).expect("rename into place");
+    }
+
+    /// Turns the admin HTTP endpoint on, on 127.0.0.1 port 0 (read `ServerHandle::http_addr`).
+    pub fn enable_http(&self) {
+        let config = self
+            .read("config/consortium-dns.toml")
+            .replace("http-listen = \"\"", "http-listen = \"127.0.0.1:0\"");
+        assert!(
+            config.contains("http-listen = \"127.0.0.1:0\""),
+            "http-listen line not found"
+        );
+        self.write("config/consortium-dns.toml", &config);
+    }
+}
+
+/// One HTTP/1.1 request (empty body, `Connection: close`); returns the status code and body.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("HTTP answer in time")
+        .expect("HTTP exchange");
+    let text = String::from_utf8(raw).expect("UTF-8 HTTP answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head and body");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP status line: {head}"));
+    (code, body.to_string())
+}
+
+/// A 127.0.0.1 port free for both UDP and TCP right now (for the binary's `--listen`).
+pub fn free_port() -> u16 {
+    for _ in 0..32 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        let port = udp.local_addr().expect("local addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for UDP and TCP");
 }

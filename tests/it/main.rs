@@ -7,3 +7,4 @@ mod differential;
 mod health;
 mod ops;
 mod reload;
+mod hostile;

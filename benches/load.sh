@@ -1,0 +1,500 @@
+#!/usr/bin/env bash
+# Load benchmark (issue 9): consortium-dns against NSD and Knot DNS on the same zone, the same
+# queries and the same machine, driven by dnsperf. Prints a markdown table.
+#
+#   benches/load.sh [MEMBERS ...]        e.g. benches/load.sh 10 1000 100000   (default: 10)
+#
+# Environment (defaults in brackets):
+#   DURATION [10]      seconds per dnsperf run          ROUNDS [3]   rounds (median reported)
+#   SETS ["nodes:udp shared:udp nxdomain:udp mix:udp mix:tcp"]  query set:transport lines
+#   SERVERS ["consortium-dns nsd knot"]                 SERVER_CPU [1]  CLIENT_CPU [0]
+#   CLIENTS [4]        dnsperf -c (sockets / TCP conns)  OUTSTANDING [100]  dnsperf -q
+#   EDNS [1]           dnsperf -e (resolvers send EDNS)  QUERY_LINES [100000] lines per file
+#   BASE_PORT [15353]  ours, NSD and Knot on +0, +1, +2  STARTUP_TIMEOUT [1800] seconds
+#   KEEP [0]           1 = keep the work directory (configs, zones, logs, raw results)
+#
+# Fairness: one worker each (consortium-dns `udp-workers = 1`; NSD `server-count: 1`; Knot one
+# UDP, one TCP and one background worker), every server pinned to SERVER_CPU and dnsperf to
+# CLIENT_CPU, response rate limiting off (NSD `rrl-ratelimit: 0`, Knot without its rrl module;
+# consortium-dns has none), logging at warnings only, minimal responses everywhere (NSD
+# `minimal-responses: yes`; Knot and consortium-dns always are). NSD and Knot cannot pick, so
+# they serve the shared name `any` as one fixed CNAME; consortium-dns picks per query.
+#
+# CPU per query = the server's user+system ticks (/proc/PID/stat, all threads of all its
+# processes) across one run, divided by the queries dnsperf saw answered. It is the figure to
+# compare when dnsperf on its single core, not the server, sets the qps ceiling.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
+SETS="${SETS:-nodes:udp shared:udp nxdomain:udp mix:udp mix:tcp}"
+SERVERS="${SERVERS:-consortium-dns nsd knot}"
+SERVER_CPU="${SERVER_CPU:-1}"
+CLIENT_CPU="${CLIENT_CPU:-0}"
+CLIENTS="${CLIENTS:-4}"
+OUTSTANDING="${OUTSTANDING:-100}"
+EDNS="${EDNS:-1}"
+QUERY_LINES="${QUERY_LINES:-100000}"
+BASE_PORT="${BASE_PORT:-15353}"
+STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-1800}"
+KEEP="${KEEP:-0}"
+ORIGIN="consortium.example"
+if [ $# -gt 0 ]; then MEMBER_COUNTS=("$@"); else MEMBER_COUNTS=(10); fi
+
+die() {
+    echo "load.sh: $*" >&2
+    exit 1
+}
+note() { echo "load.sh: $*" >&2; }
+
+for n in "${MEMBER_COUNTS[@]}"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "member count '$n' is not a positive integer"
+done
+for v in DURATION ROUNDS CLIENTS OUTSTANDING QUERY_LINES BASE_PORT STARTUP_TIMEOUT; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v='${!v}' is not a positive integer"
+done
+
+# --- programs -----------------------------------------------------------------------------
+export PATH="$PATH:/usr/sbin:/sbin"
+need_pkgs=()
+command -v dnsperf >/dev/null || need_pkgs+=(dnsperf)
+command -v nsd >/dev/null || need_pkgs+=(nsd)
+command -v knotd >/dev/null || need_pkgs+=(knot)
+command -v dig >/dev/null || need_pkgs+=(bind9-dnsutils)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
+    note "installing ${need_pkgs[*]}"
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    # Keep the packaged daemons (nsd, knot) from starting on port 53 at install time.
+    created_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${need_pkgs[@]}" >/dev/null
+    if [ -n "$created_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+fi
+missing=()
+for prog in dnsperf nsd nsd-checkconf nsd-checkzone knotd knotc dig taskset pgrep getconf \
+    cargo awk sort; do
+    command -v "$prog" >/dev/null || missing+=("$prog")
+done
+[ ${#missing[@]} -eq 0 ] || die "missing program(s): ${missing[*]}"
+
+cpus="$(getconf _NPROCESSORS_ONLN)"
+for c in "$SERVER_CPU" "$CLIENT_CPU"; do
+    [[ "$c" =~ ^[0-9]+$ ]] && [ "$c" -lt "$cpus" ] ||
+        die "CPU $c does not exist here ($cpus online); set SERVER_CPU and CLIENT_CPU"
+done
+[ "$SERVER_CPU" != "$CLIENT_CPU" ] || note "warning: server and dnsperf share CPU $SERVER_CPU"
+CLK_TCK="$(getconf CLK_TCK)"
+
+# --- build ----------------------------------------------------------------------------------
+note "building consortium-dns (release)"
+(cd "$ROOT" && cargo build --release --locked --quiet --bin consortium-dns) ||
+    die "cargo build --release failed"
+target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$target_dir" in /*) ;; *) target_dir="$ROOT/$target_dir" ;; esac
+OURS_BIN="$target_dir/release/consortium-dns"
+[ -x "$OURS_BIN" ] || die "built binary not found at $OURS_BIN"
+
+# --- work directory, cleanup ----------------------------------------------------------------
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/cdns-load.XXXXXX")"
+declare -A SERVER_PID=()
+stop_server() {
+    local name=$1 pid=${SERVER_PID[$1]:-}
+    [ -n "$pid" ] || return 0
+    unset "SERVER_PID[$name]"
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local name
+    for name in "${!SERVER_PID[@]}"; do stop_server "$name"; done
+    if [ "$KEEP" = 1 ]; then note "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- zone and query generation --------------------------------------------------------------
+# Member i: nodeI.consortium.example -> nodeI.operator-(i mod 500).example.net, weight i%3+1.
+member_target() { echo "node$1.operator-$(($1 % 500)).example.net."; }
+
+generate_tree() { # $1 = members, $2 = dir
+    local n=$1 d=$2
+    mkdir -p "$d/ours" "$d/ref" "$d/queries"
+    cp "$ROOT/zones/$ORIGIN.zone" "$d/ours/$ORIGIN.zone"
+    awk -v n="$n" 'BEGIN {
+        print "member-ttl = 300\n\n[[pool]]\nlabel = \"any\"\nttl = 30"
+        for (i = 1; i <= n; i++)
+            printf "\n[[member]]\nlabel = \"node%d\"\ntarget = \"node%d.operator-%d.example.net\"\nweight = %d\n",
+                i, i, i % 500, i % 3 + 1
+    }' >"$d/ours/$ORIGIN.members.toml"
+    # The reference servers: the same zone with the members written out as CNAMEs, and the
+    # shared name fixed to member 1.
+    {
+        cat "$ROOT/zones/$ORIGIN.zone"
+        echo "; $n generated members (consortium-dns reads them from the members file)"
+        awk -v n="$n" 'BEGIN {
+            for (i = 1; i <= n; i++)
+                printf "node%d 300 IN CNAME node%d.operator-%d.example.net.\n", i, i, i % 500
+        }'
+        echo "; the shared name: a fixed CNAME here (consortium-dns picks per query)"
+        echo "any 30 IN CNAME $(member_target 1)"
+    } >"$d/ref/$ORIGIN.zone"
+
+    # Query files (dnsperf format). Fixed seeds: every server gets the same files.
+    local q=$d/queries lines=$QUERY_LINES
+    awk -v n="$n" -v l="$lines" -v o="$ORIGIN" 'BEGIN { srand(1);
+        for (i = 0; i < l; i++) printf "node%d.%s A\n", int(rand() * n) + 1, o }' >"$q/nodes"
+    echo "any.$ORIGIN A" >"$q/shared"
+    awk -v l="$lines" -v o="$ORIGIN" 'BEGIN { srand(2);
+        for (i = 0; i < l; i++) printf "nx-%d-%d.%s A\n", i, int(rand() * 1e9), o }' >"$q/nxdomain"
+    # A realistic mix for a consortium zone: mostly node names and the shared name.
+    awk -v n="$n" -v l="$lines" -v o="$ORIGIN" 'BEGIN { srand(3);
+        for (i = 0; i < l; i++) {
+            r = rand() * 100; k = int(rand() * n) + 1
+            if (r < 45)      printf "node%d.%s A\n", k, o
+            else if (r < 50) printf "node%d.%s AAAA\n", k, o
+            else if (r < 75) printf "any.%s A\n", o
+            else if (r < 80) printf "any.%s AAAA\n", o
+            else if (r < 90) printf "nx-%d.%s A\n", int(rand() * 1e9), o
+            else if (r < 93) printf "www.%s A\n", o
+            else if (r < 95) printf "%s SOA\n", o
+            else if (r < 97) printf "%s NS\n", o
+            else if (r < 98) printf "%s MX\n", o
+            else if (r < 99) printf "%s TXT\n", o
+            else             printf "ns1.%s AAAA\n", o
+        } }' >"$q/mix"
+}
+
+write_configs() { # $1 = dir; ports from BASE_PORT
+    local d=$1
+    mkdir -p "$d/nsd" "$d/knot/db"
+    cat >"$d/ours/consortium-dns.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$((BASE_PORT))"]
+http-listen = ""
+udp-workers = 1
+
+[health]
+kind = "none"
+
+[[zone]]
+origin = "$ORIGIN"
+file = "$ORIGIN.zone"
+members = "$ORIGIN.members.toml"
+EOF
+    cat >"$d/nsd/nsd.conf" <<EOF
+server:
+    ip-address: 127.0.0.1@$((BASE_PORT + 1))
+    do-ip6: no
+    server-count: 1
+    username: ""
+    chroot: ""
+    zonesdir: "$d/ref"
+    database: ""
+    zonefiles-write: 0
+    zonelistfile: "$d/nsd/zone.list"
+    xfrdfile: "$d/nsd/xfrd.state"
+    xfrdir: "$d/nsd"
+    pidfile: "$d/nsd/nsd.pid"
+    logfile: "$d/nsd/nsd.log"
+    verbosity: 0
+    hide-version: yes
+    minimal-responses: yes
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
+remote-control:
+    control-enable: no
+zone:
+    name: $ORIGIN
+    zonefile: $ORIGIN.zone
+EOF
+    cat >"$d/knot/knot.conf" <<EOF
+server:
+    rundir: "$d/knot"
+    listen: 127.0.0.1@$((BASE_PORT + 2))
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+control:
+    listen: "$d/knot/knot.sock"
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: "$d/knot/db"
+template:
+  - id: default
+    storage: "$d/ref"
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+  - domain: $ORIGIN
+    file: "$ORIGIN.zone"
+EOF
+    nsd-checkconf "$d/nsd/nsd.conf" || die "nsd-checkconf rejected $d/nsd/nsd.conf"
+    knotc -c "$d/knot/knot.conf" conf-check >/dev/null || die "knotc conf-check rejected $d/knot/knot.conf"
+    nsd-checkzone "$ORIGIN" "$d/ref/$ORIGIN.zone" >/dev/null ||
+        die "nsd-checkzone rejected $d/ref/$ORIGIN.zone"
+    "$OURS_BIN" check --config "$d/ours/consortium-dns.toml" >/dev/null ||
+        die "consortium-dns check rejected $d/ours"
+}
+
+port_of() {
+    case $1 in consortium-dns) echo "$BASE_PORT" ;; nsd) echo $((BASE_PORT + 1)) ;; knot) echo $((BASE_PORT + 2)) ;; esac
+}
+
+# Starts one server pinned to SERVER_CPU and waits until it answers the SOA; START_SECS = the
+# seconds that took (the whole zone load). Not to be called in a subshell: it records the pid.
+start_server() { # $1 = name, $2 = dir
+    local name=$1 d=$2 port pid t0
+    port=$(port_of "$name")
+    if ss -Hlnu "sport = :$port" 2>/dev/null | grep -q .; then
+        die "UDP port $port is already in use (set BASE_PORT)"
+    fi
+    t0=$(date +%s.%N)
+    case $name in
+        consortium-dns)
+            RUST_LOG=warn taskset -c "$SERVER_CPU" "$OURS_BIN" serve \
+                --config "$d/ours/consortium-dns.toml" >"$d/ours/log" 2>&1 &
+            ;;
+        nsd) taskset -c "$SERVER_CPU" nsd -d -c "$d/nsd/nsd.conf" >"$d/nsd/stderr" 2>&1 & ;;
+        knot) taskset -c "$SERVER_CPU" knotd -c "$d/knot/knot.conf" >"$d/knot/log" 2>&1 & ;;
+    esac
+    pid=$!
+    SERVER_PID[$name]=$pid
+    local deadline=$(($(date +%s) + STARTUP_TIMEOUT))
+    until dig +tries=1 +time=1 +short -p "$port" @127.0.0.1 "$ORIGIN" SOA 2>/dev/null | grep -q .; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -5 "$d"/*/log "$d/nsd/stderr" 2>/dev/null >&2 || true
+            die "$name exited during start-up (KEEP=1 keeps its logs under $WORK)"
+        fi
+        [ "$(date +%s)" -lt "$deadline" ] || die "$name did not answer within ${STARTUP_TIMEOUT}s"
+        sleep 0.1
+    done
+    START_SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+}
+
+# Every process of a server (NSD forks a server child and xfrd).
+tree_pids() {
+    local c
+    echo "$1"
+    for c in $(pgrep -P "$1" 2>/dev/null); do tree_pids "$c"; done
+}
+
+# utime+stime ticks of every thread of every process of a server.
+cpu_ticks() {
+    local p total=0 t
+    for p in $(tree_pids "$1"); do
+        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+# Largest VmHWM among a server's processes, in kB (forked NSD children share pages with the
+# parent, so a sum would count the zone twice).
+peak_rss_kb() {
+    local p max=0 v
+    for p in $(tree_pids "$1"); do
+        v=$(awk '/^VmHWM:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)
+        [ "${v:-0}" -gt "$max" ] && max=$v
+    done
+    echo "$max"
+}
+
+# One dnsperf run; appends a line to $RESULTS.
+run_once() { # members set transport server round dir
+    local n=$1 set=$2 transport=$3 name=$4 round=$5 d=$6
+    local pid=${SERVER_PID[$name]} port out before after
+    port=$(port_of "$name")
+    out="$d/run.out"
+    local args=(-s 127.0.0.1 -p "$port" -d "$d/queries/$set" -l "$DURATION" -c "$CLIENTS"
+        -q "$OUTSTANDING" -m "$transport" -v)
+    if [ "$EDNS" = 1 ]; then args+=(-e); fi
+    before=$(cpu_ticks "$pid")
+    taskset -c "$CLIENT_CPU" dnsperf "${args[@]}" >"$out" 2>&1 || {
+        tail -5 "$out" >&2
+        die "dnsperf failed against $name ($set/$transport)"
+    }
+    after=$(cpu_ticks "$pid")
+    kill -0 "$pid" 2>/dev/null || die "$name died during $set/$transport"
+    # -v prints one line per answer: "> RCODE NAME TYPE LATENCY"; p99 from a µs histogram.
+    local p99
+    p99=$(awk '$1 == ">" { h[int($NF * 1e6 + 0.5)]++ } END { for (k in h) print k, h[k] }' "$out" |
+        sort -n | awk '{ c[NR] = $2; v[NR] = $1; total += $2 }
+            END { if (total == 0) { print "NA"; exit } need = total * 0.99; s = 0
+                  for (i = 1; i <= NR; i++) { s += c[i]; if (s >= need) { printf "%.6f\n", v[i] / 1e6; exit } } }')
+    awk -v n="$n" -v set="$set" -v tr="$transport" -v srv="$name" -v round="$round" \
+        -v ticks="$((after - before))" -v p99="$p99" '
+        /Queries completed:/ { completed = $3 }
+        /Queries lost:/ { lost = $3 }
+        /Queries per second:/ { qps = $4 }
+        /Average Latency/ { avg = $4 }
+        /Response codes:/ { sub(/^ *Response codes: */, ""); codes = $0 }
+        END { if (qps == "") exit 1
+              printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+                  n, set, tr, srv, round, qps, completed, lost, avg, p99, ticks, codes }' \
+        "$out" >>"$RESULTS" || die "could not read dnsperf statistics ($name $set/$transport)"
+    rm -f "$out"
+}
+
+# --- the runs -------------------------------------------------------------------------------
+RESULTS="$WORK/results.tsv"
+MEMORY="$WORK/memory.tsv"
+: >"$RESULTS"
+: >"$MEMORY"
+read -r -a server_list <<<"$SERVERS"
+for s in "${server_list[@]}"; do
+    case $s in consortium-dns | nsd | knot) ;; *) die "unknown server '$s' in SERVERS" ;; esac
+done
+read -r -a set_list <<<"$SETS"
+for line in "${set_list[@]}"; do
+    case $line in nodes:udp | shared:udp | nxdomain:udp | mix:udp | \
+        nodes:tcp | shared:tcp | nxdomain:tcp | mix:tcp) ;;
+    *) die "unknown set:transport '$line' in SETS" ;;
+    esac
+done
+
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+for n in "${MEMBER_COUNTS[@]}"; do
+    d="$WORK/m$n"
+    note "members=$n: generating zone, members and query files"
+    generate_tree "$n" "$d"
+    write_configs "$d"
+    for s in "${server_list[@]}"; do
+        note "members=$n: starting $s on port $(port_of "$s")"
+        start_server "$s" "$d"
+        printf '%s\t%s\t%s\n' "$n" "$s" "$START_SECS" >>"$d/start.tsv"
+    done
+    # A quick look that every server serves the same data (pool names aside).
+    for qn in "node1.$ORIGIN A" "nx-check.$ORIGIN A" "www.$ORIGIN A" "$ORIGIN NS"; do
+        ref=
+        for s in "${server_list[@]}"; do
+            # shellcheck disable=SC2086
+            got=$(dig +tries=1 +time=2 +norec +noall +comments +answer -p "$(port_of "$s")" @127.0.0.1 $qn |
+                awk '/status:/ { st = $6 } /^[^;]/ && NF { a = a " " tolower($1) " " $4 " " tolower($5) } END { print st a }')
+            if [ -z "$ref" ]; then ref=$got; elif [ "$got" != "$ref" ]; then
+                note "warning: $s answers '$qn' differently: '$got' vs '$ref'"
+            fi
+        done
+    done
+    for round in $(seq "$ROUNDS"); do
+        for line in "${set_list[@]}"; do
+            set=${line%%:*}
+            transport=${line##*:}
+            # Alternate the order each round so no server always runs first or last.
+            k=$(((round - 1) % ${#server_list[@]}))
+            order=("${server_list[@]:k}" "${server_list[@]:0:k}")
+            for s in "${order[@]}"; do
+                note "members=$n round $round/$ROUNDS: $set/$transport against $s (${DURATION}s)"
+                run_once "$n" "$set" "$transport" "$s" "$round" "$d"
+            done
+        done
+    done
+    while IFS=$'\t' read -r mn s secs; do
+        printf '%s\t%s\t%s\t%s\n' "$mn" "$s" "$secs" "$(peak_rss_kb "${SERVER_PID[$s]}")" >>"$MEMORY"
+    done <"$d/start.tsv"
+    for s in "${server_list[@]}"; do stop_server "$s"; done
+done
+finished=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+# --- the table ------------------------------------------------------------------------------
+version_of() {
+    case $1 in
+        consortium-dns) echo "consortium-dns $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')" ;;
+        nsd) nsd -v 2>&1 | awk 'NR == 1 { print "NSD " $3 }' ;;
+        knot) knotd -V 2>&1 | awk '{ print "Knot DNS " $NF }' ;;
+    esac
+}
+echo
+echo "## Load benchmark, $started .. $finished"
+echo
+echo "Command: \`DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING EDNS=$EDNS benches/load.sh ${MEMBER_COUNTS[*]}\`"
+echo
+echo "Servers: $(for s in "${server_list[@]}"; do printf '%s; ' "$(version_of "$s")"; done)dnsperf $(dnsperf -H 2>&1 | awk '/^Version/ { print $2 }' | head -1)."
+echo "One worker each, server on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU ($(nproc) CPUs: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); ${DURATION}s per run, $ROUNDS rounds, medians shown; lost = sum over rounds."
+echo "**NSD and Knot serve the shared name \`any\` as one fixed CNAME (they cannot pick); consortium-dns picks per query.**"
+echo "CPU µs/query = server user+system time over the run / queries answered. Ratios: qps (higher is better) · CPU per query (lower is better)."
+echo
+awk -F'\t' -v clk="$CLK_TCK" -v servers="$SERVERS" '
+    function median(key,    n, i, j, t, a) {
+        n = cnt[key]
+        for (i = 1; i <= n; i++) a[i] = val[key, i]
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+        if (n == 0) return ""
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function add(key, v) { cnt[key]++; val[key, cnt[key]] = v }
+    function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
+    FILENAME == ARGV[1] { rss[$1, $2] = $4; next }
+    {
+        line = $1 SUBSEP $2 SUBSEP $3
+        if (!(line in seen)) { seen[line] = 1; lines[++nl] = line }
+        k = line SUBSEP $4
+        add(k SUBSEP "qps", $6); add(k SUBSEP "avg", $9 * 1000)
+        if ($10 != "NA") add(k SUBSEP "p99", $10 * 1000)
+        if ($7 > 0) add(k SUBSEP "cpu", $11 / clk * 1e6 / $7)
+        lost[k] += $8
+    }
+    END {
+        ns = split(servers, srv, " ")
+        setname["nodes"] = "node names A"; setname["shared"] = "shared name `any` A (NSD/Knot: fixed CNAME)"
+        setname["nxdomain"] = "NXDOMAIN"; setname["mix"] = "realistic mix"
+        print "| members | query set | proto | server | qps (median) | avg ms | p99 ms | lost | peak RSS MiB | CPU µs/query | ours/NSD qps · CPU | ours/Knot qps · CPU |"
+        print "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for (i = 1; i <= nl; i++) {
+            split(lines[i], f, SUBSEP)
+            for (s = 1; s <= ns; s++) {
+                k = lines[i] SUBSEP srv[s]
+                if (!((k SUBSEP "qps") in cnt)) continue
+                q[srv[s]] = median(k SUBSEP "qps"); c[srv[s]] = median(k SUBSEP "cpu")
+            }
+            for (s = 1; s <= ns; s++) {
+                k = lines[i] SUBSEP srv[s]
+                if (!((k SUBSEP "qps") in cnt)) continue
+                p99 = median(k SUBSEP "p99")
+                vs_nsd = vs_knot = ""
+                if (srv[s] == "consortium-dns") {
+                    vs_nsd = ratio(q["consortium-dns"], q["nsd"]) " · " ratio(c["consortium-dns"], c["nsd"])
+                    vs_knot = ratio(q["consortium-dns"], q["knot"]) " · " ratio(c["consortium-dns"], c["knot"])
+                }
+                printf "| %s | %s | %s | %s | %.0f | %.3f | %s | %d | %.1f | %.2f | %s | %s |\n",
+                    f[1], setname[f[2]], toupper(f[3]), srv[s], q[srv[s]], median(k SUBSEP "avg"),
+                    (p99 == "" ? "n/a" : sprintf("%.3f", p99)), lost[k], rss[f[1], srv[s]] / 1024,
+                    c[srv[s]], vs_nsd, vs_knot
+            }
+        }
+    }' "$MEMORY" "$RESULTS"
+
+echo
+echo "Start-up (launch to first answer, i.e. full zone load) and memory:"
+echo
+awk -F'\t' '
+    { n[NR] = $1; s[NR] = $2; t[NR] = $3; r[NR] = $4
+      if (!($2 in base) || $1 < basen[$2]) { base[$2] = $4; basen[$2] = $1 } }
+    END {
+        print "| members | server | start-up s | peak RSS MiB | RSS growth per member (vs smallest run) |"
+        print "|---:|---|---:|---:|---:|"
+        for (i = 1; i <= NR; i++) {
+            per = (n[i] > basen[s[i]]) ? sprintf("%.0f B", (r[i] - base[s[i]]) * 1024 / (n[i] - basen[s[i]])) : "-"
+            printf "| %s | %s | %s | %.1f | %s |\n", n[i], s[i], t[i], r[i] / 1024, per
+        }
+    }' "$MEMORY"
+
+echo
+echo "Response codes seen (round 1):"
+echo
+awk -F'\t' '$5 == 1 { printf "- %s members, %s/%s, %s: %s\n", $1, $2, $3, $4, $12 }' "$RESULTS"

@@ -1,0 +1,394 @@
+//! Response rate limiting for UDP, as NSD, Knot and BIND do it: a spoofed flood must not turn
+//! the server into an amplifier, while real clients still get through.
+//!
+//! Buckets are keyed by client netblock (/24 IPv4, /56 IPv6 by default) and response kind:
+//! an answer is keyed by its name and type, NXDOMAIN by its zone (so random-subdomain floods
+//! share one bucket), errors by the netblock alone. Each bucket is one `AtomicU64` holding a
+//! key fingerprint and a GCRA "theoretical arrival time", in a fixed-size table: memory stays
+//! bounded whatever the number of spoofed sources (colliding keys evict each other, which can
+//! only let more through, never block a real client). No lock on the request path.
+//! TCP is never limited: its source address cannot be spoofed.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Deserialize;
+
+/// Time unit of the limiter: 100 µs.
+const TICKS_PER_SECOND: u64 = 10_000;
+const FINGERPRINT_BITS: u32 = 24;
+const TIME_BITS: u32 = 64 - FINGERPRINT_BITS;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+
+/// `[rrl]` in the config. Defaults are conservative: a resolver behind one /24 asking the same
+/// name more than 20 times a second is already abnormal given our TTLs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RrlConfig {
+    /// Off switch (benchmarks against servers with their RRL off). Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Identical answers per second per netblock. Default 20.
+    #[serde(default = "default_responses")]
+    pub responses_per_second: u32,
+    /// NXDOMAIN answers per second per netblock and zone. Default 10.
+    #[serde(default = "default_nxdomains")]
+    pub nxdomains_per_second: u32,
+    /// Error answers (REFUSED, FORMERR, ...) per second per netblock. Default 10.
+    #[serde(default = "default_errors")]
+    pub errors_per_second: u32,
+    /// Every Nth limited response is sent truncated (TC=1, empty) so real clients retry over
+    /// TCP; 0 = drop them all. Default 2.
+    #[serde(default = "default_slip")]
+    pub slip: u32,
+    /// IPv4 netblock prefix length. Default 24.
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// IPv6 netblock prefix length. Default 56.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Buckets in the table (memory: 8 bytes each). Default 65536.
+    #[serde(default = "default_table_size")]
+    pub table_size: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_responses() -> u32 {
+    20
+}
+fn default_nxdomains() -> u32 {
+    10
+}
+fn default_errors() -> u32 {
+    10
+}
+fn default_slip() -> u32 {
+    2
+}
+fn default_ipv4_prefix() -> u8 {
+    24
+}
+fn default_ipv6_prefix() -> u8 {
+    56
+}
+fn default_table_size() -> usize {
+    65_536
+}
+
+impl Default for RrlConfig {
+    fn default() -> Self {
+        RrlConfig {
+            enabled: true,
+            responses_per_second: default_responses(),
+            nxdomains_per_second: default_nxdomains(),
+            errors_per_second: default_errors(),
+            slip: default_slip(),
+            ipv4_prefix: default_ipv4_prefix(),
+            ipv6_prefix: default_ipv6_prefix(),
+            table_size: default_table_size(),
+        }
+    }
+}
+
+impl RrlConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.responses_per_second == 0 || self.nxdomains_per_second == 0 || self.errors_per_second == 0 {
+            return Err("rates must be at least 1 per second (set enabled = false to turn RRL off)".into());
+        }
+        if self.ipv4_prefix > 32 || self.ipv6_prefix > 128 {
+            return Err("prefix lengths must be at most 32 (IPv4) and 128 (IPv6)".into());
+        }
+        if self.table_size == 0 || self.table_size > 1 << 26 {
+            return Err("table-size must be between 1 and 67108864".into());
+        }
+        Ok(())
+    }
+}
+
+/// The kind of response, deciding the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseKind<'a> {
+    /// A positive answer or NODATA: keyed by the question (lowercased name, type).
+    Answer { qname: &'a [u8], qtype: u16 },
+    /// NXDOMAIN: keyed by the zone that answered (its apex, as written in the response).
+    NxDomain { apex: &'a [u8] },
+    /// Any error rcode: keyed by the netblock alone.
+    Error,
+}
+
+/// What to do with a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Send,
+    /// Send an empty truncated answer instead.
+    Slip,
+    Drop,
+}
+
+/// The shared limiter.
+#[derive(Debug)]
+pub struct Limiter {
+    config: RrlConfig,
+    table: Box<[AtomicU64]>,
+    hasher: foldhash::fast::RandomState,
+    epoch: Instant,
+    limited: AtomicU64,
+}
+
+impl Limiter {
+    pub fn new(config: RrlConfig) -> Limiter {
+        let table = (0..config.table_size).map(|_| AtomicU64::new(0)).collect();
+        Limiter {
+            config,
+            table,
+            hasher: Default::default(),
+            epoch: Instant::now(),
+            limited: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ticks(&self) -> u64 {
+        (self.epoch.elapsed().as_micros() as u64 / 100) & TIME_MASK
+    }
+
+    /// Decides for one response to `client`.
+    pub fn check(&self, client: IpAddr, kind: ResponseKind<'_>) -> Verdict {
+        self.check_at(client, kind, self.now_ticks())
+    }
+
+    fn check_at(&self, client: IpAddr, kind: ResponseKind<'_>, now: u64) -> Verdict {
+        let mut hasher = self.hasher.build_hasher();
+        match client {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let prefix = u32::from(self.config.ipv4_prefix);
+                let masked = if prefix == 0 {
+                    0
+                } else {
+                    bits & (u32::MAX << (32 - prefix))
+                };
+                hasher.write_u32(masked);
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let prefix = u32::from(self.config.ipv6_prefix);
+                let masked = if prefix == 0 {
+                    0
+                } else {
+                    bits & (u128::MAX << (128 - prefix))
+                };
+                hasher.write_u128(masked);
+            }
+        }
+        let rate = match kind {
+            ResponseKind::Answer { qname, qtype } => {
+                hasher.write_u8(1);
+                for &c in qname {
+                    hasher.write_u8(c.to_ascii_lowercase());
+                }
+                hasher.write_u16(qtype);
+                self.config.responses_per_second
+            }
+            ResponseKind::NxDomain { apex } => {
+                hasher.write_u8(2);
+                for &c in apex {
+                    hasher.write_u8(c.to_ascii_lowercase());
+                }
+                self.config.nxdomains_per_second
+            }
+            ResponseKind::Error => {
+                hasher.write_u8(3);
+                self.config.errors_per_second
+            }
+        };
+        let hash = hasher.finish();
+        let slot = &self.table[(hash % self.table.len() as u64) as usize];
+        let fingerprint = (hash >> TIME_BITS) | 1; // never 0, so an empty slot never matches
+        // GCRA: each response costs `interval`; a burst of `rate` responses is tolerated.
+        let interval = (TICKS_PER_SECOND / u64::from(rate.max(1))).max(1);
+        let tolerance = interval * u64::from(rate.max(1)).saturating_sub(1);
+        let mut current = slot.load(Ordering::Relaxed);
+        loop {
+            let tat = if current >> TIME_BITS == fingerprint {
+                current & TIME_MASK
+            } else {
+                now
+            };
+            // Wrapped clocks (after ~3.5 years) just restart the bucket.
+            let tat = if tat.wrapping_sub(now) & TIME_MASK > TIME_MASK / 2 {
+                now
+            } else {
+                tat.max(now)
+            };
+            if tat - now > tolerance {
+                let n = self.limited.fetch_add(1, Ordering::Relaxed) + 1;
+                let slip = self.config.slip;
+                return if slip > 0 && n % u64::from(slip) == 0 {
+                    Verdict::Slip
+                } else {
+                    Verdict::Drop
+                };
+            }
+            let next = (fingerprint << TIME_BITS) | ((tat + interval) & TIME_MASK);
+            match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Verdict::Send,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+/// Classifies a response built by `answer::answer` (so well-formed: question uncompressed,
+/// owners of the first authority record compressed or plain).
+pub fn classify(response: &[u8]) -> ResponseKind<'_> {
+    let rcode = response.get(3).map_or(0, |b| b & 0x0f);
+    let Some(qname_end) = name_end(response, 12) else {
+        return ResponseKind::Error;
+    };
+    let qname = &response[12..qname_end];
+    let qtype = response
+        .get(qname_end..qname_end + 2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    match rcode {
+        0 => ResponseKind::Answer { qname, qtype },
+        3 => {
+            // Skip the answers (a CNAME chain may precede the NXDOMAIN); the first authority
+            // record is the zone's SOA, owned by the apex.
+            let answers = response.get(6..8).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+            let mut pos = qname_end + 4;
+            for _ in 0..answers {
+                let Some(end) = name_end(response, pos) else {
+                    return ResponseKind::Error;
+                };
+                let rdlen = response
+                    .get(end + 8..end + 10)
+                    .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+                pos = end + 10 + rdlen;
+            }
+            let apex = match response.get(pos..pos + 2) {
+                Some([high, low]) if high & 0xC0 == 0xC0 => {
+                    let target = usize::from(u16::from_be_bytes([high & 0x3f, *low]));
+                    name_end(response, target).and_then(|end| response.get(target..end))
+                }
+                Some(_) => name_end(response, pos).and_then(|end| response.get(pos..end)),
+                None => None,
+            };
+            ResponseKind::NxDomain {
+                apex: apex.unwrap_or(qname),
+            }
+        }
+        _ => ResponseKind::Error,
+    }
+}
+
+/// End of a name starting at `pos` (after its root label or its compression pointer).
+fn name_end(message: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *message.get(pos)?;
+        match len {
+            0 => return Some(pos + 1),
+            1..=63 => pos += usize::from(len) + 1,
+            0xC0..=0xFF => return Some(pos + 2),
+            _ => return None,
+        }
+    }
+}
+
+/// Turns a response into the RRL "slip": header and question only, TC set, so a real client
+/// retries over TCP while a spoofed victim gets no amplification.
+pub fn slip(response: &mut Vec<u8>) {
+    let Some(end) = name_end(response, 12).map(|e| e + 4) else {
+        return;
+    };
+    if response.len() < end {
+        return;
+    }
+    response.truncate(end);
+    response[2] |= 0x02;
+    response[6..12].fill(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(rate: u32, slip: u32) -> Limiter {
+        Limiter::new(RrlConfig {
+            responses_per_second: rate,
+            slip,
+            table_size: 1024,
+            ..RrlConfig::default()
+        })
+    }
+
+    const NAME: ResponseKind<'static> = ResponseKind::Answer {
+        qname: b"\x03any\x00",
+        qtype: 1,
+    };
+
+    #[test]
+    fn holds_a_flood_to_the_rate() {
+        let rrl = limiter(10, 0);
+        let client: IpAddr = "192.0.2.7".parse().expect("ip");
+        // 1,000 queries over one simulated second: 10 burst + 10 refilled.
+        let sent = (0..1_000u64)
+            .filter(|i| rrl.check_at(client, NAME, i * TICKS_PER_SECOND / 1_000) == Verdict::Send)
+            .count();
+        assert!((19..=21).contains(&sent), "sent {sent}");
+    }
+
+    #[test]
+    fn other_netblocks_and_names_are_independent() {
+        let rrl = limiter(5, 0);
+        let flooder: IpAddr = "192.0.2.7".parse().expect("ip");
+        let neighbour: IpAddr = "192.0.2.200".parse().expect("ip");
+        let other: IpAddr = "198.51.100.1".parse().expect("ip");
+        for _ in 0..100 {
+            rrl.check_at(flooder, NAME, 0);
+        }
+        assert_eq!(
+            rrl.check_at(neighbour, NAME, 0),
+            Verdict::Drop,
+            "same /24 shares the bucket"
+        );
+        assert_eq!(rrl.check_at(other, NAME, 0), Verdict::Send);
+        let other_name = ResponseKind::Answer {
+            qname: b"\x05node1\x00",
+            qtype: 1,
+        };
+        assert_eq!(rrl.check_at(flooder, other_name, 0), Verdict::Send);
+        // Case does not make a new bucket.
+        let upper = ResponseKind::Answer {
+            qname: b"\x03ANY\x00",
+            qtype: 1,
+        };
+        assert_eq!(rrl.check_at(flooder, upper, 0), Verdict::Drop);
+    }
+
+    #[test]
+    fn slips_every_nth_limited_response() {
+        let rrl = limiter(1, 3);
+        let client: IpAddr = "2001:db8::1".parse().expect("ip");
+        assert_eq!(rrl.check_at(client, NAME, 0), Verdict::Send);
+        let verdicts: Vec<Verdict> = (0..9).map(|_| rrl.check_at(client, NAME, 0)).collect();
+        let slips = verdicts.iter().filter(|v| **v == Verdict::Slip).count();
+        assert_eq!(slips, 3, "{verdicts:?}");
+        // The same /56 shares the bucket.
+        let neighbour: IpAddr = "2001:db8:0:ff::9".parse().expect("ip");
+        assert_ne!(rrl.check_at(neighbour, NAME, 0), Verdict::Send);
+    }
+
+    #[test]
+    fn refills_over_time() {
+        let rrl = limiter(2, 0);
+        let client: IpAddr = "192.0.2.7".parse().expect("ip");
+        assert_eq!(rrl.check_at(client, NAME, 0), Verdict::Send);
+        assert_eq!(rrl.check_at(client, NAME, 0), Verdict::Send);
+        assert_eq!(rrl.check_at(client, NAME, 0), Verdict::Drop);
+        assert_eq!(rrl.check_at(client, NAME, TICKS_PER_SECOND), Verdict::Send);
+    }
+}
