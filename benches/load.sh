@@ -10,13 +10,13 @@
 #   SERVERS ["consortium-dns nsd knot"]                 SERVER_CPU [1]  CLIENT_CPU [0]
 #   CLIENTS [4]        dnsperf -c (sockets / TCP conns)  OUTSTANDING [100]  dnsperf -q
 #   EDNS [1]           dnsperf -e (resolvers send EDNS)  QUERY_LINES [100000] lines per file
-#   BASE_PORT [15353]  ours, NSD and Knot on +0, +1, +2  STARTUP_TIMEOUT [1800] seconds
+#   BASE_PORT [35353]  ours, NSD and Knot on +0, +1, +2  STARTUP_TIMEOUT [1800] seconds
 #   KEEP [0]           1 = keep the work directory (configs, zones, logs, raw results)
 #
 # Fairness: one worker each (consortium-dns `udp-workers = 1`; NSD `server-count: 1`; Knot one
 # UDP, one TCP and one background worker), every server pinned to SERVER_CPU and dnsperf to
-# CLIENT_CPU, response rate limiting off (NSD `rrl-ratelimit: 0`, Knot without its rrl module;
-# consortium-dns has none), logging at warnings only, minimal responses everywhere (NSD
+# CLIENT_CPU, response rate limiting off (NSD `rrl-ratelimit: 0`, Knot without its rrl module,
+# consortium-dns `[rrl] enabled = false`), logging at warnings only, minimal responses everywhere (NSD
 # `minimal-responses: yes`; Knot and consortium-dns always are). NSD and Knot cannot pick, so
 # they serve the shared name `any` as one fixed CNAME; consortium-dns picks per query.
 #
@@ -36,7 +36,7 @@ CLIENTS="${CLIENTS:-4}"
 OUTSTANDING="${OUTSTANDING:-100}"
 EDNS="${EDNS:-1}"
 QUERY_LINES="${QUERY_LINES:-100000}"
-BASE_PORT="${BASE_PORT:-15353}"
+BASE_PORT="${BASE_PORT:-35353}"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-1800}"
 KEEP="${KEEP:-0}"
 ORIGIN="consortium.example"
@@ -99,8 +99,8 @@ note "building consortium-dns (release)"
     die "cargo build --release failed"
 target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$target_dir" in /*) ;; *) target_dir="$ROOT/$target_dir" ;; esac
-OURS_BIN="$target_dir/release/consortium-dns"
-[ -x "$OURS_BIN" ] || die "built binary not found at $OURS_BIN"
+built_bin="$target_dir/release/consortium-dns"
+[ -x "$built_bin" ] || die "built binary not found at $built_bin"
 
 # --- work directory, cleanup ----------------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cdns-load.XXXXXX")"
@@ -124,6 +124,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# A private copy: a rebuild of target/ during the runs must not change what is measured.
+OURS_BIN="$WORK/consortium-dns"
+cp "$built_bin" "$OURS_BIN"
 
 # --- zone and query generation --------------------------------------------------------------
 # Member i: nodeI.consortium.example -> nodeI.operator-(i mod 500).example.net, weight i%3+1.
@@ -185,6 +188,9 @@ write_configs() { # $1 = dir; ports from BASE_PORT
 listen = ["127.0.0.1:$((BASE_PORT))"]
 http-listen = ""
 udp-workers = 1
+
+[rrl]
+enabled = false
 
 [health]
 kind = "none"
@@ -368,6 +374,11 @@ for line in "${set_list[@]}"; do
     esac
 done
 
+# The numbers mean little on a busy machine: say so up front.
+load1=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
+    note "warning: load average is $load1 before the first run; other work will skew the results"
+fi
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 for n in "${MEMBER_COUNTS[@]}"; do
     d="$WORK/m$n"

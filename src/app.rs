@@ -6,9 +6,11 @@
 //! same code as production on port 0.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -62,6 +64,10 @@ pub struct Control {
     last_success: Mutex<Option<ReloadReport>>,
     reloading: tokio::sync::Mutex<()>,
     ready: AtomicBool,
+    /// Per zone: bumped for each new serial, so older NOTIFY retries stop.
+    notify_generations: Mutex<HashMap<Box<[u8]>, Arc<AtomicU64>>>,
+    /// Per zone: when health last caused a serial bump.
+    last_pick_bump: Mutex<HashMap<Box<[u8]>, Instant>>,
 }
 
 /// Command-line settings that win over the config file, on start and on every reload.
@@ -108,14 +114,15 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
 pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<ServerHandle, StartError> {
     overrides.apply(&mut config);
     let metrics = Metrics::new();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let zones = snapshot::load_zones(&config).map_err(StartError::Load)?;
-    let snapshot = Snapshot::build(
+    let mut snapshot = Snapshot::build(
         zones,
         config.identity.as_deref(),
         config.version.as_deref(),
         Some(&metrics),
     );
+    prepare_transfers(&mut snapshot, &config, None);
     let listeners = Listeners::bind(&config.listen, config.udp_workers).map_err(StartError::Bind)?;
     let dns_addrs = listeners.local_addrs();
     let http_listener = match config.http_listen {
@@ -156,8 +163,13 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
         last_success: Mutex::new(None),
         reloading: tokio::sync::Mutex::new(()),
         ready: AtomicBool::new(false),
+        notify_generations: Mutex::default(),
+        last_pick_bump: Mutex::default(),
     });
     control.record(report);
+    for zone in control.shared.snapshot.load().zones() {
+        control.send_notify(zone);
+    }
 
     let running = server::start(listeners, shared.clone()).map_err(StartError::Bind)?;
     for addr in &dns_addrs {
@@ -181,6 +193,18 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
             None
         }
     };
+    // Secondaries cannot pick: keep their copy of each shared name on a healthy member.
+    let refresher = Arc::downgrade(&control);
+    background.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(control) = refresher.upgrade() else {
+                return;
+            };
+            control.refresh_transfer_picks().await;
+        }
+    }));
     let reloader = control.clone();
     background.push(tokio::spawn(async move {
         while incoming.recv().await.is_some() {
@@ -198,6 +222,31 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
         background,
         _watcher: watcher,
     })
+}
+
+/// Attaches transfer settings (keys, ACLs, NOTIFY targets) and the IXFR history: the previous
+/// snapshot's versions plus this one's when its serial is new.
+fn prepare_transfers(snapshot: &mut Snapshot, config: &Config, previous: Option<&Snapshot>) {
+    snapshot.tsig_keys = config.keys.clone();
+    for zone in snapshot.zones_mut() {
+        let settings = config.zones.iter().find(|z| z.origin.key() == zone.origin.key());
+        zone.transfer.allow = settings.map(|s| s.allow_transfer.clone()).unwrap_or_default();
+        zone.transfer.notify = settings.map(|s| s.notify.clone()).unwrap_or_default();
+        let mut history: Vec<Arc<crate::transfer::ZoneVersion>> = previous
+            .and_then(|p| p.zones().iter().find(|z| z.origin.key() == zone.origin.key()))
+            .map(|z| z.transfer.history.clone())
+            .unwrap_or_default();
+        let version = Arc::new(crate::transfer::version_of(zone));
+        // Same serial, different content (serial-policy keep): the newest wins; IXFR clients
+        // at that serial then get the current data.
+        if history.last().is_some_and(|v| v.serial == version.serial) {
+            history.pop();
+        }
+        history.push(version);
+        let excess = history.len().saturating_sub(crate::transfer::HISTORY_LEN);
+        history.drain(..excess);
+        zone.transfer.history = history;
+    }
 }
 
 fn unix_now() -> u64 {
@@ -252,7 +301,7 @@ impl Control {
     /// on failure keeps serving the old one. Reloads never overlap.
     pub async fn reload(&self, trigger: &str) -> ReloadReport {
         let _one_at_a_time = self.reloading.lock().await;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let config_path = self.config.lock().unwrap_or_else(|p| p.into_inner()).path.clone();
         let previous = self.shared.snapshot.load_full();
         let metrics = self.metrics.clone();
@@ -307,12 +356,8 @@ impl Control {
                 if !restart_needed.is_empty() {
                     tracing::warn!(settings = ?restart_needed, "config changes that need a restart were not applied");
                 }
-                // Health first, so the new tables reflect current health before anyone sees them.
-                self.health.sync(&snapshot);
-                let serials = serials_of(&snapshot);
-                self.shared.snapshot.store(Arc::new(snapshot));
-                // Tables of the published snapshot, in case a probe flipped meanwhile.
-                self.health.publish_tables(&self.shared.snapshot.load());
+                let serials = self.publish(snapshot, &config);
+
                 {
                     let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
                     let listen = running.listen.clone();
@@ -354,6 +399,145 @@ impl Control {
         };
         self.record(report.clone());
         report
+    }
+
+    /// Publishes a built snapshot: health tables first (so nobody sees stale weights), then
+    /// transfer settings and history, the swap, and NOTIFY for zones whose serial moved.
+    fn publish(&self, mut snapshot: Snapshot, config: &Config) -> BTreeMap<String, u32> {
+        let previous = self.shared.snapshot.load_full();
+        self.health.sync(&snapshot);
+        prepare_transfers(&mut snapshot, config, Some(&previous));
+        let serials = serials_of(&snapshot);
+        self.shared.snapshot.store(Arc::new(snapshot));
+        // Tables of the published snapshot, in case a probe flipped meanwhile.
+        let current = self.shared.snapshot.load();
+        self.health.publish_tables(&current);
+        for zone in current.zones() {
+            let before = previous
+                .zones()
+                .iter()
+                .find(|z| z.origin.key() == zone.origin.key());
+            if before.is_none_or(|b| b.serial != zone.serial) {
+                self.send_notify(zone);
+            }
+        }
+        serials
+    }
+
+    /// NOTIFYs the zone's secondaries of its current serial.
+    fn send_notify(&self, zone: &snapshot::Zone) {
+        let Some(version) = zone.transfer.history.last() else {
+            return;
+        };
+        if zone.transfer.notify.is_empty() {
+            return;
+        }
+        let generation = {
+            let mut map = self.notify_generations.lock().unwrap_or_else(|p| p.into_inner());
+            let generation = map.entry(zone.origin.key()).or_default().clone();
+            generation.fetch_add(1, Ordering::Relaxed);
+            generation
+        };
+        let keys = self.shared.snapshot.load().tsig_keys.clone();
+        crate::transfer::notify::spawn(
+            zone.origin.clone(),
+            zone.serial,
+            version.soa.clone(),
+            zone.transfer.notify.clone(),
+            keys,
+            generation,
+        );
+    }
+
+    /// When health moved a shared name's transfer pick, raises the zone's serial (at most once
+    /// per `transfer-pick-refresh`) so secondaries follow. Zones nobody transfers are skipped.
+    pub async fn refresh_transfer_picks(&self) {
+        let due: Vec<Box<[u8]>> = {
+            let snapshot = self.shared.snapshot.load();
+            let config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+            let bumps = self.last_pick_bump.lock().unwrap_or_else(|p| p.into_inner());
+            snapshot
+                .zones()
+                .iter()
+                .filter(|zone| !zone.transfer.allow.is_empty() && !zone.pools.is_empty())
+                .filter(|zone| {
+                    let served = zone.transfer.history.last().map(|v| v.picks.clone());
+                    served.is_some_and(|picks| picks != crate::transfer::current_picks(zone))
+                })
+                .filter(|zone| {
+                    let refresh = config
+                        .zones
+                        .iter()
+                        .find(|z| z.origin.key() == zone.origin.key())
+                        .map_or(Duration::from_secs(30), |z| z.transfer_pick_refresh);
+                    bumps
+                        .get(&zone.origin.key())
+                        .is_none_or(|at| at.elapsed() >= refresh)
+                })
+                .map(|zone| zone.origin.key())
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let _one_at_a_time = self.reloading.lock().await;
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let current = self.shared.snapshot.load_full();
+        let zones: Vec<crate::zone::ZoneData> = current
+            .zones()
+            .iter()
+            .map(|zone| {
+                let mut data = crate::zone::ZoneData {
+                    origin: zone.origin.clone(),
+                    records: zone.records.clone(),
+                    members: zone.members.clone(),
+                    pools: zone.pools.iter().map(|p| p.def.clone()).collect(),
+                };
+                let mut serial = zone.serial;
+                if due.contains(&zone.origin.key()) {
+                    let policy = config
+                        .zones
+                        .iter()
+                        .find(|z| z.origin.key() == zone.origin.key())
+                        .map(|z| z.serial_policy)
+                        .unwrap_or_default();
+                    // The transferred content changed (the pick), whatever the digest says.
+                    serial = reload::choose_serial(
+                        policy,
+                        Some((zone.serial, zone.content_digest)),
+                        zone.serial,
+                        !zone.content_digest,
+                        SystemTime::now(),
+                    );
+                }
+                data.set_serial(serial);
+                data
+            })
+            .collect();
+        let snapshot = Snapshot::build(
+            zones,
+            config.identity.as_deref(),
+            config.version.as_deref(),
+            Some(&self.metrics),
+        );
+        {
+            let mut bumps = self.last_pick_bump.lock().unwrap_or_else(|p| p.into_inner());
+            for zone in &due {
+                bumps.insert(zone.clone(), Instant::now());
+            }
+        }
+        let serials = self.publish(snapshot, &config);
+        tracing::info!(
+            ?serials,
+            "shared-name transfer pick changed with health: serial raised"
+        );
+        self.metrics.zone_serial.reset();
+        for (zone, serial) in &serials {
+            self.metrics
+                .zone_serial
+                .with_label_values(&[zone])
+                .set(i64::from(*serial));
+        }
     }
 
     /// Sets the health, weight and certificate gauges from the current state (at scrape).

@@ -3,7 +3,7 @@
 //!
 //! It must not read zone or members files; `snapshot` does that.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::health::spec::HealthSettings;
 use crate::server::rrl::RrlConfig;
+use crate::transfer::tsig::{Algorithm, TsigKey};
 use crate::zone::name::Name;
 use crate::zone::{Diagnostic, Location};
 
@@ -31,8 +32,42 @@ struct ConfigFile {
     /// Response rate limiting for UDP (on by default).
     #[serde(default)]
     rrl: RrlConfig,
+    /// TSIG keys for zone transfers and NOTIFY.
+    #[serde(default, rename = "key")]
+    keys: Vec<toml::Spanned<KeySection>>,
     #[serde(default, rename = "zone")]
     zones: Vec<toml::Spanned<ZoneSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct KeySection {
+    /// Key name, as the secondaries know it (e.g. `transfer-key`).
+    name: String,
+    /// `hmac-sha256` or `hmac-sha512`.
+    algorithm: String,
+    /// File holding the base64 secret (bare, or `tsig-keygen` output). Never logged.
+    secret_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TransferAclSection {
+    /// `IP` or `IP/prefix` the transfer request must come from.
+    network: String,
+    /// The TSIG key the request must be signed with; unset = no TSIG required.
+    #[serde(default)]
+    key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct NotifySection {
+    /// A secondary to NOTIFY after every serial change, `IP:PORT`.
+    address: String,
+    /// Sign the NOTIFY with this TSIG key.
+    #[serde(default)]
+    key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +179,61 @@ struct ZoneSection {
     /// `keep`, `increment`, `unixtime` or `dateserial`. Default `increment`.
     #[serde(default)]
     serial_policy: SerialPolicy,
+    /// Who may transfer the zone (AXFR/IXFR over TCP); nobody by default.
+    #[serde(default)]
+    allow_transfer: Vec<TransferAclSection>,
+    /// Secondaries to NOTIFY (RFC 1996) after each serial change.
+    #[serde(default)]
+    notify: Vec<NotifySection>,
+    /// Least time between serial bumps caused by health changes of the shared names' transfer
+    /// answer (a flapping member cannot cause a transfer storm). Default "30s".
+    #[serde(default = "default_pick_refresh", with = "crate::duration::serde_text")]
+    transfer_pick_refresh: Duration,
+}
+
+fn default_pick_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A network allowed to transfer a zone, and the key it must sign with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferAcl {
+    pub network: IpAddr,
+    pub prefix: u8,
+    pub key: Option<Name>,
+}
+
+impl TransferAcl {
+    /// True when `client` lies in the network.
+    pub fn contains(&self, client: IpAddr) -> bool {
+        match (self.network, client) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix))
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.prefix))
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V4(ip)) => net.to_ipv4_mapped() == Some(ip) && self.prefix == 128,
+            _ => false,
+        }
+    }
+}
+
+/// A secondary to notify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyTarget {
+    pub address: SocketAddr,
+    pub key: Option<Name>,
 }
 
 /// How a reload raises the SOA serial of changed content (after Knot's `serial-policy`).
@@ -175,6 +265,7 @@ pub struct Config {
     pub limits: Limits,
     pub rrl: RrlConfig,
     pub health_defaults: HealthSettings,
+    pub keys: Vec<TsigKey>,
     pub zones: Vec<ZoneConfig>,
 }
 
@@ -208,6 +299,9 @@ pub struct ZoneConfig {
     pub file: PathBuf,
     pub members: Option<PathBuf>,
     pub serial_policy: SerialPolicy,
+    pub allow_transfer: Vec<TransferAcl>,
+    pub notify: Vec<NotifyTarget>,
+    pub transfer_pick_refresh: Duration,
     pub location: Location,
 }
 
@@ -278,6 +372,55 @@ impl Config {
             errors.push(whole(format!("health: {reason}")));
         }
 
+        let mut keys: Vec<TsigKey> = Vec::new();
+        for spanned in &file.keys {
+            let location = Location::new(path.into(), line_of(text, spanned.span().start));
+            let section = spanned.get_ref();
+            let name = match Name::parse(&absolute_name(&section.name), None) {
+                Ok(name) => name,
+                Err(e) => {
+                    errors.push(Diagnostic::at(location, format!("key name: {e}")));
+                    continue;
+                }
+            };
+            let Some(algorithm) = Algorithm::parse(&section.algorithm) else {
+                errors.push(Diagnostic::at(
+                    location,
+                    format!(
+                        "key {}: unknown algorithm {:?} (hmac-sha256 or hmac-sha512)",
+                        section.name, section.algorithm
+                    ),
+                ));
+                continue;
+            };
+            if keys.iter().any(|k| k.name.key() == name.key()) {
+                errors.push(Diagnostic::at(
+                    location,
+                    format!("key {} defined twice", section.name),
+                ));
+                continue;
+            }
+            match TsigKey::from_file(&name, algorithm, &base.join(&section.secret_file)) {
+                Ok(key) => keys.push(key),
+                Err(reason) => errors.push(Diagnostic::at(
+                    location,
+                    format!("key {}: {reason}", section.name),
+                )),
+            }
+        }
+        let key_ref = |key: &Option<String>| -> Result<Option<Name>, String> {
+            let Some(key) = key else { return Ok(None) };
+            let name = Name::parse(&absolute_name(key), None).map_err(|e| e.to_string())?;
+            if !file
+                .keys
+                .iter()
+                .any(|k| k.get_ref().name.eq_ignore_ascii_case(key.trim_end_matches('.')))
+            {
+                return Err(format!("unknown key {key:?} (define it in a [[key]] table)"));
+            }
+            Ok(Some(Name::from_wire_unchecked(&name.key())))
+        };
+
         let mut zones: Vec<ZoneConfig> = Vec::new();
         if file.zones.is_empty() {
             errors.push(whole("no [[zone]] configured".into()));
@@ -304,11 +447,61 @@ impl Config {
                 ));
                 continue;
             }
+            let mut allow_transfer = Vec::new();
+            for acl in &section.allow_transfer {
+                let (address, prefix) = match acl.network.split_once('/') {
+                    Some((address, prefix)) => (address, prefix.parse::<u8>().ok()),
+                    None => (acl.network.as_str(), None),
+                };
+                let Ok(network) = address.parse::<IpAddr>() else {
+                    errors.push(Diagnostic::at(
+                        location.clone(),
+                        format!("allow-transfer: bad network {:?}", acl.network),
+                    ));
+                    continue;
+                };
+                let max = if network.is_ipv4() { 32 } else { 128 };
+                let prefix = match prefix {
+                    Some(p) if p <= max => p,
+                    None if !acl.network.contains('/') => max,
+                    _ => {
+                        errors.push(Diagnostic::at(
+                            location.clone(),
+                            format!("allow-transfer: bad prefix in {:?}", acl.network),
+                        ));
+                        continue;
+                    }
+                };
+                match key_ref(&acl.key) {
+                    Ok(key) => allow_transfer.push(TransferAcl { network, prefix, key }),
+                    Err(reason) => errors.push(Diagnostic::at(
+                        location.clone(),
+                        format!("allow-transfer: {reason}"),
+                    )),
+                }
+            }
+            let mut notify = Vec::new();
+            for target in &section.notify {
+                let Ok(address) = target.address.parse::<SocketAddr>() else {
+                    errors.push(Diagnostic::at(
+                        location.clone(),
+                        format!("notify: bad address {:?} (want IP:PORT)", target.address),
+                    ));
+                    continue;
+                };
+                match key_ref(&target.key) {
+                    Ok(key) => notify.push(NotifyTarget { address, key }),
+                    Err(reason) => errors.push(Diagnostic::at(location.clone(), format!("notify: {reason}"))),
+                }
+            }
             zones.push(ZoneConfig {
                 origin,
                 file: base.join(&section.file),
                 members: section.members.as_ref().map(|m| base.join(m)),
                 serial_policy: section.serial_policy,
+                allow_transfer,
+                notify,
+                transfer_pick_refresh: section.transfer_pick_refresh,
                 location,
             });
         }
@@ -326,8 +519,18 @@ impl Config {
             limits,
             rrl: file.rrl,
             health_defaults: file.health,
+            keys,
             zones,
         })
+    }
+}
+
+/// `name` with a trailing dot.
+fn absolute_name(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
     }
 }
 

@@ -12,4 +12,5 @@ pub mod reload;
 pub mod sd_notify;
 pub mod server;
 pub mod snapshot;
+pub mod transfer;
 pub mod zone;

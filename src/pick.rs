@@ -70,6 +70,21 @@ impl PickTable {
         self.candidates.is_empty()
     }
 
+    /// The candidate with the largest weight (the first of equals): the deterministic choice
+    /// served to secondaries, which cannot pick per query.
+    pub fn heaviest(&self) -> Option<u32> {
+        let mut best: Option<(u64, u32)> = None;
+        let mut previous = 0;
+        for (&candidate, &cumulative) in self.candidates.iter().zip(&self.cumulative) {
+            let weight = cumulative - previous;
+            previous = cumulative;
+            if best.is_none_or(|(w, _)| weight > w) {
+                best = Some((weight, candidate));
+            }
+        }
+        best.map(|(_, candidate)| candidate)
+    }
+
     /// The sum of candidate weights.
     pub fn total_weight(&self) -> u64 {
         self.cumulative.last().copied().unwrap_or(0)
@@ -131,6 +146,16 @@ mod tests {
             assert!(picked == 0 || picked == 3, "picked {picked}");
         }
         assert!(!table.is_fail_open());
+    }
+
+    #[test]
+    fn heaviest_is_the_largest_weight_first_of_equals() {
+        assert_eq!(
+            PickTable::build([(0, 2, 2), (1, 5, 5), (2, 5, 5)]).heaviest(),
+            Some(1)
+        );
+        assert_eq!(PickTable::build([(0, 0, 2), (1, 3, 5)]).heaviest(), Some(1));
+        assert_eq!(PickTable::default().heaviest(), None);
     }
 
     #[test]

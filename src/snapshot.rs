@@ -33,6 +33,8 @@ pub struct Snapshot {
     /// CH TXT answers (`id.server`, `version.bind`...), pre-encoded tails.
     pub(crate) chaos_identity: Option<Box<[u8]>>,
     pub(crate) chaos_version: Option<Box<[u8]>>,
+    /// TSIG keys for transfers (set by `app` from the config).
+    pub tsig_keys: Vec<crate::transfer::tsig::TsigKey>,
 }
 
 /// One zone's tables.
@@ -49,6 +51,8 @@ pub struct Zone {
     pub members: Vec<Member>,
     /// The records as loaded, for differential tests, transfers and `check`.
     pub records: Vec<Record>,
+    /// Transfer ACL, NOTIFY targets and IXFR history (set by `app`).
+    pub transfer: crate::transfer::ZoneTransfer,
 }
 
 /// One owner name in a zone (empty non-terminals included, with no RRsets).
@@ -179,6 +183,7 @@ impl Snapshot {
             zones: built,
             chaos_identity: identity.map(chaos_tail),
             chaos_version: version.map(chaos_tail),
+            tsig_keys: Vec::new(),
         }
     }
 
@@ -193,6 +198,11 @@ impl Snapshot {
         if let Some(counter) = entry.and_then(|e| e.picks.as_ref()) {
             counter.inc();
         }
+    }
+
+    /// The zones, for `app` to attach transfer settings before publishing.
+    pub fn zones_mut(&mut self) -> &mut [Zone] {
+        &mut self.zones
     }
 
     /// The zones served, in config order.
@@ -463,6 +473,7 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         pools,
         members,
         records,
+        transfer: Default::default(),
     }
 }
 

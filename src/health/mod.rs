@@ -357,6 +357,8 @@ impl HealthManager {
                         let eligible = state.as_ref().is_none_or(|s| {
                             certificate_eligible(s, &pool.def.name, pool.def.cert_policy, now_unix)
                         });
+                        // As the pick table sees it: an ineligible member has no weight here.
+                        let effective = if eligible { effective } else { 0 };
                         MemberReport {
                             label: member.label.clone(),
                             target: member.target.to_string(),
@@ -413,12 +415,17 @@ async fn probe_loop(health: Arc<MemberHealth>, wake: Arc<Notify>, tls: Arc<TlsCo
     tokio::time::sleep(Duration::from_millis(first)).await;
     loop {
         let result = probe::run(&spec, &health.target, &tls).await;
+        // A new certificate can change eligibility under `strict` without any flip.
+        let new_certificate =
+            result.certificate.is_some() && health.state().certificate != result.certificate;
         if let Some(up) = health.observe(&result, Instant::now()) {
             if up {
                 tracing::info!(member = %health.label, target = %health.target, detail = %result.detail, "member is up");
             } else {
                 tracing::warn!(member = %health.label, target = %health.target, detail = %result.detail, "member is down");
             }
+            wake.notify_one();
+        } else if new_certificate {
             wake.notify_one();
         }
         let jitter = spec.jitter.as_millis() as i64;

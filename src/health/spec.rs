@@ -133,7 +133,11 @@ impl HealthSettings {
             (Some(port), _) => port,
             (None, ProbeKind::Https) => 443,
             (None, ProbeKind::Http) => 80,
-            (None, ProbeKind::Tcp) => return Err("a tcp probe needs a port".into()),
+            // `address = "IP:PORT"` already names the port.
+            (None, ProbeKind::Tcp) => match self.address.as_deref().map(str::parse::<SocketAddr>) {
+                Some(Ok(addr)) => addr.port(),
+                _ => return Err("a tcp probe needs a port (or an address with one)".into()),
+            },
             (None, ProbeKind::None) => 0,
         };
         let path = self.path.clone().unwrap_or_else(|| "/".into());
@@ -239,6 +243,19 @@ mod tests {
         assert_eq!(spec.port, 443);
         assert_eq!(spec.expect_status, (200, 299));
         assert!(spec.timeout < spec.interval);
+    }
+
+    #[test]
+    fn tcp_port_may_come_from_the_address() {
+        let spec = HealthSettings {
+            kind: Some(ProbeKind::Tcp),
+            address: Some("127.0.0.1:8443".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("the address names the port");
+        assert_eq!(spec.port, 8443);
+        assert_eq!(spec.address, Some("127.0.0.1:8443".parse().expect("addr")));
     }
 
     #[test]

@@ -64,7 +64,10 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut 
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}
     }
-    // Stop accepting; connections see `stop` and finish the query in hand.
+    // Stop accepting: close the listening socket so new connections are refused at once
+    // instead of waiting unanswered in the backlog; connections see `stop` and finish the
+    // query in hand.
+    drop(listener);
     while connections.join_next().await.is_some() {}
 }
 
@@ -110,13 +113,15 @@ async fn serve_connection(
         // byte at a time cannot hold the connection (RFC 7766 §6.2.3).
         let deadline = tokio::time::Instant::now() + idle;
         // Between messages a shutdown closes the connection at once...
+        // Bytes already here win over a shutdown seen at the same moment: that message has
+        // started arriving.
         tokio::select! {
             biased;
-            _ = stop.changed() => return,
             buffered = tokio::time::timeout_at(deadline, reader.fill_buf()) => match buffered {
                 Ok(Ok(bytes)) if !bytes.is_empty() => {}
                 _ => return,
             },
+            _ = stop.changed() => return,
         }
         // ...but a message that has started arriving is in flight: read, answer, then close.
         let read = async {
@@ -129,6 +134,22 @@ async fn serve_connection(
             Ok(Ok(len)) => len,
             Ok(Err(_)) | Err(_) => return,
         };
+        if crate::transfer::is_transfer(&query[..len]) {
+            // AXFR/IXFR: possibly many messages, each length-prefixed (RFC 5936 §4.2).
+            let messages = crate::transfer::respond(&shared.snapshot.load(), &query[..len], peer.ip());
+            for message in messages {
+                frame.clear();
+                frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
+                frame.extend_from_slice(&message);
+                match tokio::time::timeout(idle, writer.write_all(&frame)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
+            counters.answered(crate::zone::rtype::AXFR, 0, false);
+            counters.flush();
+            continue;
+        }
         let outcome = {
             let snapshot = shared.snapshot.load();
             let outcome = answer(

@@ -422,13 +422,11 @@ impl Drop for Nsd {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
+        // SIGTERM to the group: NSD's own shutdown stops xfrd and the server child.
         self.signal_group("-TERM");
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                // The children may outlive the main process by a moment.
-                std::thread::sleep(Duration::from_millis(50));
-                self.signal_group("-KILL");
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -5,6 +5,7 @@ mod common;
 mod core;
 mod differential;
 mod health;
+mod hostile;
 mod ops;
 mod reload;
-mod hostile;
+mod transfer;

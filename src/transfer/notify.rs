@@ -1,0 +1,128 @@
+//! NOTIFY out (RFC 1996): after a serial change, tell each configured secondary, retrying with
+//! backoff until it acknowledges, or a newer serial supersedes this one.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use tokio::net::UdpSocket;
+
+use super::tsig::{Signer, TsigKey};
+use crate::config::NotifyTarget;
+use crate::zone::name::Name;
+use crate::zone::rtype;
+
+/// Tries per serial and target; waits between tries double from 1 s up to 60 s.
+const MAX_ATTEMPTS: u32 = 10;
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends NOTIFY for `zone` at `serial` to every target, in the background. `generation` is
+/// bumped by the caller for each newer serial; older tasks then stop retrying.
+pub fn spawn(
+    zone: Name,
+    serial: u32,
+    soa: Box<[u8]>,
+    targets: Vec<NotifyTarget>,
+    keys: Vec<TsigKey>,
+    generation: Arc<AtomicU64>,
+) {
+    let mine = generation.load(Ordering::Relaxed);
+    for target in targets {
+        let key = target
+            .key
+            .as_ref()
+            .and_then(|name| keys.iter().find(|k| k.name.key() == name.key()).cloned());
+        let (zone, soa, generation) = (zone.clone(), soa.clone(), generation.clone());
+        tokio::spawn(async move {
+            let mut wait = Duration::from_secs(1);
+            for attempt in 1..=MAX_ATTEMPTS {
+                if generation.load(Ordering::Relaxed) != mine {
+                    return; // superseded by a newer serial
+                }
+                match notify_once(&zone, &soa, target.address, key.as_ref()).await {
+                    Ok(()) => {
+                        tracing::info!(zone = %zone, serial, secondary = %target.address, attempt, "NOTIFY acknowledged");
+                        return;
+                    }
+                    Err(reason) => {
+                        tracing::debug!(zone = %zone, serial, secondary = %target.address, attempt, "NOTIFY not acknowledged: {reason}");
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+            tracing::warn!(zone = %zone, serial, secondary = %target.address, "NOTIFY never acknowledged; the secondary will see the change at its next refresh");
+        });
+    }
+}
+
+/// Builds the NOTIFY message: opcode 4, AA, the zone's SOA question, the SOA as a hint.
+pub fn message(id: u16, zone: &Name, soa: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(64 + soa.len());
+    message.extend_from_slice(&id.to_be_bytes());
+    message.extend_from_slice(&[0x24, 0x00]); // opcode NOTIFY, AA
+    message.extend_from_slice(&[0, 1, 0, u8::from(!soa.is_empty()), 0, 0, 0, 0]);
+    message.extend_from_slice(zone.wire());
+    message.extend_from_slice(&rtype::SOA.to_be_bytes());
+    message.extend_from_slice(&rtype::CLASS_IN.to_be_bytes());
+    message.extend_from_slice(soa);
+    message
+}
+
+async fn notify_once(
+    zone: &Name,
+    soa: &[u8],
+    address: SocketAddr,
+    key: Option<&TsigKey>,
+) -> Result<(), String> {
+    let local: SocketAddr = match address {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await.map_err(|e| format!("bind: {e}"))?;
+    let id: u16 = rand::rngs::SmallRng::from_os_rng().random();
+    let mut query = message(id, zone, soa);
+    if let Some(key) = key {
+        Signer::new(key, Vec::new()).sign(&mut query, 0, &[]);
+    }
+    socket
+        .send_to(&query, address)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let (n, from) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buffer))
+            .await
+            .map_err(|_| "no reply".to_string())?
+            .map_err(|e| format!("receive: {e}"))?;
+        let reply = &buffer[..n];
+        if from != address || n < 12 || reply[..2] != id.to_be_bytes() {
+            continue;
+        }
+        let is_notify_response = reply[2] & 0x80 != 0 && (reply[2] >> 3) & 0x0f == 4;
+        let rcode = reply[3] & 0x0f;
+        return if is_notify_response && rcode == 0 {
+            Ok(())
+        } else {
+            Err(format!("reply rcode {rcode}"))
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_message_layout() {
+        let zone = Name::parse("consortium.example.", None).expect("name");
+        let message = message(0x1234, &zone, &[]);
+        assert_eq!(&message[..4], &[0x12, 0x34, 0x24, 0x00]);
+        assert_eq!(&message[4..6], &[0, 1]);
+        assert_eq!(&message[6..8], &[0, 0]);
+        assert_eq!(&message[message.len() - 4..], &[0, 6, 0, 1]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Zone transfers to standard secondaries, NOTIFY and TSIG (issue 8).
