@@ -15,7 +15,7 @@ use consortium_dns::pick::PickTable;
 use consortium_dns::server::answer::{NOERROR, NXDOMAIN, Outcome, Transport, answer};
 use consortium_dns::snapshot::Snapshot;
 use consortium_dns::zone;
-use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -166,7 +166,8 @@ fn pick(c: &mut Criterion) {
 
 fn snapshot_build(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot");
-    group.sample_size(10);
+    // Milliseconds to seconds per iteration: few samples, each one iteration or a few.
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
     for members in [10usize, 1_000, 10_000] {
         let generated = generate(members);
         let config = Config::load(&generated.config).expect("config");

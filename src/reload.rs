@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
@@ -118,8 +119,12 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Watches the directories holding `files`; sends `()` once per burst of relevant changes.
 /// Watching directories (not files) sees editors' write-then-rename and git's replacements.
+///
+/// Each directory's parent is watched too, so a deploy that swaps the whole directory
+/// (`mv zones.new zones`) is noticed: the watch follows the directory's inode, so after a
+/// swap it is re-armed on the path, and the burst reloads.
 pub struct FileWatcher {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
 }
 
 impl std::fmt::Debug for FileWatcher {
@@ -128,35 +133,82 @@ impl std::fmt::Debug for FileWatcher {
     }
 }
 
+/// What one file-system event asks of the watcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// A watched file (or a zone/TOML file beside one) changed.
+    Files,
+    /// A watched directory itself appeared, moved or vanished: watch its path again.
+    Directory,
+}
+
 impl FileWatcher {
     pub fn start(files: HashSet<PathBuf>, requests: mpsc::Sender<()>) -> notify::Result<FileWatcher> {
-        let (events, mut raw) = mpsc::unbounded_channel::<()>();
-        let relevant = files.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if matches!(event.kind, notify::EventKind::Access(_)) {
-                return;
-            }
-            // Zone files may $INCLUDE others: any zone or TOML file in a watched directory counts.
-            let touches = event
-                .paths
-                .iter()
-                .any(|p| relevant.contains(p) || p.extension().is_some_and(|e| e == "zone" || e == "toml"));
-            if touches {
-                let _ = events.send(());
-            }
-        })?;
+        let (events, mut raw) = mpsc::unbounded_channel::<Change>();
         let dirs: HashSet<PathBuf> = files
             .iter()
             .filter_map(|f| f.parent().map(Path::to_path_buf))
             .collect();
-        for dir in dirs {
-            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        let relevant = files.clone();
+        let watched_dirs = dirs.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            if event.paths.iter().any(|p| watched_dirs.contains(p)) {
+                let _ = events.send(Change::Directory);
+                return;
+            }
+            // Zone files may $INCLUDE others: any zone or TOML file in a watched directory counts
+            // (the parents are watched only for the directories themselves).
+            let touches = event.paths.iter().any(|p| {
+                relevant.contains(p)
+                    || (p.parent().is_some_and(|d| watched_dirs.contains(d))
+                        && p.extension().is_some_and(|e| e == "zone" || e == "toml"))
+            });
+            if touches {
+                let _ = events.send(Change::Files);
+            }
+        })?;
+        let watcher = Arc::new(Mutex::new(watcher));
+        {
+            let mut w = watcher.lock().unwrap_or_else(|p| p.into_inner());
+            for dir in &dirs {
+                w.watch(dir, RecursiveMode::NonRecursive)?;
+            }
+            let parents: HashSet<&Path> = dirs
+                .iter()
+                .filter_map(|d| d.parent())
+                .filter(|p| !dirs.contains(*p))
+                .collect();
+            for parent in parents {
+                // Best effort: without it only a directory swap goes unnoticed.
+                if let Err(e) = w.watch(parent, RecursiveMode::NonRecursive) {
+                    tracing::debug!(dir = %parent.display(), "cannot watch: {e}");
+                }
+            }
         }
+        // The task holds the watcher weakly: dropping the FileWatcher drops the watcher, whose
+        // event sender goes with it, which ends the task.
+        let weak = Arc::downgrade(&watcher);
         tokio::spawn(async move {
-            while raw.recv().await.is_some() {
+            while let Some(first) = raw.recv().await {
+                let mut rearm = first == Change::Directory;
                 // Debounce: wait until the files have been quiet for DEBOUNCE.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, raw.recv()).await {}
+                while let Ok(Some(change)) = tokio::time::timeout(DEBOUNCE, raw.recv()).await {
+                    rearm |= change == Change::Directory;
+                }
+                if rearm {
+                    let Some(watcher) = weak.upgrade() else { return };
+                    let mut w = watcher.lock().unwrap_or_else(|p| p.into_inner());
+                    for dir in &dirs {
+                        let _ = w.unwatch(dir);
+                        if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                            tracing::warn!(dir = %dir.display(), "cannot watch again after it was replaced: {e}");
+                        }
+                    }
+                }
                 if requests.send(()).await.is_err() {
                     return;
                 }

@@ -95,28 +95,10 @@ impl Parser {
             )));
             return;
         }
-        match std::fs::metadata(path) {
-            Ok(meta) if meta.len() > MAX_ZONE_FILE_BYTES => {
-                self.errors.push(error_at(format!(
-                    "{} is {} bytes, more than the {} byte limit for a zone file",
-                    path.display(),
-                    meta.len(),
-                    MAX_ZONE_FILE_BYTES
-                )));
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.errors
-                    .push(error_at(format!("cannot read {}: {e}", path.display())));
-                return;
-            }
-        }
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) => {
-                self.errors
-                    .push(error_at(format!("cannot read {}: {e}", path.display())));
+        let bytes = match super::read_file(path) {
+            Ok(bytes) => bytes,
+            Err(message) => {
+                self.errors.push(error_at(message));
                 return;
             }
         };

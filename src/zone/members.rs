@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::name::Name;
 use super::{Diagnostic, Location, Record, rtype};
-use crate::config::line_of;
+use crate::config::LineIndex;
 use crate::health::spec::{HealthSettings, ProbeSpec};
 
 /// TTL of a member's CNAME when neither the member nor the file says.
@@ -128,8 +128,17 @@ pub fn load(
     origin: &Name,
     health_defaults: &HealthSettings,
 ) -> Result<(Vec<Member>, Vec<PoolDef>), Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![Diagnostic::file(path, format!("cannot read members file: {e}"))])?;
+    let bytes = super::read_file(path)
+        .map_err(|reason| vec![Diagnostic::file(path, format!("members file: {reason}"))])?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Point at the line of the first bad byte, like every other error in this file.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&c| c == b'\n').count() + 1;
+        vec![Diagnostic::at(
+            Location::new(Arc::from(path), line),
+            "invalid UTF-8 (a members file is UTF-8 text)",
+        )]
+    })?;
     parse(&text, path, origin, health_defaults)
 }
 
@@ -142,9 +151,12 @@ pub fn parse(
 ) -> Result<(Vec<Member>, Vec<PoolDef>), Vec<Diagnostic>> {
     let file: MembersFile = toml::from_str(text).map_err(|e| vec![Diagnostic::toml(path, text, &e)])?;
     let file_path: Arc<Path> = Arc::from(path);
-    let at = |offset: usize| Location::new(file_path.clone(), line_of(text, offset));
+    let lines = LineIndex::new(text);
+    let at = |offset: usize| Location::new(file_path.clone(), lines.line(offset));
     let mut errors = Vec::new();
     let mut members: Vec<Member> = Vec::new();
+    // Lowercased member name -> index: duplicate checks stay O(1) at 100,000 members.
+    let mut by_name: std::collections::HashMap<Box<[u8]>, usize> = std::collections::HashMap::new();
 
     for spanned in &file.members {
         let location = at(spanned.span().start);
@@ -157,7 +169,7 @@ pub fn parse(
                 continue;
             }
         };
-        if let Some(first) = members.iter().find(|m| m.name.key() == name.key()) {
+        if let Some(first) = by_name.get(&name.key()).map(|&i| &members[i]) {
             fail(format!(
                 "duplicate member label {:?} (first at {})",
                 section.label, first.location
@@ -189,6 +201,7 @@ pub fn parse(
         if let Some(ca) = probe.ca_file.as_mut().filter(|ca| ca.is_relative()) {
             *ca = path.parent().unwrap_or(Path::new(".")).join(&*ca);
         }
+        by_name.insert(name.key(), members.len());
         members.push(Member {
             label: section.label.clone(),
             name,
@@ -212,7 +225,7 @@ pub fn parse(
                 continue;
             }
         };
-        if members.iter().any(|m| m.name.key() == name.key()) {
+        if by_name.contains_key(&name.key()) {
             fail(format!("pool label {:?} is also a member label", section.label));
             continue;
         }
@@ -225,7 +238,8 @@ pub fn parse(
             Some(labels) => {
                 let mut indexes = Vec::new();
                 for label in labels {
-                    match members.iter().position(|m| m.label.eq_ignore_ascii_case(label)) {
+                    let index = relative_label(label, origin).ok().and_then(|n| by_name.get(&n.key()).copied());
+                    match index {
                         Some(i) if !indexes.contains(&i) => indexes.push(i),
                         Some(_) => fail(format!("pool {:?} lists member {label:?} twice", section.label)),
                         None => fail(format!(

@@ -1786,7 +1786,7 @@ fn check_reports_duplicate_member_label_with_line() {
 /// package ships no kzonecheck, so BIND's tool is the judge here.
 #[test]
 fn example_zone_passes_named_checkzone() {
-    let zone = common::repo_root().join("zones/consortium.example.zone");
+    let zone = crate::common::repo_root().join("zones/consortium.example.zone");
     for (program, args) in [(
         "named-checkzone",
         vec!["consortium.example".to_string(), zone.display().to_string()],

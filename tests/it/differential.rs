@@ -361,7 +361,7 @@ impl Nsd {
                 .arg(dir.path().join("nsd.conf"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("stderr")).expect("NSD stderr file"))
                 .process_group(0)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
@@ -379,7 +379,7 @@ impl Nsd {
         panic!("NSD did not start: {last_failure}");
     }
 
-    /// Polls with an SOA query until NSD answers (10 s at most).
+    /// Polls with an SOA query until NSD answers it authoritatively (10 s at most).
     async fn wait_ready(&mut self) -> Result<(), String> {
         let probe = common::query(&self.origin, RecordType::SOA, None)
             .to_vec()
@@ -395,18 +395,28 @@ impl Nsd {
             }
             socket.send_to(&probe, self.addr).await.expect("send probe");
             let wait = tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut buf));
-            if let Ok(Ok(_)) = wait.await {
-                return Ok(());
+            if let Ok(Ok(len)) = wait.await {
+                let reply = Reply::parse(&buf[..len])?;
+                if reply.summary.rcode == ResponseCode::NoError && reply.summary.flags.aa {
+                    return Ok(());
+                }
+                // Answering but not (yet) for the zone: a zone file NSD rejected shows in its log.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Err(format!(
-            "nsd did not answer within 10 s; its log:\n{}",
+            "nsd did not answer for {} within 10 s; its log:\n{}",
+            self.origin,
             self.log()
         ))
     }
 
+    /// NSD's stderr and log file.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nsd.log")).unwrap_or_default()
+        ["stderr", "nsd.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect()
     }
 
     fn signal_group(&self, signal: &str) {
@@ -523,12 +533,14 @@ struct ZoneFacts {
     names: BTreeSet<String>,
 }
 
-fn zone_facts(tree: &Tree, server: &ServerHandle) -> ZoneFacts {
+fn zone_facts(server: &ServerHandle) -> ZoneFacts {
     let snapshot = server.shared.snapshot.load();
     let zone = &snapshot.zones()[0];
     let origin = zone.origin.to_string().to_ascii_lowercase();
 
-    let mut nsd_zone = tree.read("zones/consortium.example.zone");
+    let zone_file = &server.config.zones[0].file;
+    let mut nsd_zone =
+        std::fs::read_to_string(zone_file).unwrap_or_else(|e| panic!("read {}: {e}", zone_file.display()));
     nsd_zone.push_str("\n; member CNAMEs, from the members file\n");
     for member in &zone.members {
         writeln!(
@@ -733,7 +745,7 @@ async fn run_differential(extra_zone_text: Option<&str>) {
     }
     let server = tree.start().await;
     let ours_addr = server.dns_addrs[0];
-    let facts = zone_facts(&tree, &server);
+    let facts = zone_facts(&server);
     let nsd = Nsd::start(&facts.origin, &facts.nsd_zone, server.config.limits.udp_payload).await;
 
     let cases = cases(&facts.names);

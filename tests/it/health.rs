@@ -21,6 +21,7 @@ use consortium_dns::health::{MemberReport, PoolReport};
 use consortium_dns::http::StatusDocument;
 use consortium_dns::metrics::{
     MEMBER_CERT_COVERS_POOL, MEMBER_CERT_EXPIRY_DAYS, MEMBER_EFFECTIVE_WEIGHT, MEMBER_UP, POOL_FAIL_OPEN,
+    POOL_PICKS_TOTAL,
 };
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
@@ -35,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::common::{Tree, binary, query};
+use crate::common::{Tree, binary, query, udp};
 
 const ZONE: &str = "consortium.example.";
 const POOL: &str = "any.consortium.example.";
@@ -804,7 +805,7 @@ async fn zero_weight_and_down_members_are_never_picked() {
     assert!(only(&counts, &["node1"]), "{counts:?}");
     // The member's own name still answers, whatever its health or weight.
     for label in ["node2", "node3"] {
-        let m = crate::common::udp(
+        let m = udp(
             server.dns_addrs[0],
             &query(&format!("{label}.{ZONE}"), RecordType::CNAME, None),
         )
@@ -1344,11 +1345,7 @@ async fn shares_over_the_wire_follow_weights_1_2_7() {
     let text = metrics(&server).await;
     for (label, seen) in &counts {
         assert_eq!(
-            metric(
-                &text,
-                consortium_dns::metrics::POOL_PICKS_TOTAL,
-                &[("pool", POOL), ("member", label)]
-            ),
+            metric(&text, POOL_PICKS_TOTAL, &[("pool", POOL), ("member", label)]),
             Some(*seen as f64),
             "{label}"
         );

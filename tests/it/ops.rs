@@ -1085,7 +1085,31 @@ fn ready_reaches_notify_socket_when_queries_can_be_answered_and_stopping_on_sigt
     daemon.signal("TERM");
     daemon.wait_notification("STOPPING=1", Duration::from_secs(5));
     let status = daemon.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log.join("\n"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status}; log:\n{}",
+        daemon.log.join("\n")
+    );
+}
+
+#[test]
+fn sigterm_right_after_ready_is_a_graceful_stop() {
+    // systemd may stop a unit the moment it reports READY=1: by then SIGTERM must already be
+    // handled (drain, STOPPING=1, exit 0), not kill the process with the default action.
+    for _ in 0..3 {
+        let tree = Tree::example();
+        let mut daemon = Daemon::start(&tree, &["--shutdown-grace", "5"]);
+        daemon.wait_notification("READY=1", START);
+        daemon.signal("TERM");
+        let status = daemon.wait_exit(Duration::from_secs(10));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{status}: SIGTERM right after READY=1; log:\n{}",
+            daemon.log.join("\n")
+        );
+    }
 }
 
 #[test]
@@ -1152,7 +1176,12 @@ fn sigterm_finishes_a_tcp_query_in_flight_then_exits_zero() {
         "connection closed after the answer"
     );
     let status = daemon.wait_exit(grace);
-    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log.join("\n"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status}; log:\n{}",
+        daemon.log.join("\n")
+    );
     assert!(
         stop.elapsed() < grace,
         "exit took {:?}, the whole grace",
@@ -1177,7 +1206,12 @@ fn idle_tcp_connections_do_not_hold_up_exit() {
     let stop = Instant::now();
     daemon.signal("TERM");
     let status = daemon.wait_exit(grace);
-    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log.join("\n"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status}; log:\n{}",
+        daemon.log.join("\n")
+    );
     assert!(
         stop.elapsed() < Duration::from_secs(3),
         "idle connections delayed exit by {:?}",
@@ -1203,7 +1237,12 @@ fn a_stalled_tcp_message_delays_exit_at_most_the_grace() {
     daemon.signal("TERM");
     let status = daemon.wait_exit(grace + Duration::from_secs(4));
     let took = stop.elapsed();
-    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log.join("\n"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status}; log:\n{}",
+        daemon.log.join("\n")
+    );
     // The message in flight was waited for (the whole grace), and not longer than needed.
     assert!(
         took >= grace - Duration::from_millis(100),
@@ -1231,7 +1270,12 @@ fn a_second_sigterm_during_the_grace_exits_at_once_with_code_1() {
     let second = Instant::now();
     daemon.signal("TERM");
     let status = daemon.wait_exit(Duration::from_secs(5));
-    assert_eq!(status.code(), Some(1), "log:\n{}", daemon.log.join("\n"));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{status}; log:\n{}",
+        daemon.log.join("\n")
+    );
     assert!(
         second.elapsed() < Duration::from_secs(3),
         "second signal took {:?}",
