@@ -22,10 +22,9 @@ const CHILD_ENV: &str = "CONSORTIUM_DNS_RELOAD_BENCH_CONFIG";
 
 /// A config, the example zone file and a members file of `members` members in `dir`.
 fn write_tree(dir: &Path, members: usize) -> PathBuf {
-    let zone = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/consortium.example.zone"),
-    )
-    .expect("example zone");
+    let zone =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/consortium.example.zone"))
+            .expect("example zone");
     std::fs::write(dir.join("consortium.example.zone"), zone).expect("write zone");
     let mut text = String::from("member-ttl = 300\n\n[[pool]]\nlabel = \"any\"\nttl = 30\n");
     for i in 0..members {

@@ -547,7 +547,14 @@ pub(crate) struct LineIndex {
 
 impl LineIndex {
     pub(crate) fn new(text: &str) -> LineIndex {
-        LineIndex { newlines: text.bytes().enumerate().filter(|(_, c)| *c == b'\n').map(|(i, _)| i).collect() }
+        LineIndex {
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|(_, c)| *c == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        }
     }
 
     /// The 1-based line holding byte `offset`.

@@ -150,12 +150,15 @@ pub fn respond(snapshot: &Snapshot, query: &[u8], client: IpAddr) -> Vec<Vec<u8>
                 message[4..6].copy_from_slice(&1u16.to_be_bytes());
                 match key {
                     Some(key) => {
-                        let other = if error == tsig::BADTIME {
-                            tsig::unix_now().to_be_bytes()[2..].to_vec()
+                        let mut signer = Signer::new(key, record.mac.clone());
+                        if error == tsig::BADTIME {
+                            // RFC 8945 §5.2.3: the client's time in Time Signed, ours in
+                            // Other Data.
+                            let other = tsig::unix_now().to_be_bytes()[2..].to_vec();
+                            signer.sign_at(&mut message, error, &other, record.time_signed);
                         } else {
-                            Vec::new()
-                        };
-                        Signer::new(key, record.mac.clone()).sign(&mut message, error, &other);
+                            signer.sign(&mut message, error, &[]);
+                        }
                     }
                     None => tsig::append_unsigned(&mut message, &record, error),
                 }
@@ -278,8 +281,9 @@ fn header_only(query: &[u8], rcode: u8) -> Vec<u8> {
     let mut message = vec![0u8; 12];
     message[0] = query.first().copied().unwrap_or(0);
     message[1] = query.get(1).copied().unwrap_or(0);
-    message[2] = 0x80 | (query.get(2).copied().unwrap_or(0) & 0x78) | 0x04;
-    message[3] = rcode & 0x0f;
+    // QR, the opcode and RD copied (RFC 1035 §4.1.1), AA; CD copied as for queries.
+    message[2] = 0x80 | (query.get(2).copied().unwrap_or(0) & 0x79) | 0x04;
+    message[3] = (query.get(3).copied().unwrap_or(0) & 0x10) | (rcode & 0x0f);
     message
 }
 

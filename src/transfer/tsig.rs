@@ -374,9 +374,14 @@ impl<'k> Signer<'k> {
         }
     }
 
-    /// Appends a TSIG RR to `message` (and counts it in ARCOUNT).
+    /// Appends a TSIG RR to `message` (and counts it in ARCOUNT), signed now.
     pub fn sign(&mut self, message: &mut Vec<u8>, error: u16, other: &[u8]) {
-        let time = unix_now();
+        self.sign_at(message, error, other, unix_now());
+    }
+
+    /// As `sign`, with `time` in the Time Signed field: a BADTIME answer carries the client's
+    /// time there and ours in Other Data (RFC 8945 §5.2.3).
+    pub fn sign_at(&mut self, message: &mut Vec<u8>, error: u16, other: &[u8], time: u64) {
         let mut context = hmac::Context::with_key(&self.key.key);
         if !self.prior_mac.is_empty() {
             context.update(&(self.prior_mac.len() as u16).to_be_bytes());

@@ -238,7 +238,9 @@ pub fn parse(
             Some(labels) => {
                 let mut indexes = Vec::new();
                 for label in labels {
-                    let index = relative_label(label, origin).ok().and_then(|n| by_name.get(&n.key()).copied());
+                    let index = relative_label(label, origin)
+                        .ok()
+                        .and_then(|n| by_name.get(&n.key()).copied());
                     match index {
                         Some(i) if !indexes.contains(&i) => indexes.push(i),
                         Some(_) => fail(format!("pool {:?} lists member {label:?} twice", section.label)),

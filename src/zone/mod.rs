@@ -299,7 +299,8 @@ fn check_pool_loops(records: &[Record], members: &[Member], pools: &[PoolDef], e
         .filter(|r| r.rtype == rtype::CNAME)
         .map(|r| (r.name.key(), Name::from_wire_unchecked(&r.rdata).key()))
         .collect();
-    let pool_names: HashMap<Box<[u8]>, usize> = pools.iter().enumerate().map(|(i, p)| (p.name.key(), i)).collect();
+    let pool_names: HashMap<Box<[u8]>, usize> =
+        pools.iter().enumerate().map(|(i, p)| (p.name.key(), i)).collect();
     let member_keys: Vec<Box<[u8]>> = members.iter().map(|m| m.name.key()).collect();
     let target_is_pool = |m: usize| pool_names.contains_key(&members[m].target.key());
 

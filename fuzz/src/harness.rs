@@ -1,0 +1,149 @@
+// What the fuzz targets (and the stable smoke fuzz in tests/it/hostile.rs, which includes this
+// file with `#[path]`) run on one input: the example snapshot, zone and members text turned into
+// a Snapshot the way `zone::load` does it, the request path with its response checked, and the
+// rule that every parser error names its file and line.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use consortium_dns::health::spec::HealthSettings;
+use consortium_dns::server::answer::{self, Outcome};
+use consortium_dns::snapshot::Snapshot;
+use consortium_dns::zone::name::Name;
+use consortium_dns::zone::{self, Diagnostic, master, members};
+use rand::Rng;
+
+use super::check;
+
+/// The repository's example consortium.
+pub const EXAMPLE_ZONE: &str = include_str!("../../zones/consortium.example.zone");
+pub const EXAMPLE_MEMBERS: &str = include_str!("../../zones/consortium.example.members.toml");
+/// The default `limits.udp-payload`.
+pub const SERVER_MAX_UDP: u16 = 1232;
+/// Names the fuzzed zone text is read from (nothing is read there: a relative `$INCLUDE`
+/// fails to open, which is an error like any other).
+pub const ZONE_PATH: &str = "/nonexistent/fuzz/consortium.example.zone";
+pub const MEMBERS_PATH: &str = "/nonexistent/fuzz/consortium.example.members.toml";
+
+pub fn origin() -> Name {
+    Name::parse("consortium.example.", None).expect("valid origin")
+}
+
+/// Parses and validates zone text (and members text) as `zone::load` does files, then builds
+/// the Snapshot. `Ok(None)`: the text was rejected, with errors that name their file and, for
+/// the parsers, the line. `Err`: an invariant broke.
+pub fn snapshot_from_text(zone_text: &str, members_text: Option<&str>) -> Result<Option<Snapshot>, String> {
+    let origin = origin();
+    let zone_path = Path::new(ZONE_PATH);
+    let members_path = Path::new(MEMBERS_PATH);
+    let records = match master::parse_str(zone_text, zone_path, &origin) {
+        Ok(records) => records,
+        Err(errors) => {
+            check_diagnostics(&errors, zone_path, zone_text)?;
+            return Ok(None);
+        }
+    };
+    let (members, pools) = match members_text {
+        Some(text) => match members::parse(text, members_path, &origin, &HealthSettings::default()) {
+            Ok(parsed) => parsed,
+            Err(errors) => {
+                check_diagnostics(&errors, members_path, text)?;
+                return Ok(None);
+            }
+        },
+        None => (Vec::new(), Vec::new()),
+    };
+    match zone::assemble(&origin, zone_path, records, members, pools) {
+        Ok(data) => Ok(Some(Snapshot::build(vec![data], Some("ns1.fuzz"), None, None))),
+        Err(errors) => {
+            // Zone-level rules may lack a line ("no SOA at the apex"), never a file.
+            if errors.is_empty() {
+                return Err("assemble: an Err with no diagnostics".into());
+            }
+            if let Some(e) = errors.iter().find(|e| &*e.file != zone_path && &*e.file != members_path) {
+                return Err(format!("assemble: error in an unexpected file: {e}"));
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The example consortium, built once.
+pub fn example_snapshot() -> &'static Snapshot {
+    static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
+    SNAPSHOT.get_or_init(|| {
+        match snapshot_from_text(EXAMPLE_ZONE, Some(EXAMPLE_MEMBERS)) {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => panic!("the example consortium does not validate"),
+            Err(e) => panic!("example: {e}"),
+        }
+    })
+}
+
+/// Every error of a parser must name `file` and a line of `text` (or the line just after its
+/// end, where an unterminated construct is noticed), and show as `file:line: message`.
+pub fn check_diagnostics(errors: &[Diagnostic], file: &Path, text: &str) -> Result<(), String> {
+    if errors.is_empty() {
+        return Err("an Err with no diagnostics".into());
+    }
+    let lines = text.split('\n').count();
+    for e in errors {
+        if &*e.file != file {
+            // An `$INCLUDE`d file names itself; only absolute paths can be read from here.
+            if e.line.is_some() {
+                continue;
+            }
+            return Err(format!("error without a line in another file: {e}"));
+        }
+        let Some(line) = e.line else {
+            return Err(format!("error without a line: {e}"));
+        };
+        if line == 0 || line > lines + 1 {
+            return Err(format!("line {line} outside a text of {lines} lines: {e}"));
+        }
+        let shown = e.to_string();
+        let prefix = format!("{}:{line}: ", file.display());
+        if !shown.starts_with(&prefix) || shown.len() == prefix.len() {
+            return Err(format!("shown as {shown:?}, not as {prefix:?} + a message"));
+        }
+    }
+    Ok(())
+}
+
+/// Answers `query` over UDP and over TCP and checks each response against it. A query is
+/// dropped (no response) exactly when it is shorter than a header or is itself a response.
+pub fn answer_and_check<R: Rng>(snapshot: &Snapshot, query: &[u8], out: &mut Vec<u8>, rng: &mut R) -> Result<(), String> {
+    let must_drop = query.len() < 12 || query[2] & 0x80 != 0;
+    for (transport, limit) in [
+        (
+            answer::Transport::Udp,
+            check::Transport::Udp {
+                server_max: SERVER_MAX_UDP,
+            },
+        ),
+        (answer::Transport::Tcp, check::Transport::Tcp),
+    ] {
+        let outcome = answer::answer(snapshot, query, out, transport, SERVER_MAX_UDP, rng);
+        match outcome {
+            Outcome::Dropped if must_drop => {}
+            Outcome::Dropped => return Err(format!("{transport:?}: dropped a query with a header")),
+            Outcome::Responded { .. } if must_drop => {
+                return Err(format!("{transport:?}: answered a short packet or a response"));
+            }
+            Outcome::Responded { rcode, truncated, .. } => {
+                check::response(query, out, limit).map_err(|e| format!("{transport:?}: {e}"))?;
+                let walked = check::walk(out).map_err(|e| format!("{transport:?}: {e}"))?;
+                if walked.rcode() != rcode {
+                    return Err(format!(
+                        "{transport:?}: outcome says rcode {rcode}, response says {}",
+                        walked.rcode()
+                    ));
+                }
+                if truncated != (walked.flags & check::TC != 0) {
+                    return Err(format!("{transport:?}: outcome and TC bit disagree"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
