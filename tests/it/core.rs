@@ -1787,21 +1787,15 @@ fn check_reports_duplicate_member_label_with_line() {
 #[test]
 fn example_zone_passes_named_checkzone() {
     let zone = crate::common::repo_root().join("zones/consortium.example.zone");
-    for (program, args) in [(
-        "named-checkzone",
-        vec!["consortium.example".to_string(), zone.display().to_string()],
-    )] {
-        let output = std::process::Command::new(program)
-            .args(&args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {program} ({e}); install it (tests/run.sh installs bind9-utils and knot)")
-            });
-        assert!(
-            output.status.success(),
-            "{program} rejected the example zone:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let output = Command::new("named-checkzone")
+        .arg("consortium.example")
+        .arg(&zone)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run named-checkzone ({e}); tests/run.sh installs bind9-utils"));
+    assert!(
+        output.status.success(),
+        "named-checkzone rejected the example zone:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

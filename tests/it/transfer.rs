@@ -1,1 +1,474 @@
 //! Zone transfers to standard secondaries, NOTIFY and TSIG (issue 8).
+//!
+//! - `nsd_secondary_follows_edits_and_health`: NSD 4.6 (the Debian package) runs on loopback
+//!   as a secondary of the in-process server, with a TSIG key, through a relay that notes
+//!   every transfer it carries. It must serve what we serve for every static name, take a
+//!   member added by a file edit through NOTIFY + IXFR within 5 s, and follow the shared
+//!   name's transfer pick (the heaviest eligible member, first of equals) to a healthy
+//!   member within 10 s of the picked member's probe endpoint going away.
+//! - `axfr_refused_without_key_wrong_key_or_unlisted_address`: the ACL and TSIG answers
+//!   (REFUSED; NOTAUTH with BADSIG, BADKEY or BADTIME per RFC 8945 §5.2), and a signed
+//!   multi-message AXFR verified here (RFC 8945 §5.3.1) and by `kdig`.
+//! - `ixfr_incremental_full_and_up_to_date`: RFC 1995 answers from the history.
+//! - `hundred_thousand_members_transfer_record_for_record`: a 100,000-member zone over AXFR,
+//!   compared as a set with what the files say.
+//! - `key_material_never_logged`: the real binary, with a key, at trace level.
+//!
+//! Expected records come from the zone file read by hickory-proto's own master-file parser
+//! and from the members file as the test wrote it, never from our loader. The TSIG checks
+//! here are written from RFC 8945 with `ring`'s HMAC, independently of `src/transfer/tsig.rs`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::{CNAME, SOA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_proto::serialize::txt::Parser;
+use ring::hmac;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::common::{self, Tree};
+
+const ORIGIN: &str = "consortium.example.";
+const MEMBERS_FILE: &str = "zones/consortium.example.members.toml";
+const ZONE_FILE: &str = "zones/consortium.example.zone";
+/// How long one message of a transfer may take to arrive.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// TSIG keys, and TSIG as RFC 8945 describes it (the test's own reading of the RFC)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    HmacSha256,
+    HmacSha512,
+}
+
+/// A TSIG key as both ends know it.
+#[derive(Debug, Clone)]
+struct Key {
+    name: &'static str,
+    algorithm: Algorithm,
+    secret: Vec<u8>,
+}
+
+impl Key {
+    /// The key the config names `transfer-key`: 32 ASCII octets, so that a leak would show
+    /// whichever way it were printed (raw, base64, hex).
+    fn transfer() -> Key {
+        Key {
+            name: "transfer-key",
+            algorithm: Algorithm::HmacSha256,
+            secret: b"consortium transfer secret 0001!".to_vec(),
+        }
+    }
+
+    fn sha512() -> Key {
+        Key {
+            name: "sha512-key",
+            algorithm: Algorithm::HmacSha512,
+            secret: b"another consortium secret, for HMAC-SHA512 transfers".to_vec(),
+        }
+    }
+
+    fn base64(&self) -> String {
+        base64(&self.secret)
+    }
+
+    fn algorithm_text(&self) -> &'static str {
+        match self.algorithm {
+            Algorithm::HmacSha256 => "hmac-sha256",
+            Algorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
+
+    fn name_wire(&self) -> Vec<u8> {
+        wire_name(self.name)
+    }
+
+    fn algorithm_wire(&self) -> Vec<u8> {
+        wire_name(self.algorithm_text())
+    }
+
+    fn hmac(&self) -> hmac::Key {
+        let algorithm = match self.algorithm {
+            Algorithm::HmacSha256 => hmac::HMAC_SHA256,
+            Algorithm::HmacSha512 => hmac::HMAC_SHA512,
+        };
+        hmac::Key::new(algorithm, &self.secret)
+    }
+
+    /// `kdig -y` / `dig -y` form.
+    fn dig_arg(&self) -> String {
+        format!("{}:{}:{}", self.algorithm_text(), self.name, self.base64())
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Lowercase uncompressed wire form of a (relative-to-root) name.
+fn wire_name(text: &str) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for label in text.trim_end_matches('.').split('.') {
+        wire.push(label.len() as u8);
+        wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+    }
+    wire.push(0);
+    wire
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// The TSIG variables a first message's MAC covers (RFC 8945 §4.3.3).
+fn tsig_variables(key: &Key, time: u64, fudge: u16, error: u16, other: &[u8]) -> Vec<u8> {
+    let mut v = key.name_wire();
+    v.extend_from_slice(&255u16.to_be_bytes()); // CLASS ANY
+    v.extend_from_slice(&0u32.to_be_bytes()); // TTL
+    v.extend_from_slice(&key.algorithm_wire());
+    v.extend_from_slice(&time.to_be_bytes()[2..]);
+    v.extend_from_slice(&fudge.to_be_bytes());
+    v.extend_from_slice(&error.to_be_bytes());
+    v.extend_from_slice(&(other.len() as u16).to_be_bytes());
+    v.extend_from_slice(other);
+    v
+}
+
+/// Signs a request: appends the TSIG RR (RFC 8945 §4.2) and returns its MAC.
+fn sign_request(message: &mut Vec<u8>, key: &Key, time: u64) -> Vec<u8> {
+    let mut context = hmac::Context::with_key(&key.hmac());
+    context.update(message);
+    context.update(&tsig_variables(key, time, 300, 0, &[]));
+    let mac = context.sign().as_ref().to_vec();
+    let id = [message[0], message[1]];
+    message.extend_from_slice(&key.name_wire());
+    message.extend_from_slice(&250u16.to_be_bytes()); // TSIG
+    message.extend_from_slice(&255u16.to_be_bytes());
+    message.extend_from_slice(&0u32.to_be_bytes());
+    let algorithm = key.algorithm_wire();
+    let rdlen = algorithm.len() + 6 + 2 + 2 + mac.len() + 2 + 2 + 2;
+    message.extend_from_slice(&(rdlen as u16).to_be_bytes());
+    message.extend_from_slice(&algorithm);
+    message.extend_from_slice(&time.to_be_bytes()[2..]);
+    message.extend_from_slice(&300u16.to_be_bytes());
+    message.extend_from_slice(&(mac.len() as u16).to_be_bytes());
+    message.extend_from_slice(&mac);
+    message.extend_from_slice(&id);
+    message.extend_from_slice(&0u16.to_be_bytes()); // error
+    message.extend_from_slice(&0u16.to_be_bytes()); // other len
+    let arcount = u16::from_be_bytes([message[10], message[11]]) + 1;
+    message[10..12].copy_from_slice(&arcount.to_be_bytes());
+    mac
+}
+
+/// A TSIG RR as found, raw, at the end of a message.
+#[derive(Debug, Clone)]
+struct RawTsig {
+    /// Where the TSIG RR starts.
+    start: usize,
+    key_name: Vec<u8>,
+    algorithm: Vec<u8>,
+    time: u64,
+    fudge: u16,
+    mac: Vec<u8>,
+    original_id: u16,
+    error: u16,
+    other: Vec<u8>,
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
+}
+
+/// Offset after the (possibly compressed) name at `pos`.
+fn skip_name(message: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *message.get(pos)?;
+        match len {
+            0 => return Some(pos + 1),
+            1..=63 => pos += usize::from(len) + 1,
+            0xC0..=0xFF => return Some(pos + 2),
+            _ => return None,
+        }
+    }
+}
+
+/// An uncompressed name at `pos`, lowercased (TSIG owner and algorithm are never compressed,
+/// RFC 8945 §4.2), and the offset after it.
+fn read_plain_name(message: &[u8], mut pos: usize) -> Option<(Vec<u8>, usize)> {
+    let mut name = Vec::new();
+    loop {
+        let len = *message.get(pos)?;
+        if len > 63 {
+            return None;
+        }
+        name.push(len);
+        if len == 0 {
+            return Some((name, pos + 1));
+        }
+        let label = message.get(pos + 1..pos + 1 + usize::from(len))?;
+        name.extend(label.iter().map(u8::to_ascii_lowercase));
+        pos += usize::from(len) + 1;
+    }
+}
+
+/// The TSIG RR, when the last record of the message is one.
+fn raw_tsig(message: &[u8]) -> Option<RawTsig> {
+    let qdcount = u16_at(message, 4)?;
+    let total: usize = [6, 8, 10]
+        .iter()
+        .map(|&at| usize::from(u16_at(message, at).unwrap_or(0)))
+        .sum();
+    let mut pos = 12;
+    for _ in 0..qdcount {
+        pos = skip_name(message, pos)? + 4;
+    }
+    let mut last = None;
+    for _ in 0..total {
+        let start = pos;
+        let after = skip_name(message, pos)?;
+        let rtype = u16_at(message, after)?;
+        let rdlen = usize::from(u16_at(message, after + 8)?);
+        last = Some((start, rtype, after + 10));
+        pos = after + 10 + rdlen;
+    }
+    let (start, rtype, rdata) = last?;
+    if rtype != 250 {
+        return None;
+    }
+    let (key_name, _) = read_plain_name(message, start)?;
+    let (algorithm, mut at) = read_plain_name(message, rdata)?;
+    let time_bytes = message.get(at..at + 6)?;
+    let time = time_bytes
+        .iter()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    at += 6;
+    let fudge = u16_at(message, at)?;
+    let mac_len = usize::from(u16_at(message, at + 2)?);
+    at += 4;
+    let mac = message.get(at..at + mac_len)?.to_vec();
+    at += mac_len;
+    let original_id = u16_at(message, at)?;
+    let error = u16_at(message, at + 2)?;
+    let other_len = usize::from(u16_at(message, at + 4)?);
+    let other = message.get(at + 6..at + 6 + other_len)?.to_vec();
+    Some(RawTsig {
+        start,
+        key_name,
+        algorithm,
+        time,
+        fudge,
+        mac,
+        original_id,
+        error,
+        other,
+    })
+}
+
+/// Checks the TSIG of every message of a response to a request whose MAC was `request_mac`:
+/// the first covers the request MAC, the message and the TSIG variables; each later one the
+/// prior MAC, the message and the timers (RFC 8945 §4.3.1, §5.3.1). Our server signs every
+/// message, so an unsigned one is an error here. Returns the TSIG of the first message.
+fn verify_response(messages: &[Vec<u8>], key: &Key, request_mac: &[u8]) -> Result<RawTsig, String> {
+    let mut prior = request_mac.to_vec();
+    let mut first = None;
+    for (index, message) in messages.iter().enumerate() {
+        let tsig = raw_tsig(message).ok_or_else(|| format!("message {index} has no TSIG"))?;
+        if tsig.key_name != key.name_wire() || tsig.algorithm != key.algorithm_wire() {
+            return Err(format!("message {index}: TSIG names another key or algorithm"));
+        }
+        let mut unsigned = message[..tsig.start].to_vec();
+        unsigned[0..2].copy_from_slice(&tsig.original_id.to_be_bytes());
+        let arcount = u16::from_be_bytes([unsigned[10], unsigned[11]]) - 1;
+        unsigned[10..12].copy_from_slice(&arcount.to_be_bytes());
+        let mut context = hmac::Context::with_key(&key.hmac());
+        context.update(&(prior.len() as u16).to_be_bytes());
+        context.update(&prior);
+        context.update(&unsigned);
+        if index == 0 {
+            context.update(&tsig_variables(key, tsig.time, tsig.fudge, tsig.error, &tsig.other));
+        } else {
+            context.update(&tsig.time.to_be_bytes()[2..]);
+            context.update(&tsig.fudge.to_be_bytes());
+        }
+        if context.sign().as_ref() != tsig.mac.as_slice() {
+            return Err(format!("message {index} of {}: MAC does not verify", messages.len()));
+        }
+        prior = tsig.mac.clone();
+        first.get_or_insert(tsig);
+    }
+    first.ok_or_else(|| "no messages".to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records compared as sets
+// ---------------------------------------------------------------------------------------------
+
+/// A record as compared: owner lowercased, RDATA in canonical wire form (RFC 4034 §6.2).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Rr {
+    owner: String,
+    rtype: u16,
+    class: u16,
+    ttl: u32,
+    rdata: Vec<u8>,
+}
+
+impl Rr {
+    fn of(record: &Record) -> Rr {
+        let mut rdata = Vec::new();
+        let mut encoder = BinEncoder::new(&mut rdata);
+        encoder.set_canonical_form(true);
+        record.data.emit(&mut encoder).expect("RDATA re-encodes");
+        Rr {
+            owner: record.name.to_lowercase().to_ascii(),
+            rtype: u16::from(record.record_type()),
+            class: u16::from(record.dns_class),
+            ttl: record.ttl,
+            rdata,
+        }
+    }
+
+    fn cname(owner: &str, ttl: u32, target: &str) -> Rr {
+        Rr::of(&Record::from_rdata(
+            common::name(owner),
+            ttl,
+            RData::CNAME(CNAME(common::name(target))),
+        ))
+    }
+}
+
+impl fmt::Display for Rr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {} ", self.owner, self.ttl, RecordType::from(self.rtype))?;
+        for b in &self.rdata {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+fn soa_serial(record: &Record) -> Option<u32> {
+    match &record.data {
+        RData::SOA(soa) => Some(soa.serial),
+        _ => None,
+    }
+}
+
+/// Everything in the example zone file except the SOA, read by hickory-proto's master-file
+/// parser (not ours), and the SOA itself.
+fn zone_file_records(tree: &Tree) -> (BTreeSet<Rr>, Record) {
+    let text = tree.read(ZONE_FILE);
+    let (_, sets) = Parser::new(text, Some(tree.path(ZONE_FILE)), Some(common::name(ORIGIN)))
+        .parse()
+        .expect("hickory-proto parses the example zone file");
+    let mut records = BTreeSet::new();
+    let mut soa = None;
+    for set in sets.values() {
+        for record in set.records_without_rrsigs() {
+            if record.record_type() == RecordType::SOA {
+                soa = Some(record.clone());
+            } else {
+                records.insert(Rr::of(record));
+            }
+        }
+    }
+    (records, soa.expect("the zone file has an SOA"))
+}
+
+fn diff_text(label: &str, got: &BTreeSet<Rr>, want: &BTreeSet<Rr>) -> String {
+    let missing: Vec<String> = want.difference(got).take(10).map(ToString::to_string).collect();
+    let extra: Vec<String> = got.difference(want).take(10).map(ToString::to_string).collect();
+    format!(
+        "{label}: {} records, {} expected; {} missing (first: {missing:#?}), {} unexpected (first: {extra:#?})",
+        got.len(),
+        want.len(),
+        want.difference(got).count(),
+        got.difference(want).count(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transfer requests and a client that reads a whole transfer
+// ---------------------------------------------------------------------------------------------
+
+fn axfr_request(id: u16) -> Vec<u8> {
+    let mut message = Message::query();
+    message.metadata.id = id;
+    let mut query = Query::query(common::name(ORIGIN), RecordType::AXFR);
+    query.set_query_class(DNSClass::IN);
+    message.add_query(query);
+    message.to_vec().expect("AXFR request encodes")
+}
+
+/// An IXFR request saying the client holds `serial` (RFC 1995 §3: the SOA in the authority
+/// section).
+fn ixfr_request(id: u16, serial: u32) -> Vec<u8> {
+    let mut message = Message::query();
+    message.metadata.id = id;
+    let mut query = Query::query(common::name(ORIGIN), RecordType::IXFR);
+    query.set_query_class(DNSClass::IN);
+    message.add_query(query);
+    let soa = SOA::new(
+        common::name("ns1.consortium.example."),
+        common::name("hostmaster.consortium.example."),
+        serial,
+        0,
+        0,
+        0,
+        0,
+    );
+    message.add_authority(Record::from_rdata(common::name(ORIGIN), 0, RData::SOA(soa)));
+    message.to_vec().expect("IXFR request encodes")
+}
+
+/// The shape of a transfer response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Not finished yet.
+    Open,
+    /// The error rcode of a one-message refusal.
+    Error(ResponseCode),
+    /// One SOA: the client is up to date (RFC 1995 §2).
+    UpToDate,
+    /// SOA, the records, SOA (AXFR, or IXFR falling back to it).
+    Full,
+    /// SOA new, then (SOA old, deletions, SOA new, additions) per step, SOA new (RFC 1995 §2).
+    Incremental,
+}
+
