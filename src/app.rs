@@ -68,6 +68,8 @@ pub struct Control {
     notify_generations: Mutex<HashMap<Box<[u8]>, Arc<AtomicU64>>>,
     /// Per zone: when health last caused a serial bump.
     last_pick_bump: Mutex<HashMap<Box<[u8]>, Instant>>,
+    /// Serialises scrapes: gauges are reset and refilled, so two at once could see gaps.
+    scrape: Mutex<()>,
 }
 
 /// Command-line settings that win over the config file, on start and on every reload.
@@ -165,6 +167,7 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
         ready: AtomicBool::new(false),
         notify_generations: Mutex::default(),
         last_pick_bump: Mutex::default(),
+        scrape: Mutex::default(),
     });
     control.record(report);
     for zone in control.shared.snapshot.load().zones() {
@@ -538,6 +541,13 @@ impl Control {
                 .with_label_values(&[zone])
                 .set(i64::from(*serial));
         }
+    }
+
+    /// The Prometheus text exposition, with gauges refreshed from current health.
+    pub fn scrape(&self) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh_gauges();
+        self.metrics.encode()
     }
 
     /// Sets the health, weight and certificate gauges from the current state (at scrape).

@@ -168,6 +168,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Handlers first: a SIGTERM or SIGHUP arriving once READY=1 is out (systemd may send
+        // either at once) must not meet the default action, which kills the process.
+        let mut signals = match StopSignals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return ExitCode::from(EX_OSERR);
+            }
+        };
         let handle = match consortium_dns::app::start_with(config, overrides).await {
             Ok(handle) => handle,
             Err(consortium_dns::app::StartError::Load(errors)) => {
@@ -184,13 +193,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         // Zones loaded, sockets bound, first query answerable: tell systemd (Type=notify).
         let zones = handle.shared.snapshot.load().zones().len();
         sd_notify::notify_or_log(&format!("READY=1\nSTATUS=serving {zones} zone(s)"));
-        wait_for_stop_signal(&handle).await;
+        signals.wait_for_stop(&handle).await;
         tracing::info!("shutting down; a second signal exits at once");
         sd_notify::notify_or_log("STOPPING=1");
         let grace = Duration::from_secs(shutdown_grace);
         tokio::select! {
             _ = handle.shutdown(grace) => {}
-            _ = second_signal() => {
+            _ = signals.stop() => {
                 tracing::warn!("second signal: exiting now");
                 std::process::exit(1);
             }
@@ -200,39 +209,43 @@ fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
-/// Resolves on the next SIGTERM or SIGINT.
-async fn second_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+/// SIGTERM, SIGINT and SIGHUP, caught from before READY=1 until exit.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the zones.
-async fn wait_for_stop_signal(handle: &consortium_dns::app::ServerHandle) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup()))
-    else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT (one delivered since the last call counts).
+    async fn stop(&mut self) {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = tokio::signal::ctrl_c() => return,
-            _ = hangup.recv() => {
-                sd_notify::notify_or_log("RELOADING=1");
-                let report = handle.control.reload("SIGHUP").await;
-                let status = if report.ok { "reloaded" } else { "reload failed, serving previous data" };
-                sd_notify::notify_or_log(&format!("READY=1\nSTATUS={status}"));
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the zones.
+    async fn wait_for_stop(&mut self, handle: &consortium_dns::app::ServerHandle) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.interrupt.recv() => return,
+                _ = self.hangup.recv() => {
+                    sd_notify::notify_or_log("RELOADING=1");
+                    let report = handle.control.reload("SIGHUP").await;
+                    let status = if report.ok { "reloaded" } else { "reload failed, serving previous data" };
+                    sd_notify::notify_or_log(&format!("READY=1\nSTATUS={status}"));
+                }
             }
         }
     }

@@ -274,9 +274,7 @@ fn raw_tsig(message: &[u8]) -> Option<RawTsig> {
     let (key_name, _) = read_plain_name(message, start)?;
     let (algorithm, mut at) = read_plain_name(message, rdata)?;
     let time_bytes = message.get(at..at + 6)?;
-    let time = time_bytes
-        .iter()
-        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    let time = time_bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
     at += 6;
     let fudge = u16_at(message, at)?;
     let mac_len = usize::from(u16_at(message, at + 2)?);
@@ -321,13 +319,22 @@ fn verify_response(messages: &[Vec<u8>], key: &Key, request_mac: &[u8]) -> Resul
         context.update(&prior);
         context.update(&unsigned);
         if index == 0 {
-            context.update(&tsig_variables(key, tsig.time, tsig.fudge, tsig.error, &tsig.other));
+            context.update(&tsig_variables(
+                key,
+                tsig.time,
+                tsig.fudge,
+                tsig.error,
+                &tsig.other,
+            ));
         } else {
             context.update(&tsig.time.to_be_bytes()[2..]);
             context.update(&tsig.fudge.to_be_bytes());
         }
         if context.sign().as_ref() != tsig.mac.as_slice() {
-            return Err(format!("message {index} of {}: MAC does not verify", messages.len()));
+            return Err(format!(
+                "message {index} of {}: MAC does not verify",
+                messages.len()
+            ));
         }
         prior = tsig.mac.clone();
         first.get_or_insert(tsig);
@@ -471,4 +478,3 @@ enum Form {
     /// SOA new, then (SOA old, deletions, SOA new, additions) per step, SOA new (RFC 1995 §2).
     Incremental,
 }
-
