@@ -262,6 +262,18 @@ port_of() {
     case $1 in consortium-dns) echo "$BASE_PORT" ;; nsd) echo $((BASE_PORT + 1)) ;; knot) echo $((BASE_PORT + 2)) ;; esac
 }
 
+# The end of a server's log, for the reader of an error.
+show_log() { # $1 = name, $2 = dir
+    local log
+    case $1 in
+        consortium-dns) log=$2/ours/log ;; nsd) log=$2/nsd/nsd.log ;; knot) log=$2/knot/log ;;
+    esac
+    if [ -s "$log" ]; then
+        echo "--- last lines of $log:" >&2
+        tail -20 "$log" >&2
+    fi
+}
+
 # Starts one server pinned to SERVER_CPU and waits until it answers the SOA; START_SECS = the
 # seconds that took (the whole zone load). Not to be called in a subshell: it records the pid.
 start_server() { # $1 = name, $2 = dir
@@ -284,7 +296,9 @@ start_server() { # $1 = name, $2 = dir
     local deadline=$(($(date +%s) + STARTUP_TIMEOUT))
     until dig +tries=1 +time=1 +short -p "$port" @127.0.0.1 "$ORIGIN" SOA 2>/dev/null | grep -q .; do
         if ! kill -0 "$pid" 2>/dev/null; then
-            tail -5 "$d"/*/log "$d/nsd/stderr" 2>/dev/null >&2 || true
+            unset "SERVER_PID[$name]"
+            show_log "$name" "$d"
+            [ "$name" != nsd ] || tail -5 "$d/nsd/stderr" >&2 2>/dev/null || true
             die "$name exited during start-up (KEEP=1 keeps its logs under $WORK)"
         fi
         [ "$(date +%s)" -lt "$deadline" ] || die "$name did not answer within ${STARTUP_TIMEOUT}s"
@@ -336,7 +350,13 @@ run_once() { # members set transport server round dir
         die "dnsperf failed against $name ($set/$transport)"
     }
     after=$(cpu_ticks "$pid")
-    kill -0 "$pid" 2>/dev/null || die "$name died during $set/$transport"
+    if ! kill -0 "$pid" 2>/dev/null; then
+        local status=0
+        wait "$pid" || status=$?
+        unset "SERVER_PID[$name]"
+        show_log "$name" "$d"
+        die "$name died during $set/$transport (exit status $status)"
+    fi
     # -v prints one line per answer: "> RCODE NAME TYPE LATENCY"; p99 from a µs histogram.
     local p99
     p99=$(awk '$1 == ">" { h[int($NF * 1e6 + 0.5)]++ } END { for (k in h) print k, h[k] }' "$out" |

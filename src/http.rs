@@ -59,14 +59,7 @@ async fn handle(
     control: Arc<Control>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            control.refresh_gauges();
-            reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                control.metrics.encode(),
-            )
-        }
+        (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", control.scrape()),
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/readyz") => {
             if control.is_ready() {

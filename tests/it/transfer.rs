@@ -478,3 +478,433 @@ enum Form {
     /// SOA new, then (SOA old, deletions, SOA new, additions) per step, SOA new (RFC 1995 §2).
     Incremental,
 }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Start,
+    AfterFirst,
+    Full,
+    Deletions,
+    Additions,
+}
+
+/// Follows the answer records of a transfer to tell where it ends (RFC 5936 §2.2, RFC 1995
+/// §2): a client has no other way to know, the connection stays open.
+#[derive(Debug)]
+struct Progress {
+    ixfr: bool,
+    serial: u32,
+    mode: Mode,
+    form: Form,
+}
+
+impl Progress {
+    fn new(ixfr: bool) -> Progress {
+        Progress {
+            ixfr,
+            serial: 0,
+            mode: Mode::Start,
+            form: Form::Open,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.form != Form::Open
+    }
+
+    fn message(&mut self, message: &Message) {
+        if message.metadata.response_code != ResponseCode::NoError {
+            self.form = Form::Error(message.metadata.response_code);
+            return;
+        }
+        for record in &message.answers {
+            self.record(record);
+        }
+        if self.ixfr && self.mode == Mode::AfterFirst && !self.done() {
+            // The message ended after the first SOA: the client is up to date.
+            self.form = Form::UpToDate;
+        }
+    }
+
+    fn record(&mut self, record: &Record) {
+        let soa = soa_serial(record);
+        match self.mode {
+            Mode::Start => {
+                self.serial = soa.expect("a transfer opens with the SOA");
+                self.mode = Mode::AfterFirst;
+            }
+            Mode::AfterFirst => match soa {
+                Some(serial) if self.ixfr && serial != self.serial => self.mode = Mode::Deletions,
+                Some(_) => self.form = Form::Full, // SOA, SOA: an empty zone
+                None => self.mode = Mode::Full,
+            },
+            Mode::Full => {
+                if soa == Some(self.serial) {
+                    self.form = Form::Full;
+                }
+            }
+            Mode::Deletions => {
+                if soa.is_some() {
+                    self.mode = Mode::Additions;
+                }
+            }
+            Mode::Additions => match soa {
+                Some(serial) if serial == self.serial => self.form = Form::Incremental,
+                Some(_) => self.mode = Mode::Deletions,
+                None => {}
+            },
+        }
+    }
+}
+
+/// A whole transfer response as received.
+#[derive(Debug)]
+struct Transfer {
+    /// The raw messages, in order.
+    messages: Vec<Vec<u8>>,
+    /// The answer records of every message, in order.
+    records: Vec<Record>,
+    form: Form,
+}
+
+impl Transfer {
+    /// The TSIG of the first message, if any.
+    fn tsig(&self) -> Option<RawTsig> {
+        raw_tsig(self.messages.first()?)
+    }
+
+    fn header(&self) -> Message {
+        Message::from_vec(&self.messages[0]).expect("first message parses")
+    }
+
+    /// A full transfer's serial and its records between the two SOAs, as a set (which must
+    /// not have lost any duplicate).
+    fn zone(&self) -> (u32, Record, BTreeSet<Rr>) {
+        assert_eq!(self.form, Form::Full, "expected a full zone transfer");
+        let first = &self.records[0];
+        let last = &self.records[self.records.len() - 1];
+        let serial = soa_serial(first).expect("opens with the SOA");
+        assert_eq!(
+            Rr::of(first),
+            Rr::of(last),
+            "the closing SOA repeats the opening one"
+        );
+        let inner = &self.records[1..self.records.len() - 1];
+        let set: BTreeSet<Rr> = inner.iter().map(Rr::of).collect();
+        assert_eq!(set.len(), inner.len(), "a record was sent twice");
+        assert!(
+            inner.iter().all(|r| r.record_type() != RecordType::SOA),
+            "an SOA inside a full transfer"
+        );
+        (serial, first.clone(), set)
+    }
+}
+
+/// One step of an incremental transfer (RFC 1995 §2).
+#[derive(Debug)]
+struct Step {
+    from: u32,
+    to: u32,
+    deleted: BTreeSet<Rr>,
+    added: BTreeSet<Rr>,
+}
+
+/// The steps of an incremental IXFR answer, from its answer records.
+fn steps(records: &[Record]) -> Vec<Step> {
+    let inner = &records[1..records.len() - 1];
+    let mut steps = Vec::new();
+    let mut i = 0;
+    while i < inner.len() {
+        let from = soa_serial(&inner[i]).expect("a step opens with the old SOA");
+        i += 1;
+        let mut deleted = BTreeSet::new();
+        while soa_serial(inner.get(i).expect("a step has its new SOA")).is_none() {
+            deleted.insert(Rr::of(&inner[i]));
+            i += 1;
+        }
+        let to = soa_serial(&inner[i]).expect("new SOA");
+        i += 1;
+        let mut added = BTreeSet::new();
+        while i < inner.len() && soa_serial(&inner[i]).is_none() {
+            added.insert(Rr::of(&inner[i]));
+            i += 1;
+        }
+        steps.push(Step {
+            from,
+            to,
+            deleted,
+            added,
+        });
+    }
+    steps
+}
+
+fn is_ixfr(request: &[u8]) -> Option<bool> {
+    let message = Message::from_vec(request).ok()?;
+    match message.queries.first()?.query_type() {
+        RecordType::IXFR => Some(true),
+        RecordType::AXFR => Some(false),
+        _ => None,
+    }
+}
+
+async fn read_frame<S: AsyncReadExt + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    let len = usize::from(stream.read_u16().await?);
+    let mut frame = vec![0u8; len];
+    stream.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+async fn write_frame<S: AsyncWriteExt + Unpin>(stream: &mut S, message: &[u8]) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(message.len() + 2);
+    frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    frame.extend_from_slice(message);
+    stream.write_all(&frame).await
+}
+
+/// Connects to `server`, from `source` when given (any address of 127.0.0.0/8 is local).
+async fn connect(server: SocketAddr, source: Option<IpAddr>) -> TcpStream {
+    match source {
+        None => TcpStream::connect(server).await.expect("connect"),
+        Some(ip) => {
+            let socket = TcpSocket::new_v4().expect("TCP socket");
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .unwrap_or_else(|e| panic!("bind the client to {ip}: {e}"));
+            socket.connect(server).await.expect("connect")
+        }
+    }
+}
+
+/// Sends a transfer request over TCP and reads the whole response.
+async fn transfer(server: SocketAddr, request: &[u8], source: Option<IpAddr>) -> Transfer {
+    let ixfr = is_ixfr(request).expect("a transfer request");
+    let mut stream = connect(server, source).await;
+    write_frame(&mut stream, request).await.expect("send request");
+    let mut progress = Progress::new(ixfr);
+    let mut messages = Vec::new();
+    let mut records = Vec::new();
+    while !progress.done() {
+        let frame = tokio::time::timeout(READ_TIMEOUT, read_frame(&mut stream))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "transfer message {} not received within {READ_TIMEOUT:?}",
+                    messages.len()
+                )
+            })
+            .unwrap_or_else(|e| panic!("transfer message {}: {e}", messages.len()));
+        let message = Message::from_vec(&frame).expect("transfer message parses");
+        assert_eq!(
+            message.metadata.id,
+            u16::from_be_bytes([request[0], request[1]]),
+            "every message carries the request's ID (RFC 5936 §2.2.1)"
+        );
+        progress.message(&message);
+        records.extend(message.answers.iter().cloned());
+        messages.push(frame);
+    }
+    Transfer {
+        messages,
+        records,
+        form: progress.form,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test setup: transfer settings, members files, probe endpoints, outside programs
+// ---------------------------------------------------------------------------------------------
+
+/// Appends `zone_lines` to the example config's `[[zone]]` table and one `[[key]]` table per
+/// key, its secret (base64) in `config/<name>.key`.
+fn configure(tree: &Tree, zone_lines: &str, keys: &[&Key]) {
+    let mut config = tree.read("config/consortium-dns.toml");
+    let last = config
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .expect("config has lines");
+    assert!(
+        last.starts_with("members ="),
+        "the example config must end with its [[zone]] table; its last line is {last:?}"
+    );
+    if !config.ends_with('\n') {
+        config.push('\n');
+    }
+    config.push_str(zone_lines);
+    for key in keys {
+        config.push_str(&format!(
+            "\n[[key]]\nname = \"{}\"\nalgorithm = \"{}\"\nsecret-file = \"{}.key\"\n",
+            key.name,
+            key.algorithm_text(),
+            key.name
+        ));
+        tree.write(
+            &format!("config/{}.key", key.name),
+            &format!("{}\n", key.base64()),
+        );
+    }
+    tree.write("config/consortium-dns.toml", &config);
+}
+
+/// One `[[member]]` of a members file the test writes.
+#[derive(Debug, Clone)]
+struct MemberSpec {
+    label: String,
+    /// Absolute target name.
+    target: String,
+    weight: u32,
+    /// Lines of `[member.health]`; empty: the config's defaults (no probe in the test tree).
+    health: String,
+}
+
+impl MemberSpec {
+    fn new(label: &str, target: &str, weight: u32, health: &str) -> MemberSpec {
+        MemberSpec {
+            label: label.into(),
+            target: target.into(),
+            weight,
+            health: health.into(),
+        }
+    }
+
+    fn owner(&self) -> String {
+        format!("{}.{ORIGIN}", self.label)
+    }
+}
+
+const MEMBER_TTL: u32 = 300;
+const POOL_TTL: u32 = 30;
+
+/// A members file: the members, and the pool `any` over all of them.
+fn members_file(members: &[MemberSpec]) -> String {
+    let mut text = format!("member-ttl = {MEMBER_TTL}\n\n[[pool]]\nlabel = \"any\"\nttl = {POOL_TTL}\n");
+    for m in members {
+        text.push_str(&format!(
+            "\n[[member]]\nlabel = \"{}\"\ntarget = \"{}\"\nweight = {}\n",
+            m.label, m.target, m.weight
+        ));
+        if !m.health.is_empty() {
+            text.push_str("[member.health]\n");
+            text.push_str(&m.health);
+        }
+    }
+    text
+}
+
+/// The transfer pick: the heaviest eligible member, the first of equals.
+fn transfer_pick<'m>(members: &'m [MemberSpec], up: &dyn Fn(&MemberSpec) -> bool) -> &'m MemberSpec {
+    let mut best: Option<&MemberSpec> = None;
+    for m in members.iter().filter(|m| up(m) && m.weight > 0) {
+        if best.is_none_or(|b| m.weight > b.weight) {
+            best = Some(m);
+        }
+    }
+    best.expect("someone is up")
+}
+
+/// What the members file adds to a transfer: one CNAME per member, the pool's CNAME to
+/// `picked`.
+fn member_records(members: &[MemberSpec], picked: &MemberSpec) -> BTreeSet<Rr> {
+    let mut records: BTreeSet<Rr> = members
+        .iter()
+        .map(|m| Rr::cname(&m.owner(), MEMBER_TTL, &m.target))
+        .collect();
+    records.insert(pool_record(picked));
+    records
+}
+
+fn pool_record(picked: &MemberSpec) -> Rr {
+    Rr::cname(&format!("any.{ORIGIN}"), POOL_TTL, &picked.target)
+}
+
+/// A TCP endpoint a member's `tcp` probe connects to; `stop` closes it so probes are refused.
+struct Endpoint {
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Endpoint {
+    async fn start() -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind endpoint");
+        let addr = listener.local_addr().expect("endpoint address");
+        let task = tokio::spawn(async move {
+            loop {
+                // Accept and close: a connect is all a tcp probe asks.
+                let _ = listener.accept().await;
+            }
+        });
+        Endpoint {
+            addr,
+            task: Some(task),
+        }
+    }
+
+    /// Closes the listening socket (the task owns it; awaiting the aborted task drops it).
+    async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    fn probe(&self) -> String {
+        format!(
+            "kind = \"tcp\"\naddress = \"{}\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\
+             rise = 1\nfall = 1\nslow-start = \"0s\"\n",
+            self.addr
+        )
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The path of an outside program the test needs; fails naming it and its Debian package.
+fn program(name: &str, package: &str, why: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not installed: {why}. Install the Debian package `{package}` \
+                 (tests/run.sh does)"
+            )
+        })
+}
+
+/// Rcode and answer section of a UDP query, or why there is none.
+async fn answer_of(
+    server: SocketAddr,
+    qname: &str,
+    qtype: RecordType,
+) -> Result<(ResponseCode, BTreeSet<Rr>), String> {
+    let query = common::query(qname, qtype, Some(1232))
+        .to_vec()
+        .expect("query encodes");
+    let raw = common::udp_raw(server, &query)
+        .await
+        .ok_or_else(|| format!("no answer from {server} to {qname} {qtype}"))?;
+    let message = Message::from_vec(&raw).map_err(|e| format!("answer from {server} does not parse: {e}"))?;
+    Ok((
+        message.metadata.response_code,
+        message.answers.iter().map(Rr::of).collect(),
+    ))
+}
+
+async fn served_serial(server: SocketAddr) -> Option<u32> {
+    let query = common::query(ORIGIN, RecordType::SOA, None)
+        .to_vec()
+        .expect("query encodes");
+    let raw = common::udp_raw(server, &query).await?;
+    let message = Message::from_vec(&raw).ok()?;
+    message.answers.iter().find_map(soa_serial)
+}
