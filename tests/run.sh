@@ -30,4 +30,4 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
-cargo test --locked --release "$@"
+cargo test --locked --profile ci "$@"
