@@ -445,7 +445,10 @@ finished=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 # --- the table ------------------------------------------------------------------------------
 version_of() {
     case $1 in
-        consortium-dns) echo "consortium-dns $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')" ;;
+        consortium-dns)
+            echo "$("$OURS_BIN" --version 2>/dev/null || echo consortium-dns)" \
+                "$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || true)"
+            ;;
         nsd) nsd -v 2>&1 | awk 'NR == 1 { print "NSD " $3 }' ;;
         knot) knotd -V 2>&1 | awk '{ print "Knot DNS " $NF }' ;;
     esac

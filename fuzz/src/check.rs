@@ -26,7 +26,9 @@ pub const CLASSIC_UDP: usize = 512;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// UDP, with the server's own payload ceiling (`limits.udp-payload`).
-    Udp { server_max: u16 },
+    Udp {
+        server_max: u16,
+    },
     Tcp,
 }
 
@@ -57,7 +59,10 @@ impl Walked {
 fn be16(bytes: &[u8], at: usize) -> Result<u16, String> {
     match bytes.get(at..at + 2) {
         Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
-        None => Err(format!("16-bit field at {at} runs past the end ({})", bytes.len())),
+        None => Err(format!(
+            "16-bit field at {at} runs past the end ({})",
+            bytes.len()
+        )),
     }
 }
 
@@ -94,7 +99,9 @@ pub fn read_name(message: &[u8], pos: usize) -> Result<usize, String> {
             0xC0..=0xFF => {
                 let target = usize::from(be16(message, cursor)? & 0x3fff);
                 if target >= cursor {
-                    return Err(format!("compression pointer at {cursor} points forward to {target}"));
+                    return Err(format!(
+                        "compression pointer at {cursor} points forward to {target}"
+                    ));
                 }
                 if end.is_none() {
                     end = Some(cursor + 2);
@@ -148,8 +155,9 @@ pub fn walk(message: &[u8]) -> Result<Walked, String> {
             pos = read_name(message, pos)?;
             let rtype = be16(message, pos)?;
             let class = be16(message, pos + 2)?;
-            let ttl = be16(message, pos + 4)
-                .and_then(|high| be16(message, pos + 6).map(|low| (u32::from(high) << 16) | u32::from(low)))?;
+            let ttl = be16(message, pos + 4).and_then(|high| {
+                be16(message, pos + 6).map(|low| (u32::from(high) << 16) | u32::from(low))
+            })?;
             let rdlen = usize::from(be16(message, pos + 8)?);
             pos += 10;
             let rdata_end = pos + rdlen;
@@ -204,7 +212,10 @@ pub fn walk(message: &[u8]) -> Result<Walked, String> {
         }
     }
     if pos != message.len() {
-        return Err(format!("{} bytes left after the last record", message.len() - pos));
+        return Err(format!(
+            "{} bytes left after the last record",
+            message.len() - pos
+        ));
     }
     Ok(walked)
 }

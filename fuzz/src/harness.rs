@@ -60,7 +60,10 @@ pub fn snapshot_from_text(zone_text: &str, members_text: Option<&str>) -> Result
             if errors.is_empty() {
                 return Err("assemble: an Err with no diagnostics".into());
             }
-            if let Some(e) = errors.iter().find(|e| &*e.file != zone_path && &*e.file != members_path) {
+            if let Some(e) = errors
+                .iter()
+                .find(|e| &*e.file != zone_path && &*e.file != members_path)
+            {
                 return Err(format!("assemble: error in an unexpected file: {e}"));
             }
             Ok(None)
@@ -71,12 +74,10 @@ pub fn snapshot_from_text(zone_text: &str, members_text: Option<&str>) -> Result
 /// The example consortium, built once.
 pub fn example_snapshot() -> &'static Snapshot {
     static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
-    SNAPSHOT.get_or_init(|| {
-        match snapshot_from_text(EXAMPLE_ZONE, Some(EXAMPLE_MEMBERS)) {
-            Ok(Some(snapshot)) => snapshot,
-            Ok(None) => panic!("the example consortium does not validate"),
-            Err(e) => panic!("example: {e}"),
-        }
+    SNAPSHOT.get_or_init(|| match snapshot_from_text(EXAMPLE_ZONE, Some(EXAMPLE_MEMBERS)) {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => panic!("the example consortium does not validate"),
+        Err(e) => panic!("example: {e}"),
     })
 }
 
@@ -112,7 +113,12 @@ pub fn check_diagnostics(errors: &[Diagnostic], file: &Path, text: &str) -> Resu
 
 /// Answers `query` over UDP and over TCP and checks each response against it. A query is
 /// dropped (no response) exactly when it is shorter than a header or is itself a response.
-pub fn answer_and_check<R: Rng>(snapshot: &Snapshot, query: &[u8], out: &mut Vec<u8>, rng: &mut R) -> Result<(), String> {
+pub fn answer_and_check<R: Rng>(
+    snapshot: &Snapshot,
+    query: &[u8],
+    out: &mut Vec<u8>,
+    rng: &mut R,
+) -> Result<(), String> {
     let must_drop = query.len() < 12 || query[2] & 0x80 != 0;
     for (transport, limit) in [
         (

@@ -555,7 +555,8 @@ impl Lexer<'_> {
                         match c {
                             b'"' => break,
                             b'\n' => {
-                                self.line += 1;
+                                // Leave the newline to `skip_line`, so the next line is read.
+                                self.pos -= 1;
                                 return Err("newline inside a quoted string".into());
                             }
                             b'\\' => {

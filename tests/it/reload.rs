@@ -823,15 +823,16 @@ async fn binary_reloads_on_sighup_and_on_file_change() {
 
     eventually(
         BINARY_START,
-        "the binary's admin endpoint",
+        "the binary ready on its admin endpoint",
         async || match TcpStream::connect(http_addr).await {
-            Ok(_) => Ok(()),
+            Ok(_) => match http_request(http_addr, "GET", "/readyz").await {
+                (200, _) => Ok(()),
+                (code, body) => Err(format!("/readyz {code} {body}")),
+            },
             Err(e) => Err(format!("{e}\n{}", log_text())),
         },
     )
     .await;
-    let (code, _) = http_request(http_addr, "GET", "/readyz").await;
-    assert_eq!(code, 200);
     let doc = status_at(http_addr).await;
     assert_eq!(doc.last_reload.expect("start report").trigger, "start");
     assert_eq!(metric_at(http_addr, &reloads("success")).await, 1.0);

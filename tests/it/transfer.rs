@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::{CNAME, SOA};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_proto::serialize::txt::Parser;
 use ring::hmac;
@@ -298,9 +298,10 @@ fn raw_tsig(message: &[u8]) -> Option<RawTsig> {
     })
 }
 
-/// Checks the TSIG of every message of a response to a request whose MAC was `request_mac`:
-/// the first covers the request MAC, the message and the TSIG variables; each later one the
-/// prior MAC, the message and the timers (RFC 8945 §4.3.1, §5.3.1). Our server signs every
+/// Checks the TSIG of every message of a response to a request whose MAC was `request_mac`
+/// (empty: the messages are a request): the first covers the request MAC, the message and
+/// the TSIG variables; each later one the prior MAC, the message and the timers (RFC 8945
+/// §4.3.1, §4.3.3, §5.3.1). Our server signs every
 /// message, so an unsigned one is an error here. Returns the TSIG of the first message.
 fn verify_response(messages: &[Vec<u8>], key: &Key, request_mac: &[u8]) -> Result<RawTsig, String> {
     let mut prior = request_mac.to_vec();
@@ -315,8 +316,11 @@ fn verify_response(messages: &[Vec<u8>], key: &Key, request_mac: &[u8]) -> Resul
         let arcount = u16::from_be_bytes([unsigned[10], unsigned[11]]) - 1;
         unsigned[10..12].copy_from_slice(&arcount.to_be_bytes());
         let mut context = hmac::Context::with_key(&key.hmac());
-        context.update(&(prior.len() as u16).to_be_bytes());
-        context.update(&prior);
+        if !prior.is_empty() {
+            // Empty only for a request (a NOTIFY we receive): no MAC precedes it.
+            context.update(&(prior.len() as u16).to_be_bytes());
+            context.update(&prior);
+        }
         context.update(&unsigned);
         if index == 0 {
             context.update(&tsig_variables(
@@ -907,4 +911,1057 @@ async fn served_serial(server: SocketAddr) -> Option<u32> {
     let raw = common::udp_raw(server, &query).await?;
     let message = Message::from_vec(&raw).ok()?;
     message.answers.iter().find_map(soa_serial)
+}
+
+// ---------------------------------------------------------------------------------------------
+// NSD as a secondary, and a relay that watches its transfers
+// ---------------------------------------------------------------------------------------------
+
+/// What the relay saw of one transfer.
+#[derive(Debug, Clone)]
+struct Seen {
+    ixfr: bool,
+    form: Form,
+    signed: bool,
+    records: Vec<Record>,
+}
+
+impl Seen {
+    fn final_serial(&self) -> Option<u32> {
+        self.records.first().and_then(soa_serial)
+    }
+}
+
+/// A TCP relay between NSD and consortium-dns: passes every byte unchanged and notes each
+/// transfer it carries, so the test can tell NSD's IXFR from an AXFR.
+struct Relay {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let notes = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                if let Ok((client, _)) = listener.accept().await {
+                    connections.spawn(relay_connection(client, upstream, notes.clone()));
+                }
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Relay { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("relay notes").clone()
+    }
+
+    /// The transfer that brought `serial`, if one did.
+    fn transfer_to(&self, serial: u32) -> Option<Seen> {
+        self.seen()
+            .into_iter()
+            .rev()
+            .find(|s| s.final_serial() == Some(serial) && s.form != Form::UpToDate)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay_connection(mut client: TcpStream, upstream: SocketAddr, seen: Arc<Mutex<Vec<Seen>>>) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    loop {
+        let Ok(Ok(request)) = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut client)).await
+        else {
+            return;
+        };
+        if write_frame(&mut server, &request).await.is_err() {
+            return;
+        }
+        let ixfr = is_ixfr(&request);
+        let mut progress = Progress::new(ixfr == Some(true));
+        let mut records = Vec::new();
+        let mut signed = true;
+        loop {
+            let Ok(Ok(frame)) = tokio::time::timeout(READ_TIMEOUT, read_frame(&mut server)).await else {
+                return;
+            };
+            if write_frame(&mut client, &frame).await.is_err() {
+                return;
+            }
+            if ixfr.is_none() {
+                break; // not a transfer: one answer
+            }
+            let Ok(message) = Message::from_vec(&frame) else {
+                return;
+            };
+            signed &= raw_tsig(&frame).is_some();
+            progress.message(&message);
+            records.extend(message.answers.iter().cloned());
+            if progress.done() {
+                break;
+            }
+        }
+        if let Some(ixfr) = ixfr {
+            seen.lock().expect("relay notes").push(Seen {
+                ixfr,
+                form: progress.form,
+                signed,
+                records,
+            });
+        }
+    }
+}
+
+/// NSD 4.6 in the foreground as a secondary on 127.0.0.1, its files in a temp dir. Dropping
+/// it stops its process group (the main process, xfrd and the server child).
+struct Nsd {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Nsd {
+    /// Starts NSD on `port`, transferring the zone from `primary` with `key`, and accepting
+    /// NOTIFY signed with it from 127.0.0.1.
+    fn start(port: u16, primary: SocketAddr, key: &Key) -> Nsd {
+        let binary = program(
+            "nsd",
+            "nsd",
+            "the interop test runs NSD 4.6 as a standard secondary",
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path().display();
+        // Checked with nsd-checkconf (NSD 4.6.1). Only the secondary's essentials: the key,
+        // request-xfr from the primary (IXFR over TCP, AXFR fallback), allow-notify.
+        let config = format!(
+            "server:
+    ip-address: 127.0.0.1
+    port: {port}
+    server-count: 1
+    username: \"\"
+    chroot: \"\"
+    zonesdir: \"{d}\"
+    pidfile: \"{d}/nsd.pid\"
+    xfrdfile: \"{d}/xfrd.state\"
+    xfrdir: \"{d}\"
+    zonelistfile: \"{d}/zone.list\"
+    database: \"\"
+    logfile: \"{d}/nsd.log\"
+    verbosity: 2
+    # The comparison sends hundreds of queries from one address.
+    rrl-ratelimit: 0
+remote-control:
+    control-enable: no
+key:
+    name: \"{name}\"
+    algorithm: {algorithm}
+    secret: \"{secret}\"
+zone:
+    name: \"{ORIGIN}\"
+    zonefile: \"{d}/secondary.zone\"
+    request-xfr: {primary_ip}@{primary_port} {name}
+    allow-notify: 127.0.0.1 {name}
+",
+            name = key.name,
+            algorithm = key.algorithm_text(),
+            secret = key.base64(),
+            primary_ip = primary.ip(),
+            primary_port = primary.port(),
+        );
+        std::fs::write(dir.path().join("nsd.conf"), config).expect("write nsd.conf");
+        let stderr = std::fs::File::create(dir.path().join("nsd.stderr")).expect("NSD stderr file");
+        let child = Command::new(&binary)
+            .arg("-d")
+            .arg("-c")
+            .arg(dir.path().join("nsd.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        Nsd {
+            child,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        let read = |file: &str| std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
+        format!("{}{}", read("nsd.log"), read("nsd.stderr"))
+    }
+
+    /// Polls NSD until `check` holds for its answer to `qname`/`qtype`; returns how long that
+    /// took, or an explanation with NSD's log.
+    async fn wait_for(
+        &mut self,
+        qname: &str,
+        qtype: RecordType,
+        within: Duration,
+        check: impl Fn(&(ResponseCode, BTreeSet<Rr>)) -> bool,
+    ) -> Result<Duration, String> {
+        let started = Instant::now();
+        let mut last = String::from("no answer yet");
+        while started.elapsed() < within {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("nsd exited with {status}; its log:\n{}", self.log()));
+            }
+            match answer_of(self.addr, qname, qtype).await {
+                Ok(answer) if check(&answer) => return Ok(started.elapsed()),
+                Ok((rcode, records)) => {
+                    last = format!(
+                        "{rcode}: {:?}",
+                        records.iter().map(ToString::to_string).collect::<Vec<_>>()
+                    )
+                }
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "NSD's answer to {qname} {qtype} did not come within {within:?}; last: {last}\nNSD's log:\n{}",
+            self.log()
+        ))
+    }
+
+    fn signal_group(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.signal_group("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal_group("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+/// The query types compared for every static name. ANY is left out: RFC 8482 lets servers
+/// pick which RRset to send (the differential test covers it).
+const QTYPES: &[RecordType] = &[
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::NS,
+    RecordType::SOA,
+    RecordType::MX,
+    RecordType::TXT,
+    RecordType::CAA,
+    RecordType::SRV,
+    RecordType::CNAME,
+    RecordType::Unknown(65280),
+];
+
+/// Every static name: the owners of the zone file, the members, and names the zone answers
+/// for without owning them (wildcard match, empty non-terminal, below the delegation,
+/// nonexistent). The shared name `any` is not static (see the test).
+fn static_names(zone: &BTreeSet<Rr>, members: &[MemberSpec]) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = zone.iter().map(|r| r.owner.clone()).collect();
+    names.insert(ORIGIN.into());
+    names.extend(members.iter().map(MemberSpec::owner));
+    for extra in [
+        "foo.teams",
+        "_tcp.api",
+        "x.lab",
+        "nonexistent",
+        "deep.nonexistent",
+    ] {
+        names.insert(format!("{extra}.{ORIGIN}"));
+    }
+    names
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------------
+
+/// NSD as a secondary of consortium-dns, with TSIG on transfers and NOTIFY.
+///
+/// The shared name `any` is left out of the answer comparison on purpose: consortium-dns
+/// answers it with a health-weighted random pick per query, which a secondary cannot do, so a
+/// transfer carries one CNAME to the transfer pick (the heaviest eligible member, the first
+/// of equals). The test checks instead that NSD serves exactly that pick, and follows it when
+/// health moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nsd_secondary_follows_edits_and_health() {
+    let key = Key::transfer();
+    let mut endpoints = Vec::new();
+    for _ in 0..3 {
+        endpoints.push(Endpoint::start().await);
+    }
+    // node1 is the heaviest; node2 and node3 weigh the same (node2 comes first); node4 has
+    // no probe.
+    let mut members = vec![
+        MemberSpec::new("node1", "node1.operator-a.com.", 5, &endpoints[0].probe()),
+        MemberSpec::new("node2", "api.operator-b.net.", 3, &endpoints[1].probe()),
+        MemberSpec::new("node3", "planetmint.operator-c.org.", 3, &endpoints[2].probe()),
+        MemberSpec::new("node4", "node.operator-d.io.", 1, ""),
+    ];
+    let tree = Tree::example();
+    let nsd_port = common::free_port();
+    configure(
+        &tree,
+        &format!(
+            "allow-transfer = [{{ network = \"127.0.0.1\", key = \"{k}\" }}]\n\
+             notify = [{{ address = \"127.0.0.1:{nsd_port}\", key = \"{k}\" }}]\n\
+             transfer-pick-refresh = \"1s\"\n",
+            k = key.name
+        ),
+        &[&key],
+    );
+    tree.write(MEMBERS_FILE, &members_file(&members));
+    let server = tree.start().await;
+    let ours = server.dns_addrs[0];
+    let relay = Relay::start(ours).await;
+    let mut nsd = Nsd::start(nsd_port, relay.addr, &key);
+
+    // 1. After the start, NSD holds our serial and answers as we do for every static name.
+    let serial = served_serial(ours).await.expect("our SOA");
+    let soa_is = |serial: u32| {
+        move |(_, records): &(ResponseCode, BTreeSet<Rr>)| {
+            records.iter().any(|r| {
+                r.rtype == u16::from(RecordType::SOA) && r.rdata.len() >= 20 && {
+                    let at = r.rdata.len() - 20;
+                    u32::from_be_bytes([r.rdata[at], r.rdata[at + 1], r.rdata[at + 2], r.rdata[at + 3]])
+                        == serial
+                }
+            })
+        }
+    };
+    nsd.wait_for(ORIGIN, RecordType::SOA, Duration::from_secs(10), soa_is(serial))
+        .await
+        .unwrap_or_else(|e| panic!("NSD did not load the zone from us: {e}"));
+    let first = relay
+        .transfer_to(serial)
+        .expect("the relay saw NSD's first transfer");
+    assert!(
+        first.signed,
+        "every message of the transfer to NSD was TSIG-signed"
+    );
+    assert_eq!(first.form, Form::Full, "NSD had nothing: a full transfer");
+    assert!(
+        nsd.log().contains("TSIG verified"),
+        "NSD verified our TSIG; its log:\n{}",
+        nsd.log()
+    );
+
+    let (zone, _) = zone_file_records(&tree);
+    let names = static_names(&zone, &members);
+    let mut differences = Vec::new();
+    let mut compared = 0;
+    for qname in &names {
+        for &qtype in QTYPES {
+            let theirs = answer_of(nsd.addr, qname, qtype).await;
+            let mine = answer_of(ours, qname, qtype).await;
+            compared += 1;
+            if theirs != mine {
+                differences.push(format!(
+                    "{qname} {qtype}:\n  NSD:            {theirs:?}\n  consortium-dns: {mine:?}"
+                ));
+            }
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} of {compared} answers differ between NSD and consortium-dns:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+    assert!(compared > 200, "compared {compared} answers");
+    let all_up = |_: &MemberSpec| true;
+    let pick = transfer_pick(&members, &all_up);
+    assert_eq!(pick.label, "node1");
+    let any = format!("any.{ORIGIN}");
+    let expect_pick = |picked: &MemberSpec| {
+        let record = pool_record(picked);
+        move |(rcode, records): &(ResponseCode, BTreeSet<Rr>)| {
+            *rcode == ResponseCode::NoError && records.len() == 1 && records.contains(&record)
+        }
+    };
+    nsd.wait_for(&any, RecordType::CNAME, Duration::from_secs(1), expect_pick(pick))
+        .await
+        .unwrap_or_else(|e| panic!("NSD serves the transfer pick for the shared name: {e}"));
+
+    // 2. A member added by a file edit reaches NSD through NOTIFY and IXFR.
+    members.push(MemberSpec::new("node6", "node6.operator-f.example.", 1, ""));
+    tree.replace(MEMBERS_FILE, &members_file(&members));
+    let node6 = Rr::cname(&members[4].owner(), MEMBER_TTL, &members[4].target);
+    let wanted = node6.clone();
+    let took = nsd
+        .wait_for(
+            &members[4].owner(),
+            RecordType::CNAME,
+            Duration::from_secs(5),
+            move |(_, records)| records.contains(&wanted),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the added member did not reach NSD: {e}"));
+    let added_serial = served_serial(ours).await.expect("our SOA");
+    assert!(added_serial != serial, "the edit raised the serial");
+    nsd.wait_for(
+        ORIGIN,
+        RecordType::SOA,
+        Duration::from_secs(2),
+        soa_is(added_serial),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("NSD holds our new serial: {e}"));
+    let seen = relay
+        .transfer_to(added_serial)
+        .expect("the relay saw the transfer of the edit");
+    assert!(
+        seen.ixfr && seen.form == Form::Incremental && seen.signed,
+        "NSD asked for IXFR and got the incremental form, signed: {seen:?}"
+    );
+    let step = steps(&seen.records);
+    assert_eq!(step.len(), 1, "one step: {step:?}");
+    assert_eq!((step[0].from, step[0].to), (serial, added_serial));
+    assert!(step[0].deleted.is_empty(), "nothing deleted: {step:?}");
+    assert_eq!(
+        step[0].added,
+        BTreeSet::from([node6]),
+        "only the new member's CNAME added"
+    );
+    eprintln!("member added: NSD answered for it {took:?} after the edit");
+
+    // 3. The picked member goes down: NSD's shared name moves to the next transfer pick,
+    //    node2 (node3 weighs the same but comes later).
+    let mut down = BTreeSet::new();
+    let mut last_serial = added_serial;
+    for (endpoint, label) in [(0, "node1"), (1, "node2")] {
+        let before = transfer_pick(&members, &|m: &MemberSpec| !down.contains(&m.label));
+        assert_eq!(before.label, label);
+        let before_record = pool_record(before);
+        endpoints[endpoint].stop().await;
+        down.insert(label.to_string());
+        let after = transfer_pick(&members, &|m: &MemberSpec| !down.contains(&m.label)).clone();
+        let took = nsd
+            .wait_for(
+                &any,
+                RecordType::CNAME,
+                Duration::from_secs(10),
+                expect_pick(&after),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("NSD's shared name did not move off {label}: {e}"));
+        eprintln!("{label} down: NSD's {any} moved to {} in {took:?}", after.label);
+        let now_serial = served_serial(ours).await.expect("our SOA");
+        assert_ne!(now_serial, last_serial, "the pick change raised the serial");
+        let seen = relay
+            .transfer_to(now_serial)
+            .expect("the relay saw the transfer of the pick change");
+        assert!(
+            seen.ixfr && seen.form == Form::Incremental,
+            "the pick change went by IXFR: {seen:?}"
+        );
+        let deleted: BTreeSet<Rr> = steps(&seen.records).into_iter().flat_map(|s| s.deleted).collect();
+        let added: BTreeSet<Rr> = steps(&seen.records).into_iter().flat_map(|s| s.added).collect();
+        assert_eq!(deleted, BTreeSet::from([before_record]));
+        assert_eq!(added, BTreeSet::from([pool_record(&after)]));
+        last_serial = now_serial;
+    }
+    // Our own answers never send anyone to a member that is down.
+    for _ in 0..50 {
+        let (_, records) = answer_of(ours, &any, RecordType::CNAME)
+            .await
+            .expect("our answer");
+        assert!(
+            !records.contains(&pool_record(&members[0])) && !records.contains(&pool_record(&members[1])),
+            "picked a member that is down: {records:?}"
+        );
+    }
+    drop(nsd);
+    drop(relay);
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Members `m0`..`m{n-1}` with weights 1, 2, 3, 1, 2, 3, ...: the transfer pick is `m2`, the
+/// first of the heaviest.
+fn many_members(n: usize) -> Vec<MemberSpec> {
+    (0..n)
+        .map(|i| {
+            MemberSpec::new(
+                &format!("m{i}"),
+                &format!("node-{i}.operator-{}.example.net.", i % 97),
+                1 + (i % 3) as u32,
+                "",
+            )
+        })
+        .collect()
+}
+
+/// What an AXFR of the test tree must hold besides the SOA.
+fn expected_zone(tree: &Tree, members: &[MemberSpec]) -> BTreeSet<Rr> {
+    let (mut records, _) = zone_file_records(tree);
+    records.extend(member_records(
+        members,
+        transfer_pick(members, &|_: &MemberSpec| true),
+    ));
+    records
+}
+
+fn assert_refused_plainly(t: &Transfer, rcode: ResponseCode, what: &str) {
+    assert_eq!(t.form, Form::Error(rcode), "{what}");
+    assert_eq!(t.messages.len(), 1, "{what}: one message");
+    let header = t.header();
+    assert!(header.answers.is_empty(), "{what}: no records");
+    assert_eq!(header.queries.len(), 1, "{what}: the question is echoed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
+    let key = Key::transfer();
+    let key512 = Key::sha512();
+    let tree = Tree::example();
+    configure(
+        &tree,
+        &format!(
+            "allow-transfer = [{{ network = \"127.0.0.1\", key = \"{}\" }}, \
+             {{ network = \"127.0.0.0/30\", key = \"{}\" }}]\n",
+            key.name, key512.name
+        ),
+        &[&key, &key512],
+    );
+    // Enough members for a transfer of many messages (each message is signed).
+    let members = many_members(3_000);
+    tree.write(MEMBERS_FILE, &members_file(&members));
+    let expected = expected_zone(&tree, &members);
+    let server = tree.start().await;
+    let dns = server.dns_addrs[0];
+    let localhost = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let unlisted = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)));
+    let other_key_only = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+
+    // No key, from a listed address: REFUSED (RFC 5936 §6), nothing signed.
+    let t = transfer(dns, &axfr_request(1), localhost).await;
+    assert_refused_plainly(&t, ResponseCode::Refused, "unsigned AXFR");
+    assert!(t.tsig().is_none(), "an unsigned request gets an unsigned answer");
+    let t = transfer(dns, &ixfr_request(2, 1), localhost).await;
+    assert_refused_plainly(&t, ResponseCode::Refused, "unsigned IXFR");
+
+    // The right key name with the wrong secret: NOTAUTH, TSIG error BADSIG, and an unsigned
+    // TSIG (RFC 8945 §5.2.2: the MAC is empty, the server cannot sign for a key it doubts).
+    let wrong = Key {
+        secret: b"not the consortium's secret, 32!".to_vec(),
+        ..key.clone()
+    };
+    let mut request = axfr_request(3);
+    sign_request(&mut request, &wrong, unix_now());
+    let t = transfer(dns, &request, localhost).await;
+    assert_refused_plainly(&t, ResponseCode::NotAuth, "AXFR with a wrong key");
+    let tsig = t.tsig().expect("a TSIG RR in the BADSIG answer");
+    assert_eq!(
+        (tsig.error, tsig.mac.len()),
+        (16, 0),
+        "BADSIG, unsigned: {tsig:?}"
+    );
+
+    // A key the server does not know: NOTAUTH, BADKEY, unsigned (RFC 8945 §5.2.1).
+    let stranger = Key {
+        name: "stranger-key",
+        ..key.clone()
+    };
+    let mut request = axfr_request(4);
+    sign_request(&mut request, &stranger, unix_now());
+    let t = transfer(dns, &request, localhost).await;
+    assert_refused_plainly(&t, ResponseCode::NotAuth, "AXFR with an unknown key");
+    let tsig = t.tsig().expect("a TSIG RR in the BADKEY answer");
+    assert_eq!(
+        (tsig.error, tsig.mac.len()),
+        (17, 0),
+        "BADKEY, unsigned: {tsig:?}"
+    );
+
+    // The right key an hour off: NOTAUTH, BADTIME, signed with the key, the client's time
+    // in Time Signed and ours in Other Data (RFC 8945 §5.2.3).
+    let skewed = unix_now() - 3_600;
+    let mut request = axfr_request(5);
+    let request_mac = sign_request(&mut request, &key, skewed);
+    let t = transfer(dns, &request, localhost).await;
+    assert_refused_plainly(&t, ResponseCode::NotAuth, "AXFR signed an hour ago");
+    let tsig = verify_response(&t.messages, &key, &request_mac)
+        .unwrap_or_else(|e| panic!("the BADTIME answer is signed with the key: {e}"));
+    assert_eq!(tsig.error, 18, "BADTIME");
+    assert_eq!(tsig.time, skewed, "Time Signed echoes the client's time");
+    assert_eq!(tsig.other.len(), 6, "Other Data holds the server's time");
+    let server_time = tsig.other.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    assert!(
+        server_time.abs_diff(unix_now()) <= 5,
+        "Other Data is the server's time"
+    );
+
+    // The right key from an address no ACL lists: REFUSED, signed (the key was good).
+    let mut request = axfr_request(6);
+    let request_mac = sign_request(&mut request, &key, unix_now());
+    let t = transfer(dns, &request, unlisted).await;
+    assert_refused_plainly(&t, ResponseCode::Refused, "AXFR from 127.0.0.9 with the key");
+    verify_response(&t.messages, &key, &request_mac)
+        .unwrap_or_else(|e| panic!("the REFUSED answer to a signed request is signed: {e}"));
+    // 127.0.0.2 is listed, but only with the other key.
+    let mut request = axfr_request(7);
+    sign_request(&mut request, &key, unix_now());
+    let t = transfer(dns, &request, other_key_only).await;
+    assert_refused_plainly(&t, ResponseCode::Refused, "AXFR from 127.0.0.2 with transfer-key");
+    let mut request = axfr_request(7);
+    let request_mac = sign_request(&mut request, &key512, unix_now());
+    let t = transfer(dns, &request, other_key_only).await;
+    assert!(t.form == Form::Full, "127.0.0.0/30 with {}: allowed", key512.name);
+    verify_response(&t.messages, &key512, &request_mac).unwrap_or_else(|e| panic!("HMAC-SHA512: {e}"));
+    let (_, _, records) = t.zone();
+    assert!(
+        records == expected,
+        "{}",
+        diff_text("AXFR with HMAC-SHA512", &records, &expected)
+    );
+
+    // The right key from a listed address: the whole zone, every message signed.
+    let mut request = axfr_request(8);
+    let request_mac = sign_request(&mut request, &key, unix_now());
+    let t = transfer(dns, &request, localhost).await;
+    assert_eq!(t.form, Form::Full, "signed AXFR from 127.0.0.1");
+    assert!(
+        t.messages.len() > 5,
+        "a transfer of {} messages",
+        t.messages.len()
+    );
+    let tsig = verify_response(&t.messages, &key, &request_mac)
+        .unwrap_or_else(|e| panic!("the transfer's TSIG chain: {e}"));
+    assert_eq!(tsig.error, 0);
+    assert!(tsig.time.abs_diff(unix_now()) <= 5, "signed now");
+    let (_, _, records) = t.zone();
+    assert!(
+        records == expected,
+        "{}",
+        diff_text("signed AXFR", &records, &expected)
+    );
+
+    // An outside judge: kdig verifies every message's TSIG (and says so when one fails).
+    let kdig = program("kdig", "knot-dnsutils", "kdig checks our TSIG-signed transfers");
+    let run = |key_arg: String| {
+        let output = Command::new(&kdig)
+            .args(["-y", &key_arg, "@127.0.0.1", "-p", &dns.port().to_string()])
+            .args(["+noall", "+answer", "+stats", ORIGIN, "AXFR"])
+            .output()
+            .expect("run kdig");
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run(key.dig_arg());
+    let records_line = format!("messages, {} records)", expected.len() + 2);
+    assert!(
+        ok && text.contains(&records_line) && !text.contains("WARNING") && !text.contains("ERROR"),
+        "kdig -y {} AXFR accepts the transfer (wanted \"{records_line}\"):\n{}",
+        key.name,
+        text.lines()
+            .filter(|l| l.starts_with(";;"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let (ok, text) = run(wrong.dig_arg());
+    assert!(
+        !ok && text.contains("BADSIG"),
+        "kdig with a wrong secret sees BADSIG:\n{text}"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Edits the members file and reloads at once (the watcher may reload too; the content, and
+/// so the serial, is the same either way). Returns the zone as a full transfer then shows it.
+async fn edit_and_transfer(
+    tree: &Tree,
+    server: &consortium_dns::app::ServerHandle,
+    members: &[MemberSpec],
+    id: u16,
+) -> (u32, Record, BTreeSet<Rr>) {
+    tree.replace(MEMBERS_FILE, &members_file(members));
+    let report = server.control.reload("test edit").await;
+    assert!(report.ok, "reload failed: {:?}", report.errors);
+    transfer(server.dns_addrs[0], &axfr_request(id), None)
+        .await
+        .zone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ixfr_incremental_full_and_up_to_date() {
+    let tree = Tree::example();
+    configure(&tree, "allow-transfer = [{ network = \"127.0.0.0/8\" }]\n", &[]);
+    let mut members = vec![
+        MemberSpec::new("node1", "node1.operator-a.com.", 2, ""),
+        MemberSpec::new("node2", "api.operator-b.net.", 2, ""),
+        MemberSpec::new("node3", "planetmint.operator-c.org.", 1, ""),
+    ];
+    tree.write(MEMBERS_FILE, &members_file(&members));
+    let server = tree.start().await;
+    let dns = server.dns_addrs[0];
+    let (s0, soa0, z0) = transfer(dns, &axfr_request(1), None).await.zone();
+
+    // Version 1: a member added, another made the heaviest (the shared name's CNAME moves).
+    members.push(MemberSpec::new("node4", "node.operator-d.io.", 1, ""));
+    members[2].weight = 5;
+    let (s1, soa1, z1) = edit_and_transfer(&tree, &server, &members, 2).await;
+    // Version 2: a member removed, another's target changed.
+    members.remove(1);
+    members[0].target = "node1-new.operator-a.com.".into();
+    let (s2, soa2, z2) = edit_and_transfer(&tree, &server, &members, 3).await;
+    assert!(s0 != s1 && s1 != s2 && s0 != s2, "three serials: {s0} {s1} {s2}");
+    assert!(z0 != z1 && z1 != z2);
+
+    // From version 0: both steps, each the difference of the zones either side of it.
+    let t = transfer(dns, &ixfr_request(10, s0), None).await;
+    assert_eq!(t.form, Form::Incremental, "IXFR from {s0}");
+    assert_eq!(Rr::of(&t.records[0]), Rr::of(&soa2), "opens with the current SOA");
+    assert_eq!(Rr::of(&t.records[1]), Rr::of(&soa0), "then the client's SOA");
+    assert_eq!(
+        Rr::of(t.records.last().expect("records")),
+        Rr::of(&soa2),
+        "closes with it"
+    );
+    let got = steps(&t.records);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let want = [(s0, s1, &z0, &z1), (s1, s2, &z1, &z2)];
+    for (step, (from, to, old, new)) in got.iter().zip(want) {
+        assert_eq!((step.from, step.to), (from, to));
+        let deleted: BTreeSet<Rr> = old.difference(new).cloned().collect();
+        let added: BTreeSet<Rr> = new.difference(old).cloned().collect();
+        assert!(
+            step.deleted == deleted,
+            "{}",
+            diff_text("deletions", &step.deleted, &deleted)
+        );
+        assert!(
+            step.added == added,
+            "{}",
+            diff_text("additions", &step.added, &added)
+        );
+    }
+    // The SOAs in the middle are the versions' own.
+    let soas: Vec<Rr> = t
+        .records
+        .iter()
+        .filter(|r| soa_serial(r).is_some())
+        .map(Rr::of)
+        .collect();
+    let expected_soas: Vec<Rr> = [&soa2, &soa0, &soa1, &soa1, &soa2, &soa2].map(Rr::of).to_vec();
+    assert_eq!(soas, expected_soas);
+
+    // From version 1: the last step only.
+    let t = transfer(dns, &ixfr_request(11, s1), None).await;
+    assert_eq!(t.form, Form::Incremental);
+    let got = steps(&t.records);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].from, got[0].to), (s1, s2));
+
+    // From the current serial, or one ahead of it: the current SOA alone (RFC 1995 §2).
+    for (id, serial) in [(12, s2), (13, s2.wrapping_add(7))] {
+        let t = transfer(dns, &ixfr_request(id, serial), None).await;
+        assert_eq!(t.form, Form::UpToDate, "IXFR from {serial}");
+        assert_eq!(t.messages.len(), 1);
+        assert_eq!(t.records.len(), 1);
+        assert_eq!(Rr::of(&t.records[0]), Rr::of(&soa2));
+    }
+
+    // From a serial this server never served: the whole zone, AXFR-style (RFC 1995 §4).
+    let t = transfer(dns, &ixfr_request(14, s0.wrapping_sub(1_000)), None).await;
+    let (serial, _, records) = t.zone();
+    assert_eq!(serial, s2);
+    assert!(
+        records == z2,
+        "{}",
+        diff_text("IXFR falling back to full", &records, &z2)
+    );
+
+    // The history is bounded: after HISTORY_LEN more versions, s0..s2 are gone (full zone),
+    // and the oldest kept one gets every step since, which rebuild the current zone.
+    let mut kept = None;
+    for round in 0..consortium_dns::transfer::HISTORY_LEN {
+        members[1].target = format!("round-{round}.operator-c.org.");
+        let version = edit_and_transfer(&tree, &server, &members, 20 + round as u16).await;
+        kept.get_or_insert(version);
+    }
+    let (oldest, _, mut rebuilt) = kept.expect("versions");
+    let (current, _, zone_now) = transfer(dns, &axfr_request(50), None).await.zone();
+    for gone in [s0, s1, s2] {
+        let t = transfer(dns, &ixfr_request(51, gone), None).await;
+        assert_eq!(t.form, Form::Full, "IXFR from {gone}, no longer in the history");
+    }
+    let t = transfer(dns, &ixfr_request(52, oldest), None).await;
+    assert_eq!(t.form, Form::Incremental, "IXFR from the oldest kept serial");
+    let got = steps(&t.records);
+    assert_eq!(got.len(), consortium_dns::transfer::HISTORY_LEN - 1);
+    let mut at = oldest;
+    for step in &got {
+        assert_eq!(step.from, at, "the steps chain");
+        at = step.to;
+        for r in &step.deleted {
+            assert!(rebuilt.remove(r), "deletes what is there: {r}");
+        }
+        for r in &step.added {
+            assert!(rebuilt.insert(r.clone()), "adds what is not there: {r}");
+        }
+    }
+    assert_eq!(at, current);
+    assert!(
+        rebuilt == zone_now,
+        "{}",
+        diff_text("zone rebuilt from the steps", &rebuilt, &zone_now)
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_members_transfer_record_for_record() {
+    const MEMBERS: usize = 100_000;
+    let tree = Tree::example();
+    configure(&tree, "allow-transfer = [{ network = \"127.0.0.1\" }]\n", &[]);
+    let members = many_members(MEMBERS);
+    tree.write(MEMBERS_FILE, &members_file(&members));
+    let expected = expected_zone(&tree, &members);
+    assert_eq!(
+        expected.len(),
+        zone_file_records(&tree).0.len() + MEMBERS + 1,
+        "static records + one CNAME per member + the pool's"
+    );
+    assert!(
+        expected.contains(&Rr::cname(&format!("any.{ORIGIN}"), POOL_TTL, &members[2].target)),
+        "the transfer pick is m2, the first of the heaviest"
+    );
+    let started = Instant::now();
+    let server = tree.start().await;
+    let loaded = started.elapsed();
+
+    let started = Instant::now();
+    let t = transfer(server.dns_addrs[0], &axfr_request(1), None).await;
+    let took = started.elapsed();
+    let (serial, soa, records) = t.zone();
+    assert_eq!(Some(serial), served_serial(server.dns_addrs[0]).await);
+    let (_, file_soa) = zone_file_records(&tree);
+    assert_eq!(
+        Rr::of(&soa),
+        Rr::of(&file_soa),
+        "the file's SOA, served as written"
+    );
+    assert!(
+        records == expected,
+        "{}",
+        diff_text("100,000-member AXFR", &records, &expected)
+    );
+    for message in &t.messages {
+        assert!(message.len() <= 65_535, "every message fits a TCP frame");
+    }
+    eprintln!(
+        "{MEMBERS} members: loaded in {loaded:?}; AXFR of {} records in {} messages ({} bytes) in {took:?}",
+        t.records.len(),
+        t.messages.len(),
+        t.messages.iter().map(Vec::len).sum::<usize>()
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Runs the real binary with a TSIG key at trace level through failing and succeeding
+/// transfers, a signed NOTIFY, a reload that fails on a damaged key file and `check` on it:
+/// the secret shows up nowhere in what it prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_material_never_logged() {
+    let key = Key::transfer();
+    let tree = Tree::example();
+    // A secondary that takes NOTIFYs and never answers them, so retries are logged too.
+    let secondary = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind secondary");
+    let secondary_addr = secondary.local_addr().expect("address");
+    configure(
+        &tree,
+        &format!(
+            "allow-transfer = [{{ network = \"127.0.0.1\", key = \"{k}\" }}]\n\
+             notify = [{{ address = \"{secondary_addr}\", key = \"{k}\" }}]\n",
+            k = key.name
+        ),
+        &[&key],
+    );
+    let port = common::free_port();
+    let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stderr_path = tree.path("stderr.log");
+    let stdout_path = tree.path("stdout.log");
+    let mut child = Command::new(common::binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(tree.config_path())
+        .arg("--listen")
+        .arg(dns.to_string())
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("start consortium-dns");
+    let pid = child.id().to_string();
+    let started = Instant::now();
+    while served_serial(dns).await.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the binary did not answer; its log:\n{}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "the binary exited with {status}:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The NOTIFY sent at start is signed with the key.
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), secondary.recv_from(&mut buf))
+        .await
+        .expect("a NOTIFY within 5 s")
+        .expect("receive");
+    let notify = buf[..n].to_vec();
+    assert_eq!((notify[2] >> 3) & 0x0f, 4, "opcode NOTIFY");
+    verify_response(&[notify], &key, &[]).unwrap_or_else(|e| panic!("the NOTIFY's TSIG: {e}"));
+
+    // Failing transfers: unsigned, a wrong secret, an unknown key, a skewed clock.
+    let localhost = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let t = transfer(dns, &axfr_request(1), localhost).await;
+    assert_eq!(t.form, Form::Error(ResponseCode::Refused));
+    for (id, signer, time) in [
+        (
+            2,
+            Key {
+                secret: b"not the consortium's secret, 32!".to_vec(),
+                ..key.clone()
+            },
+            unix_now(),
+        ),
+        (
+            3,
+            Key {
+                name: "stranger-key",
+                ..key.clone()
+            },
+            unix_now(),
+        ),
+        (4, key.clone(), unix_now() - 7_200),
+    ] {
+        let mut request = axfr_request(id);
+        sign_request(&mut request, &signer, time);
+        let t = transfer(dns, &request, localhost).await;
+        assert_eq!(t.form, Form::Error(ResponseCode::NotAuth), "request {id}");
+    }
+    // A succeeding one.
+    let mut request = axfr_request(5);
+    let request_mac = sign_request(&mut request, &key, unix_now());
+    let t = transfer(dns, &request, localhost).await;
+    assert_eq!(t.form, Form::Full);
+    verify_response(&t.messages, &key, &request_mac).unwrap_or_else(|e| panic!("{e}"));
+
+    // A damaged key file (the secret with a character base64 does not have): the reload
+    // fails and says where, without quoting the file.
+    let key_file = format!("config/{}.key", key.name);
+    tree.replace(&key_file, &format!("{}*\n", key.base64()));
+    let status = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("send SIGHUP");
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        if log.contains("holds no valid base64 secret") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the failed reload was not logged:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let check = Command::new(common::binary())
+        .arg("check")
+        .arg("--config")
+        .arg(tree.config_path())
+        .env("RUST_LOG", "trace")
+        .output()
+        .expect("run check");
+    assert!(!check.status.success(), "check fails on the damaged key file");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the binary did not stop on SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let output = format!(
+        "{}{}{}{}",
+        std::fs::read_to_string(&stderr_path).expect("stderr"),
+        std::fs::read_to_string(&stdout_path).expect("stdout"),
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr),
+    );
+    // The log covers what happened (so the search below is not vacuous).
+    for expected in ["transfer refused", "TSIG", "NOTIFY", "reload failed", key.name] {
+        assert!(output.contains(expected), "the output mentions {expected:?}");
+    }
+    let encoded = key.base64();
+    let hex: String = key.secret.iter().map(|b| format!("{b:02x}")).collect();
+    let secret_text = String::from_utf8(key.secret.clone()).expect("ASCII secret");
+    let byte_list = format!("{:?}", key.secret);
+    for (form, leak) in [
+        ("base64", encoded.as_str()),
+        ("base64 without padding", encoded.trim_end_matches('=')),
+        ("hex", hex.as_str()),
+        ("raw", secret_text.as_str()),
+        ("Debug bytes", byte_list.as_str()),
+    ] {
+        assert!(
+            !output.contains(leak),
+            "the secret ({form}) appears in the output of consortium-dns"
+        );
+    }
+    eprintln!(
+        "key_material_never_logged: {} bytes of trace-level output searched",
+        output.len()
+    );
 }
