@@ -324,15 +324,13 @@ cpu_ticks() {
     echo "$total"
 }
 
-# Largest VmHWM among a server's processes, in kB (forked NSD children share pages with the
-# parent, so a sum would count the zone twice).
-peak_rss_kb() {
-    local p max=0 v
-    for p in $(tree_pids "$1"); do
-        v=$(awk '/^VmHWM:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)
-        [ "${v:-0}" -gt "$max" ] && max=$v
-    done
-    echo "$max"
+# Largest VmHWM (peak, so zone loading counts) and largest VmRSS (now) among a server's
+# processes, in kB, tab-separated. Forked NSD children share pages with their parent, so a sum
+# would count the zone twice.
+rss_kb() {
+    local p
+    for p in $(tree_pids "$1"); do cat "/proc/$p/status" 2>/dev/null || true; done |
+        awk '/^VmHWM:/ && $2 > h { h = $2 } /^VmRSS:/ && $2 > r { r = $2 } END { printf "%d\t%d", h, r }'
 }
 
 # One dnsperf run; appends a line to $RESULTS.
@@ -436,7 +434,7 @@ for n in "${MEMBER_COUNTS[@]}"; do
         done
     done
     while IFS=$'\t' read -r mn s secs; do
-        printf '%s\t%s\t%s\t%s\n' "$mn" "$s" "$secs" "$(peak_rss_kb "${SERVER_PID[$s]}")" >>"$MEMORY"
+        printf '%s\t%s\t%s\t%s\n' "$mn" "$s" "$secs" "$(rss_kb "${SERVER_PID[$s]}")" >>"$MEMORY"
     done <"$d/start.tsv"
     for s in "${server_list[@]}"; do stop_server "$s"; done
 done
@@ -517,15 +515,17 @@ echo
 echo "Start-up (launch to first answer, i.e. full zone load) and memory:"
 echo
 awk -F'\t' '
-    { n[NR] = $1; s[NR] = $2; t[NR] = $3; r[NR] = $4
-      if (!($2 in base) || $1 < basen[$2]) { base[$2] = $4; basen[$2] = $1 } }
+    function per(v, b, i) {
+        return (n[i] > basen[s[i]]) ? sprintf("%.0f B", (v - b) * 1024 / (n[i] - basen[s[i]])) : "-"
+    }
+    { n[NR] = $1; s[NR] = $2; t[NR] = $3; h[NR] = $4; r[NR] = $5
+      if (!($2 in basen) || $1 < basen[$2]) { baseh[$2] = $4; baser[$2] = $5; basen[$2] = $1 } }
     END {
-        print "| members | server | start-up s | peak RSS MiB | RSS growth per member (vs smallest run) |"
-        print "|---:|---|---:|---:|---:|"
-        for (i = 1; i <= NR; i++) {
-            per = (n[i] > basen[s[i]]) ? sprintf("%.0f B", (r[i] - base[s[i]]) * 1024 / (n[i] - basen[s[i]])) : "-"
-            printf "| %s | %s | %s | %.1f | %s |\n", n[i], s[i], t[i], r[i] / 1024, per
-        }
+        print "| members | server | start-up s | peak RSS MiB | RSS after the runs MiB | per member, peak · after (vs smallest run) |"
+        print "|---:|---|---:|---:|---:|---:|"
+        for (i = 1; i <= NR; i++)
+            printf "| %s | %s | %s | %.1f | %.1f | %s · %s |\n", n[i], s[i], t[i], h[i] / 1024, r[i] / 1024,
+                per(h[i], baseh[s[i]], i), per(r[i], baser[s[i]], i)
     }' "$MEMORY"
 
 echo

@@ -227,28 +227,33 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
     })
 }
 
-/// Attaches transfer settings (keys, ACLs, NOTIFY targets) and the IXFR history: the previous
-/// snapshot's versions plus this one's when its serial is new.
+/// Attaches transfer settings (keys, ACLs, NOTIFY targets), the version served to secondaries,
+/// and the IXFR differences: the previous snapshot's plus one to this version when its serial
+/// is new.
 fn prepare_transfers(snapshot: &mut Snapshot, config: &Config, previous: Option<&Snapshot>) {
     snapshot.tsig_keys = config.keys.clone();
     for zone in snapshot.zones_mut() {
         let settings = config.zones.iter().find(|z| z.origin.key() == zone.origin.key());
         zone.transfer.allow = settings.map(|s| s.allow_transfer.clone()).unwrap_or_default();
         zone.transfer.notify = settings.map(|s| s.notify.clone()).unwrap_or_default();
-        let mut history: Vec<Arc<crate::transfer::ZoneVersion>> = previous
-            .and_then(|p| p.zones().iter().find(|z| z.origin.key() == zone.origin.key()))
-            .map(|z| z.transfer.history.clone())
-            .unwrap_or_default();
-        let version = Arc::new(crate::transfer::version_of(zone));
-        // Same serial, different content (serial-policy keep): the newest wins; IXFR clients
-        // at that serial then get the current data.
-        if history.last().is_some_and(|v| v.serial == version.serial) {
-            history.pop();
+        if !zone.transfer.is_configured() {
+            continue;
         }
-        history.push(version);
-        let excess = history.len().saturating_sub(crate::transfer::HISTORY_LEN);
-        history.drain(..excess);
-        zone.transfer.history = history;
+        let before = previous
+            .and_then(|p| p.zones().iter().find(|z| z.origin.key() == zone.origin.key()))
+            .map(|z| &z.transfer);
+        let mut diffs = before.map(|t| t.diffs.clone()).unwrap_or_default();
+        let version = crate::transfer::version_of(zone);
+        if let Some(old) = before.and_then(|t| t.current.as_ref()) {
+            // Same serial, different content (serial-policy keep): the newest simply wins.
+            if old.serial != version.serial {
+                diffs.push(Arc::new(crate::transfer::VersionDiff::between(old, &version)));
+            }
+        }
+        let excess = diffs.len().saturating_sub(crate::transfer::HISTORY_LEN - 1);
+        diffs.drain(..excess);
+        zone.transfer.diffs = diffs;
+        zone.transfer.current = Some(Arc::new(version));
     }
 }
 
@@ -429,7 +434,7 @@ impl Control {
 
     /// NOTIFYs the zone's secondaries of its current serial.
     fn send_notify(&self, zone: &snapshot::Zone) {
-        let Some(version) = zone.transfer.history.last() else {
+        let Some(version) = zone.transfer.current.as_ref() else {
             return;
         };
         if zone.transfer.notify.is_empty() {
@@ -464,7 +469,7 @@ impl Control {
                 .iter()
                 .filter(|zone| !zone.transfer.allow.is_empty() && !zone.pools.is_empty())
                 .filter(|zone| {
-                    let served = zone.transfer.history.last().map(|v| v.picks.clone());
+                    let served = zone.transfer.current.as_ref().map(|v| v.picks.clone());
                     served.is_some_and(|picks| picks != crate::transfer::current_picks(zone))
                 })
                 .filter(|zone| {

@@ -13,8 +13,6 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let path = Path::new(harness::MEMBERS_PATH);
     if let Err(errors) = members::parse(&text, path, &harness::origin(), &HealthSettings::default()) {
-        if let Err(e) = harness::check_diagnostics(&errors, path, &text) {
-            panic!("{e}");
-        }
+        harness::check_diagnostics(&errors, path, &text).unwrap_or_else(|e| panic!("{e}"));
     }
 });

@@ -14,6 +14,10 @@ fuzz_target!(|query: &[u8]| {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out = Vec::new();
     if let Err(e) = harness::answer_and_check(snapshot, query, &mut out, &mut rng) {
-        panic!("{e}\nquery {}\nlast response {}", consortium_dns_fuzz::check::hex(query), consortium_dns_fuzz::check::hex(&out));
+        panic!(
+            "{e}\nquery {}\nlast response {}",
+            consortium_dns_fuzz::check::hex(query),
+            consortium_dns_fuzz::check::hex(&out)
+        );
     }
 });

@@ -12,8 +12,6 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let path = Path::new(harness::ZONE_PATH);
     if let Err(errors) = master::parse_str(&text, path, &harness::origin()) {
-        if let Err(e) = harness::check_diagnostics(&errors, path, &text) {
-            panic!("{e}");
-        }
+        harness::check_diagnostics(&errors, path, &text).unwrap_or_else(|e| panic!("{e}"));
     }
 });

@@ -287,12 +287,9 @@ pub fn response(query: &[u8], response: &[u8], transport: Transport) -> Result<(
         (None, None) => {}
     }
     // RFC 6891 §7: no OPT in the response to a query without one.
-    if walked.opt_payload.is_some() {
-        if let Ok(q) = walk(query) {
-            if q.opt_payload.is_none() {
-                return Err("OPT in the response to a query without one".into());
-            }
-        }
+    let query_without_opt = walk(query).is_ok_and(|q| q.opt_payload.is_none());
+    if walked.opt_payload.is_some() && query_without_opt {
+        return Err("OPT in the response to a query without one".into());
     }
     let limit = match transport {
         Transport::Tcp => usize::from(u16::MAX),

@@ -343,7 +343,9 @@ impl<'o> Response<'o> {
     }
 
     fn answer_rrset(&mut self, owner: &Owner<'_>, rrset: &RRset) -> usize {
-        self.answers += rrset.count;
+        // Saturating: counts never wrap (debug builds would panic); a response that large is
+        // cut down by `finish` anyway.
+        self.answers = self.answers.saturating_add(rrset.count);
         self.put_records(owner, rrset.count, &rrset.tails)
     }
 
@@ -365,7 +367,9 @@ impl<'o> Response<'o> {
     fn additional_for(&mut self, rrset: &RRset) {
         for extra in rrset.additional.iter() {
             self.put_records(&Owner::Name(extra.owner.wire()), extra.count, &extra.tails);
-            self.additional += extra.count;
+            // Thousands of glue RRsets can add up past 65535 records; `finish` keeps at most
+            // 64 KiB of them, far fewer, so the saturated value is never sent.
+            self.additional = self.additional.saturating_add(extra.count);
             if self.marks < self.additional_marks.len() {
                 self.additional_marks[self.marks] = (self.out.len(), self.additional);
                 self.marks += 1;
@@ -588,7 +592,7 @@ fn resolve<R: Rng + ?Sized>(
                     Owner::Name(cut.name.wire())
                 };
                 response.put_records(&owner, ns.count, &ns.tails);
-                response.authority += ns.count;
+                response.authority = response.authority.saturating_add(ns.count);
                 response.begin_additional();
                 response.glue_required = !ns.additional.is_empty();
                 response.additional_for(ns);

@@ -20,7 +20,7 @@ use crate::snapshot::{Snapshot, Zone, encode_tail};
 use crate::zone::rtype;
 use tsig::{Signer, TsigKey, Verified};
 
-/// Versions kept per zone for IXFR.
+/// Versions kept per zone for IXFR (the current one and 15 differences back).
 pub const HISTORY_LEN: usize = 16;
 /// Target size of one transfer message (well below the 65,535 TCP maximum).
 const MESSAGE_TARGET: usize = 16_000;
@@ -37,13 +37,47 @@ pub struct ZoneVersion {
     pub picks: Vec<Option<u32>>,
 }
 
+/// What changed from one version to the next, for IXFR (RFC 1995 §4).
+#[derive(Debug)]
+pub struct VersionDiff {
+    pub from_serial: u32,
+    pub from_soa: Box<[u8]>,
+    pub to_soa: Box<[u8]>,
+    pub removed: Vec<Box<[u8]>>,
+    pub added: Vec<Box<[u8]>>,
+}
+
+impl VersionDiff {
+    pub fn between(old: &ZoneVersion, new: &ZoneVersion) -> VersionDiff {
+        VersionDiff {
+            from_serial: old.serial,
+            from_soa: old.soa.clone(),
+            to_soa: new.soa.clone(),
+            removed: old.records.difference(&new.records).cloned().collect(),
+            added: new.records.difference(&old.records).cloned().collect(),
+        }
+    }
+}
+
 /// Transfer settings and history of one zone, attached to it when a snapshot is prepared.
+/// The whole zone is kept once (the current version); older versions only as differences, so
+/// a 100,000-member zone reloaded many times does not hold many copies of itself. Zones
+/// nobody may transfer or be notified of keep nothing.
 #[derive(Debug, Default)]
 pub struct ZoneTransfer {
     pub allow: Vec<TransferAcl>,
     pub notify: Vec<NotifyTarget>,
-    /// Oldest first; the last is what this snapshot serves.
-    pub history: Vec<Arc<ZoneVersion>>,
+    /// What this snapshot serves to secondaries.
+    pub current: Option<Arc<ZoneVersion>>,
+    /// Oldest first; the last leads to `current`.
+    pub diffs: Vec<Arc<VersionDiff>>,
+}
+
+impl ZoneTransfer {
+    /// True when transfers or NOTIFY are configured for the zone.
+    pub fn is_configured(&self) -> bool {
+        !self.allow.is_empty() || !self.notify.is_empty()
+    }
 }
 
 /// The current transfer picks of a zone's pools.
@@ -199,7 +233,7 @@ pub fn respond(snapshot: &Snapshot, query: &[u8], client: IpAddr) -> Vec<Vec<u8>
         tracing::info!(%client, zone = %zone.origin, "transfer refused by allow-transfer");
         return finish(vec![refused(5)]);
     }
-    let Some(current) = zone.transfer.history.last() else {
+    let Some(current) = zone.transfer.current.as_ref() else {
         return finish(vec![refused(2)]);
     };
     let mut records: Vec<&[u8]> = Vec::new();
@@ -210,15 +244,14 @@ pub fn respond(snapshot: &Snapshot, query: &[u8], client: IpAddr) -> Vec<Vec<u8>
                 // Up to date (or ahead): the current SOA alone (RFC 1995 §2).
                 records.push(&current.soa);
             }
-            Some(serial) => match zone.transfer.history.iter().position(|v| v.serial == serial) {
+            Some(serial) => match zone.transfer.diffs.iter().position(|d| d.from_serial == serial) {
                 Some(start) => {
                     records.push(&current.soa);
-                    for pair in zone.transfer.history[start..].windows(2) {
-                        let (old, new) = (&pair[0], &pair[1]);
-                        records.push(&old.soa);
-                        records.extend(old.records.difference(&new.records).map(|r| &r[..]));
-                        records.push(&new.soa);
-                        records.extend(new.records.difference(&old.records).map(|r| &r[..]));
+                    for diff in &zone.transfer.diffs[start..] {
+                        records.push(&diff.from_soa);
+                        records.extend(diff.removed.iter().map(|r| &r[..]));
+                        records.push(&diff.to_soa);
+                        records.extend(diff.added.iter().map(|r| &r[..]));
                     }
                     records.push(&current.soa);
                 }

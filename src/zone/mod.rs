@@ -592,6 +592,29 @@ fn validate(origin: &Name, records: &mut Vec<Record>, file: &Path, errors: &mut 
         }
     }
 
+    // An RRset must fit in one message (RFC 1035 §4.2.2: TCP carries at most 65535 octets).
+    // A bigger one could never be answered, and its record count would wrap the header's
+    // 16-bit counts (65,536 records would be announced as none).
+    for types in by_name.values() {
+        for (&t, indexes) in types {
+            // Each record: a compressed owner (2), TYPE CLASS TTL RDLENGTH (10), RDATA.
+            let octets: usize = indexes.iter().map(|&i| 12 + records[i].rdata.len()).sum();
+            if octets > usize::from(u16::MAX) {
+                let first = &records[indexes[0]];
+                errors.push(Diagnostic::at(
+                    first.location.clone(),
+                    format!(
+                        "the {} RRset of {} has {} records, {octets} octets on the wire: more than \
+                         a DNS message can carry (65535)",
+                        rtype::mnemonic(t),
+                        first.name,
+                        indexes.len()
+                    ),
+                ));
+            }
+        }
+    }
+
     // RFC 2181 §5.2: one TTL per RRset; take the lowest, as a cache would see.
     for types in by_name.values() {
         for indexes in types.values() {

@@ -890,21 +890,31 @@ async fn rrl_holds_a_flood_to_the_rate_and_slips() {
         "{} full answers to {sent} queries, want {low}..={high} (window {window_min:?}..{window_max:?})",
         tally.answered
     );
-    // Every SLIP-th limited response goes out truncated: of L limited, floor(L / SLIP).
-    let limited = sent - tally.answered;
-    let want_slips = limited / SLIP;
+
+    // The metric counts what the limiter held back: slips and drops. Every SLIP-th limited
+    // response goes out truncated, so of L limited, floor(L / SLIP) slip (the counter is one
+    // for the whole limiter, so this is exact up to one).
+    let slips = scrape(http, RRL_LIMITED_TOTAL, "action=\"slip\"").await as usize;
+    let drops = scrape(http, RRL_LIMITED_TOTAL, "action=\"drop\"").await as usize;
+    let limited = slips + drops;
     assert!(
-        tally.slipped.abs_diff(want_slips) <= 1,
-        "{} slips of {limited} limited responses, want {want_slips} (1 in {SLIP})",
+        slips.abs_diff(limited / SLIP) <= 1,
+        "{slips} slips of {limited} limited responses, want 1 in {SLIP}"
+    );
+    // The client saw the same. Loopback UDP loses nothing at 1,000 queries a second unless the
+    // machine stalls a socket for a few hundred milliseconds (its buffer holds ~200 datagrams);
+    // allow 2% for that, so a loaded CI machine does not fail the test.
+    let slack = sent / 50;
+    assert!(
+        tally.answered + limited <= sent && tally.answered + limited + slack >= sent,
+        "{} answered + {limited} limited of {sent} sent",
+        tally.answered
+    );
+    assert!(
+        tally.slipped <= slips && tally.slipped + slack >= slips,
+        "{} slips seen, {slips} counted",
         tally.slipped
     );
-
-    // The metric counts them: slips exactly as seen, drops as the rest. Loopback UDP loses
-    // nothing at this rate, so no slack is needed.
-    let slips = scrape(http, RRL_LIMITED_TOTAL, "action=\"slip\"").await;
-    let drops = scrape(http, RRL_LIMITED_TOTAL, "action=\"drop\"").await;
-    assert_eq!(slips as usize, tally.slipped, "slip metric");
-    assert_eq!(drops as usize, limited - tally.slipped, "drop metric");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1218,6 +1228,55 @@ fn long_cname_chains_are_checked_in_linear_time() {
         shown.starts_with(&format!("chain.zone:{c5_line}: CNAME loop")),
         "{shown}"
     );
+}
+
+#[test]
+fn rrsets_too_big_for_any_message_are_refused() {
+    // 6,000 distinct TXT records at one name: about 100 kB, more than even TCP can carry, and
+    // (at 65,536 records) a count the header cannot hold.
+    let origin = harness::origin();
+    let mut text = String::from(harness::EXAMPLE_ZONE);
+    let first_line = text.lines().count() + 1;
+    for i in 0..6_000 {
+        writeln!(text, "big IN TXT \"record {i}\"").expect("write");
+    }
+    let path = Path::new("big.zone");
+    let records = master::parse_str(&text, path, &origin).expect("syntax is fine");
+    let errors = zone::assemble(&origin, path, records, Vec::new(), Vec::new()).expect_err("too big");
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(
+        shown[0].starts_with(&format!(
+            "big.zone:{first_line}: the TXT RRset of big.consortium.example."
+        )),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn thousands_of_glue_records_are_cut_to_size() {
+    // 200 in-zone name servers at the apex with 330 addresses each: 66,000 additional records
+    // for one NS answer, past the 16-bit ARCOUNT (a debug build used to panic on the overflow).
+    let mut text = String::from(harness::EXAMPLE_ZONE);
+    for n in 0..200 {
+        writeln!(text, "@ IN NS ns-{n}").expect("write");
+        for a in 0..330 {
+            writeln!(text, "ns-{n} IN A 10.{}.{}.{}", n, a / 250, a % 250).expect("write");
+        }
+    }
+    let snapshot = harness::snapshot_from_text(&text, None)
+        .expect("no invariant broken")
+        .expect("the zone is valid");
+    let mut q = raw_header(0x4E53, 0, [1, 0, 0, 1]);
+    q.extend_from_slice(&raw_question("consortium.example.", 2));
+    q.extend_from_slice(&raw_opt(4096, 0));
+    let mut out = Vec::new();
+    let mut rng = SmallRng::seed_from_u64(3);
+    harness::answer_and_check(&snapshot, &q, &mut out, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+    // The last check was over TCP: the whole NS RRset and as much glue as 64 KiB holds.
+    let walked = check::walk(&out).expect("walks");
+    assert_eq!(walked.counts[1], 202, "every NS record");
+    assert!(walked.counts[3] > 1_000, "glue kept: {:?}", walked.counts);
 }
 
 // ---------------------------------------------------------------------------------------------

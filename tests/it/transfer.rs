@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::rdata::{CNAME, SOA};
+use hickory_proto::rr::rdata::{CNAME, NULL, SOA};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_proto::serialize::txt::Parser;
@@ -402,13 +402,46 @@ fn soa_serial(record: &Record) -> Option<u32> {
 }
 
 /// Everything in the example zone file except the SOA, read by hickory-proto's master-file
-/// parser (not ours), and the SOA itself.
+/// parser (not ours), and the SOA itself. hickory-proto does not read the RFC 3597 generic
+/// form (`TYPE65280 \# 4 0a000001`), so those lines are read here instead.
 fn zone_file_records(tree: &Tree) -> (BTreeSet<Rr>, Record) {
     let text = tree.read(ZONE_FILE);
-    let (_, sets) = Parser::new(text, Some(tree.path(ZONE_FILE)), Some(common::name(ORIGIN)))
+    let default_ttl: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("$TTL"))
+        .and_then(|t| t.trim().parse().ok())
+        .expect("the example zone sets $TTL");
+    let mut records = BTreeSet::new();
+    let mut standard = String::new();
+    for line in text.lines() {
+        let code = line.contains("\\#").then(|| {
+            line.split_whitespace()
+                .find_map(|t| t.strip_prefix("TYPE")?.parse::<u16>().ok())
+        });
+        let Some(Some(code)) = code else {
+            standard.push_str(line);
+            standard.push('\n');
+            continue;
+        };
+        // owner [ttl] IN TYPEnnn \# length hex...
+        let tokens: Vec<&str> = line.split(';').next().unwrap_or("").split_whitespace().collect();
+        let ttl = tokens[1].parse().unwrap_or(default_ttl);
+        let after = tokens.iter().position(|t| *t == "\\#").expect("generic RDATA") + 2;
+        let hex: String = tokens[after..].concat();
+        let rdata: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex RDATA"))
+            .collect();
+        let owner = common::name(&format!("{}.{ORIGIN}", tokens[0]));
+        let data = RData::Unknown {
+            code: RecordType::Unknown(code),
+            rdata: NULL::with(rdata),
+        };
+        records.insert(Rr::of(&Record::from_rdata(owner, ttl, data)));
+    }
+    let (_, sets) = Parser::new(standard, Some(tree.path(ZONE_FILE)), Some(common::name(ORIGIN)))
         .parse()
         .expect("hickory-proto parses the example zone file");
-    let mut records = BTreeSet::new();
     let mut soa = None;
     for set in sets.values() {
         for record in set.records_without_rrsigs() {
@@ -853,7 +886,7 @@ impl Endpoint {
 
     fn probe(&self) -> String {
         format!(
-            "kind = \"tcp\"\naddress = \"{}\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\
+            "kind = \"tcp\"\naddress = \"{}\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\njitter = \"50ms\"\n\
              rise = 1\nfall = 1\nslow-start = \"0s\"\n",
             self.addr
         )
