@@ -38,7 +38,7 @@ pub struct MemberKey {
     zone: Box<[u8]>,
     label: String,
     target: Box<[u8]>,
-    probe: ProbeSpec,
+    probe: Arc<ProbeSpec>,
 }
 
 impl MemberKey {
@@ -81,7 +81,7 @@ pub struct MemberHealth {
     pub zone: Name,
     pub label: String,
     pub target: Name,
-    pub probe: ProbeSpec,
+    pub probe: Arc<ProbeSpec>,
     state: Mutex<HealthState>,
 }
 
@@ -527,13 +527,15 @@ mod tests {
             target: Name::parse("node1.operator-a.com.", None).expect("name"),
             weight: 1,
             ttl: 300,
-            probe: spec::HealthSettings {
-                rise: Some(2),
-                fall: Some(3),
-                ..Default::default()
-            }
-            .resolve()
-            .expect("valid"),
+            probe: Arc::new(
+                spec::HealthSettings {
+                    rise: Some(2),
+                    fall: Some(3),
+                    ..Default::default()
+                }
+                .resolve()
+                .expect("valid"),
+            ),
             location: crate::zone::Location::new(std::path::Path::new("m").into(), 1),
         };
         let health = MemberHealth::new(&zone, &member);

@@ -93,7 +93,9 @@ pub struct Member {
     pub target: Name,
     pub weight: u32,
     pub ttl: u32,
-    pub probe: ProbeSpec,
+    /// Shared between members with the same settings (most of them), to keep memory per
+    /// member small.
+    pub probe: Arc<ProbeSpec>,
     pub location: Location,
 }
 
@@ -154,7 +156,8 @@ pub fn parse(
     let lines = LineIndex::new(text);
     let at = |offset: usize| Location::new(file_path.clone(), lines.line(offset));
     let mut errors = Vec::new();
-    let mut members: Vec<Member> = Vec::new();
+    let mut members: Vec<Member> = Vec::with_capacity(file.members.len());
+    let mut specs: std::collections::HashSet<Arc<ProbeSpec>> = std::collections::HashSet::new();
     // Lowercased member name -> index: duplicate checks stay O(1) at 100,000 members.
     let mut by_name: std::collections::HashMap<Box<[u8]>, usize> = std::collections::HashMap::new();
 
@@ -202,6 +205,14 @@ pub fn parse(
             *ca = path.parent().unwrap_or(Path::new(".")).join(&*ca);
         }
         by_name.insert(name.key(), members.len());
+        let probe = match specs.get(&probe) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::new(probe);
+                specs.insert(shared.clone());
+                shared
+            }
+        };
         members.push(Member {
             label: section.label.clone(),
             name,
