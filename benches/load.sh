@@ -12,6 +12,8 @@
 #   EDNS [1]           dnsperf -e (resolvers send EDNS)  QUERY_LINES [100000] lines per file
 #   BASE_PORT [35353]  ours, NSD and Knot on +0, +1, +2  STARTUP_TIMEOUT [1800] seconds
 #   KEEP [0]           1 = keep the work directory (configs, zones, logs, raw results)
+#   BASELINE_BIN       another consortium-dns binary (say, a build of the previous commit) to run
+#                      as server "baseline" beside the others, same config, on BASE_PORT + 3
 #
 # Fairness: one worker each (consortium-dns `udp-workers = 1`; NSD `server-count: 1`; Knot one
 # UDP, one TCP and one background worker), every server pinned to SERVER_CPU and dnsperf to
@@ -28,8 +30,17 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-3}"
-SETS="${SETS:-nodes:udp shared:udp nxdomain:udp mix:udp mix:tcp}"
-SERVERS="${SERVERS:-consortium-dns nsd knot}"
+DEFAULT_SETS="nodes:udp shared:udp nxdomain:udp mix:udp mix:tcp"
+SETS="${SETS:-$DEFAULT_SETS}"
+DEFAULT_SERVERS="consortium-dns nsd knot"
+SERVERS="${SERVERS:-$DEFAULT_SERVERS}"
+REQUESTED_SERVERS="$SERVERS"
+BASELINE_BIN="${BASELINE_BIN:-}"
+if [ -n "$BASELINE_BIN" ]; then
+    [ -x "$BASELINE_BIN" ] || { echo "load.sh: BASELINE_BIN=$BASELINE_BIN is not an executable" >&2; exit 1; }
+    BASELINE_BIN="$(cd "$(dirname "$BASELINE_BIN")" && pwd)/$(basename "$BASELINE_BIN")"
+    case " $SERVERS " in *" baseline "*) ;; *) SERVERS="$SERVERS baseline" ;; esac
+fi
 SERVER_CPU="${SERVER_CPU:-1}"
 CLIENT_CPU="${CLIENT_CPU:-0}"
 CLIENTS="${CLIENTS:-4}"
@@ -250,6 +261,8 @@ zone:
   - domain: $ORIGIN
     file: "$ORIGIN.zone"
 EOF
+    sed "s/127.0.0.1:$((BASE_PORT))/127.0.0.1:$((BASE_PORT + 3))/" "$d/ours/consortium-dns.toml" \
+        >"$d/ours/baseline.toml"
     nsd-checkconf "$d/nsd/nsd.conf" || die "nsd-checkconf rejected $d/nsd/nsd.conf"
     knotc -c "$d/knot/knot.conf" conf-check >/dev/null || die "knotc conf-check rejected $d/knot/knot.conf"
     nsd-checkzone "$ORIGIN" "$d/ref/$ORIGIN.zone" >/dev/null ||
@@ -259,7 +272,10 @@ EOF
 }
 
 port_of() {
-    case $1 in consortium-dns) echo "$BASE_PORT" ;; nsd) echo $((BASE_PORT + 1)) ;; knot) echo $((BASE_PORT + 2)) ;; esac
+    case $1 in
+        consortium-dns) echo "$BASE_PORT" ;; nsd) echo $((BASE_PORT + 1)) ;;
+        knot) echo $((BASE_PORT + 2)) ;; baseline) echo $((BASE_PORT + 3)) ;;
+    esac
 }
 
 # The end of a server's log, for the reader of an error.
@@ -267,6 +283,7 @@ show_log() { # $1 = name, $2 = dir
     local log
     case $1 in
         consortium-dns) log=$2/ours/log ;; nsd) log=$2/nsd/nsd.log ;; knot) log=$2/knot/log ;;
+        baseline) log=$2/ours/baseline.log ;;
     esac
     if [ -s "$log" ]; then
         echo "--- last lines of $log:" >&2
@@ -287,6 +304,10 @@ start_server() { # $1 = name, $2 = dir
         consortium-dns)
             RUST_LOG=warn taskset -c "$SERVER_CPU" "$OURS_BIN" serve \
                 --config "$d/ours/consortium-dns.toml" >"$d/ours/log" 2>&1 &
+            ;;
+        baseline)
+            RUST_LOG=warn taskset -c "$SERVER_CPU" "$BASELINE_BIN" serve \
+                --config "$d/ours/baseline.toml" >"$d/ours/baseline.log" 2>&1 &
             ;;
         nsd) taskset -c "$SERVER_CPU" nsd -d -c "$d/nsd/nsd.conf" >"$d/nsd/stderr" 2>&1 & ;;
         knot) taskset -c "$SERVER_CPU" knotd -c "$d/knot/knot.conf" >"$d/knot/log" 2>&1 & ;;
@@ -382,7 +403,11 @@ MEMORY="$WORK/memory.tsv"
 : >"$MEMORY"
 read -r -a server_list <<<"$SERVERS"
 for s in "${server_list[@]}"; do
-    case $s in consortium-dns | nsd | knot) ;; *) die "unknown server '$s' in SERVERS" ;; esac
+    case $s in
+        consortium-dns | nsd | knot) ;;
+        baseline) [ -n "$BASELINE_BIN" ] || die "server 'baseline' needs BASELINE_BIN" ;;
+        *) die "unknown server '$s' in SERVERS" ;;
+    esac
 done
 read -r -a set_list <<<"$SETS"
 for line in "${set_list[@]}"; do
@@ -447,6 +472,7 @@ version_of() {
             echo "$("$OURS_BIN" --version 2>/dev/null || echo consortium-dns)" \
                 "$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || true)"
             ;;
+        baseline) echo "baseline $("$BASELINE_BIN" --version 2>/dev/null || true) ($BASELINE_BIN)" ;;
         nsd) nsd -v 2>&1 | awk 'NR == 1 { print "NSD " $3 }' ;;
         knot) knotd -V 2>&1 | awk '{ print "Knot DNS " $NF }' ;;
     esac
@@ -454,7 +480,11 @@ version_of() {
 echo
 echo "## Load benchmark, $started .. $finished"
 echo
-echo "Command: \`DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING EDNS=$EDNS benches/load.sh ${MEMBER_COUNTS[*]}\`"
+extra_env=
+[ "$SETS" = "$DEFAULT_SETS" ] || extra_env+="SETS=\"$SETS\" "
+[ "$REQUESTED_SERVERS" = "$DEFAULT_SERVERS" ] || extra_env+="SERVERS=\"$REQUESTED_SERVERS\" "
+[ -z "$BASELINE_BIN" ] || extra_env+="BASELINE_BIN=$BASELINE_BIN "
+echo "Command: \`${extra_env}DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING EDNS=$EDNS benches/load.sh ${MEMBER_COUNTS[*]}\`"
 echo
 echo "Servers: $(for s in "${server_list[@]}"; do printf '%s; ' "$(version_of "$s")"; done)dnsperf $(dnsperf -H 2>&1 | awk '/^Version/ { print $2 }' | head -1)."
 echo "One worker each, server on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU ($(nproc) CPUs: $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); ${DURATION}s per run, $ROUNDS rounds, medians shown; lost = sum over rounds."

@@ -566,10 +566,22 @@ impl Control {
         m.member_cert_expiry_days.reset();
         m.member_cert_covers_pool.reset();
         m.pool_fail_open.reset();
+        m.pool_members.reset();
         for pool in &report.pools {
             m.pool_fail_open
                 .with_label_values(&[&pool.zone, &pool.name])
                 .set(i64::from(pool.fail_open));
+            let up = pool.members.iter().filter(|m| m.state == "up").count();
+            m.pool_members
+                .with_label_values(&[&pool.zone, &pool.name, "up"])
+                .set(up as i64);
+            m.pool_members
+                .with_label_values(&[&pool.zone, &pool.name, "down"])
+                .set((pool.members.len() - up) as i64);
+            // Per-member series cost memory per scrape; past the limit only the counts above.
+            if pool.members.len() > crate::metrics::PER_MEMBER_SERIES_LIMIT {
+                continue;
+            }
             for member in &pool.members {
                 m.member_up
                     .with_label_values(&[&pool.zone, &member.label])

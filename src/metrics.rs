@@ -28,6 +28,12 @@ pub const LAST_RELOAD_SUCCESS: &str = "consortium_dns_last_reload_success_timest
 pub const ZONE_SERIAL: &str = "consortium_dns_zone_serial";
 pub const TCP_CONNECTIONS_OPEN: &str = "consortium_dns_tcp_connections_open";
 pub const RRL_LIMITED_TOTAL: &str = "consortium_dns_rrl_limited_total";
+pub const POOL_MEMBERS: &str = "consortium_dns_pool_members";
+
+/// Pools with more members than this get no per-member series (state, weight, probe,
+/// certificate, picks): at 100,000 members those would cost hundreds of megabytes per scrape.
+/// Their picks count under `member="*"`, their states in `consortium_dns_pool_members`.
+pub const PER_MEMBER_SERIES_LIMIT: usize = 1_000;
 
 /// Query types counted under their own label; the rest count as "other".
 const QTYPES: [(u16, &str); 14] = [
@@ -94,6 +100,7 @@ pub struct Metrics {
     pub rrl_slipped: IntCounter,
     pub pool_picks: IntCounterVec,
     pub pool_fail_open: IntGaugeVec,
+    pub pool_members: IntGaugeVec,
     pub member_up: IntGaugeVec,
     pub member_effective_weight: GaugeVec,
     pub member_probe_duration: GaugeVec,
@@ -166,6 +173,11 @@ impl Metrics {
                 POOL_FAIL_OPEN,
                 "1 when no member of the pool is eligible and it picks among all.",
                 &["zone", "pool"],
+            ),
+            pool_members: gauge_vec(
+                POOL_MEMBERS,
+                "Members of the pool by health state (up, down).",
+                &["zone", "pool", "state"],
             ),
             member_up: gauge_vec(
                 MEMBER_UP,

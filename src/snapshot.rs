@@ -435,8 +435,14 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
                         .target
                         .is_subdomain_of(&origin)
                         .then(|| member.target.key());
-                    let picks = metrics
-                        .map(|m| m.pick_counter(&origin.to_string(), &def.name.to_string(), &member.label));
+                    // Large pools count picks per pool, not per member (see metrics).
+                    let label = if def.members.len() > crate::metrics::PER_MEMBER_SERIES_LIMIT {
+                        "*"
+                    } else {
+                        member.label.as_str()
+                    };
+                    let picks =
+                        metrics.map(|m| m.pick_counter(&origin.to_string(), &def.name.to_string(), label));
                     PoolEntry {
                         tail: tail.into(),
                         chase,

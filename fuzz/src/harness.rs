@@ -153,3 +153,41 @@ pub fn answer_and_check<R: Rng>(
     }
     Ok(())
 }
+
+/// Types asked at every name: the common ones, ANY, and one nobody has.
+pub const PROBE_TYPES: [u16; 12] = [1, 2, 5, 6, 12, 15, 16, 28, 33, 43, 255, 65280];
+
+/// Asks every type of `PROBE_TYPES` at the first `limit` owner names of the snapshot, at each
+/// pool's shared name, and one label below each (wildcards, delegations, NXDOMAIN), checking
+/// every response. Returns how many queries were asked.
+pub fn query_every_name<R: Rng>(snapshot: &Snapshot, limit: usize, rng: &mut R) -> Result<usize, String> {
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    for zone in snapshot.zones() {
+        for record in zone.records.iter().take(limit) {
+            names.push(record.name.wire().to_vec());
+        }
+        for pool in &zone.pools {
+            names.push(pool.def.name.wire().to_vec());
+        }
+    }
+    let below: Vec<Vec<u8>> = names
+        .iter()
+        .filter(|n| n.len() + 3 <= 255)
+        .map(|n| [&[2, b'z', b'Z'][..], n].concat())
+        .collect();
+    names.extend(below);
+    let mut out = Vec::new();
+    let mut asked = 0;
+    for name in &names {
+        for qtype in PROBE_TYPES {
+            let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            query.extend_from_slice(name);
+            query.extend_from_slice(&qtype.to_be_bytes());
+            query.extend_from_slice(&1u16.to_be_bytes());
+            answer_and_check(snapshot, &query, &mut out, rng)
+                .map_err(|e| format!("{e}\nquery {}\nresponse {}", check::hex(&query), check::hex(&out)))?;
+            asked += 1;
+        }
+    }
+    Ok(asked)
+}

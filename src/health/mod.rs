@@ -245,7 +245,8 @@ impl HealthManager {
             let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
             let mut wanted: HashMap<MemberKey, (&Name, &Member)> = HashMap::new();
             for zone in snapshot.zones() {
-                for member in &zone.members {
+                // Members without a probe are always up: no state to keep (memory at 100,000).
+                for member in zone.members.iter().filter(|m| m.probe.kind != ProbeKind::None) {
                     wanted.insert(MemberKey::of(&zone.origin, member), (&zone.origin, member));
                 }
             }
@@ -366,6 +367,7 @@ impl HealthManager {
                             state: match &state {
                                 Some(s) if s.up => "up",
                                 Some(_) => "down",
+                                None if member.probe.kind == ProbeKind::None => "up",
                                 None => "unknown",
                             }
                             .to_string(),

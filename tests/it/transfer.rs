@@ -675,6 +675,40 @@ fn steps(records: &[Record]) -> Vec<Step> {
     steps
 }
 
+/// What a secondary holding `base` has after applying this IXFR answer (any form), and the
+/// serial it then holds. Deleting what is not there or adding what is fails the test.
+fn apply_ixfr(base: &BTreeSet<Rr>, t: &Transfer) -> (u32, BTreeSet<Rr>) {
+    match t.form {
+        Form::Full => {
+            let (serial, _, zone) = t.zone();
+            (serial, zone)
+        }
+        Form::Incremental => {
+            let mut zone = base.clone();
+            for step in steps(&t.records) {
+                for r in &step.deleted {
+                    assert!(
+                        zone.remove(r),
+                        "step {} -> {} deletes what is not there: {r}",
+                        step.from,
+                        step.to
+                    );
+                }
+                for r in &step.added {
+                    assert!(
+                        zone.insert(r.clone()),
+                        "step {} -> {} adds what is there: {r}",
+                        step.from,
+                        step.to
+                    );
+                }
+            }
+            (soa_serial(&t.records[0]).expect("SOA"), zone)
+        }
+        other => panic!("not a transfer of data: {other:?}"),
+    }
+}
+
 fn is_ixfr(request: &[u8]) -> Option<bool> {
     let message = Message::from_vec(request).ok()?;
     match message.queries.first()?.query_type() {
@@ -1743,7 +1777,7 @@ async fn ixfr_incremental_full_and_up_to_date() {
         let version = edit_and_transfer(&tree, &server, &members, 20 + round as u16).await;
         kept.get_or_insert(version);
     }
-    let (oldest, _, mut rebuilt) = kept.expect("versions");
+    let (oldest, _, kept_zone) = kept.expect("versions");
     let (current, _, zone_now) = transfer(dns, &axfr_request(50), None).await.zone();
     for gone in [s0, s1, s2] {
         let t = transfer(dns, &ixfr_request(51, gone), None).await;
@@ -1757,18 +1791,63 @@ async fn ixfr_incremental_full_and_up_to_date() {
     for step in &got {
         assert_eq!(step.from, at, "the steps chain");
         at = step.to;
-        for r in &step.deleted {
-            assert!(rebuilt.remove(r), "deletes what is there: {r}");
-        }
-        for r in &step.added {
-            assert!(rebuilt.insert(r.clone()), "adds what is not there: {r}");
-        }
     }
     assert_eq!(at, current);
+    let (serial, rebuilt) = apply_ixfr(&kept_zone, &t);
+    assert_eq!(serial, current);
     assert!(
         rebuilt == zone_now,
         "{}",
         diff_text("zone rebuilt from the steps", &rebuilt, &zone_now)
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Under `serial-policy = "keep"` an edit can change the content without changing the serial.
+/// Secondaries already at that serial cannot know (the operator chose to manage serials), but
+/// one at an older serial must still end up with what we serve now, not with the content the
+/// serial first had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ixfr_after_a_change_that_kept_the_serial() {
+    let tree = Tree::example();
+    configure(
+        &tree,
+        "serial-policy = \"keep\"\nallow-transfer = [{ network = \"127.0.0.1\" }]\n",
+        &[],
+    );
+    let mut members = vec![
+        MemberSpec::new("node1", "node1.operator-a.com.", 2, ""),
+        MemberSpec::new("node2", "api.operator-b.net.", 1, ""),
+    ];
+    tree.write(MEMBERS_FILE, &members_file(&members));
+    let server = tree.start().await;
+    let dns = server.dns_addrs[0];
+    let (s0, _, z0) = transfer(dns, &axfr_request(1), None).await.zone();
+
+    // The file's serial raised with a member added: a new serial.
+    let zone_text = tree.read(ZONE_FILE);
+    let raised = zone_text.replace(&format!("{s0} ; serial"), &format!("{} ; serial", s0 + 1));
+    assert_ne!(raised, zone_text, "the zone file's serial line");
+    tree.replace(ZONE_FILE, &raised);
+    members.push(MemberSpec::new("node3", "planetmint.operator-c.org.", 1, ""));
+    let (s1, _, _) = edit_and_transfer(&tree, &server, &members, 2).await;
+    assert_eq!(s1, s0 + 1);
+    // Another member, the serial left alone: same serial, new content.
+    members.push(MemberSpec::new("node4", "node.operator-d.io.", 1, ""));
+    let (s2, _, z2) = edit_and_transfer(&tree, &server, &members, 3).await;
+    assert_eq!(s2, s1, "keep serves the file's serial");
+
+    let t = transfer(dns, &ixfr_request(4, s0), None).await;
+    let (serial, got) = apply_ixfr(&z0, &t);
+    assert_eq!(serial, s2);
+    assert!(
+        got == z2,
+        "{}",
+        diff_text(
+            &format!("a secondary at {s0} after IXFR ({:?})", t.form),
+            &got,
+            &z2
+        )
     );
     server.shutdown(Duration::from_secs(1)).await;
 }
