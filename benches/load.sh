@@ -10,7 +10,9 @@
 #   SERVERS ["consortium-dns nsd knot"]                 SERVER_CPU [1]  CLIENT_CPU [0]
 #   CLIENTS [4]        dnsperf -c (sockets / TCP conns)  OUTSTANDING [100]  dnsperf -q
 #   EDNS [1]           dnsperf -e (resolvers send EDNS)  QUERY_LINES [100000] lines per file
-#   BASE_PORT [35353]  ours, NSD and Knot on +0, +1, +2  STARTUP_TIMEOUT [1800] seconds
+#   MAX_QPS []         dnsperf -Q: offer a fixed rate (e.g. 50000) instead of as much as dnsperf
+#                      can send, so that CPU per query compares servers at the same load
+#   BASE_PORT [25353]  ours, NSD and Knot on +0, +1, +2  STARTUP_TIMEOUT [1800] seconds
 #   KEEP [0]           1 = keep the work directory (configs, zones, logs, raw results)
 #   BASELINE_BIN       another consortium-dns binary (say, a build of the previous commit) to run
 #                      as server "baseline" beside the others, same config, on BASE_PORT + 3
@@ -18,7 +20,8 @@
 # Fairness: one worker each (consortium-dns `udp-workers = 1`; NSD `server-count: 1`; Knot one
 # UDP, one TCP and one background worker), every server pinned to SERVER_CPU and dnsperf to
 # CLIENT_CPU, response rate limiting off (NSD `rrl-ratelimit: 0`, Knot without its rrl module,
-# consortium-dns `[rrl] enabled = false`), logging at warnings only, minimal responses everywhere (NSD
+# consortium-dns `[rrl] enabled = false`), no per-query logging (warnings only; consortium-dns
+# also logs its own start and stop at info), minimal responses everywhere (NSD
 # `minimal-responses: yes`; Knot and consortium-dns always are). NSD and Knot cannot pick, so
 # they serve the shared name `any` as one fixed CNAME; consortium-dns picks per query.
 #
@@ -46,8 +49,9 @@ CLIENT_CPU="${CLIENT_CPU:-0}"
 CLIENTS="${CLIENTS:-4}"
 OUTSTANDING="${OUTSTANDING:-100}"
 EDNS="${EDNS:-1}"
+MAX_QPS="${MAX_QPS:-}"
 QUERY_LINES="${QUERY_LINES:-100000}"
-BASE_PORT="${BASE_PORT:-35353}"
+BASE_PORT="${BASE_PORT:-25353}"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-1800}"
 KEEP="${KEEP:-0}"
 ORIGIN="consortium.example"
@@ -65,6 +69,7 @@ done
 for v in DURATION ROUNDS CLIENTS OUTSTANDING QUERY_LINES BASE_PORT STARTUP_TIMEOUT; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v='${!v}' is not a positive integer"
 done
+[ -z "$MAX_QPS" ] || [[ "$MAX_QPS" =~ ^[1-9][0-9]*$ ]] || die "MAX_QPS='$MAX_QPS' is not a positive integer"
 
 # --- programs -----------------------------------------------------------------------------
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -135,9 +140,14 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# A private copy: a rebuild of target/ during the runs must not change what is measured.
-OURS_BIN="$WORK/consortium-dns"
+# Private copies: a rebuild of target/ during the runs must not change what is measured, and
+# their own names keep a `pkill consortium-dns` elsewhere on a shared machine from stopping them.
+OURS_BIN="$WORK/cdns-under-test"
 cp "$built_bin" "$OURS_BIN"
+if [ -n "$BASELINE_BIN" ]; then
+    cp "$BASELINE_BIN" "$WORK/cdns-baseline"
+    BASELINE_COPY="$WORK/cdns-baseline"
+fi
 
 # --- zone and query generation --------------------------------------------------------------
 # Member i: nodeI.consortium.example -> nodeI.operator-(i mod 500).example.net, weight i%3+1.
@@ -194,7 +204,7 @@ generate_tree() { # $1 = members, $2 = dir
 write_configs() { # $1 = dir; ports from BASE_PORT
     local d=$1
     mkdir -p "$d/nsd" "$d/knot/db"
-    cat >"$d/ours/consortium-dns.toml" <<EOF
+    cat >"$d/ours/ours.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$((BASE_PORT))"]
 http-listen = ""
@@ -261,13 +271,13 @@ zone:
   - domain: $ORIGIN
     file: "$ORIGIN.zone"
 EOF
-    sed "s/127.0.0.1:$((BASE_PORT))/127.0.0.1:$((BASE_PORT + 3))/" "$d/ours/consortium-dns.toml" \
+    sed "s/127.0.0.1:$((BASE_PORT))/127.0.0.1:$((BASE_PORT + 3))/" "$d/ours/ours.toml" \
         >"$d/ours/baseline.toml"
     nsd-checkconf "$d/nsd/nsd.conf" || die "nsd-checkconf rejected $d/nsd/nsd.conf"
     knotc -c "$d/knot/knot.conf" conf-check >/dev/null || die "knotc conf-check rejected $d/knot/knot.conf"
     nsd-checkzone "$ORIGIN" "$d/ref/$ORIGIN.zone" >/dev/null ||
         die "nsd-checkzone rejected $d/ref/$ORIGIN.zone"
-    "$OURS_BIN" check --config "$d/ours/consortium-dns.toml" >/dev/null ||
+    "$OURS_BIN" check --config "$d/ours/ours.toml" >/dev/null ||
         die "consortium-dns check rejected $d/ours"
 }
 
@@ -296,17 +306,17 @@ show_log() { # $1 = name, $2 = dir
 start_server() { # $1 = name, $2 = dir
     local name=$1 d=$2 port pid t0
     port=$(port_of "$name")
-    if ss -Hlnu "sport = :$port" 2>/dev/null | grep -q .; then
-        die "UDP port $port is already in use (set BASE_PORT)"
+    if ss -Hlnut "sport = :$port" 2>/dev/null | grep -q .; then
+        die "port $port is already in use (set BASE_PORT)"
     fi
     t0=$(date +%s.%N)
     case $name in
         consortium-dns)
-            RUST_LOG=warn taskset -c "$SERVER_CPU" "$OURS_BIN" serve \
-                --config "$d/ours/consortium-dns.toml" >"$d/ours/log" 2>&1 &
+            RUST_LOG=warn,consortium_dns=info taskset -c "$SERVER_CPU" "$OURS_BIN" serve \
+                --config "$d/ours/ours.toml" >"$d/ours/log" 2>&1 &
             ;;
         baseline)
-            RUST_LOG=warn taskset -c "$SERVER_CPU" "$BASELINE_BIN" serve \
+            RUST_LOG=warn,consortium_dns=info taskset -c "$SERVER_CPU" "$BASELINE_COPY" serve \
                 --config "$d/ours/baseline.toml" >"$d/ours/baseline.log" 2>&1 &
             ;;
         nsd) taskset -c "$SERVER_CPU" nsd -d -c "$d/nsd/nsd.conf" >"$d/nsd/stderr" 2>&1 & ;;
@@ -363,6 +373,7 @@ run_once() { # members set transport server round dir
     local args=(-s 127.0.0.1 -p "$port" -d "$d/queries/$set" -l "$DURATION" -c "$CLIENTS"
         -q "$OUTSTANDING" -m "$transport" -v)
     if [ "$EDNS" = 1 ]; then args+=(-e); fi
+    if [ -n "$MAX_QPS" ]; then args+=(-Q "$MAX_QPS"); fi
     before=$(cpu_ticks "$pid")
     taskset -c "$CLIENT_CPU" dnsperf "${args[@]}" >"$out" 2>&1 || {
         tail -5 "$out" >&2
@@ -484,6 +495,7 @@ extra_env=
 [ "$SETS" = "$DEFAULT_SETS" ] || extra_env+="SETS=\"$SETS\" "
 [ "$REQUESTED_SERVERS" = "$DEFAULT_SERVERS" ] || extra_env+="SERVERS=\"$REQUESTED_SERVERS\" "
 [ -z "$BASELINE_BIN" ] || extra_env+="BASELINE_BIN=$BASELINE_BIN "
+[ -z "$MAX_QPS" ] || extra_env+="MAX_QPS=$MAX_QPS "
 echo "Command: \`${extra_env}DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING EDNS=$EDNS benches/load.sh ${MEMBER_COUNTS[*]}\`"
 echo
 echo "Servers: $(for s in "${server_list[@]}"; do printf '%s; ' "$(version_of "$s")"; done)dnsperf $(dnsperf -H 2>&1 | awk '/^Version/ { print $2 }' | head -1)."

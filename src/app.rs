@@ -243,17 +243,32 @@ fn prepare_transfers(snapshot: &mut Snapshot, config: &Config, previous: Option<
             .and_then(|p| p.zones().iter().find(|z| z.origin.key() == zone.origin.key()))
             .map(|z| &z.transfer);
         let mut diffs = before.map(|t| t.diffs.clone()).unwrap_or_default();
-        let version = crate::transfer::version_of(zone);
-        if let Some(old) = before.and_then(|t| t.current.as_ref()) {
-            // Same serial, different content (serial-policy keep): the newest simply wins.
-            if old.serial != version.serial {
-                diffs.push(Arc::new(crate::transfer::VersionDiff::between(old, &version)));
+        let old = before.and_then(|t| t.current.as_ref());
+        let version = match old {
+            // A serial names one content. At an unchanged serial the transfer picks stay as
+            // served; a moved pick gets its own serial from `refresh_transfer_picks`.
+            Some(old) if old.serial == zone.serial => {
+                let kept = crate::transfer::version_with_picks(zone, old.picks.clone());
+                if kept.soa == old.soa && kept.records == old.records {
+                    old.clone()
+                } else {
+                    // Same serial, other content (serial-policy keep): no difference leads
+                    // here, so clients at older serials get the whole zone.
+                    diffs.clear();
+                    Arc::new(crate::transfer::version_of(zone))
+                }
             }
-        }
+            Some(old) => {
+                let version = crate::transfer::version_of(zone);
+                diffs.push(Arc::new(crate::transfer::VersionDiff::between(old, &version)));
+                Arc::new(version)
+            }
+            None => Arc::new(crate::transfer::version_of(zone)),
+        };
         let excess = diffs.len().saturating_sub(crate::transfer::HISTORY_LEN - 1);
         diffs.drain(..excess);
         zone.transfer.diffs = diffs;
-        zone.transfer.current = Some(Arc::new(version));
+        zone.transfer.current = Some(version);
     }
 }
 
@@ -468,6 +483,15 @@ impl Control {
                 .zones()
                 .iter()
                 .filter(|zone| !zone.transfer.allow.is_empty() && !zone.pools.is_empty())
+                // Under `keep` the serial is the operator's to move: secondaries follow a pick
+                // change only with the next serial the operator sets.
+                .filter(|zone| {
+                    config
+                        .zones
+                        .iter()
+                        .find(|z| z.origin.key() == zone.origin.key())
+                        .is_none_or(|z| z.serial_policy != crate::config::SerialPolicy::Keep)
+                })
                 .filter(|zone| {
                     let served = zone.transfer.current.as_ref().map(|v| v.picks.clone());
                     served.is_some_and(|picks| picks != crate::transfer::current_picks(zone))

@@ -90,6 +90,12 @@ pub fn current_picks(zone: &Zone) -> Vec<Option<u32>> {
 
 /// Builds the version a zone serves now (its records, its pools' transfer picks).
 pub fn version_of(zone: &Zone) -> ZoneVersion {
+    version_with_picks(zone, current_picks(zone))
+}
+
+/// Builds a version of the zone's records with the given transfer picks (member slots per
+/// pool; a slot the pool does not have leaves the pool out).
+pub fn version_with_picks(zone: &Zone, picks: Vec<Option<u32>>) -> ZoneVersion {
     let mut soa = Vec::new();
     let mut records = BTreeSet::new();
     for record in &zone.records {
@@ -108,7 +114,6 @@ pub fn version_of(zone: &Zone) -> ZoneVersion {
         encode_tail(&mut wire, record.rtype, rtype::CLASS_IN, record.ttl, &rdata);
         records.insert(wire.into_boxed_slice());
     }
-    let picks = current_picks(zone);
     for (pool, pick) in zone.pools.iter().zip(&picks) {
         let Some(member) = pick
             .and_then(|slot| pool.def.members.get(slot as usize))
