@@ -369,7 +369,9 @@ run_once() { # members set transport server round dir
     local n=$1 set=$2 transport=$3 name=$4 round=$5 d=$6
     local pid=${SERVER_PID[$name]} port out before after
     port=$(port_of "$name")
-    out="$d/run.out"
+    # Not under $d: consortium-dns watches its zone directory and that directory's parent, and
+    # tens of megabytes of -v output there would make it spend CPU on file events.
+    out="$WORK/dnsperf.out"
     local args=(-s 127.0.0.1 -p "$port" -d "$d/queries/$set" -l "$DURATION" -c "$CLIENTS"
         -q "$OUTSTANDING" -m "$transport" -v)
     if [ "$EDNS" = 1 ]; then args+=(-e); fi
