@@ -26,8 +26,12 @@
 # they serve the shared name `any` as one fixed CNAME; consortium-dns picks per query.
 #
 # CPU per query = the server's user+system ticks (/proc/PID/stat, all threads of all its
-# processes) across one run, divided by the queries dnsperf saw answered. It is the figure to
-# compare when dnsperf on its single core, not the server, sets the qps ceiling.
+# processes) across one run, divided by the queries dnsperf saw answered. Linux scales the two
+# to the scheduler's exact runtime, so their sum is precise (it matches the sum over
+# /proc/PID/task/*/schedstat). On loopback it includes delivering each answer into dnsperf's
+# socket (the sender's softirq). It is the figure to compare when dnsperf on its single core,
+# not the server, sets the qps ceiling; it also depends on load (a server that sleeps between
+# queries pays a wake-up per query), hence MAX_QPS for a comparison at one offered rate.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -81,7 +85,13 @@ command -v dig >/dev/null || need_pkgs+=(bind9-dnsutils)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
     note "installing ${need_pkgs[*]}"
-    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    if [ "$(id -u)" -eq 0 ]; then
+        SUDO=
+    elif command -v sudo >/dev/null; then
+        SUDO=sudo
+    else
+        die "missing ${need_pkgs[*]}; installing them needs root or sudo"
+    fi
     # Keep the packaged daemons (nsd, knot) from starting on port 53 at install time.
     created_policy=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -482,8 +492,9 @@ finished=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 version_of() {
     case $1 in
         consortium-dns)
-            echo "$("$OURS_BIN" --version 2>/dev/null || echo consortium-dns)" \
-                "$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || true)"
+            local described
+            described=$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || true)
+            echo "$("$OURS_BIN" --version 2>/dev/null || echo consortium-dns)${described:+ ($described)}"
             ;;
         baseline) echo "baseline $("$BASELINE_BIN" --version 2>/dev/null || true) ($BASELINE_BIN)" ;;
         nsd) nsd -v 2>&1 | awk 'NR == 1 { print "NSD " $3 }' ;;
