@@ -74,6 +74,21 @@ for v in DURATION ROUNDS CLIENTS OUTSTANDING QUERY_LINES BASE_PORT STARTUP_TIMEO
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v='${!v}' is not a positive integer"
 done
 [ -z "$MAX_QPS" ] || [[ "$MAX_QPS" =~ ^[1-9][0-9]*$ ]] || die "MAX_QPS='$MAX_QPS' is not a positive integer"
+read -r -a server_list <<<"$SERVERS"
+for s in "${server_list[@]}"; do
+    case $s in
+        consortium-dns | nsd | knot) ;;
+        baseline) [ -n "$BASELINE_BIN" ] || die "server 'baseline' needs BASELINE_BIN" ;;
+        *) die "unknown server '$s' in SERVERS" ;;
+    esac
+done
+read -r -a set_list <<<"$SETS"
+for line in "${set_list[@]}"; do
+    case $line in nodes:udp | shared:udp | nxdomain:udp | mix:udp | \
+        nodes:tcp | shared:tcp | nxdomain:tcp | mix:tcp) ;;
+    *) die "unknown set:transport '$line' in SETS" ;;
+    esac
+done
 
 # --- programs -----------------------------------------------------------------------------
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -410,7 +425,8 @@ run_once() { # members set transport server round dir
         /Queries completed:/ { completed = $3 }
         /Queries lost:/ { lost = $3 }
         /Queries per second:/ { qps = $4 }
-        /Average Latency/ { avg = $4 }
+        /^Connection Statistics/ { connections = 1 }   # TCP: handshake latency follows
+        /Average Latency/ && !connections { avg = $4 }
         /Response codes:/ { sub(/^ *Response codes: */, ""); codes = $0 }
         END { if (qps == "") exit 1
               printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
@@ -424,21 +440,6 @@ RESULTS="$WORK/results.tsv"
 MEMORY="$WORK/memory.tsv"
 : >"$RESULTS"
 : >"$MEMORY"
-read -r -a server_list <<<"$SERVERS"
-for s in "${server_list[@]}"; do
-    case $s in
-        consortium-dns | nsd | knot) ;;
-        baseline) [ -n "$BASELINE_BIN" ] || die "server 'baseline' needs BASELINE_BIN" ;;
-        *) die "unknown server '$s' in SERVERS" ;;
-    esac
-done
-read -r -a set_list <<<"$SETS"
-for line in "${set_list[@]}"; do
-    case $line in nodes:udp | shared:udp | nxdomain:udp | mix:udp | \
-        nodes:tcp | shared:tcp | nxdomain:tcp | mix:tcp) ;;
-    *) die "unknown set:transport '$line' in SETS" ;;
-    esac
-done
 
 # The numbers mean little on a busy machine: say so up front.
 load1=$(cut -d' ' -f1 /proc/loadavg)
