@@ -120,9 +120,11 @@ fn absolute(path: &Path) -> PathBuf {
 /// Watches the directories holding `files`; sends `()` once per burst of relevant changes.
 /// Watching directories (not files) sees editors' write-then-rename and git's replacements.
 ///
-/// Each directory's parent is watched too, so a deploy that swaps the whole directory
-/// (`mv zones.new zones`) is noticed: the watch follows the directory's inode, so after a
-/// swap it is re-armed on the path, and the burst reloads.
+/// A deploy that swaps a whole directory (`mv zones.new zones`) moves the inotify watch away
+/// with the old inode, so each directory's inode is also checked every `DIRECTORY_POLL`; a
+/// change re-arms the watch on the path and reloads. Polling (one `stat` per directory) is
+/// used instead of watching the parents, whose unrelated traffic (a log file written next to
+/// `zones/`) would wake the watcher on every write.
 pub struct FileWatcher {
     _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
 }
@@ -133,6 +135,9 @@ impl std::fmt::Debug for FileWatcher {
     }
 }
 
+/// How often the watched directories' identities are checked for a swap.
+const DIRECTORY_POLL: Duration = Duration::from_secs(1);
+
 /// What one file-system event asks of the watcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
@@ -142,26 +147,29 @@ enum Change {
     Directory,
 }
 
+/// The identity of a directory: (device, inode), or `None` while it does not exist.
+fn directory_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
 impl FileWatcher {
     pub fn start(files: HashSet<PathBuf>, requests: mpsc::Sender<()>) -> notify::Result<FileWatcher> {
         let (events, mut raw) = mpsc::unbounded_channel::<Change>();
-        let dirs: HashSet<PathBuf> = files
+        let dirs: Vec<PathBuf> = files
             .iter()
             .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
         let relevant = files.clone();
-        let watched_dirs = dirs.clone();
+        let watched_dirs: HashSet<PathBuf> = dirs.iter().cloned().collect();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if matches!(event.kind, notify::EventKind::Access(_)) {
                 return;
             }
-            if event.paths.iter().any(|p| watched_dirs.contains(p)) {
-                let _ = events.send(Change::Directory);
-                return;
-            }
-            // Zone files may $INCLUDE others: any zone or TOML file in a watched directory counts
-            // (the parents are watched only for the directories themselves).
+            // Zone files may $INCLUDE others: any zone or TOML file in a watched directory counts.
             let touches = event.paths.iter().any(|p| {
                 relevant.contains(p)
                     || (p.parent().is_some_and(|d| watched_dirs.contains(d))
@@ -177,23 +185,29 @@ impl FileWatcher {
             for dir in &dirs {
                 w.watch(dir, RecursiveMode::NonRecursive)?;
             }
-            let parents: HashSet<&Path> = dirs
-                .iter()
-                .filter_map(|d| d.parent())
-                .filter(|p| !dirs.contains(*p))
-                .collect();
-            for parent in parents {
-                // Best effort: without it only a directory swap goes unnoticed.
-                if let Err(e) = w.watch(parent, RecursiveMode::NonRecursive) {
-                    tracing::debug!(dir = %parent.display(), "cannot watch: {e}");
-                }
-            }
         }
+        let mut identities: Vec<Option<(u64, u64)>> = dirs.iter().map(|d| directory_identity(d)).collect();
         // The task holds the watcher weakly: dropping the FileWatcher drops the watcher, whose
         // event sender goes with it, which ends the task.
         let weak = Arc::downgrade(&watcher);
         tokio::spawn(async move {
-            while let Some(first) = raw.recv().await {
+            let mut poll = tokio::time::interval(DIRECTORY_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let first = tokio::select! {
+                    change = raw.recv() => match change {
+                        Some(change) => change,
+                        None => return,
+                    },
+                    _ = poll.tick() => {
+                        let now: Vec<_> = dirs.iter().map(|d| directory_identity(d)).collect();
+                        if now == identities {
+                            continue;
+                        }
+                        identities = now;
+                        Change::Directory
+                    }
+                };
                 let mut rearm = first == Change::Directory;
                 // Debounce: wait until the files have been quiet for DEBOUNCE.
                 while let Ok(Some(change)) = tokio::time::timeout(DEBOUNCE, raw.recv()).await {
@@ -208,6 +222,7 @@ impl FileWatcher {
                             tracing::warn!(dir = %dir.display(), "cannot watch again after it was replaced: {e}");
                         }
                     }
+                    identities = dirs.iter().map(|d| directory_identity(d)).collect();
                 }
                 if requests.send(()).await.is_err() {
                     return;
