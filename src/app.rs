@@ -170,6 +170,7 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
         scrape: Mutex::default(),
     });
     control.record(report);
+    crate::memory::release_freed_memory();
     for zone in control.shared.snapshot.load().zones() {
         control.send_notify(zone);
     }
@@ -380,6 +381,8 @@ impl Control {
                     tracing::warn!(settings = ?restart_needed, "config changes that need a restart were not applied");
                 }
                 let serials = self.publish(snapshot, &config);
+                // The previous snapshot and the load's scratch tables are free now.
+                let _ = tokio::task::spawn_blocking(crate::memory::release_freed_memory).await;
 
                 {
                     let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
@@ -521,7 +524,7 @@ impl Control {
             .map(|zone| {
                 let mut data = crate::zone::ZoneData {
                     origin: zone.origin.clone(),
-                    records: zone.records.clone(),
+                    records: zone.all_records(),
                     members: zone.members.clone(),
                     pools: zone.pools.iter().map(|p| p.def.clone()).collect(),
                 };
@@ -559,6 +562,7 @@ impl Control {
             }
         }
         let serials = self.publish(snapshot, &config);
+        let _ = tokio::task::spawn_blocking(crate::memory::release_freed_memory).await;
         tracing::info!(
             ?serials,
             "shared-name transfer pick changed with health: serial raised"

@@ -6,6 +6,7 @@ pub mod config;
 pub mod duration;
 pub mod health;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod pick;
 pub mod reload;

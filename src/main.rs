@@ -132,7 +132,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                     "{}: serial {}, {} records, {} members, {} pools: OK",
                     zone.origin,
                     zone.serial,
-                    zone.records.len(),
+                    zone.records.len() + zone.members.len(),
                     zone.members.len(),
                     zone.pools.len()
                 );

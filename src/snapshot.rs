@@ -7,7 +7,8 @@
 //! Pools carry their own `ArcSwap<PickTable>` so health changes republish a pool's table
 //! without rebuilding the snapshot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -16,19 +17,15 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pick::PickTable;
 use crate::zone::members::{Member, PoolDef};
-use crate::zone::name::Name;
+use crate::zone::name::{MAX_NAME_LEN, Name};
 use crate::zone::{self, Diagnostic, Record, ZoneData, rtype};
-
-/// Hash map keyed by lowercased wire names; the hasher is seeded randomly per process so
-/// hostile query names cannot be chosen to collide.
-pub(crate) type NameMap<V> = HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
 
 /// Everything a query can see, consistent with itself.
 #[derive(Debug)]
 pub struct Snapshot {
     /// Every name of every zone -> (zone index, node index). A name lives in the deepest zone
     /// that encloses it.
-    pub(crate) names: NameMap<(u32, u32)>,
+    pub(crate) names: NameIndex,
     pub(crate) zones: Vec<Zone>,
     /// CH TXT answers (`id.server`, `version.bind`...), pre-encoded tails.
     pub(crate) chaos_identity: Option<Box<[u8]>>,
@@ -45,27 +42,176 @@ pub struct Zone {
     /// `ZoneData::content_digest` of what was built (serial excluded).
     pub content_digest: u64,
     pub(crate) nodes: Vec<Node>,
+    pub(crate) rrsets: Vec<RRset>,
+    pub(crate) additionals: Vec<Additional>,
+    /// Names, tails and chase keys of `nodes`, `rrsets`, `additionals` and the pools.
+    bytes: Box<[u8]>,
     /// SOA tail for negative answers, TTL = min(SOA TTL, MINIMUM) (RFC 2308 §3).
     pub(crate) negative_soa: Box<[u8]>,
     pub pools: Vec<Pool>,
     pub members: Vec<Member>,
-    /// The records as loaded, for differential tests, transfers and `check`.
+    /// The zone file's records as loaded (member CNAMEs are in `members`; `all_records` has
+    /// both), for differential tests, transfers and `check`.
     pub records: Vec<Record>,
     /// Transfer ACL, NOTIFY targets and IXFR history (set by `app`).
     pub transfer: crate::transfer::ZoneTransfer,
 }
 
+/// The name index: lowercased wire name -> (zone index, node index). It holds only the
+/// indexes; an entry's name is read from its node in the zone's byte arena, so no name is
+/// allocated on its own. The hasher is seeded randomly per process so hostile query names
+/// cannot be chosen to collide.
+pub(crate) struct NameIndex {
+    table: hashbrown::HashTable<(u32, u32)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl std::fmt::Debug for NameIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NameIndex").field("len", &self.table.len()).finish()
+    }
+}
+
+impl NameIndex {
+    /// The hash of a wire name, case-folded (so `key` need not be lowercased).
+    fn hash_of(&self, name: &[u8]) -> u64 {
+        let mut lower = [0u8; MAX_NAME_LEN];
+        let len = name.len().min(MAX_NAME_LEN);
+        for (l, c) in lower.iter_mut().zip(&name[..len]) {
+            *l = c.to_ascii_lowercase();
+        }
+        self.hasher.hash_one(&lower[..len])
+    }
+
+    /// Looks up `key`, a lowercased wire name.
+    #[inline]
+    pub(crate) fn get(&self, zones: &[Zone], key: &[u8]) -> Option<(u32, u32)> {
+        let hash = self.hasher.hash_one(key);
+        self.table
+            .find(hash, |&(z, n)| {
+                zones
+                    .get(z as usize)
+                    .is_some_and(|zone| zone.node_name(n).eq_ignore_ascii_case(key))
+            })
+            .copied()
+    }
+
+    /// Indexes every node of `zones` that the zone owns: a name lives in the deepest
+    /// configured zone that encloses it.
+    fn build(zones: &[Zone]) -> NameIndex {
+        let mut index = NameIndex {
+            table: hashbrown::HashTable::with_capacity(zones.iter().map(|z| z.nodes.len()).sum()),
+            hasher: foldhash::fast::RandomState::default(),
+        };
+        let origins: Vec<Box<[u8]>> = zones.iter().map(|z| z.origin.key()).collect();
+        for (z, zone) in zones.iter().enumerate() {
+            for n in 0..zone.nodes.len() as u32 {
+                let name = zone.node_name(n);
+                let key = name.to_ascii_lowercase();
+                let owner_zone = origins
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, origin)| key_is_subdomain(&key, origin))
+                    .max_by_key(|(_, origin)| origin.len())
+                    .map(|(i, _)| i);
+                if owner_zone != Some(z) {
+                    continue;
+                }
+                let entry = (z as u32, n);
+                let hash = index.hash_of(name);
+                let same = |&(oz, on): &(u32, u32)| {
+                    zones
+                        .get(oz as usize)
+                        .is_some_and(|other| other.node_name(on).eq_ignore_ascii_case(&key))
+                };
+                // Two configured zones with one origin: the later one answers, as before.
+                if let Some(existing) = index.table.find_mut(hash, same) {
+                    *existing = entry;
+                    continue;
+                }
+                let hasher = &index.hasher;
+                index.table.insert_unique(hash, entry, |&(oz, on)| {
+                    let name = zones.get(oz as usize).map_or(&[][..], |other| other.node_name(on));
+                    let lower = name.to_ascii_lowercase();
+                    hasher.hash_one(&lower[..])
+                });
+            }
+        }
+        index
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+}
+
+/// A byte range in a zone's arena.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// A zone's names and pre-encoded record tails, back to back in one allocation: far less
+/// memory than one allocation per name and RRset, and a node's name and its first tails
+/// share cache lines.
+#[derive(Debug, Default)]
+struct Arena {
+    bytes: Vec<u8>,
+    /// Set when the arena would pass 4 GiB (u32 offsets): never for zones within the file
+    /// size limits, but building stays total.
+    overflowed: bool,
+}
+
+impl Arena {
+    fn push(&mut self, data: &[u8]) -> Span {
+        match (u32::try_from(self.bytes.len()), u32::try_from(data.len())) {
+            (Ok(start), Ok(len)) if start.checked_add(len).is_some() => {
+                self.bytes.extend_from_slice(data);
+                Span { start, len }
+            }
+            _ => {
+                self.overflowed = true;
+                Span::default()
+            }
+        }
+    }
+}
+
+/// "None" for the u32 node references below (a zone has far fewer than 4 billion nodes).
+const NO_INDEX: u32 = u32::MAX;
+
+fn optional(index: u32) -> Option<u32> {
+    (index != NO_INDEX).then_some(index)
+}
+
 /// One owner name in a zone (empty non-terminals included, with no RRsets).
 #[derive(Debug)]
 pub(crate) struct Node {
-    pub(crate) name: Name,
-    pub(crate) rrsets: Box<[RRset]>,
+    name: Span,
+    /// This node's RRsets: `rrsets_len` entries of the zone's `rrsets` from `rrsets_start`.
+    rrsets_start: u32,
+    rrsets_len: u32,
+    cut: u32,
+    wildcard: u32,
+    pool: u32,
+}
+
+impl Node {
     /// The topmost delegation at or above this node, below the apex.
-    pub(crate) cut: Option<u32>,
+    pub(crate) fn cut(&self) -> Option<u32> {
+        optional(self.cut)
+    }
+
     /// The `*` child of this node, for RFC 4592 synthesis.
-    pub(crate) wildcard: Option<u32>,
+    pub(crate) fn wildcard(&self) -> Option<u32> {
+        optional(self.wildcard)
+    }
+
     /// The pool whose shared name this is.
-    pub(crate) pool: Option<u32>,
+    pub(crate) fn pool(&self) -> Option<u32> {
+        optional(self.pool)
+    }
 }
 
 /// One RRset, pre-encoded.
@@ -74,19 +220,20 @@ pub(crate) struct RRset {
     pub(crate) rtype: u16,
     pub(crate) count: u16,
     /// `count` record tails back to back: TYPE CLASS TTL RDLENGTH RDATA.
-    pub(crate) tails: Box<[u8]>,
-    /// For a CNAME inside the zone: the target's lookup key, to follow the chain.
-    pub(crate) chase: Option<Box<[u8]>>,
+    tails: Span,
+    /// For a CNAME inside the zone: the target's lookup key, to follow the chain (empty: none).
+    chase: Span,
     /// Address records of in-zone names this RRset refers to (NS, MX, SRV targets).
-    pub(crate) additional: Box<[Additional]>,
+    additional_start: u32,
+    additional_len: u32,
 }
 
 /// An address RRset to place in the additional section.
 #[derive(Debug)]
 pub(crate) struct Additional {
-    pub(crate) owner: Name,
+    owner: Span,
     pub(crate) count: u16,
-    pub(crate) tails: Box<[u8]>,
+    tails: Span,
 }
 
 /// A pool: its members' pre-encoded CNAME tails and the current pick table.
@@ -101,10 +248,80 @@ pub struct Pool {
 
 #[derive(Debug)]
 pub(crate) struct PoolEntry {
-    pub(crate) tail: Box<[u8]>,
-    pub(crate) chase: Option<Box<[u8]>>,
+    /// The CNAME tail with the pool's TTL, in the zone's arena.
+    tail: Span,
+    /// The target's lookup key when it lies inside the zone (empty: none).
+    chase: Span,
     /// This member's pick counter (same series across reloads: same labels).
     pub(crate) picks: Option<prometheus::IntCounter>,
+}
+
+impl Zone {
+    #[inline]
+    fn slice(&self, span: Span) -> &[u8] {
+        let start = span.start as usize;
+        self.bytes.get(start..start + span.len as usize).unwrap_or_default()
+    }
+
+    fn chase(&self, span: Span) -> Option<&[u8]> {
+        (span.len > 0).then(|| self.slice(span))
+    }
+
+    /// Node `n`'s name in wire form, case as written.
+    #[inline]
+    pub(crate) fn node_name(&self, n: u32) -> &[u8] {
+        self.nodes.get(n as usize).map_or(&[][..], |node| self.slice(node.name))
+    }
+
+    #[inline]
+    pub(crate) fn node(&self, n: u32) -> Option<&Node> {
+        self.nodes.get(n as usize)
+    }
+
+    #[inline]
+    pub(crate) fn rrsets(&self, node: &Node) -> &[RRset] {
+        let start = node.rrsets_start as usize;
+        self.rrsets.get(start..start + node.rrsets_len as usize).unwrap_or_default()
+    }
+
+    #[inline]
+    pub(crate) fn tails(&self, rrset: &RRset) -> &[u8] {
+        self.slice(rrset.tails)
+    }
+
+    #[inline]
+    pub(crate) fn rrset_chase(&self, rrset: &RRset) -> Option<&[u8]> {
+        self.chase(rrset.chase)
+    }
+
+    pub(crate) fn additional(&self, rrset: &RRset) -> &[Additional] {
+        let start = rrset.additional_start as usize;
+        self.additionals
+            .get(start..start + rrset.additional_len as usize)
+            .unwrap_or_default()
+    }
+
+    /// (owner wire name, tails) of an additional RRset.
+    pub(crate) fn additional_parts(&self, extra: &Additional) -> (&[u8], &[u8]) {
+        (self.slice(extra.owner), self.slice(extra.tails))
+    }
+
+    #[inline]
+    pub(crate) fn entry_tail(&self, entry: &PoolEntry) -> &[u8] {
+        self.slice(entry.tail)
+    }
+
+    #[inline]
+    pub(crate) fn entry_chase(&self, entry: &PoolEntry) -> Option<&[u8]> {
+        self.chase(entry.chase)
+    }
+
+    /// The zone's records, member CNAMEs included, as a transfer or `check` sees them.
+    pub fn all_records(&self) -> Vec<Record> {
+        let mut records = self.records.clone();
+        records.extend(self.members.iter().map(Member::cname_record));
+        records
+    }
 }
 
 impl Pool {
@@ -148,26 +365,8 @@ impl Snapshot {
         version: Option<&str>,
         metrics: Option<&Metrics>,
     ) -> Snapshot {
-        let origins: Vec<Box<[u8]>> = zones.iter().map(|z| z.origin.key()).collect();
-        let mut names: NameMap<(u32, u32)> = NameMap::default();
-        let mut built = Vec::with_capacity(zones.len());
-        for (zone_index, data) in zones.into_iter().enumerate() {
-            let zone = build_zone(data, metrics);
-            for (node_index, node) in zone.nodes.iter().enumerate() {
-                let key = node.name.key();
-                // The deepest configured zone enclosing the name answers for it.
-                let owner_zone = origins
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, origin)| key_is_subdomain(&key, origin))
-                    .max_by_key(|(_, origin)| origin.len())
-                    .map(|(i, _)| i);
-                if owner_zone == Some(zone_index) {
-                    names.insert(key, (zone_index as u32, node_index as u32));
-                }
-            }
-            built.push(zone);
-        }
+        let built: Vec<Zone> = zones.into_iter().map(|data| build_zone(data, metrics)).collect();
+        let names = NameIndex::build(&built);
         let chaos_tail = |text: &str| {
             let mut rdata = Vec::new();
             for chunk in text.as_bytes().chunks(255) {
@@ -185,6 +384,14 @@ impl Snapshot {
             chaos_version: version.map(chaos_tail),
             tsig_keys: Vec::new(),
         }
+    }
+
+    /// The node named `key` (a lowercased wire name): (zone index, zone, node index, node).
+    #[inline]
+    pub(crate) fn lookup(&self, key: &[u8]) -> Option<(u32, &Zone, u32, &Node)> {
+        let (z, n) = self.names.get(&self.zones, key)?;
+        let zone = self.zones.get(z as usize)?;
+        Some((z, zone, n, zone.node(n)?))
     }
 
     /// Counts a pick reported by `server::answer`.
@@ -297,33 +504,18 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         key != &origin_key[..] && types.contains_key(&rtype::NS)
     };
 
-    let address_additional = |target: &Name| -> Vec<Additional> {
-        let Some((owner, types)) = by_name.get(&target.key()) else {
-            return Vec::new();
-        };
-        [rtype::A, rtype::AAAA]
-            .iter()
-            .filter_map(|t| types.get(t))
-            .map(|records| {
-                let mut tails = Vec::new();
-                for r in records {
-                    encode_tail(&mut tails, r.rtype, rtype::CLASS_IN, r.ttl, &r.rdata);
-                }
-                Additional {
-                    owner: owner.clone(),
-                    count: records.len() as u16,
-                    tails: tails.into(),
-                }
-            })
-            .collect()
-    };
-
+    let mut arena = Arena::default();
+    let mut rrset_table: Vec<RRset> = Vec::new();
+    let mut additionals: Vec<Additional> = Vec::new();
     let mut nodes = Vec::with_capacity(by_name.len());
+    // One encoding buffer, reused for every RRset.
+    let mut tails = Vec::new();
     for (key, (name, types)) in &by_name {
-        let mut rrsets = Vec::with_capacity(types.len());
+        let name_span = arena.push(name.wire());
+        let rrsets_start = rrset_table.len() as u32;
         for (&t, records) in types {
-            let mut tails = Vec::new();
-            let mut additional = Vec::new();
+            tails.clear();
+            let additional_start = additionals.len() as u32;
             for r in records {
                 encode_tail(&mut tails, t, rtype::CLASS_IN, r.ttl, &r.rdata);
                 let target = match t {
@@ -332,23 +524,38 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
                     rtype::SRV => r.rdata.get(6..),
                     _ => None,
                 };
-                if let Some(target) = target {
-                    let target = Name::from_wire_unchecked(target);
-                    if target.is_subdomain_of(&origin) {
-                        additional.extend(address_additional(&target));
+                let Some(target) = target.map(Name::from_wire_unchecked) else {
+                    continue;
+                };
+                if !target.is_subdomain_of(&origin) {
+                    continue;
+                }
+                let Some((owner, target_types)) = by_name.get(&target.key()) else {
+                    continue;
+                };
+                for address in [rtype::A, rtype::AAAA].iter().filter_map(|t| target_types.get(t)) {
+                    let mut glue = Vec::new();
+                    for a in address {
+                        encode_tail(&mut glue, a.rtype, rtype::CLASS_IN, a.ttl, &a.rdata);
                     }
+                    additionals.push(Additional {
+                        owner: arena.push(owner.wire()),
+                        count: address.len() as u16,
+                        tails: arena.push(&glue),
+                    });
                 }
             }
             let chase = (t == rtype::CNAME)
                 .then(|| Name::from_wire_unchecked(&records[0].rdata))
                 .filter(|target| target.is_subdomain_of(&origin))
-                .map(|target| target.key());
-            rrsets.push(RRset {
+                .map_or(Span::default(), |target| arena.push(&target.key()));
+            rrset_table.push(RRset {
                 rtype: t,
                 count: records.len() as u16,
-                tails: tails.into(),
+                tails: arena.push(&tails),
                 chase,
-                additional: additional.into(),
+                additional_start,
+                additional_len: additionals.len() as u32 - additional_start,
             });
         }
         // The topmost cut among this node and its ancestors below the apex.
@@ -371,11 +578,12 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
             .and_then(|w| index.get(&w.key()[..]).copied());
         let pool = pools.iter().position(|p| p.name.key() == *key).map(|p| p as u32);
         nodes.push(Node {
-            name: name.clone(),
-            rrsets: rrsets.into(),
-            cut,
-            wildcard,
-            pool,
+            name: name_span,
+            rrsets_start,
+            rrsets_len: rrset_table.len() as u32 - rrsets_start,
+            cut: cut.unwrap_or(NO_INDEX),
+            wildcard: wildcard.unwrap_or(NO_INDEX),
+            pool: pool.unwrap_or(NO_INDEX),
         });
     }
 
@@ -414,69 +622,81 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         // Validation guarantees an SOA; an empty tail keeps the builder total anyway.
         None => (Box::default(), 0),
     };
+    drop(index);
+    drop(by_name);
 
-    let pools = pools
-        .into_iter()
-        .map(|def| {
-            let entries = def
-                .members
-                .iter()
-                .map(|&m| {
-                    let member = &members[m];
-                    let mut tail = Vec::new();
-                    encode_tail(
-                        &mut tail,
-                        rtype::CNAME,
-                        rtype::CLASS_IN,
-                        def.ttl,
-                        member.target.wire(),
-                    );
-                    let chase = member
-                        .target
-                        .is_subdomain_of(&origin)
-                        .then(|| member.target.key());
-                    // Large pools count picks per pool, not per member (see metrics).
-                    let label = if def.members.len() > crate::metrics::PER_MEMBER_SERIES_LIMIT {
-                        "*"
-                    } else {
-                        member.label.as_str()
-                    };
-                    let picks =
-                        metrics.map(|m| m.pick_counter(&origin.to_string(), &def.name.to_string(), label));
-                    PoolEntry {
-                        tail: tail.into(),
-                        chase,
-                        picks,
-                    }
-                })
-                .collect();
-            let pool = Pool {
-                def,
-                entries,
-                table: ArcSwap::from_pointee(PickTable::default()),
+    let mut built_pools = Vec::with_capacity(pools.len());
+    for def in pools {
+        let mut entries = Vec::with_capacity(def.members.len());
+        for &m in &def.members {
+            let member = &members[m];
+            tails.clear();
+            encode_tail(
+                &mut tails,
+                rtype::CNAME,
+                rtype::CLASS_IN,
+                def.ttl,
+                member.target.wire(),
+            );
+            let chase = if member.target.is_subdomain_of(&origin) {
+                arena.push(&member.target.key())
+            } else {
+                Span::default()
             };
-            // Until the health checker has a say, every member counts at its configured weight.
-            let configured: Vec<(u64, u64)> = pool
-                .def
-                .members
-                .iter()
-                .map(|&m| {
-                    let w = u64::from(members[m].weight) * crate::health::WEIGHT_SCALE;
-                    (w, w)
-                })
-                .collect();
-            pool.publish(&configured);
-            pool
-        })
-        .collect();
+            // Large pools count picks per pool, not per member (see metrics).
+            let label = if def.members.len() > crate::metrics::PER_MEMBER_SERIES_LIMIT {
+                "*"
+            } else {
+                member.label.as_str()
+            };
+            let picks = metrics.map(|m| m.pick_counter(&origin.to_string(), &def.name.to_string(), label));
+            entries.push(PoolEntry {
+                tail: arena.push(&tails),
+                chase,
+                picks,
+            });
+        }
+        let pool = Pool {
+            def,
+            entries,
+            table: ArcSwap::from_pointee(PickTable::default()),
+        };
+        // Until the health checker has a say, every member counts at its configured weight.
+        let configured: Vec<(u64, u64)> = pool
+            .def
+            .members
+            .iter()
+            .map(|&m| {
+                let w = u64::from(members[m].weight) * crate::health::WEIGHT_SCALE;
+                (w, w)
+            })
+            .collect();
+        pool.publish(&configured);
+        built_pools.push(pool);
+    }
+    if arena.overflowed {
+        tracing::error!(zone = %origin, "zone tables pass 4 GiB: some answers will be empty");
+    }
+
+    // Member CNAMEs are kept once, as members; `Zone::all_records` puts them back.
+    let member_names: HashSet<&[u8]> = members.iter().map(|m| m.name.wire()).collect();
+    let mut records = records;
+    records.retain(|r| !(r.rtype == rtype::CNAME && member_names.contains(r.name.wire())));
+    records.shrink_to_fit();
+    drop(member_names);
+    rrset_table.shrink_to_fit();
+    additionals.shrink_to_fit();
 
     Zone {
         origin,
         serial,
         content_digest,
         nodes,
+        rrsets: rrset_table,
+        additionals,
+        bytes: arena.bytes.into_boxed_slice(),
         negative_soa,
-        pools,
+        pools: built_pools,
         members,
         records,
         transfer: Default::default(),

@@ -342,11 +342,11 @@ impl<'o> Response<'o> {
         first_rdata
     }
 
-    fn answer_rrset(&mut self, owner: &Owner<'_>, rrset: &RRset) -> usize {
+    fn answer_rrset(&mut self, owner: &Owner<'_>, zone: &Zone, rrset: &RRset) -> usize {
         // Saturating: counts never wrap (debug builds would panic); a response that large is
         // cut down by `finish` anyway.
         self.answers = self.answers.saturating_add(rrset.count);
-        self.put_records(owner, rrset.count, &rrset.tails)
+        self.put_records(owner, rrset.count, zone.tails(rrset))
     }
 
     /// Pointer to the suffix of the question name that is `name_len` octets long.
@@ -364,9 +364,10 @@ impl<'o> Response<'o> {
         self.additional_start = self.out.len();
     }
 
-    fn additional_for(&mut self, rrset: &RRset) {
-        for extra in rrset.additional.iter() {
-            self.put_records(&Owner::Name(extra.owner.wire()), extra.count, &extra.tails);
+    fn additional_for(&mut self, zone: &Zone, rrset: &RRset) {
+        for extra in zone.additional(rrset) {
+            let (owner, tails) = zone.additional_parts(extra);
+            self.put_records(&Owner::Name(owner), extra.count, tails);
             // Thousands of glue RRsets can add up past 65535 records; `finish` keeps at most
             // 64 KiB of them, far fewer, so the saturated value is never sent.
             self.additional = self.additional.saturating_add(extra.count);
@@ -476,9 +477,9 @@ fn error_response(
 /// Where a name leads inside the snapshot.
 enum Found<'s> {
     /// The name exists (`wildcard` = synthesized from `*.closest-encloser`, RFC 4592 §3.3.1).
-    Node(u32, &'s Node),
-    /// The name is at or below a delegation: refer to the cut.
-    Referral(u32, &'s Node),
+    Node(u32, &'s Zone, &'s Node),
+    /// The name is at or below a delegation: refer to the cut (its node index).
+    Referral(u32, &'s Zone, u32),
     /// The name does not exist in zone `.0`.
     NxDomain(u32),
     /// No zone served here encloses the name.
@@ -487,16 +488,14 @@ enum Found<'s> {
 
 /// Finds `key` (a lowercased wire name).
 fn find<'s>(snapshot: &'s Snapshot, key: &[u8], qtype: u16) -> Found<'s> {
-    if let Some(&(z, n)) = snapshot.names.get(key) {
-        let zone = &snapshot.zones[z as usize];
-        let node = &zone.nodes[n as usize];
-        if let Some(cut) = node.cut {
+    if let Some((z, zone, n, node)) = snapshot.lookup(key) {
+        if let Some(cut) = node.cut() {
             // RFC 4035 §3.1.4.1: DS at the cut is the parent's data.
             if !(qtype == rtype::DS && cut == n) {
-                return Found::Referral(z, &zone.nodes[cut as usize]);
+                return Found::Referral(z, zone, cut);
             }
         }
-        return Found::Node(z, node);
+        return Found::Node(z, zone, node);
     }
     // The closest encloser: the longest existing ancestor.
     let mut pos = 0;
@@ -509,22 +508,20 @@ fn find<'s>(snapshot: &'s Snapshot, key: &[u8], qtype: u16) -> Found<'s> {
         let Some(suffix) = key.get(pos..) else {
             return Found::NotOurs;
         };
-        if let Some(&(z, n)) = snapshot.names.get(suffix) {
-            let zone = &snapshot.zones[z as usize];
-            let node = &zone.nodes[n as usize];
-            if let Some(cut) = node.cut {
-                return Found::Referral(z, &zone.nodes[cut as usize]);
+        if let Some((z, zone, _, node)) = snapshot.lookup(suffix) {
+            if let Some(cut) = node.cut() {
+                return Found::Referral(z, zone, cut);
             }
-            return match node.wildcard {
-                Some(w) => Found::Node(z, &zone.nodes[w as usize]),
+            return match node.wildcard().and_then(|w| zone.node(w)) {
+                Some(wildcard) => Found::Node(z, zone, wildcard),
                 None => Found::NxDomain(z),
             };
         }
     }
 }
 
-fn rrset_of(node: &Node, rtype: u16) -> Option<&RRset> {
-    node.rrsets.iter().find(|r| r.rtype == rtype)
+fn rrset_of<'z>(zone: &'z Zone, node: &Node, rtype: u16) -> Option<&'z RRset> {
+    zone.rrsets(node).iter().find(|r| r.rtype == rtype)
 }
 
 /// Answers class IN. Returns the pool pick, if one was made.
@@ -554,7 +551,7 @@ fn resolve<R: Rng + ?Sized>(
     for step in 0..=MAX_CHAIN {
         let found = find(snapshot, current_key, qtype);
         // In-zone chains only: a target in another zone ends the chain here.
-        if let (Some(z), Found::Node(fz, _) | Found::Referral(fz, _)) = (chain_zone, &found) {
+        if let (Some(z), Found::Node(fz, ..) | Found::Referral(fz, ..)) = (chain_zone, &found) {
             if z != *fz {
                 return pick;
             }
@@ -579,32 +576,32 @@ fn resolve<R: Rng + ?Sized>(
                 response.negative_soa(zone);
                 return pick;
             }
-            Found::Referral(_, cut) => {
+            Found::Referral(_, zone, cut) => {
                 // RFC 1034 §4.3.2 step 3b, also when a CNAME restarted the lookup (step 3a):
                 // the cut's NS RRset goes in the authority section and its glue in the
                 // additional section; CNAMEs already in the answer keep AA set.
-                let Some(ns) = rrset_of(cut, rtype::NS) else {
+                let Some(ns) = zone.node(cut).and_then(|node| rrset_of(zone, node, rtype::NS)) else {
                     return pick;
                 };
+                let cut_name = zone.node_name(cut);
                 let owner = if step == 0 {
-                    response.question_suffix(cut.name.wire().len())
+                    response.question_suffix(cut_name.len())
                 } else {
-                    Owner::Name(cut.name.wire())
+                    Owner::Name(cut_name)
                 };
-                response.put_records(&owner, ns.count, &ns.tails);
+                response.put_records(&owner, ns.count, zone.tails(ns));
                 response.authority = response.authority.saturating_add(ns.count);
                 response.begin_additional();
-                response.glue_required = !ns.additional.is_empty();
-                response.additional_for(ns);
+                response.glue_required = !zone.additional(ns).is_empty();
+                response.additional_for(zone, ns);
                 return pick;
             }
-            Found::Node(z, node) => {
+            Found::Node(z, zone, node) => {
                 response.aa = true;
                 chain_zone = Some(z);
-                let zone = &snapshot.zones[z as usize];
                 let next_chase: Option<&[u8]>;
                 let rdata_at: usize;
-                if let Some(p) = node.pool {
+                if let Some(p) = node.pool() {
                     let pool = &zone.pools[p as usize];
                     let table = pool.table.load();
                     let Some(slot) = table.pick(rng) else {
@@ -617,20 +614,23 @@ fn resolve<R: Rng + ?Sized>(
                         return pick;
                     };
                     pick = Some((z, p, slot));
-                    rdata_at = response.put_records(&owner, 1, &entry.tail);
+                    rdata_at = response.put_records(&owner, 1, zone.entry_tail(entry));
                     response.answers += 1;
-                    next_chase = entry.chase.as_deref();
-                } else if let Some(rrset) = (qtype != rtype::ANY).then(|| rrset_of(node, qtype)).flatten() {
-                    response.answer_rrset(&owner, rrset);
+                    next_chase = zone.entry_chase(entry);
+                } else if let Some(rrset) = (qtype != rtype::ANY)
+                    .then(|| rrset_of(zone, node, qtype))
+                    .flatten()
+                {
+                    response.answer_rrset(&owner, zone, rrset);
                     response.begin_additional();
-                    response.additional_for(rrset);
+                    response.additional_for(zone, rrset);
                     return pick;
-                } else if let Some(cname) = rrset_of(node, rtype::CNAME) {
-                    rdata_at = response.answer_rrset(&owner, cname);
-                    next_chase = cname.chase.as_deref();
-                } else if let Some(first) = node.rrsets.first().filter(|_| qtype == rtype::ANY) {
+                } else if let Some(cname) = rrset_of(zone, node, rtype::CNAME) {
+                    rdata_at = response.answer_rrset(&owner, zone, cname);
+                    next_chase = zone.rrset_chase(cname);
+                } else if let Some(first) = zone.rrsets(node).first().filter(|_| qtype == rtype::ANY) {
                     // RFC 8482 §4.1: answer ANY with one RRset.
-                    response.answer_rrset(&owner, first);
+                    response.answer_rrset(&owner, zone, first);
                     return pick;
                 } else {
                     // NODATA (RFC 2308 §2.2), empty non-terminals included.

@@ -98,7 +98,7 @@ pub fn version_of(zone: &Zone) -> ZoneVersion {
 pub fn version_with_picks(zone: &Zone, picks: Vec<Option<u32>>) -> ZoneVersion {
     let mut soa = Vec::new();
     let mut records = BTreeSet::new();
-    for record in &zone.records {
+    for record in &zone.all_records() {
         let mut wire = Vec::with_capacity(record.name.wire().len() + 10 + record.rdata.len());
         wire.extend_from_slice(record.name.wire());
         let mut rdata = record.rdata.clone();

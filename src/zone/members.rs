@@ -27,7 +27,14 @@ struct MembersFile {
     #[serde(default, rename = "pool")]
     pools: Vec<toml::Spanned<PoolSection>>,
     #[serde(default, rename = "member")]
-    members: Vec<toml::Spanned<MemberSection>>,
+    members: Option<Vec<toml::Spanned<MemberSection>>>,
+}
+
+/// One `[[member]]` table parsed on its own (see `split_sections`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneMember {
+    member: Vec<toml::Spanned<MemberSection>>,
 }
 
 fn default_member_ttl() -> u32 {
@@ -145,89 +152,72 @@ pub fn load(
 }
 
 /// Parses members-file text as if read from `path`.
+///
+/// Each `[[member]]` table is parsed on its own when the file can be split safely
+/// (`split_sections`): a TOML parse of a whole 100,000-member file needs about 25 times the
+/// file's size at once, and the allocator keeps much of that after the load. When the split
+/// is unsure or any piece fails to parse, the whole file is parsed as one document, which
+/// also gives the authoritative error message.
 pub fn parse(
     text: &str,
     path: &Path,
     origin: &Name,
     health_defaults: &HealthSettings,
 ) -> Result<(Vec<Member>, Vec<PoolDef>), Vec<Diagnostic>> {
-    let file: MembersFile = toml::from_str(text).map_err(|e| vec![Diagnostic::toml(path, text, &e)])?;
     let file_path: Arc<Path> = Arc::from(path);
-    let lines = LineIndex::new(text);
-    let at = |offset: usize| Location::new(file_path.clone(), lines.line(offset));
-    let mut errors = Vec::new();
-    let mut members: Vec<Member> = Vec::with_capacity(file.members.len());
-    let mut specs: std::collections::HashSet<Arc<ProbeSpec>> = std::collections::HashSet::new();
-    // Lowercased member name -> index: duplicate checks stay O(1) at 100,000 members.
-    let mut by_name: std::collections::HashMap<Box<[u8]>, usize> = std::collections::HashMap::new();
+    let split = split_sections(text).and_then(|sections| {
+        let head: MembersFile = toml::from_str(&sections.rest).ok()?;
+        if head.members.is_some() {
+            return None;
+        }
+        let mut list = MemberList::new(&file_path, origin, health_defaults, head.member_ttl, 0);
+        for piece in &sections.members {
+            let one: OneMember = toml::from_str(&text[piece.start..piece.end]).ok()?;
+            let [section] = <[_; 1]>::try_from(one.member).ok()?;
+            let before = &text.as_bytes()[piece.start..piece.start + section.span().start];
+            let line = piece.line + before.iter().filter(|&&c| c == b'\n').count();
+            list.add(Location::new(file_path.clone(), line), section.get_ref());
+        }
+        // The rest keeps every line where it was, so its line numbers are the file's.
+        let rest_lines = LineIndex::new(&sections.rest);
+        let pools = head
+            .pools
+            .into_iter()
+            .map(|p| (Location::new(file_path.clone(), rest_lines.line(p.span().start)), p.into_inner()))
+            .collect::<Vec<_>>();
+        Some((list, pools))
+    });
+    let (list, pools) = match split {
+        Some(parsed) => parsed,
+        None => {
+            let file: MembersFile =
+                toml::from_str(text).map_err(|e| vec![Diagnostic::toml(path, text, &e)])?;
+            let lines = LineIndex::new(text);
+            let at = |offset: usize| Location::new(file_path.clone(), lines.line(offset));
+            let sections = file.members.unwrap_or_default();
+            let mut list =
+                MemberList::new(&file_path, origin, health_defaults, file.member_ttl, sections.len());
+            for section in &sections {
+                list.add(at(section.span().start), section.get_ref());
+            }
+            let pools = file
+                .pools
+                .into_iter()
+                .map(|p| (at(p.span().start), p.into_inner()))
+                .collect();
+            (list, pools)
+        }
+    };
+    let MemberList {
+        mut errors,
+        mut members,
+        by_name,
+        ..
+    } = list;
+    members.shrink_to_fit();
 
-    for spanned in &file.members {
-        let location = at(spanned.span().start);
-        let section = spanned.get_ref();
-        let mut fail = |message: String| errors.push(Diagnostic::at(location.clone(), message));
-        let name = match relative_label(&section.label, origin) {
-            Ok(name) => name,
-            Err(reason) => {
-                fail(format!("member label {:?}: {reason}", section.label));
-                continue;
-            }
-        };
-        if let Some(first) = by_name.get(&name.key()).map(|&i| &members[i]) {
-            fail(format!(
-                "duplicate member label {:?} (first at {})",
-                section.label, first.location
-            ));
-            continue;
-        }
-        let target = match hostname(&section.target) {
-            Ok(target) => target,
-            Err(reason) => {
-                fail(format!(
-                    "member {:?}: target {:?} {reason}",
-                    section.label, section.target
-                ));
-                continue;
-            }
-        };
-        if target.key() == name.key() {
-            fail(format!("member {:?} points at itself", section.label));
-            continue;
-        }
-        let mut probe = match section.health.or(health_defaults).resolve() {
-            Ok(probe) => probe,
-            Err(reason) => {
-                fail(format!("member {:?} health: {reason}", section.label));
-                continue;
-            }
-        };
-        // A relative CA path follows the members file, like every path in our files.
-        if let Some(ca) = probe.ca_file.as_mut().filter(|ca| ca.is_relative()) {
-            *ca = path.parent().unwrap_or(Path::new(".")).join(&*ca);
-        }
-        by_name.insert(name.key(), members.len());
-        let probe = match specs.get(&probe) {
-            Some(shared) => shared.clone(),
-            None => {
-                let shared = Arc::new(probe);
-                specs.insert(shared.clone());
-                shared
-            }
-        };
-        members.push(Member {
-            label: section.label.clone(),
-            name,
-            target,
-            weight: section.weight,
-            ttl: section.ttl.unwrap_or(file.member_ttl),
-            probe,
-            location,
-        });
-    }
-
-    let mut pools: Vec<PoolDef> = Vec::new();
-    for spanned in &file.pools {
-        let location = at(spanned.span().start);
-        let section = spanned.get_ref();
+    let mut pool_defs: Vec<PoolDef> = Vec::new();
+    for (location, section) in pools {
         let mut fail = |message: String| errors.push(Diagnostic::at(location.clone(), message));
         let name = match relative_label(&section.label, origin) {
             Ok(name) => name,
@@ -240,7 +230,7 @@ pub fn parse(
             fail(format!("pool label {:?} is also a member label", section.label));
             continue;
         }
-        if pools.iter().any(|p| p.name.key() == name.key()) {
+        if pool_defs.iter().any(|p| p.name.key() == name.key()) {
             fail(format!("duplicate pool label {:?}", section.label));
             continue;
         }
@@ -264,8 +254,8 @@ pub fn parse(
                 indexes
             }
         };
-        pools.push(PoolDef {
-            label: section.label.clone(),
+        pool_defs.push(PoolDef {
+            label: section.label,
             name,
             ttl: section.ttl.unwrap_or(DEFAULT_POOL_TTL),
             members: indexes,
@@ -275,10 +265,221 @@ pub fn parse(
     }
 
     if errors.is_empty() {
-        Ok((members, pools))
+        Ok((members, pool_defs))
     } else {
         Err(errors)
     }
+}
+
+/// The members read so far, with the state their checks need.
+struct MemberList<'a> {
+    path: &'a Path,
+    origin: &'a Name,
+    health_defaults: &'a HealthSettings,
+    member_ttl: u32,
+    errors: Vec<Diagnostic>,
+    members: Vec<Member>,
+    /// Probe settings shared between members (most members have the same).
+    specs: std::collections::HashSet<Arc<ProbeSpec>>,
+    /// Lowercased member name -> index: duplicate checks stay O(1) at 100,000 members.
+    by_name: std::collections::HashMap<Box<[u8]>, usize>,
+}
+
+impl<'a> MemberList<'a> {
+    fn new(
+        path: &'a Path,
+        origin: &'a Name,
+        health_defaults: &'a HealthSettings,
+        member_ttl: u32,
+        expected: usize,
+    ) -> Self {
+        MemberList {
+            path,
+            origin,
+            health_defaults,
+            member_ttl,
+            errors: Vec::new(),
+            members: Vec::with_capacity(expected),
+            specs: std::collections::HashSet::new(),
+            by_name: std::collections::HashMap::with_capacity(expected),
+        }
+    }
+
+    /// Checks one `[[member]]` table and adds it, or records why not.
+    fn add(&mut self, location: Location, section: &MemberSection) {
+        let mut fail = |message: String| self.errors.push(Diagnostic::at(location.clone(), message));
+        let name = match relative_label(&section.label, self.origin) {
+            Ok(name) => name,
+            Err(reason) => return fail(format!("member label {:?}: {reason}", section.label)),
+        };
+        if let Some(first) = self.by_name.get(&name.key()).map(|&i| &self.members[i]) {
+            let message = format!(
+                "duplicate member label {:?} (first at {})",
+                section.label, first.location
+            );
+            return fail(message);
+        }
+        let target = match hostname(&section.target) {
+            Ok(target) => target,
+            Err(reason) => {
+                return fail(format!(
+                    "member {:?}: target {:?} {reason}",
+                    section.label, section.target
+                ));
+            }
+        };
+        if target.key() == name.key() {
+            return fail(format!("member {:?} points at itself", section.label));
+        }
+        let mut probe = match section.health.or(self.health_defaults).resolve() {
+            Ok(probe) => probe,
+            Err(reason) => return fail(format!("member {:?} health: {reason}", section.label)),
+        };
+        // A relative CA path follows the members file, like every path in our files.
+        if let Some(ca) = probe.ca_file.as_mut().filter(|ca| ca.is_relative()) {
+            *ca = self.path.parent().unwrap_or(Path::new(".")).join(&*ca);
+        }
+        self.by_name.insert(name.key(), self.members.len());
+        let probe = match self.specs.get(&probe) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::new(probe);
+                self.specs.insert(shared.clone());
+                shared
+            }
+        };
+        self.members.push(Member {
+            label: section.label.clone(),
+            name,
+            target,
+            weight: section.weight,
+            ttl: section.ttl.unwrap_or(self.member_ttl),
+            probe,
+            location,
+        });
+    }
+}
+
+/// A members file cut into what can be parsed piece by piece.
+#[derive(Debug, PartialEq)]
+struct Sections {
+    /// Everything but the `[[member]]` tables, whose lines are left empty so that every line
+    /// keeps its number.
+    rest: String,
+    /// Each `[[member]]` table with its sub-tables (`[member.health]`).
+    members: Vec<Piece>,
+}
+
+#[derive(Debug, PartialEq)]
+struct Piece {
+    /// Byte range in the file.
+    start: usize,
+    end: usize,
+    /// 1-based line of `start`.
+    line: usize,
+}
+
+/// Cuts a members file at its table headers, following TOML's string syntax so that a
+/// header-like line inside a multi-line string is not taken for one. `None` when a header is
+/// written in a form this does not follow (quoted keys), or a member sub-table comes before
+/// any member: the caller then parses the file whole.
+fn split_sections(text: &str) -> Option<Sections> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Open {
+        Basic,
+        Literal,
+    }
+    let mut open: Option<Open> = None;
+    let mut rest = String::new();
+    let mut members: Vec<Piece> = Vec::new();
+    let mut in_member = false;
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let start = offset;
+        offset += line.len();
+        if open.is_none() {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with('[') {
+                let (array, inner) = match trimmed.strip_prefix("[[") {
+                    Some(inner) => (true, inner),
+                    None => (false, &trimmed[1..]),
+                };
+                let close = inner.find(']')?;
+                let key = &inner[..close];
+                if key.contains(['"', '\'']) {
+                    return None;
+                }
+                let mut parts = key.split('.').map(str::trim);
+                let first = parts.next().unwrap_or_default();
+                let is_member_table = first == "member";
+                if array && is_member_table && parts.next().is_none() {
+                    members.push(Piece {
+                        start,
+                        end: start,
+                        line: index + 1,
+                    });
+                    in_member = true;
+                } else if is_member_table {
+                    if !in_member {
+                        return None;
+                    }
+                } else {
+                    in_member = false;
+                }
+            }
+        }
+        // Follow strings through the line, to know whether the next line starts inside one.
+        let bytes = line.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let here = &bytes[i..];
+            match open {
+                Some(Open::Basic) if here[0] == b'\\' => i += 2,
+                Some(Open::Basic) if here.starts_with(b"\"\"\"") => {
+                    open = None;
+                    i += 3;
+                    // Up to two more quotes belong to the string's content.
+                    i += bytes[i..].iter().take(2).take_while(|&&c| c == b'"').count();
+                }
+                Some(Open::Literal) if here.starts_with(b"'''") => {
+                    open = None;
+                    i += 3;
+                    i += bytes[i..].iter().take(2).take_while(|&&c| c == b'\'').count();
+                }
+                Some(_) => i += 1,
+                None => match here[0] {
+                    b'#' => break,
+                    b'"' if here.starts_with(b"\"\"\"") => {
+                        open = Some(Open::Basic);
+                        i += 3;
+                    }
+                    b'\'' if here.starts_with(b"'''") => {
+                        open = Some(Open::Literal);
+                        i += 3;
+                    }
+                    quote @ (b'"' | b'\'') => {
+                        i += 1;
+                        while i < bytes.len() && bytes[i] != quote {
+                            if quote == b'"' && bytes[i] == b'\\' {
+                                i += 1;
+                            }
+                            i += 1;
+                        }
+                        i += 1;
+                    }
+                    _ => i += 1,
+                },
+            }
+        }
+        match members.last_mut().filter(|_| in_member) {
+            Some(piece) => {
+                piece.end = offset;
+                rest.push('\n');
+            }
+            None => rest.push_str(line),
+        }
+    }
+    open.is_none().then_some(Sections { rest, members })
 }
 
 /// A label (or dotted relative name) below the zone, made of hostname labels.
@@ -359,5 +560,67 @@ mod tests {
         )
         .expect_err("bad kind");
         assert!(errs[0].starts_with("m.toml:5:"), "{errs:?}");
+    }
+
+    /// The same file parsed as one document: a quoted header key (`[["member"]]`, the same
+    /// table in TOML) makes `split_sections` give up.
+    fn parse_whole(text: &str) -> Result<(Vec<Member>, Vec<PoolDef>), Vec<String>> {
+        let forced = text.replace("[[member]]\nlabel = \"node", "[[\"member\"]]\nlabel = \"node");
+        assert!(split_sections(&forced).is_none());
+        parse_members(&forced)
+    }
+
+    #[test]
+    fn split_follows_strings_and_sub_tables() {
+        let text = "member-ttl = 60 # [[member]] in a comment\n\
+                    [[pool]]\nlabel = \"any\"\n\
+                    [[member]]\nlabel = \"node1\"\ntarget = \"a.example.com\"\n\
+                    [member.health]\nkind = \"http\"\nbody-contains = \"\"\"\n[[member]]\nlabel = \"fake\"\n\"\"\"\n\
+                    [[member]]\nlabel = \"node2\" # ''' not a string\ntarget = 'b.example.com'\nweight = 2\n\
+                    [[pool]]\nlabel = \"other\"\nmembers = [\"node2\"]\n";
+        let sections = split_sections(text).expect("splits");
+        assert_eq!(sections.members.len(), 2, "{sections:?}");
+        assert_eq!(sections.members[0].line, 4);
+        assert_eq!(sections.members[1].line, 13);
+        assert_eq!(sections.rest.lines().count(), text.lines().count());
+        let (members, pools) = parse_members(text).expect("valid");
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].ttl, 60);
+        assert_eq!(members[1].weight, 2);
+        assert_eq!(members[1].location.line, 13);
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[1].location.line, 17);
+        assert_eq!(pools[1].members, vec![1]);
+        let (whole_members, whole_pools) = parse_whole(text).expect("valid whole");
+        assert_eq!(whole_members.len(), members.len());
+        for (a, b) in members.iter().zip(&whole_members) {
+            assert_eq!((&a.name, &a.target, a.weight, a.ttl), (&b.name, &b.target, b.weight, b.ttl));
+            assert_eq!(a.probe, b.probe);
+            assert_eq!(a.location.line, b.location.line);
+        }
+        assert_eq!(pools.len(), whole_pools.len());
+    }
+
+    #[test]
+    fn unsure_splits_fall_back_to_the_whole_file() {
+        // Quoted keys, and a member sub-table before any member.
+        assert!(split_sections("[[\"member\"]]\nlabel = \"a\"\n").is_none());
+        assert!(split_sections("[member.health]\nkind = \"none\"\n").is_none());
+        // An inline member array next to [[member]] tables is an error either way.
+        let errs = parse_members(
+            "member = [{ label = \"a\", target = \"a.com\" }]\n[[member]]\nlabel = \"b\"\ntarget = \"b.com\"\n",
+        )
+        .expect_err("defined twice");
+        assert!(errs[0].starts_with("m.toml:"), "{errs:?}");
+        // A syntax error inside one member table is reported at its line in the file.
+        let errs = parse_members(
+            "[[member]]\nlabel = \"a\"\ntarget = \"a.com\"\n[[member]]\nlabel = \"b\ntarget = \"b.com\"\n",
+        )
+        .expect_err("unterminated string");
+        assert!(errs[0].starts_with("m.toml:5:"), "{errs:?}");
+        // Inline member tables alone parse whole.
+        let (members, _) =
+            parse_members("member = [{ label = \"a\", target = \"a.com\" }]\n").expect("inline array");
+        assert_eq!(members.len(), 1);
     }
 }

@@ -558,7 +558,7 @@ fn zone_facts(server: &ServerHandle) -> ZoneFacts {
         .collect();
     let mut names = BTreeSet::new();
     let child = |label: &str, parent: &str| format!("{label}.{parent}");
-    for record in &zone.records {
+    for record in &zone.all_records() {
         let owner = record.name.to_string().to_ascii_lowercase();
         names.insert(owner.clone());
         // Empty non-terminals between the owner and the apex.
