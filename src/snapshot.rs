@@ -645,11 +645,11 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
             };
             // Large pools count picks per pool, not per member (see metrics).
             let label = if def.members.len() > crate::metrics::PER_MEMBER_SERIES_LIMIT {
-                "*"
+                "*".to_string()
             } else {
-                member.label.as_str()
+                member.label()
             };
-            let picks = metrics.map(|m| m.pick_counter(&origin.to_string(), &def.name.to_string(), label));
+            let picks = metrics.map(|m| m.pick_counter(&origin.to_string(), &def.name.to_string(), &label));
             entries.push(PoolEntry {
                 tail: arena.push(&tails),
                 chase,

@@ -45,7 +45,7 @@ impl MemberKey {
     fn of(zone: &Name, member: &Member) -> MemberKey {
         MemberKey {
             zone: zone.key(),
-            label: member.label.to_ascii_lowercase(),
+            label: member.label().to_ascii_lowercase(),
             target: member.target.key(),
             probe: member.probe.clone(),
         }
@@ -91,7 +91,7 @@ impl MemberHealth {
         let up = member.probe.kind == ProbeKind::None || member.probe.initial == InitialState::Up;
         MemberHealth {
             zone: zone.clone(),
-            label: member.label.clone(),
+            label: member.label(),
             target: member.target.clone(),
             probe: member.probe.clone(),
             state: Mutex::new(HealthState {
@@ -361,7 +361,7 @@ impl HealthManager {
                         // As the pick table sees it: an ineligible member has no weight here.
                         let effective = if eligible { effective } else { 0 };
                         MemberReport {
-                            label: member.label.clone(),
+                            label: member.label(),
                             target: member.target.to_string(),
                             probe: format!("{:?}", member.probe.kind).to_ascii_lowercase(),
                             state: match &state {
@@ -524,7 +524,7 @@ mod tests {
     fn rise_and_fall_thresholds() {
         let zone = Name::parse("consortium.example.", None).expect("name");
         let member = Member {
-            label: "node1".into(),
+            label_len: 6,
             name: Name::parse("node1.consortium.example.", None).expect("name"),
             target: Name::parse("node1.operator-a.com.", None).expect("name"),
             weight: 1,

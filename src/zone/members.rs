@@ -92,8 +92,9 @@ pub enum CertPolicy {
 /// One member node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
-    /// The label as written (`node1`).
-    pub label: String,
+    /// Octets of `name`'s wire form that make the label (`node1` of `node1.<zone>`): the
+    /// label is not stored twice.
+    pub(crate) label_len: u8,
     /// Absolute node name (`node1.consortium.example.`).
     pub name: Name,
     /// The node's own hostname.
@@ -107,6 +108,14 @@ pub struct Member {
 }
 
 impl Member {
+    /// The label as written (`node1`, or `a.b` for a dotted one).
+    pub fn label(&self) -> String {
+        let relative = &self.name.wire()[..usize::from(self.label_len)];
+        let mut text = Name::from_wire_unchecked(&[relative, &[0]].concat()).to_string();
+        text.pop();
+        text
+    }
+
     /// The member's own CNAME record.
     pub fn cname_record(&self) -> Record {
         Record {
@@ -348,8 +357,9 @@ impl<'a> MemberList<'a> {
                 shared
             }
         };
+        let label_len = (name.wire().len() - self.origin.wire().len()) as u8;
         self.members.push(Member {
-            label: section.label.clone(),
+            label_len,
             name,
             target,
             weight: section.weight,

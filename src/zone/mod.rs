@@ -362,7 +362,7 @@ fn check_pool_loops(records: &[Record], members: &[Member], pools: &[PoolDef], e
                         members[m].location.clone(),
                         format!(
                             "member {:?} leads back to its pool through names of this zone ({}): that would loop",
-                            members[m].label,
+                            members[m].label(),
                             path.join(" -> ")
                         ),
                     ));
