@@ -68,7 +68,9 @@ pub(crate) struct NameIndex {
 
 impl std::fmt::Debug for NameIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NameIndex").field("len", &self.table.len()).finish()
+        f.debug_struct("NameIndex")
+            .field("len", &self.table.len())
+            .finish()
     }
 }
 
@@ -131,7 +133,9 @@ impl NameIndex {
                 }
                 let hasher = &index.hasher;
                 index.table.insert_unique(hash, entry, |&(oz, on)| {
-                    let name = zones.get(oz as usize).map_or(&[][..], |other| other.node_name(on));
+                    let name = zones
+                        .get(oz as usize)
+                        .map_or(&[][..], |other| other.node_name(on));
                     let lower = name.to_ascii_lowercase();
                     hasher.hash_one(&lower[..])
                 });
@@ -248,8 +252,9 @@ pub struct Pool {
 
 #[derive(Debug)]
 pub(crate) struct PoolEntry {
-    /// The CNAME tail with the pool's TTL, in the zone's arena.
-    tail: Span,
+    /// The member's target in wire form: the RDATA of the member's own CNAME in the zone's
+    /// arena, shared with the member's node (the pool's answer differs only in its TTL).
+    target: Span,
     /// The target's lookup key when it lies inside the zone (empty: none).
     chase: Span,
     /// This member's pick counter (same series across reloads: same labels).
@@ -260,7 +265,9 @@ impl Zone {
     #[inline]
     fn slice(&self, span: Span) -> &[u8] {
         let start = span.start as usize;
-        self.bytes.get(start..start + span.len as usize).unwrap_or_default()
+        self.bytes
+            .get(start..start + span.len as usize)
+            .unwrap_or_default()
     }
 
     fn chase(&self, span: Span) -> Option<&[u8]> {
@@ -270,7 +277,9 @@ impl Zone {
     /// Node `n`'s name in wire form, case as written.
     #[inline]
     pub(crate) fn node_name(&self, n: u32) -> &[u8] {
-        self.nodes.get(n as usize).map_or(&[][..], |node| self.slice(node.name))
+        self.nodes
+            .get(n as usize)
+            .map_or(&[][..], |node| self.slice(node.name))
     }
 
     #[inline]
@@ -281,7 +290,9 @@ impl Zone {
     #[inline]
     pub(crate) fn rrsets(&self, node: &Node) -> &[RRset] {
         let start = node.rrsets_start as usize;
-        self.rrsets.get(start..start + node.rrsets_len as usize).unwrap_or_default()
+        self.rrsets
+            .get(start..start + node.rrsets_len as usize)
+            .unwrap_or_default()
     }
 
     #[inline]
@@ -307,8 +318,8 @@ impl Zone {
     }
 
     #[inline]
-    pub(crate) fn entry_tail(&self, entry: &PoolEntry) -> &[u8] {
-        self.slice(entry.tail)
+    pub(crate) fn entry_target(&self, entry: &PoolEntry) -> &[u8] {
+        self.slice(entry.target)
     }
 
     #[inline]
@@ -622,26 +633,40 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         // Validation guarantees an SOA; an empty tail keeps the builder total anyway.
         None => (Box::default(), 0),
     };
-    drop(index);
-    drop(by_name);
 
     let mut built_pools = Vec::with_capacity(pools.len());
     for def in pools {
         let mut entries = Vec::with_capacity(def.members.len());
         for &m in &def.members {
             let member = &members[m];
-            tails.clear();
-            encode_tail(
-                &mut tails,
-                rtype::CNAME,
-                rtype::CLASS_IN,
-                def.ttl,
-                member.target.wire(),
-            );
-            let chase = if member.target.is_subdomain_of(&origin) {
-                arena.push(&member.target.key())
-            } else {
-                Span::default()
+            // The member's node holds exactly one record, its CNAME (members never share a
+            // name with the zone file); its RDATA and chase key serve the pool too.
+            let cname = index
+                .get(&member.name.key()[..])
+                .and_then(|&n| nodes.get(n as usize))
+                .and_then(|node| {
+                    let start = node.rrsets_start as usize;
+                    rrset_table[start..start + node.rrsets_len as usize]
+                        .iter()
+                        .find(|r| r.rtype == rtype::CNAME)
+                });
+            let (target, chase) = match cname {
+                Some(rrset) if rrset.tails.len >= 10 => (
+                    Span {
+                        start: rrset.tails.start + 10,
+                        len: rrset.tails.len - 10,
+                    },
+                    rrset.chase,
+                ),
+                // Unreachable for validated data; encode the target on its own then.
+                _ => (
+                    arena.push(member.target.wire()),
+                    if member.target.is_subdomain_of(&origin) {
+                        arena.push(&member.target.key())
+                    } else {
+                        Span::default()
+                    },
+                ),
             };
             // Large pools count picks per pool, not per member (see metrics).
             let label = if def.members.len() > crate::metrics::PER_MEMBER_SERIES_LIMIT {
@@ -650,11 +675,7 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
                 member.label()
             };
             let picks = metrics.map(|m| m.pick_counter(&origin.to_string(), &def.name.to_string(), &label));
-            entries.push(PoolEntry {
-                tail: arena.push(&tails),
-                chase,
-                picks,
-            });
+            entries.push(PoolEntry { target, chase, picks });
         }
         let pool = Pool {
             def,
@@ -674,6 +695,8 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         pool.publish(&configured);
         built_pools.push(pool);
     }
+    drop(index);
+    drop(by_name);
     if arena.overflowed {
         tracing::error!(zone = %origin, "zone tables pass 4 GiB: some answers will be empty");
     }

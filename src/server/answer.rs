@@ -342,6 +342,18 @@ impl<'o> Response<'o> {
         first_rdata
     }
 
+    /// Writes one CNAME record under `owner`; returns the offset of its RDATA.
+    fn put_cname(&mut self, owner: &Owner<'_>, ttl: u32, target: &[u8]) -> usize {
+        self.put_owner(owner);
+        self.out.extend_from_slice(&rtype::CNAME.to_be_bytes());
+        self.out.extend_from_slice(&rtype::CLASS_IN.to_be_bytes());
+        self.out.extend_from_slice(&ttl.to_be_bytes());
+        self.out.extend_from_slice(&(target.len() as u16).to_be_bytes());
+        let rdata_at = self.out.len();
+        self.out.extend_from_slice(target);
+        rdata_at
+    }
+
     fn answer_rrset(&mut self, owner: &Owner<'_>, zone: &Zone, rrset: &RRset) -> usize {
         // Saturating: counts never wrap (debug builds would panic); a response that large is
         // cut down by `finish` anyway.
@@ -614,7 +626,7 @@ fn resolve<R: Rng + ?Sized>(
                         return pick;
                     };
                     pick = Some((z, p, slot));
-                    rdata_at = response.put_records(&owner, 1, zone.entry_tail(entry));
+                    rdata_at = response.put_cname(&owner, pool.def.ttl, zone.entry_target(entry));
                     response.answers += 1;
                     next_chase = zone.entry_chase(entry);
                 } else if let Some(rrset) = (qtype != rtype::ANY)

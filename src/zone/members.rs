@@ -192,7 +192,12 @@ pub fn parse(
         let pools = head
             .pools
             .into_iter()
-            .map(|p| (Location::new(file_path.clone(), rest_lines.line(p.span().start)), p.into_inner()))
+            .map(|p| {
+                (
+                    Location::new(file_path.clone(), rest_lines.line(p.span().start)),
+                    p.into_inner(),
+                )
+            })
             .collect::<Vec<_>>();
         Some((list, pools))
     });
@@ -204,8 +209,13 @@ pub fn parse(
             let lines = LineIndex::new(text);
             let at = |offset: usize| Location::new(file_path.clone(), lines.line(offset));
             let sections = file.members.unwrap_or_default();
-            let mut list =
-                MemberList::new(&file_path, origin, health_defaults, file.member_ttl, sections.len());
+            let mut list = MemberList::new(
+                &file_path,
+                origin,
+                health_defaults,
+                file.member_ttl,
+                sections.len(),
+            );
             for section in &sections {
                 list.add(at(section.span().start), section.get_ref());
             }
@@ -604,7 +614,10 @@ mod tests {
         let (whole_members, whole_pools) = parse_whole(text).expect("valid whole");
         assert_eq!(whole_members.len(), members.len());
         for (a, b) in members.iter().zip(&whole_members) {
-            assert_eq!((&a.name, &a.target, a.weight, a.ttl), (&b.name, &b.target, b.weight, b.ttl));
+            assert_eq!(
+                (&a.name, &a.target, a.weight, a.ttl),
+                (&b.name, &b.target, b.weight, b.ttl)
+            );
             assert_eq!(a.probe, b.probe);
             assert_eq!(a.location.line, b.location.line);
         }
