@@ -419,10 +419,10 @@ fn split_sections(text: &str) -> Option<Sections> {
         offset += line.len();
         if open.is_none() {
             let trimmed = line.trim_start();
-            if trimmed.starts_with('[') {
-                let (array, inner) = match trimmed.strip_prefix("[[") {
+            if let Some(after_bracket) = trimmed.strip_prefix('[') {
+                let (array, inner) = match after_bracket.strip_prefix('[') {
                     Some(inner) => (true, inner),
-                    None => (false, &trimmed[1..]),
+                    None => (false, after_bracket),
                 };
                 let close = inner.find(']')?;
                 let key = &inner[..close];
