@@ -163,7 +163,7 @@ pub const PROBE_TYPES: [u16; 12] = [1, 2, 5, 6, 12, 15, 16, 28, 33, 43, 255, 652
 pub fn query_every_name<R: Rng>(snapshot: &Snapshot, limit: usize, rng: &mut R) -> Result<usize, String> {
     let mut names: Vec<Vec<u8>> = Vec::new();
     for zone in snapshot.zones() {
-        for record in zone.records.iter().take(limit) {
+        for record in zone.all_records().iter().take(limit) {
             names.push(record.name.wire().to_vec());
         }
         for pool in &zone.pools {
