@@ -28,10 +28,11 @@ const RECV_BUFFER: usize = 4_096;
 
 pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let fd = socket.as_raw_fd();
-    let mut buffers = vec![[0u8; RECV_BUFFER]; BATCH];
+    // Everything the loop needs is allocated here, once: a batch allocates nothing.
+    let mut buffers = Box::new([[0u8; RECV_BUFFER]; BATCH]);
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1_500)).collect();
     let mut received: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
-    let mut to_send: Vec<(usize, SockaddrStorage)> = Vec::with_capacity(BATCH);
+    let mut to_send = Outgoing::default();
     let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut rng = SmallRng::from_os_rng();
@@ -42,10 +43,7 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
     while !stop.load(Ordering::Relaxed) {
         received.clear();
         {
-            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
-                .iter_mut()
-                .map(|b| [IoSliceMut::new(&mut b[..])])
-                .collect();
+            let mut slices = buffers.each_mut().map(|b| [IoSliceMut::new(&mut b[..])]);
             match recvmmsg(
                 fd,
                 &mut recv_headers,
@@ -113,12 +111,31 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
                     }
                 }
             }
-            to_send.push((index, SockaddrStorage::from(peer)));
+            to_send.push(index, peer);
         }
         drop(snapshot);
         send_batch(&socket, fd, &mut send_headers, &outs, &to_send);
     }
     counters.flush();
+}
+
+/// The answers of one batch to send: which buffer, to whom (in sendmmsg's form).
+#[derive(Default)]
+struct Outgoing {
+    indexes: Vec<usize>,
+    addresses: Vec<Option<SockaddrStorage>>,
+}
+
+impl Outgoing {
+    fn clear(&mut self) {
+        self.indexes.clear();
+        self.addresses.clear();
+    }
+
+    fn push(&mut self, index: usize, peer: SocketAddr) {
+        self.indexes.push(index);
+        self.addresses.push(Some(SockaddrStorage::from(peer)));
+    }
 }
 
 /// Sends the answers in one sendmmsg; whatever it could not send goes out one by one (an
@@ -128,23 +145,34 @@ fn send_batch(
     fd: i32,
     headers: &mut MultiHeaders<SockaddrStorage>,
     outs: &[Vec<u8>],
-    to_send: &[(usize, SockaddrStorage)],
+    to_send: &Outgoing,
 ) {
-    if to_send.is_empty() {
+    let count = to_send.indexes.len().min(BATCH);
+    if count == 0 {
         return;
     }
-    let slices: Vec<[IoSlice<'_>; 1]> = to_send.iter().map(|&(i, _)| [IoSlice::new(&outs[i])]).collect();
-    let addresses: Vec<Option<SockaddrStorage>> = to_send.iter().map(|&(_, a)| Some(a)).collect();
-    let sent = match sendmmsg(fd, headers, slices.iter(), &addresses, [], MsgFlags::empty()) {
+    let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|k| {
+        let out = to_send.indexes.get(k).and_then(|&i| outs.get(i));
+        [IoSlice::new(out.map_or(&[][..], |o| &o[..]))]
+    });
+    let addresses = &to_send.addresses[..count];
+    let sent = match sendmmsg(
+        fd,
+        headers,
+        slices[..count].iter(),
+        addresses,
+        [],
+        MsgFlags::empty(),
+    ) {
         Ok(results) => results.count(),
         Err(e) => {
             tracing::debug!("udp sendmmsg failed: {e}");
             0
         }
     };
-    for &(index, address) in &to_send[sent.min(to_send.len())..] {
-        if let Some(peer) = to_std(&address) {
-            if let Err(e) = socket.send_to(&outs[index], peer) {
+    for (&index, address) in to_send.indexes.iter().zip(addresses).skip(sent) {
+        if let (Some(peer), Some(out)) = (address.as_ref().and_then(to_std), outs.get(index)) {
+            if let Err(e) = socket.send_to(out, peer) {
                 tracing::debug!("udp send to {peer} failed: {e}");
             }
         }
