@@ -18,7 +18,8 @@
 #                      as server "baseline" beside the others, same config, on BASE_PORT + 3
 #
 # Fairness: one worker each (consortium-dns `udp-workers = 1`; NSD `server-count: 1`; Knot one
-# UDP, one TCP and one background worker), every server pinned to SERVER_CPU and dnsperf to
+# UDP, one TCP and one background worker), every thread of every server pinned to SERVER_CPU
+# (re-pinned after start-up: Knot moves its UDP worker to CPU 0 by itself) and dnsperf to
 # CLIENT_CPU, response rate limiting off (NSD `rrl-ratelimit: 0`, Knot without its rrl module,
 # consortium-dns `[rrl] enabled = false`), no per-query logging (warnings only; consortium-dns
 # also logs its own start and stop at info), minimal responses everywhere (NSD
@@ -363,6 +364,21 @@ start_server() { # $1 = name, $2 = dir
     START_SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 }
 
+# Knot pins its UDP worker threads to CPUs by itself (worker i on CPU i), overriding the
+# taskset it was started under: its one UDP worker lands on CPU 0, dnsperf's core. Every thread
+# of every process of the server is pinned again here, and checked.
+pin_server() { # $1 = name
+    local name=$1 p t
+    for p in $(tree_pids "${SERVER_PID[$name]}"); do
+        taskset -a -p -c "$SERVER_CPU" "$p" >/dev/null 2>&1 || true
+        for t in /proc/"$p"/task/*; do
+            [ -d "$t" ] || continue
+            [ "$(taskset -c -p "${t##*/}" 2>/dev/null | awk '{ print $NF }')" = "$SERVER_CPU" ] ||
+                die "$name: thread ${t##*/} is not pinned to CPU $SERVER_CPU"
+        done
+    done
+}
+
 # Every process of a server (NSD forks a server child and xfrd).
 tree_pids() {
     local c
@@ -455,6 +471,7 @@ for n in "${MEMBER_COUNTS[@]}"; do
     for s in "${server_list[@]}"; do
         note "members=$n: starting $s on port $(port_of "$s")"
         start_server "$s" "$d"
+        pin_server "$s"
         printf '%s\t%s\t%s\n' "$n" "$s" "$START_SECS" >>"$d/start.tsv"
     done
     # A quick look that every server serves the same data (pool names aside).
