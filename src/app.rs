@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::reload::{self, FileWatcher};
 use crate::server::{self, Listeners, Running, Shared};
 use crate::snapshot::{self, Snapshot};
+use crate::state::SerialState;
 use crate::zone::Diagnostic;
 
 /// Why the server could not start.
@@ -117,7 +118,12 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
     overrides.apply(&mut config);
     let metrics = Metrics::new();
     let started = Instant::now();
-    let zones = snapshot::load_zones(&config).map_err(StartError::Load)?;
+    let mut zones = snapshot::load_zones(&config).map_err(StartError::Load)?;
+    if let Some(path) = &config.state_file {
+        // What was served before the restart: the serial continues from there.
+        let state = SerialState::read(path);
+        apply_serial_policy(&mut zones, &config, |origin| state.previous(origin));
+    }
     let mut snapshot = Snapshot::build(
         zones,
         config.identity.as_deref(),
@@ -170,6 +176,7 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
         scrape: Mutex::default(),
     });
     control.record(report);
+    save_serial_state(&config, &control.shared.snapshot.load(), None);
     crate::memory::release_freed_memory();
     for zone in control.shared.snapshot.load().zones() {
         control.send_notify(zone);
@@ -279,6 +286,43 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Sets each zone's served serial by its policy, from what `previous` says was served.
+fn apply_serial_policy(
+    zones: &mut [crate::zone::ZoneData],
+    config: &Config,
+    previous: impl Fn(&crate::zone::name::Name) -> Option<(u32, u64)>,
+) {
+    for zone in zones {
+        let policy = config
+            .zones
+            .iter()
+            .find(|z| z.origin.key() == zone.origin.key())
+            .map(|z| z.serial_policy)
+            .unwrap_or_default();
+        let served = reload::choose_serial(
+            policy,
+            previous(&zone.origin),
+            zone.serial(),
+            zone.content_digest(),
+            SystemTime::now(),
+        );
+        zone.set_serial(served);
+    }
+}
+
+/// Records the served serials in the state file, when one is configured and they changed.
+/// A failure is logged: the zone is served all the same.
+fn save_serial_state(config: &Config, snapshot: &Snapshot, previous: Option<&Snapshot>) {
+    let Some(path) = &config.state_file else { return };
+    let state = SerialState::of(snapshot);
+    if previous.is_some_and(|p| SerialState::of(p) == state) {
+        return;
+    }
+    if let Err(e) = state.write(path) {
+        tracing::warn!(file = %path.display(), "cannot save the served serials: {e}");
+    }
+}
+
 fn serials_of(snapshot: &Snapshot) -> BTreeMap<String, u32> {
     snapshot
         .zones()
@@ -335,26 +379,13 @@ impl Control {
             let mut config = Config::load(&config_path)?;
             overrides.apply(&mut config);
             let mut zones = snapshot::load_zones(&config)?;
-            let policies: BTreeMap<Box<[u8]>, _> = config
-                .zones
-                .iter()
-                .map(|z| (z.origin.key(), z.serial_policy))
-                .collect();
-            for zone in &mut zones {
-                let before = previous
+            apply_serial_policy(&mut zones, &config, |origin| {
+                previous
                     .zones()
                     .iter()
-                    .find(|z| z.origin.key() == zone.origin.key());
-                let policy = policies.get(&zone.origin.key()).copied().unwrap_or_default();
-                let served = reload::choose_serial(
-                    policy,
-                    before.map(|z| (z.serial, z.content_digest)),
-                    zone.serial(),
-                    zone.content_digest(),
-                    SystemTime::now(),
-                );
-                zone.set_serial(served);
-            }
+                    .find(|z| z.origin.key() == origin.key())
+                    .map(|z| (z.serial, z.content_digest))
+            });
             let snapshot = Snapshot::build(
                 zones,
                 config.identity.as_deref(),
@@ -434,6 +465,7 @@ impl Control {
         self.health.sync(&snapshot);
         prepare_transfers(&mut snapshot, config, Some(&previous));
         let serials = serials_of(&snapshot);
+        save_serial_state(config, &snapshot, Some(&previous));
         self.shared.snapshot.store(Arc::new(snapshot));
         // Tables of the published snapshot, in case a probe flipped meanwhile.
         let current = self.shared.snapshot.load();

@@ -92,6 +92,11 @@ struct ServerSection {
     /// Log one query in N at info level (target `query`); 0 = off.
     #[serde(default)]
     query_log_sample: u32,
+    /// File keeping each zone's served serial across restarts, so that it never goes
+    /// backwards (the directory must be writable). Unset = not kept: after a restart the
+    /// serial policy starts again from the zone files' serials.
+    #[serde(default)]
+    state_file: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -103,6 +108,7 @@ impl Default for ServerSection {
             identity: None,
             version: None,
             query_log_sample: 0,
+            state_file: None,
         }
     }
 }
@@ -132,7 +138,9 @@ struct LimitsSection {
     /// Default "10s".
     #[serde(default = "default_tcp_idle_timeout", with = "crate::duration::serde_text")]
     tcp_idle_timeout: Duration,
-    /// Queries read but not yet answered on one TCP connection. Default 32.
+    /// Pipelined queries read ahead of their answers on one TCP connection: queries that
+    /// arrive together are answered in order and written together, at most this many per
+    /// write. Default 32.
     #[serde(default = "default_tcp_pipeline")]
     tcp_max_in_flight: usize,
 }
@@ -262,6 +270,8 @@ pub struct Config {
     pub identity: Option<String>,
     pub version: Option<String>,
     pub query_log_sample: u32,
+    /// Where served serials are kept across restarts (`crate::state`).
+    pub state_file: Option<PathBuf>,
     pub limits: Limits,
     pub rrl: RrlConfig,
     pub health_defaults: HealthSettings,
@@ -516,6 +526,7 @@ impl Config {
             identity: file.server.identity,
             version: file.server.version,
             query_log_sample: file.server.query_log_sample,
+            state_file: file.server.state_file.map(|f| base.join(f)),
             limits,
             rrl: file.rrl,
             health_defaults: file.health,

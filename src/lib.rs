@@ -13,5 +13,6 @@ pub mod reload;
 pub mod sd_notify;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod transfer;
 pub mod zone;

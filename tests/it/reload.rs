@@ -520,6 +520,59 @@ async fn serial_rises_with_content_and_never_goes_backwards() {
     assert_eq!(served_serial(&server).await, 2026120101);
 }
 
+/// With `state-file`, the serial the policy raised survives a restart: the same files served by a
+/// new process keep the raised serial instead of going back to the file's, and a change made
+/// while the server was stopped raises it further. Without the file, a restart starts over.
+#[tokio::test(flavor = "multi_thread")]
+async fn served_serial_survives_a_restart_with_a_state_file() {
+    let tree = Tree::example();
+    edit(
+        &tree,
+        CONFIG,
+        "[server]\n",
+        "[server]\nstate-file = \"../serials.json\"\n",
+    );
+    let server = tree.start().await;
+    assert_eq!(served_serial(&server).await, SERIAL);
+    edit(
+        &tree,
+        ZONE,
+        "api     IN A    192.0.2.80",
+        "api     IN A    192.0.2.81",
+    );
+    assert_eq!(report_serial(&reload_ok(&server).await), SERIAL + 1);
+    server.shutdown(Duration::from_secs(1)).await;
+
+    let server = tree.start().await;
+    assert_eq!(
+        served_serial(&server).await,
+        SERIAL + 1,
+        "the raised serial, not the file's"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+
+    edit(
+        &tree,
+        ZONE,
+        "api     IN A    192.0.2.81",
+        "api     IN A    192.0.2.82",
+    );
+    let server = tree.start().await;
+    assert_eq!(served_serial(&server).await, SERIAL + 2, "changed while stopped");
+    server.shutdown(Duration::from_secs(1)).await;
+    let state = tree.read("serials.json");
+    assert!(state.contains(&(SERIAL + 2).to_string()), "{state}");
+
+    std::fs::remove_file(tree.path("serials.json")).expect("remove state");
+    let server = tree.start().await;
+    assert_eq!(
+        served_serial(&server).await,
+        SERIAL,
+        "no state: the file's serial"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
 /// A tree whose zone has `serial-policy = policy` and a file serial of 1, started.
 async fn start_with_policy(policy: &str) -> (Tree, ServerHandle) {
     let tree = Tree::example();
