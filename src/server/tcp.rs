@@ -1,5 +1,6 @@
-//! TCP per RFC 7766: length-prefixed messages, pipelined queries answered as they come, an
-//! idle timeout, and caps on connections in total and per client address.
+//! TCP per RFC 7766: length-prefixed messages, pipelined queries answered in order (those that
+//! arrived together written together, up to `tcp-max-in-flight`), an idle timeout, and caps on
+//! connections in total and per client address.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -91,6 +92,36 @@ fn release_client_slot(per_client: &PerClient, ip: IpAddr) {
     }
 }
 
+/// True when `buffered` starts with a whole length-prefixed message.
+fn whole_message_buffered(buffered: &[u8]) -> bool {
+    match buffered {
+        [high, low, rest @ ..] => rest.len() >= usize::from(u16::from_be_bytes([*high, *low])),
+        _ => false,
+    }
+}
+
+/// Writes the answers gathered so far; false when the connection is gone.
+async fn write_answers<W: AsyncWriteExt + Unpin>(
+    writer: &mut W,
+    frames: &mut Vec<u8>,
+    idle: std::time::Duration,
+    peer: SocketAddr,
+) -> bool {
+    if frames.is_empty() {
+        return true;
+    }
+    let written = tokio::time::timeout(idle, writer.write_all(frames)).await;
+    frames.clear();
+    match written {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!("tcp write to {peer} failed: {e}");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -98,12 +129,15 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let idle = shared.limits.tcp_idle_timeout;
+    let max_in_flight = shared.limits.tcp_max_in_flight.max(1);
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut rng = SmallRng::from_os_rng();
     let mut query = vec![0u8; 512];
     let mut out = Vec::with_capacity(4096);
-    let mut frame = Vec::with_capacity(4096);
+    // Length-prefixed answers not yet written: pipelined queries that arrived together are
+    // answered together, in order, with one write (at most `max_in_flight` of them).
+    let mut frames = Vec::with_capacity(4096);
     let mut counters = QueryCounters::new(shared.metrics.clone(), Transport::Tcp);
     loop {
         if *stop.borrow() {
@@ -124,72 +158,74 @@ async fn serve_connection(
             _ = stop.changed() => return,
         }
         // ...but a message that has started arriving is in flight: read, answer, then close.
-        let read = async {
-            let len = usize::from(reader.read_u16().await?);
-            query.resize(len, 0);
-            reader.read_exact(&mut query).await?;
-            Ok::<usize, std::io::Error>(len)
-        };
-        let len = match tokio::time::timeout_at(deadline, read).await {
-            Ok(Ok(len)) => len,
-            Ok(Err(_)) | Err(_) => return,
-        };
-        if crate::transfer::is_transfer(&query[..len]) {
-            // AXFR/IXFR: possibly many messages, each length-prefixed (RFC 5936 §4.2).
-            let messages = crate::transfer::respond(&shared.snapshot.load(), &query[..len], peer.ip());
-            for message in messages {
-                frame.clear();
-                frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
-                frame.extend_from_slice(&message);
-                match tokio::time::timeout(idle, writer.write_all(&frame)).await {
-                    Ok(Ok(())) => {}
-                    _ => return,
+        for _ in 0..max_in_flight {
+            let read = async {
+                let len = usize::from(reader.read_u16().await?);
+                query.resize(len, 0);
+                reader.read_exact(&mut query).await?;
+                Ok::<usize, std::io::Error>(len)
+            };
+            let len = match tokio::time::timeout_at(deadline, read).await {
+                Ok(Ok(len)) => len,
+                Ok(Err(_)) | Err(_) => {
+                    write_answers(&mut writer, &mut frames, idle, peer).await;
+                    return;
+                }
+            };
+            if crate::transfer::is_transfer(&query[..len]) {
+                // AXFR/IXFR: possibly many messages, each length-prefixed (RFC 5936 §4.2),
+                // after the answers to the queries before it.
+                let messages = crate::transfer::respond(&shared.snapshot.load(), &query[..len], peer.ip());
+                for message in messages {
+                    frames.extend_from_slice(&(message.len() as u16).to_be_bytes());
+                    frames.extend_from_slice(&message);
+                    if !write_answers(&mut writer, &mut frames, idle, peer).await {
+                        return;
+                    }
+                }
+                counters.answered(crate::zone::rtype::AXFR, 0, false);
+                break;
+            }
+            let outcome = {
+                let snapshot = shared.snapshot.load();
+                let outcome = answer(
+                    &snapshot,
+                    &query[..len],
+                    &mut out,
+                    Transport::Tcp,
+                    shared.limits.udp_payload,
+                    &mut rng,
+                );
+                if let Outcome::Responded { pick: Some(pick), .. } = outcome {
+                    snapshot.count_pick(pick);
+                }
+                outcome
+            };
+            match outcome {
+                Outcome::Responded {
+                    rcode,
+                    qtype,
+                    truncated,
+                    ..
+                } => counters.answered(qtype, rcode, truncated),
+                Outcome::Dropped => {
+                    // Not a query we answer; RFC 7766 lets us close, after the answers owed.
+                    counters.dropped();
+                    counters.flush();
+                    write_answers(&mut writer, &mut frames, idle, peer).await;
+                    return;
                 }
             }
-            counters.answered(crate::zone::rtype::AXFR, 0, false);
-            counters.flush();
-            continue;
-        }
-        let outcome = {
-            let snapshot = shared.snapshot.load();
-            let outcome = answer(
-                &snapshot,
-                &query[..len],
-                &mut out,
-                Transport::Tcp,
-                shared.limits.udp_payload,
-                &mut rng,
-            );
-            if let Outcome::Responded { pick: Some(pick), .. } = outcome {
-                snapshot.count_pick(pick);
-            }
-            outcome
-        };
-        match outcome {
-            Outcome::Responded {
-                rcode,
-                qtype,
-                truncated,
-                ..
-            } => counters.answered(qtype, rcode, truncated),
-            Outcome::Dropped => {
-                // Not a query we answer; RFC 7766 lets us close.
-                counters.dropped();
-                return;
+            frames.extend_from_slice(&(out.len() as u16).to_be_bytes());
+            frames.extend_from_slice(&out);
+            if !whole_message_buffered(reader.buffer()) {
+                break;
             }
         }
-        // TCP is not the hot path: publish at once so a scrape sees this query.
+        // TCP is not the hot path: publish at once so a scrape sees these queries.
         counters.flush();
-        frame.clear();
-        frame.extend_from_slice(&(out.len() as u16).to_be_bytes());
-        frame.extend_from_slice(&out);
-        match tokio::time::timeout(idle, writer.write_all(&frame)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!("tcp write to {peer} failed: {e}");
-                return;
-            }
-            Err(_) => return,
+        if !write_answers(&mut writer, &mut frames, idle, peer).await {
+            return;
         }
     }
 }

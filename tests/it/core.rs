@@ -1414,6 +1414,51 @@ async fn tcp_pipelined_queries_are_all_answered() {
     }
 }
 
+/// Many pipelined queries in one write, more than `tcp-max-in-flight`: every one is answered,
+/// in order; a message we do not answer (a response, QR=1) closes the connection only after the
+/// answers owed to the queries before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_pipeline_longer_than_the_in_flight_cap_is_answered_in_order() {
+    let tree = Tree::example();
+    edit(
+        &tree,
+        CONFIG_FILE,
+        "tcp-max-in-flight = 32",
+        "tcp-max-in-flight = 3",
+    );
+    let server = tree.start().await;
+    let names = ["ns1", "mail", "node1", "nope", "ns2"];
+    let mut batch: Vec<Vec<u8>> = (0..100u16)
+        .map(|i| {
+            let name = format!("{}.consortium.example.", names[usize::from(i) % names.len()]);
+            let mut q = query(&name, RecordType::A, None);
+            q.metadata.id = 1000 + i;
+            q.to_vec().expect("encode")
+        })
+        .collect();
+    let mut stray_response = query("ns1.consortium.example.", RecordType::A, None);
+    stray_response.metadata.message_type = MessageType::Response;
+    batch.push(stray_response.to_vec().expect("encode"));
+    let mut stream = TcpStream::connect(addr(&server)).await.expect("connect");
+    write_frames(&mut stream, &batch).await;
+    for i in 0..100u16 {
+        let m = read_frame(&mut stream).await;
+        assert_eq!(m.metadata.id, 1000 + i, "answers come in query order");
+        let expected = if names[usize::from(i) % names.len()] == "nope" {
+            ResponseCode::NXDomain
+        } else {
+            ResponseCode::NoError
+        };
+        assert_eq!(m.metadata.response_code, expected, "{m}");
+    }
+    let mut rest = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the stray response closes the connection, with nothing more sent: {closed:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tcp_connection_survives_several_rounds() {
     let (_tree, server) = start_example().await;
