@@ -298,8 +298,13 @@ fn name_end(message: &[u8], mut pos: usize) -> Option<usize> {
     }
 }
 
+/// Length of the OPT record our responses end with (root owner, no options).
+const OPT_RECORD_LEN: usize = 11;
+
 /// Turns a response into the RRL "slip": header and question only, TC set, so a real client
-/// retries over TCP while a spoofed victim gets no amplification.
+/// retries over TCP while a spoofed victim gets no amplification. The OPT record stays when
+/// the response has one (RFC 6891 §7: an EDNS query gets an EDNS answer), which keeps the
+/// slip 11 octets longer than the question, still no larger than the query.
 pub fn slip(response: &mut Vec<u8>) {
     let Some(end) = name_end(response, 12).map(|e| e + 4) else {
         return;
@@ -307,9 +312,20 @@ pub fn slip(response: &mut Vec<u8>) {
     if response.len() < end {
         return;
     }
+    let additional = u16::from_be_bytes([response[10], response[11]]);
+    let opt_at = response.len().saturating_sub(OPT_RECORD_LEN);
+    let opt = response
+        .get(opt_at..)
+        .filter(|_| additional > 0 && opt_at >= end)
+        .filter(|r| r.len() == OPT_RECORD_LEN && r[..3] == [0, 0, 41] && r[9..] == [0, 0])
+        .map(<[u8]>::to_vec);
     response.truncate(end);
     response[2] |= 0x02;
     response[6..12].fill(0);
+    if let Some(opt) = opt {
+        response.extend_from_slice(&opt);
+        response[10..12].copy_from_slice(&1u16.to_be_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +339,33 @@ mod tests {
             table_size: 1024,
             ..RrlConfig::default()
         })
+    }
+
+    #[test]
+    fn slip_keeps_question_and_opt_only() {
+        // Header (1 answer, 1 additional), question any./A, one A record, then OPT.
+        let mut response = vec![0x12, 0x34, 0x84, 0x00, 0, 1, 0, 1, 0, 0, 0, 1];
+        response.extend_from_slice(b"\x03any\x00\x00\x01\x00\x01");
+        response.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 192, 0, 2, 1]);
+        response.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 0]);
+        let question_end = 12 + 9;
+        let mut with_opt = response.clone();
+        slip(&mut with_opt);
+        assert_eq!(with_opt[2] & 0x02, 0x02, "TC set");
+        assert_eq!(&with_opt[4..12], &[0, 1, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(&with_opt[12..question_end], &response[12..question_end]);
+        assert_eq!(
+            &with_opt[question_end..],
+            &response[response.len() - 11..],
+            "OPT kept whole"
+        );
+
+        // Without EDNS: the question alone.
+        let mut plain = response[..response.len() - 11].to_vec();
+        plain[11] = 0;
+        slip(&mut plain);
+        assert_eq!(plain.len(), question_end);
+        assert_eq!(&plain[4..12], &[0, 1, 0, 0, 0, 0, 0, 0]);
     }
 
     const NAME: ResponseKind<'static> = ResponseKind::Answer {
