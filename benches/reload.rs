@@ -109,11 +109,13 @@ fn memory_kib() -> (u64, u64) {
 }
 
 /// Child mode: load once (the served snapshot), then reload once while it is still held, as a
-/// server does; print resident and peak memory above the baseline.
+/// server does (freed memory returned after each load, as the server does); print resident
+/// and peak memory above the baseline.
 fn child(config_path: &Path) {
     let config = Config::load(config_path).expect("config");
     let (base_rss, _) = memory_kib();
     let served = load_and_build(&config);
+    consortium_dns::memory::release_freed_memory();
     let (after_first, first_peak) = memory_kib();
     let next = load_and_build(&config);
     let (_, reload_peak) = memory_kib();
