@@ -5,8 +5,13 @@
 //! dozen queries or when idle, so the request path does no atomic operation per query and
 //! never takes the registry's lock.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::server::answer::Transport;
@@ -98,7 +103,7 @@ pub struct Metrics {
     /// Responses held back by rate limiting: dropped, or sent truncated ("slip").
     pub rrl_dropped: IntCounter,
     pub rrl_slipped: IntCounter,
-    pub pool_picks: IntCounterVec,
+    pub pool_picks: PickCounters,
     pub pool_fail_open: IntGaugeVec,
     pub pool_members: IntGaugeVec,
     pub member_up: IntGaugeVec,
@@ -121,7 +126,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+        fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
             // Names are constants and unique, so registration cannot collide.
             let _ = registry.register(Box::new(c.clone()));
             c
@@ -164,11 +169,7 @@ impl Metrics {
             malformed: counter_vec(MALFORMED_TOTAL, "Queries answered FORMERR.", &["transport"]),
             rrl_dropped: rrl_limited.with_label_values(&["drop"]),
             rrl_slipped: rrl_limited.with_label_values(&["slip"]),
-            pool_picks: counter_vec(
-                POOL_PICKS_TOTAL,
-                "Answers of a pool's shared name, by picked member.",
-                &["zone", "pool", "member"],
-            ),
+            pool_picks: register(&registry, PickCounters::new()),
             pool_fail_open: gauge_vec(
                 POOL_FAIL_OPEN,
                 "1 when no member of the pool is eligible and it picks among all.",
@@ -232,8 +233,108 @@ impl Metrics {
     }
 
     /// A counter handle for one member's picks (created once per snapshot build).
-    pub fn pick_counter(&self, zone: &str, pool: &str, member: &str) -> IntCounter {
-        self.pool_picks.with_label_values(&[zone, pool, member])
+    pub fn pick_counter(&self, zone: &str, pool: &str, member: &str) -> PickCounter {
+        self.pool_picks.counter(zone, pool, member)
+    }
+}
+
+/// (zone, pool, member) labels of one pick series.
+type PickLabels = (Arc<str>, Arc<str>, Box<str>);
+
+/// `consortium_dns_pool_picks_total`, kept outside the prometheus crate's vectors: each series
+/// of an `IntCounterVec` holds its own copy of the metric's description, about 950 B per member
+/// measured at 1,000 members; a series here is its labels and one atomic. As with a vector,
+/// a series is created once per label set and lives on across reloads.
+#[derive(Debug, Clone)]
+pub struct PickCounters {
+    desc: Desc,
+    series: Arc<Mutex<HashMap<PickLabels, PickCounter>>>,
+}
+
+/// One member's pick count; `inc` is one relaxed atomic add.
+#[derive(Debug, Clone, Default)]
+pub struct PickCounter(Arc<AtomicU64>);
+
+impl PickCounter {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl PickCounters {
+    fn new() -> PickCounters {
+        let desc = Desc::new(
+            POOL_PICKS_TOTAL.into(),
+            "Answers of a pool's shared name, by picked member.".into(),
+            vec!["zone".into(), "pool".into(), "member".into()],
+            HashMap::new(),
+        )
+        .expect("valid metric");
+        PickCounters {
+            desc,
+            series: Arc::default(),
+        }
+    }
+
+    /// The counter of one label set, created at zero the first time.
+    pub fn counter(&self, zone: &str, pool: &str, member: &str) -> PickCounter {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        // Zone and pool names repeat for every member: share one copy of each.
+        let shared = |text: &str, pick: fn(&PickLabels) -> &Arc<str>| {
+            series
+                .keys()
+                .map(pick)
+                .find(|known| &***known == text)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(text))
+        };
+        let key = (shared(zone, |k| &k.0), shared(pool, |k| &k.1), Box::from(member));
+        series.entry(key).or_default().clone()
+    }
+}
+
+impl Collector for PickCounters {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let label = |name: &str, value: &str| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.into());
+            pair.set_value(value.into());
+            pair
+        };
+        let mut entries: Vec<(&PickLabels, &PickCounter)> = series.iter().collect();
+        // Series in the order of their label values, labels sorted by name (member, pool,
+        // zone), as the prometheus crate exposes its own vectors.
+        entries.sort_by(|(a, _), (b, _)| (&a.2, &a.1, &a.0).cmp(&(&b.2, &b.1, &b.0)));
+        let metrics: Vec<Metric> = entries
+            .into_iter()
+            .map(|((zone, pool, member), count)| {
+                let mut counter = Counter::default();
+                counter.set_value(count.get() as f64);
+                let mut metric = Metric::from_label(vec![
+                    label("member", member),
+                    label("pool", pool),
+                    label("zone", zone),
+                ]);
+                metric.set_counter(counter);
+                metric
+            })
+            .collect();
+        let mut family = MetricFamily::default();
+        family.set_name(POOL_PICKS_TOTAL.into());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::COUNTER);
+        family.set_metric(metrics);
+        vec![family]
     }
 }
 
@@ -335,6 +436,33 @@ impl Drop for QueryCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pick_series_are_shared_per_label_set_and_exposed_sorted() {
+        let metrics = Metrics::new();
+        let first = metrics.pick_counter("consortium.example.", "any.consortium.example.", "node2");
+        first.inc();
+        // A reload asks again for the same labels: the same series, counting on.
+        let again = metrics.pick_counter("consortium.example.", "any.consortium.example.", "node2");
+        again.inc();
+        metrics
+            .pick_counter("consortium.example.", "any.consortium.example.", "node1")
+            .inc();
+        assert_eq!(first.get(), 2);
+        let text = metrics.encode();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(POOL_PICKS_TOTAL)).collect();
+        assert_eq!(
+            lines,
+            [
+                "consortium_dns_pool_picks_total{member=\"node1\",pool=\"any.consortium.example.\",zone=\"consortium.example.\"} 1",
+                "consortium_dns_pool_picks_total{member=\"node2\",pool=\"any.consortium.example.\",zone=\"consortium.example.\"} 2",
+            ]
+        );
+        assert!(
+            text.contains("# TYPE consortium_dns_pool_picks_total counter"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn local_counts_reach_the_registry_on_flush() {

@@ -258,7 +258,7 @@ pub(crate) struct PoolEntry {
     /// The target's lookup key when it lies inside the zone (empty: none).
     chase: Span,
     /// This member's pick counter (same series across reloads: same labels).
-    pub(crate) picks: Option<prometheus::IntCounter>,
+    pub(crate) picks: Option<crate::metrics::PickCounter>,
 }
 
 impl Zone {
