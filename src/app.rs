@@ -71,6 +71,8 @@ pub struct Control {
     last_pick_bump: Mutex<HashMap<Box<[u8]>, Instant>>,
     /// Serialises scrapes: gauges are reset and refilled, so two at once could see gaps.
     scrape: Mutex<()>,
+    /// Adds the files a reload read for the first time to the file watcher.
+    watch: std::sync::OnceLock<reload::WatchHandle>,
 }
 
 /// Command-line settings that win over the config file, on start and on every reload.
@@ -174,6 +176,7 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
         notify_generations: Mutex::default(),
         last_pick_bump: Mutex::default(),
         scrape: Mutex::default(),
+        watch: std::sync::OnceLock::new(),
     });
     control.record(report);
     save_serial_state(&config, &control.shared.snapshot.load(), None);
@@ -197,8 +200,13 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
 
     // File changes become reload requests; one task runs them in order.
     let (requests, mut incoming) = mpsc::channel::<()>(1);
-    let watcher = match FileWatcher::start(reload::watched_files(&config), requests) {
-        Ok(watcher) => Some(watcher),
+    let mut watched = reload::watched_files(&config);
+    watched.extend(reload::zone_source_files(&control.shared.snapshot.load()));
+    let watcher = match FileWatcher::start(watched, requests) {
+        Ok(watcher) => {
+            let _ = control.watch.set(watcher.handle());
+            Some(watcher)
+        }
         Err(e) => {
             tracing::warn!("cannot watch zone files ({e}); reload with SIGHUP or POST /reload");
             None
@@ -410,6 +418,12 @@ impl Control {
                 };
                 if !restart_needed.is_empty() {
                     tracing::warn!(settings = ?restart_needed, "config changes that need a restart were not applied");
+                }
+                if let Some(watch) = self.watch.get() {
+                    // New zones, members files or `$INCLUDE`s elsewhere: watch them from now on.
+                    let mut files = reload::watched_files(&config);
+                    files.extend(reload::zone_source_files(&snapshot));
+                    watch.extend(files);
                 }
                 let serials = self.publish(snapshot, &config);
                 // The previous snapshot and the load's scratch tables are free now.

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
@@ -113,6 +113,24 @@ pub fn watched_files(config: &Config) -> HashSet<PathBuf> {
     files
 }
 
+/// The files the served zones were read from, `$INCLUDE`d ones too (each record knows its
+/// file), so that an included file in another directory is watched as well.
+pub fn zone_source_files(snapshot: &crate::snapshot::Snapshot) -> HashSet<PathBuf> {
+    let mut files: HashSet<PathBuf> = HashSet::new();
+    let mut last: Option<&Path> = None;
+    for zone in snapshot.zones() {
+        for record in &zone.records {
+            let file: &Path = &record.location.file;
+            // Records of one file come together: skip the set lookup for runs of them.
+            if last != Some(file) {
+                files.insert(absolute(file));
+                last = Some(file);
+            }
+        }
+    }
+    files
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -126,12 +144,69 @@ fn absolute(path: &Path) -> PathBuf {
 /// used instead of watching the parents, whose unrelated traffic (a log file written next to
 /// `zones/`) would wake the watcher on every write.
 pub struct FileWatcher {
-    _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
+    watcher: Arc<Mutex<notify::RecommendedWatcher>>,
+    watched: Arc<RwLock<Watched>>,
 }
 
 impl std::fmt::Debug for FileWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FileWatcher")
+    }
+}
+
+/// What is watched: the files, and the directories holding them.
+#[derive(Debug, Default)]
+struct Watched {
+    files: HashSet<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Watched {
+    /// Adds `files`; returns the directories not watched before.
+    fn add(&mut self, files: HashSet<PathBuf>) -> Vec<PathBuf> {
+        let mut new_dirs = Vec::new();
+        for file in files {
+            if let Some(dir) = file.parent() {
+                if !self.dirs.iter().any(|d| d == dir) && !new_dirs.iter().any(|d| d == dir) {
+                    new_dirs.push(dir.to_path_buf());
+                }
+            }
+            self.files.insert(file);
+        }
+        self.dirs.extend(new_dirs.iter().cloned());
+        new_dirs
+    }
+
+    /// True when an event on `path` concerns us. Zone files may `$INCLUDE` others: any zone
+    /// or TOML file in a watched directory counts.
+    fn concerns(&self, path: &Path) -> bool {
+        self.files.contains(path)
+            || (path.parent().is_some_and(|d| self.dirs.iter().any(|w| w == d))
+                && path.extension().is_some_and(|e| e == "zone" || e == "toml"))
+    }
+}
+
+/// Adds files to a running `FileWatcher` (after a reload read new ones); does nothing once
+/// the watcher is gone.
+#[derive(Debug, Clone)]
+pub struct WatchHandle {
+    watcher: Weak<Mutex<notify::RecommendedWatcher>>,
+    watched: Arc<RwLock<Watched>>,
+}
+
+impl WatchHandle {
+    pub fn extend(&self, files: HashSet<PathBuf>) {
+        let Some(watcher) = self.watcher.upgrade() else {
+            return;
+        };
+        let new_dirs = self.watched.write().unwrap_or_else(|p| p.into_inner()).add(files);
+        let mut w = watcher.lock().unwrap_or_else(|p| p.into_inner());
+        for dir in new_dirs {
+            match w.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "watching a new directory"),
+                Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch: {e}; reload with SIGHUP"),
+            }
+        }
     }
 }
 
@@ -156,26 +231,16 @@ fn directory_identity(dir: &Path) -> Option<(u64, u64)> {
 impl FileWatcher {
     pub fn start(files: HashSet<PathBuf>, requests: mpsc::Sender<()>) -> notify::Result<FileWatcher> {
         let (events, mut raw) = mpsc::unbounded_channel::<Change>();
-        let dirs: Vec<PathBuf> = files
-            .iter()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let relevant = files.clone();
-        let watched_dirs: HashSet<PathBuf> = dirs.iter().cloned().collect();
+        let watched = Arc::new(RwLock::new(Watched::default()));
+        let dirs = watched.write().unwrap_or_else(|p| p.into_inner()).add(files);
+        let seen = watched.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if matches!(event.kind, notify::EventKind::Access(_)) {
                 return;
             }
-            // Zone files may $INCLUDE others: any zone or TOML file in a watched directory counts.
-            let touches = event.paths.iter().any(|p| {
-                relevant.contains(p)
-                    || (p.parent().is_some_and(|d| watched_dirs.contains(d))
-                        && p.extension().is_some_and(|e| e == "zone" || e == "toml"))
-            });
-            if touches {
+            let watched = seen.read().unwrap_or_else(|p| p.into_inner());
+            if event.paths.iter().any(|p| watched.concerns(p)) {
                 let _ = events.send(Change::Files);
             }
         })?;
@@ -186,10 +251,19 @@ impl FileWatcher {
                 w.watch(dir, RecursiveMode::NonRecursive)?;
             }
         }
-        let mut identities: Vec<Option<(u64, u64)>> = dirs.iter().map(|d| directory_identity(d)).collect();
+        let identities_of = |watched: &RwLock<Watched>| -> Vec<(PathBuf, Option<(u64, u64)>)> {
+            let watched = watched.read().unwrap_or_else(|p| p.into_inner());
+            watched
+                .dirs
+                .iter()
+                .map(|d| (d.clone(), directory_identity(d)))
+                .collect()
+        };
+        let mut identities = identities_of(&watched);
         // The task holds the watcher weakly: dropping the FileWatcher drops the watcher, whose
         // event sender goes with it, which ends the task.
         let weak = Arc::downgrade(&watcher);
+        let list = watched.clone();
         tokio::spawn(async move {
             let mut poll = tokio::time::interval(DIRECTORY_POLL);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,11 +274,15 @@ impl FileWatcher {
                         None => return,
                     },
                     _ = poll.tick() => {
-                        let now: Vec<_> = dirs.iter().map(|d| directory_identity(d)).collect();
-                        if now == identities {
+                        let now = identities_of(&list);
+                        // A directory added since the last look is not a swap.
+                        let swapped = now.iter().any(|(dir, id)| {
+                            identities.iter().any(|(known, old)| known == dir && old != id)
+                        });
+                        identities = now;
+                        if !swapped {
                             continue;
                         }
-                        identities = now;
                         Change::Directory
                     }
                 };
@@ -215,6 +293,7 @@ impl FileWatcher {
                 }
                 if rearm {
                     let Some(watcher) = weak.upgrade() else { return };
+                    let dirs = list.read().unwrap_or_else(|p| p.into_inner()).dirs.clone();
                     let mut w = watcher.lock().unwrap_or_else(|p| p.into_inner());
                     for dir in &dirs {
                         let _ = w.unwatch(dir);
@@ -222,14 +301,23 @@ impl FileWatcher {
                             tracing::warn!(dir = %dir.display(), "cannot watch again after it was replaced: {e}");
                         }
                     }
-                    identities = dirs.iter().map(|d| directory_identity(d)).collect();
+                    drop(w);
+                    identities = identities_of(&list);
                 }
                 if requests.send(()).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(FileWatcher { _watcher: watcher })
+        Ok(FileWatcher { watcher, watched })
+    }
+
+    /// A handle that adds files to this watcher.
+    pub fn handle(&self) -> WatchHandle {
+        WatchHandle {
+            watcher: Arc::downgrade(&self.watcher),
+            watched: self.watched.clone(),
+        }
     }
 }
 

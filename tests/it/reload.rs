@@ -344,6 +344,63 @@ async fn static_record_edit_goes_live() {
     assert_eq!(served_serial(&server).await, SERIAL + 1);
 }
 
+/// Files outside the watched directories: a zone file `$INCLUDE`s a file from another
+/// directory, and a reload adds a zone whose files live in a new directory. Edits of both go
+/// live by themselves, without SIGHUP.
+#[tokio::test(flavor = "multi_thread")]
+async fn included_files_and_new_zone_directories_are_watched() {
+    let tree = Tree::example();
+    std::fs::create_dir_all(tree.path("shared")).expect("mkdir");
+    tree.write("shared/hosts.inc", "extra 300 IN A 192.0.2.200\n");
+    let zone = tree.read(ZONE);
+    tree.write(ZONE, &format!("{zone}\n$INCLUDE ../shared/hosts.inc\n"));
+    let server = tree.start().await;
+    answers_become(
+        &server,
+        "extra.consortium.example.",
+        RecordType::A,
+        &["extra.consortium.example. A 192.0.2.200"],
+    )
+    .await;
+    tree.write("shared/hosts.inc", "extra 300 IN A 192.0.2.201\n");
+    answers_become(
+        &server,
+        "extra.consortium.example.",
+        RecordType::A,
+        &["extra.consortium.example. A 192.0.2.201"],
+    )
+    .await;
+
+    // A second zone, in a directory the server has never looked at, added by a reload.
+    std::fs::create_dir_all(tree.path("other")).expect("mkdir");
+    let other_zone = |address: &str| {
+        format!(
+            "$ORIGIN other.example.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 900 604800 300\n@ IN NS ns1\nns1 IN A {address}\n"
+        )
+    };
+    tree.write("other/other.example.zone", &other_zone("192.0.2.10"));
+    let config = tree.read(CONFIG);
+    tree.write(
+        CONFIG,
+        &format!("{config}\n[[zone]]\norigin = \"other.example\"\nfile = \"../other/other.example.zone\"\n"),
+    );
+    answers_become(
+        &server,
+        "ns1.other.example.",
+        RecordType::A,
+        &["ns1.other.example. A 192.0.2.10"],
+    )
+    .await;
+    tree.write("other/other.example.zone", &other_zone("192.0.2.11"));
+    answers_become(
+        &server,
+        "ns1.other.example.",
+        RecordType::A,
+        &["ns1.other.example. A 192.0.2.11"],
+    )
+    .await;
+}
+
 /// A git checkout replaces several files: each written elsewhere in the directory, then
 /// renamed into place, here 50 ms apart. The zone's new `release` CNAME points at a member
 /// only the new members file has, so one response shows whether the two files went live
