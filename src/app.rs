@@ -301,14 +301,8 @@ fn apply_serial_policy(
     previous: impl Fn(&crate::zone::name::Name) -> Option<(u32, u64)>,
 ) {
     for zone in zones {
-        let policy = config
-            .zones
-            .iter()
-            .find(|z| z.origin.key() == zone.origin.key())
-            .map(|z| z.serial_policy)
-            .unwrap_or_default();
         let served = reload::choose_serial(
-            policy,
+            config.serial_policy(&zone.origin),
             previous(&zone.origin),
             zone.serial(),
             zone.content_digest(),
@@ -534,13 +528,7 @@ impl Control {
                 .filter(|zone| !zone.transfer.allow.is_empty() && !zone.pools.is_empty())
                 // Under `keep` the serial is the operator's to move: secondaries follow a pick
                 // change only with the next serial the operator sets.
-                .filter(|zone| {
-                    config
-                        .zones
-                        .iter()
-                        .find(|z| z.origin.key() == zone.origin.key())
-                        .is_none_or(|z| z.serial_policy != crate::config::SerialPolicy::Keep)
-                })
+                .filter(|zone| config.serial_policy(&zone.origin) != crate::config::SerialPolicy::Keep)
                 .filter(|zone| {
                     let served = zone.transfer.current.as_ref().map(|v| v.picks.clone());
                     served.is_some_and(|picks| picks != crate::transfer::current_picks(zone))
@@ -576,15 +564,9 @@ impl Control {
                 };
                 let mut serial = zone.serial;
                 if due.contains(&zone.origin.key()) {
-                    let policy = config
-                        .zones
-                        .iter()
-                        .find(|z| z.origin.key() == zone.origin.key())
-                        .map(|z| z.serial_policy)
-                        .unwrap_or_default();
                     // The transferred content changed (the pick), whatever the digest says.
                     serial = reload::choose_serial(
-                        policy,
+                        config.serial_policy(&zone.origin),
                         Some((zone.serial, zone.content_digest)),
                         zone.serial,
                         !zone.content_digest,

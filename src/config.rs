@@ -316,6 +316,15 @@ pub struct ZoneConfig {
 }
 
 impl Config {
+    /// The serial policy of the zone `origin` (the default for a zone not configured).
+    pub fn serial_policy(&self, origin: &Name) -> SerialPolicy {
+        self.zones
+            .iter()
+            .find(|z| z.origin.key() == origin.key())
+            .map(|z| z.serial_policy)
+            .unwrap_or_default()
+    }
+
     /// Reads and validates the config file.
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
         let text = std::fs::read_to_string(path)
