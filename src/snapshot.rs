@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pick::PickTable;
+use crate::zone::by_type::ByType;
 use crate::zone::members::{Member, PoolDef};
 use crate::zone::name::{MAX_NAME_LEN, Name};
 use crate::zone::{self, Diagnostic, Record, ZoneData, rtype};
@@ -451,7 +452,7 @@ pub(crate) fn key_is_subdomain(name: &[u8], ancestor: &[u8]) -> bool {
 }
 
 /// Owner name -> (name as written, RRsets by type).
-type RecordsByName<'r> = BTreeMap<Box<[u8]>, (Name, BTreeMap<u16, Vec<&'r Record>>)>;
+type RecordsByName<'r> = BTreeMap<Box<[u8]>, (Name, ByType<&'r Record>)>;
 
 /// Reads and validates every zone of the config; all errors of all files together.
 pub fn load_zones(config: &Config) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
@@ -481,16 +482,14 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
     for record in &records {
         by_name
             .entry(record.name.key())
-            .or_insert_with(|| (record.name.clone(), BTreeMap::new()))
+            .or_insert_with(|| (record.name.clone(), ByType::default()))
             .1
-            .entry(record.rtype)
-            .or_default()
-            .push(record);
+            .push(record.rtype, record);
     }
     for pool in &pools {
         by_name
             .entry(pool.name.key())
-            .or_insert_with(|| (pool.name.clone(), BTreeMap::new()));
+            .or_insert_with(|| (pool.name.clone(), ByType::default()));
     }
     let owners: Vec<Name> = by_name.values().map(|(name, _)| name.clone()).collect();
     for name in owners {
@@ -501,7 +500,7 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
             }
             by_name
                 .entry(p.key())
-                .or_insert_with(|| (p.clone(), BTreeMap::new()));
+                .or_insert_with(|| (p.clone(), ByType::default()));
             parent = p.parent();
         }
     }
@@ -511,11 +510,17 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         .map(|(i, key)| (&key[..], i as u32))
         .collect();
 
-    let is_cut = |key: &[u8], types: &BTreeMap<u16, Vec<&Record>>| {
-        key != &origin_key[..] && types.contains_key(&rtype::NS)
-    };
+    let is_cut =
+        |key: &[u8], types: &ByType<&Record>| key != &origin_key[..] && types.contains_key(&rtype::NS);
 
-    let mut arena = Arena::default();
+    // Sized up front (every owner name once, every record's tail, CNAME chase keys), so the
+    // arena does not double its way past what it needs during the load.
+    let expected_bytes: usize = by_name.values().map(|(name, _)| name.wire().len()).sum::<usize>()
+        + records.iter().map(|r| 10 + r.rdata.len()).sum::<usize>();
+    let mut arena = Arena {
+        bytes: Vec::with_capacity(expected_bytes),
+        overflowed: false,
+    };
     let mut rrset_table: Vec<RRset> = Vec::new();
     let mut additionals: Vec<Additional> = Vec::new();
     let mut nodes = Vec::with_capacity(by_name.len());

@@ -4,6 +4,7 @@
 //! file and, where it has one, the line. It must not know about wire responses; the snapshot
 //! builder turns `ZoneData` into answer tables.
 
+pub(crate) mod by_type;
 pub mod master;
 pub mod members;
 pub mod name;
@@ -186,6 +187,7 @@ pub fn assemble(
 ) -> Result<ZoneData, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     check_member_names(&records, &members, &pools, &mut errors);
+    records.reserve_exact(members.len());
     for member in &members {
         records.push(member.cname_record());
     }
@@ -398,21 +400,29 @@ fn validate(origin: &Name, records: &mut Vec<Record>, file: &Path, errors: &mut 
     });
 
     // Group into RRsets, deduplicating.
-    let mut by_name: BTreeMap<Box<[u8]>, BTreeMap<u16, Vec<usize>>> = BTreeMap::new();
-    let mut seen: HashSet<(Box<[u8]>, u16, Vec<u8>)> = HashSet::new();
+    let mut by_name: BTreeMap<Box<[u8]>, by_type::ByType<usize>> = BTreeMap::new();
+    // Records seen so far, by index: equal records are found through their hash without
+    // keeping a copy of each record's name and RDATA.
+    let mut seen: hashbrown::HashTable<usize> = hashbrown::HashTable::with_capacity(records.len());
+    let hash_state = std::hash::RandomState::new();
+    let hash_of = |r: &Record| {
+        use std::hash::BuildHasher;
+        hash_state.hash_one((r.name.key(), r.rtype, &r.rdata))
+    };
+    let same = |a: &Record, b: &Record| {
+        a.rtype == b.rtype && a.rdata == b.rdata && a.name.wire().eq_ignore_ascii_case(b.name.wire())
+    };
     let mut keep = vec![true; records.len()];
     for (i, r) in records.iter().enumerate() {
-        if !seen.insert((r.name.key(), r.rtype, r.rdata.clone())) {
+        let hash = hash_of(r);
+        if seen.find(hash, |&j| same(&records[j], r)).is_some() {
             keep[i] = false;
             continue;
         }
-        by_name
-            .entry(r.name.key())
-            .or_default()
-            .entry(r.rtype)
-            .or_default()
-            .push(i);
+        seen.insert_unique(hash, i, |&j| hash_of(&records[j]));
+        by_name.entry(r.name.key()).or_default().push(r.rtype, i);
     }
+    drop(seen);
 
     let soa_count = records.iter().filter(|r| r.rtype == rtype::SOA).count();
     match by_name.get(&origin_key).and_then(|types| types.get(&rtype::SOA)) {
