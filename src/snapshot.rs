@@ -491,18 +491,23 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
             .entry(pool.name.key())
             .or_insert_with(|| (pool.name.clone(), ByType::default()));
     }
-    let owners: Vec<Name> = by_name.values().map(|(name, _)| name.clone()).collect();
-    for name in owners {
+    // Empty non-terminals: the ancestors of owners that own nothing themselves. A walk up from
+    // an owner stops at the first ancestor that is an owner (its own walk covers the rest), so
+    // a zone of member names directly below the apex clones no name at all.
+    let mut missing: BTreeMap<Box<[u8]>, Name> = BTreeMap::new();
+    for (name, _) in by_name.values() {
         let mut parent = name.parent();
         while let Some(p) = parent {
-            if !p.is_subdomain_of(&origin) {
+            let key = p.key();
+            if !p.is_subdomain_of(&origin) || by_name.contains_key(&key) || missing.contains_key(&key) {
                 break;
             }
-            by_name
-                .entry(p.key())
-                .or_insert_with(|| (p.clone(), ByType::default()));
             parent = p.parent();
+            missing.insert(key, p);
         }
+    }
+    for (key, name) in missing {
+        by_name.insert(key, (name, ByType::default()));
     }
     let index: HashMap<&[u8], u32> = by_name
         .keys()
