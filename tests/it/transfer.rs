@@ -2137,6 +2137,19 @@ async fn key_material_never_logged() {
         .output()
         .expect("run check");
     assert!(!check.status.success(), "check fails on the damaged key file");
+    // The NOTIFY nobody acknowledges is logged when its first attempt times out: wait for that
+    // line, so the search below covers the NOTIFY path however fast the steps above ran.
+    let started = Instant::now();
+    while !std::fs::read_to_string(&stderr_path)
+        .unwrap_or_default()
+        .contains("NOTIFY")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no NOTIFY line was logged within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let status = Command::new("kill")
         .args(["-TERM", &pid])
