@@ -235,3 +235,33 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port for UDP and TCP");
 }
+
+/// Replaces text that must be present in a file of the tree (a plain write: for tests that
+/// start the server after editing; `reload.rs` has its own, which renames into place).
+pub fn edit(tree: &Tree, relative: &str, from: &str, to: &str) {
+    let content = tree.read(relative);
+    assert!(content.contains(from), "{relative} lacks {from:?}");
+    tree.write(relative, &content.replacen(from, to, 1));
+}
+
+// Raw wire format, for packets hickory-proto will not build (RFC 1035 §4.1).
+
+pub fn raw_header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    for count in counts {
+        out.extend_from_slice(&count.to_be_bytes());
+    }
+    out
+}
+
+pub fn raw_name(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in text.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}

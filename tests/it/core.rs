@@ -17,7 +17,9 @@ use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::common::{Tree, binary, query, start_example, tcp, tcp_raw, udp, udp_raw};
+use crate::common::{
+    Tree, binary, edit, query, raw_header, raw_name, start_example, tcp, tcp_raw, udp, udp_raw,
+};
 
 const ZONE_FILE: &str = "zones/consortium.example.zone";
 const MEMBERS_FILE: &str = "zones/consortium.example.members.toml";
@@ -133,35 +135,6 @@ fn append(tree: &Tree, relative: &str, text: &str) {
     }
     content.push_str(text);
     tree.write(relative, &content);
-}
-
-/// Replaces text that must be present in a file of the tree.
-fn edit(tree: &Tree, relative: &str, from: &str, to: &str) {
-    let content = tree.read(relative);
-    assert!(content.contains(from), "{relative} lacks {from:?}");
-    tree.write(relative, &content.replacen(from, to, 1));
-}
-
-// Raw wire format, for packets hickory-proto will not build (RFC 1035 §4.1).
-
-fn raw_header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12);
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&flags.to_be_bytes());
-    for count in counts {
-        out.extend_from_slice(&count.to_be_bytes());
-    }
-    out
-}
-
-fn raw_name(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in text.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    out
 }
 
 fn raw_question(qname: &str, qtype: u16, qclass: u16) -> Vec<u8> {

@@ -24,7 +24,7 @@ use rand::rngs::SmallRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
-use crate::common::{Tree, binary, http_request, query, repo_root, tcp, udp};
+use crate::common::{Tree, binary, edit, http_request, query, raw_header, raw_name, repo_root, tcp, udp};
 
 /// The independent response check shared with the fuzz targets.
 #[allow(dead_code)]
@@ -46,33 +46,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn addr(server: &ServerHandle) -> SocketAddr {
     server.dns_addrs[0]
-}
-
-/// Replaces text that must be present in a file of the tree.
-fn edit(tree: &Tree, relative: &str, from: &str, to: &str) {
-    let content = tree.read(relative);
-    assert!(content.contains(from), "{relative} lacks {from:?}");
-    tree.write(relative, &content.replacen(from, to, 1));
-}
-
-fn raw_header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12);
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&flags.to_be_bytes());
-    for count in counts {
-        out.extend_from_slice(&count.to_be_bytes());
-    }
-    out
-}
-
-fn raw_name(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in text.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    out
 }
 
 fn raw_question(qname: &str, qtype: u16) -> Vec<u8> {
