@@ -200,8 +200,7 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
 
     // File changes become reload requests; one task runs them in order.
     let (requests, mut incoming) = mpsc::channel::<()>(1);
-    let mut watched = reload::watched_files(&config);
-    watched.extend(reload::zone_source_files(&control.shared.snapshot.load()));
+    let watched = reload::files_to_watch(&config, &control.shared.snapshot.load());
     let watcher = match FileWatcher::start(watched, requests) {
         Ok(watcher) => {
             let _ = control.watch.set(watcher.handle());
@@ -415,9 +414,7 @@ impl Control {
                 }
                 if let Some(watch) = self.watch.get() {
                     // New zones, members files or `$INCLUDE`s elsewhere: watch them from now on.
-                    let mut files = reload::watched_files(&config);
-                    files.extend(reload::zone_source_files(&snapshot));
-                    watch.extend(files);
+                    watch.extend(reload::files_to_watch(&config, &snapshot));
                 }
                 let serials = self.publish(snapshot, &config);
                 // The previous snapshot and the load's scratch tables are free now.

@@ -101,7 +101,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
 }
 
 /// The files a config reads: itself, every zone file and members file.
-pub fn watched_files(config: &Config) -> HashSet<PathBuf> {
+fn watched_files(config: &Config) -> HashSet<PathBuf> {
     let mut files = HashSet::new();
     files.insert(absolute(&config.path));
     for zone in &config.zones {
@@ -113,10 +113,11 @@ pub fn watched_files(config: &Config) -> HashSet<PathBuf> {
     files
 }
 
-/// The files the served zones were read from, `$INCLUDE`d ones too (each record knows its
-/// file), so that an included file in another directory is watched as well.
-pub fn zone_source_files(snapshot: &crate::snapshot::Snapshot) -> HashSet<PathBuf> {
-    let mut files: HashSet<PathBuf> = HashSet::new();
+/// Every file a running server depends on: `watched_files` of the config, plus the files the
+/// served zones were read from, `$INCLUDE`d ones too (each record knows its file), so that an
+/// included file in another directory is watched as well.
+pub fn files_to_watch(config: &Config, snapshot: &crate::snapshot::Snapshot) -> HashSet<PathBuf> {
+    let mut files = watched_files(config);
     let mut last: Option<&Path> = None;
     for zone in snapshot.zones() {
         for record in &zone.records {

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::pick::PickTable;
 use crate::zone::by_type::ByType;
 use crate::zone::members::{Member, PoolDef};
-use crate::zone::name::{MAX_NAME_LEN, Name};
+use crate::zone::name::Name;
 use crate::zone::{self, Diagnostic, Record, ZoneData, rtype};
 
 /// Everything a query can see, consistent with itself.
@@ -76,16 +76,6 @@ impl std::fmt::Debug for NameIndex {
 }
 
 impl NameIndex {
-    /// The hash of a wire name, case-folded (so `key` need not be lowercased).
-    fn hash_of(&self, name: &[u8]) -> u64 {
-        let mut lower = [0u8; MAX_NAME_LEN];
-        let len = name.len().min(MAX_NAME_LEN);
-        for (l, c) in lower.iter_mut().zip(&name[..len]) {
-            *l = c.to_ascii_lowercase();
-        }
-        self.hasher.hash_one(&lower[..len])
-    }
-
     /// Looks up `key`, a lowercased wire name.
     #[inline]
     pub(crate) fn get(&self, zones: &[Zone], key: &[u8]) -> Option<(u32, u32)> {
@@ -121,7 +111,7 @@ impl NameIndex {
                     continue;
                 }
                 let entry = (z as u32, n);
-                let hash = index.hash_of(name);
+                let hash = index.hasher.hash_one(&key[..]);
                 let same = |&(oz, on): &(u32, u32)| {
                     zones
                         .get(oz as usize)
@@ -203,6 +193,15 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// This node's RRsets within its zone's RRset table.
+    #[inline]
+    fn rrsets_in<'t>(&self, table: &'t [RRset]) -> &'t [RRset] {
+        let start = self.rrsets_start as usize;
+        table
+            .get(start..start + self.rrsets_len as usize)
+            .unwrap_or_default()
+    }
+
     /// The topmost delegation at or above this node, below the apex.
     pub(crate) fn cut(&self) -> Option<u32> {
         optional(self.cut)
@@ -290,10 +289,7 @@ impl Zone {
 
     #[inline]
     pub(crate) fn rrsets(&self, node: &Node) -> &[RRset] {
-        let start = node.rrsets_start as usize;
-        self.rrsets
-            .get(start..start + node.rrsets_len as usize)
-            .unwrap_or_default()
+        node.rrsets_in(&self.rrsets)
     }
 
     #[inline]
@@ -644,8 +640,12 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         None => (Box::default(), 0),
     };
 
+    let zone_label = origin.to_string();
     let mut built_pools = Vec::with_capacity(pools.len());
     for def in pools {
+        let pool_label = def.name.to_string();
+        // Large pools count picks per pool, not per member (see metrics).
+        let per_member_series = def.members.len() <= crate::metrics::PER_MEMBER_SERIES_LIMIT;
         let mut entries = Vec::with_capacity(def.members.len());
         for &m in &def.members {
             let member = &members[m];
@@ -655,8 +655,7 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
                 .get(&member.name.key()[..])
                 .and_then(|&n| nodes.get(n as usize))
                 .and_then(|node| {
-                    let start = node.rrsets_start as usize;
-                    rrset_table[start..start + node.rrsets_len as usize]
+                    node.rrsets_in(&rrset_table)
                         .iter()
                         .find(|r| r.rtype == rtype::CNAME)
                 });
@@ -678,13 +677,14 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
                     },
                 ),
             };
-            // Large pools count picks per pool, not per member (see metrics).
-            let label = if def.members.len() > crate::metrics::PER_MEMBER_SERIES_LIMIT {
-                "*".to_string()
-            } else {
-                member.label()
-            };
-            let picks = metrics.map(|m| m.pick_counter(&origin.to_string(), &def.name.to_string(), &label));
+            let picks = metrics.map(|m| {
+                let label = if per_member_series {
+                    member.label()
+                } else {
+                    "*".into()
+                };
+                m.pick_counter(&zone_label, &pool_label, &label)
+            });
             entries.push(PoolEntry { target, chase, picks });
         }
         let pool = Pool {

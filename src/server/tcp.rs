@@ -100,6 +100,12 @@ fn whole_message_buffered(buffered: &[u8]) -> bool {
     }
 }
 
+/// Appends one message with its two-octet length prefix (RFC 1035 §4.2.2).
+fn push_frame(frames: &mut Vec<u8>, message: &[u8]) {
+    frames.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    frames.extend_from_slice(message);
+}
+
 /// Writes the answers gathered so far; false when the connection is gone.
 async fn write_answers<W: AsyncWriteExt + Unpin>(
     writer: &mut W,
@@ -177,8 +183,7 @@ async fn serve_connection(
                 // after the answers to the queries before it.
                 let messages = crate::transfer::respond(&shared.snapshot.load(), &query[..len], peer.ip());
                 for message in messages {
-                    frames.extend_from_slice(&(message.len() as u16).to_be_bytes());
-                    frames.extend_from_slice(&message);
+                    push_frame(&mut frames, &message);
                     if !write_answers(&mut writer, &mut frames, idle, peer).await {
                         return;
                     }
@@ -216,8 +221,7 @@ async fn serve_connection(
                     return;
                 }
             }
-            frames.extend_from_slice(&(out.len() as u16).to_be_bytes());
-            frames.extend_from_slice(&out);
+            push_frame(&mut frames, &out);
             if !whole_message_buffered(reader.buffer()) {
                 break;
             }
