@@ -555,7 +555,7 @@ impl Control {
             .map(|zone| {
                 let mut data = crate::zone::ZoneData {
                     origin: zone.origin.clone(),
-                    records: zone.all_records(),
+                    records: zone.records.clone(),
                     members: zone.members.clone(),
                     pools: zone.pools.iter().map(|p| p.def.clone()).collect(),
                 };

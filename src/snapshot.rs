@@ -7,7 +7,7 @@
 //! Pools carry their own `ArcSwap<PickTable>` so health changes republish a pool's table
 //! without rebuilding the snapshot.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -16,9 +16,9 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pick::PickTable;
-use crate::zone::by_type::ByType;
 use crate::zone::members::{Member, PoolDef};
 use crate::zone::name::Name;
+use crate::zone::owners::{Owners, ancestors, compare_keys};
 use crate::zone::{self, Diagnostic, Record, ZoneData, rtype};
 
 /// Everything a query can see, consistent with itself.
@@ -447,9 +447,6 @@ pub(crate) fn key_is_subdomain(name: &[u8], ancestor: &[u8]) -> bool {
     pos == start
 }
 
-/// Owner name -> (name as written, RRsets by type).
-type RecordsByName<'r> = BTreeMap<Box<[u8]>, (Name, ByType<&'r Record>)>;
-
 /// Reads and validates every zone of the config; all errors of all files together.
 pub fn load_zones(config: &Config) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
     let mut zones = Vec::new();
@@ -472,103 +469,131 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         pools,
     } = data;
     let origin_key = origin.key();
+    let owners = Owners::new(&records, &members);
+    let is_apex = |wire: &[u8]| wire.eq_ignore_ascii_case(origin.wire());
 
-    // Owner names with their RRsets, plus every empty non-terminal up to the apex.
-    let mut by_name: RecordsByName<'_> = BTreeMap::new();
-    for record in &records {
-        by_name
-            .entry(record.name.key())
-            .or_insert_with(|| (record.name.clone(), ByType::default()))
-            .1
-            .push(record.rtype, record);
-    }
-    for pool in &pools {
-        by_name
-            .entry(pool.name.key())
-            .or_insert_with(|| (pool.name.clone(), ByType::default()));
-    }
-    // Empty non-terminals: the ancestors of owners that own nothing themselves. A walk up from
-    // an owner stops at the first ancestor that is an owner (its own walk covers the rest), so
-    // a zone of member names directly below the apex clones no name at all.
-    let mut missing: BTreeMap<Box<[u8]>, Name> = BTreeMap::new();
-    for (name, _) in by_name.values() {
-        let mut parent = name.parent();
-        while let Some(p) = parent {
-            let key = p.key();
-            if !p.is_subdomain_of(&origin) || by_name.contains_key(&key) || missing.contains_key(&key) {
+    // Names that own no record yet need a node: pool names, and the empty non-terminals
+    // between owners and the apex. A walk up from a name stops at the first ancestor that
+    // owns records or is already known, so member names directly below the apex add none.
+    let mut bare: Vec<Name> = pools
+        .iter()
+        .filter(|p| owners.find(p.name.wire()).is_none())
+        .map(|p| p.name.clone())
+        .collect();
+    let mut bare_keys: HashSet<Box<[u8]>> = bare.iter().map(Name::key).collect();
+    let mut empty_non_terminals = Vec::new();
+    for name in owners.iter().map(|o| o.name()).chain(&bare) {
+        for ancestor in ancestors(name.wire()) {
+            // Shorter than the origin: above the zone (every name here lies inside it).
+            if ancestor.len() < origin.wire().len()
+                || owners.find(ancestor).is_some()
+                || !bare_keys.insert(ancestor.to_ascii_lowercase().into_boxed_slice())
+            {
                 break;
             }
-            parent = p.parent();
-            missing.insert(key, p);
+            empty_non_terminals.push(Name::from_wire_unchecked(ancestor));
         }
     }
-    for (key, name) in missing {
-        by_name.insert(key, (name, ByType::default()));
-    }
-    let index: HashMap<&[u8], u32> = by_name
-        .keys()
-        .enumerate()
-        .map(|(i, key)| (&key[..], i as u32))
-        .collect();
+    drop(bare_keys);
+    bare.append(&mut empty_non_terminals);
+    bare.sort_by(|a, b| compare_keys(a.wire(), b.wire()));
 
-    let is_cut =
-        |key: &[u8], types: &ByType<&Record>| key != &origin_key[..] && types.contains_key(&rtype::NS);
+    // Nodes are the owners and the bare names merged in key order; a name's node number is
+    // its rank among both.
+    let node_of = |wire: &[u8]| -> Option<u32> {
+        let bare_before = bare.partition_point(|b| compare_keys(b.wire(), wire).is_lt());
+        let rank = match owners.search(wire) {
+            Ok(k) => k,
+            Err(k)
+                if bare
+                    .get(bare_before)
+                    .is_some_and(|b| b.wire().eq_ignore_ascii_case(wire)) =>
+            {
+                k
+            }
+            Err(_) => return None,
+        };
+        Some((rank + bare_before) as u32)
+    };
+    let is_cut = |wire: &[u8]| !is_apex(wire) && owners.find(wire).is_some_and(|o| o.has(rtype::NS));
 
-    // Sized up front (every owner name once, every record's tail, CNAME chase keys), so the
-    // arena does not double its way past what it needs during the load.
-    let expected_bytes: usize = by_name.values().map(|(name, _)| name.wire().len()).sum::<usize>()
-        + records.iter().map(|r| 10 + r.rdata.len()).sum::<usize>();
+    // Sized up front (every owner name once, every record's tail, CNAME chase keys at most
+    // as long as their targets), so the arena does not double its way past what it needs.
+    let expected_bytes: usize = owners.iter().map(|o| o.name().wire().len()).sum::<usize>()
+        + bare.iter().map(|n| n.wire().len()).sum::<usize>()
+        + records
+            .iter()
+            .map(|r| 10 + r.rdata.len() * if r.rtype == rtype::CNAME { 2 } else { 1 })
+            .sum::<usize>()
+        + members.iter().map(|m| 10 + m.target.wire().len()).sum::<usize>();
     let mut arena = Arena {
         bytes: Vec::with_capacity(expected_bytes),
         overflowed: false,
     };
-    let mut rrset_table: Vec<RRset> = Vec::new();
+    let mut rrset_table: Vec<RRset> = Vec::with_capacity(owners.len());
     let mut additionals: Vec<Additional> = Vec::new();
-    let mut nodes = Vec::with_capacity(by_name.len());
+    let mut nodes = Vec::with_capacity(owners.len() + bare.len());
     // One encoding buffer, reused for every RRset.
     let mut tails = Vec::new();
-    for (key, (name, types)) in &by_name {
+    let (mut next_owner, mut next_bare) = (0, 0);
+    while next_owner < owners.len() || next_bare < bare.len() {
+        let owner = (next_owner < owners.len())
+            .then(|| owners.owner(next_owner))
+            .filter(|o| {
+                bare.get(next_bare)
+                    .is_none_or(|b| compare_keys(o.name().wire(), b.wire()).is_lt())
+            });
+        let name = match owner {
+            Some(o) => {
+                next_owner += 1;
+                o.name()
+            }
+            None => {
+                next_bare += 1;
+                &bare[next_bare - 1]
+            }
+        };
         let name_span = arena.push(name.wire());
         let rrsets_start = rrset_table.len() as u32;
-        for (&t, records) in types {
+        for (t, items) in owner.iter().flat_map(|o| o.rrsets()) {
             tails.clear();
             let additional_start = additionals.len() as u32;
-            for r in records {
-                encode_tail(&mut tails, t, rtype::CLASS_IN, r.ttl, &r.rdata);
+            for &i in items {
+                let r = owners.item(i);
+                encode_tail(&mut tails, t, rtype::CLASS_IN, r.ttl, r.rdata);
                 let target = match t {
-                    rtype::NS => Some(&r.rdata[..]),
+                    rtype::NS => Some(r.rdata),
                     rtype::MX => r.rdata.get(2..),
                     rtype::SRV => r.rdata.get(6..),
                     _ => None,
                 };
-                let Some(target) = target.map(Name::from_wire_unchecked) else {
+                let Some(target) = target.filter(|t| key_is_subdomain(&t.to_ascii_lowercase(), &origin_key))
+                else {
                     continue;
                 };
-                if !target.is_subdomain_of(&origin) {
-                    continue;
-                }
-                let Some((owner, target_types)) = by_name.get(&target.key()) else {
+                let Some(glue_owner) = owners.find(target) else {
                     continue;
                 };
-                for address in [rtype::A, rtype::AAAA].iter().filter_map(|t| target_types.get(t)) {
+                for address in [rtype::A, rtype::AAAA].iter().filter_map(|&t| glue_owner.get(t)) {
                     let mut glue = Vec::new();
-                    for a in address {
-                        encode_tail(&mut glue, a.rtype, rtype::CLASS_IN, a.ttl, &a.rdata);
+                    for &a in address {
+                        let a = owners.item(a);
+                        encode_tail(&mut glue, a.rtype, rtype::CLASS_IN, a.ttl, a.rdata);
                     }
                     additionals.push(Additional {
-                        owner: arena.push(owner.wire()),
+                        owner: arena.push(glue_owner.name().wire()),
                         count: address.len() as u16,
                         tails: arena.push(&glue),
                     });
                 }
             }
             let chase = (t == rtype::CNAME)
-                .then(|| Name::from_wire_unchecked(&records[0].rdata))
-                .filter(|target| target.is_subdomain_of(&origin))
-                .map_or(Span::default(), |target| arena.push(&target.key()));
+                .then(|| owners.item(items[0]).rdata.to_ascii_lowercase())
+                .filter(|target| key_is_subdomain(target, &origin_key))
+                .map_or(Span::default(), |target| arena.push(&target));
             rrset_table.push(RRset {
                 rtype: t,
-                count: records.len() as u16,
+                count: items.len() as u16,
                 tails: arena.push(&tails),
                 chase,
                 additional_start,
@@ -576,24 +601,17 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
             });
         }
         // The topmost cut among this node and its ancestors below the apex.
-        let mut cut = None;
-        let mut cursor = Some(name.clone());
-        while let Some(n) = cursor {
-            let k = n.key();
-            if k == origin_key {
-                break;
-            }
-            if let Some((_, t)) = by_name.get(&k) {
-                if is_cut(&k, t) {
-                    cut = index.get(&k[..]).copied();
-                }
-            }
-            cursor = n.parent();
-        }
-        let wildcard = name
-            .wildcard_child()
-            .and_then(|w| index.get(&w.key()[..]).copied());
-        let pool = pools.iter().position(|p| p.name.key() == *key).map(|p| p as u32);
+        let cut = std::iter::once(name.wire())
+            .chain(ancestors(name.wire()))
+            .take_while(|w| !is_apex(w))
+            .filter(|w| is_cut(w))
+            .last()
+            .and_then(node_of);
+        let wildcard = name.wildcard_child().and_then(|w| node_of(w.wire()));
+        let pool = pools
+            .iter()
+            .position(|p| p.name.wire().eq_ignore_ascii_case(name.wire()))
+            .map(|p| p as u32);
         nodes.push(Node {
             name: name_span,
             rrsets_start,
@@ -604,10 +622,9 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         });
     }
 
-    let apex_soa = by_name
-        .get(&origin_key)
-        .and_then(|(_, types)| types.get(&rtype::SOA))
-        .and_then(|records| records.first().copied());
+    let apex_soa = owners
+        .find(origin.wire())
+        .and_then(|apex| apex.get(rtype::SOA).map(|items| apex.item(items[0])));
     let (negative_soa, serial) = match apex_soa {
         Some(soa) => {
             let minimum = soa.rdata.len().checked_sub(4).map_or(0, |at| {
@@ -632,7 +649,7 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
                 rtype::SOA,
                 rtype::CLASS_IN,
                 soa.ttl.min(minimum),
-                &soa.rdata,
+                soa.rdata,
             );
             (tail.into_boxed_slice(), serial)
         }
@@ -651,9 +668,8 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
             let member = &members[m];
             // The member's node holds exactly one record, its CNAME (members never share a
             // name with the zone file); its RDATA and chase key serve the pool too.
-            let cname = index
-                .get(&member.name.key()[..])
-                .and_then(|&n| nodes.get(n as usize))
+            let cname = node_of(member.name.wire())
+                .and_then(|n| nodes.get(n as usize))
                 .and_then(|node| {
                     node.rrsets_in(&rrset_table)
                         .iter()
@@ -705,18 +721,10 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         pool.publish(&configured);
         built_pools.push(pool);
     }
-    drop(index);
-    drop(by_name);
     if arena.overflowed {
         tracing::error!(zone = %origin, "zone tables pass 4 GiB: some answers will be empty");
     }
 
-    // Member CNAMEs are kept once, as members; `Zone::all_records` puts them back.
-    let member_names: HashSet<&[u8]> = members.iter().map(|m| m.name.wire()).collect();
-    let mut records = records;
-    records.retain(|r| !(r.rtype == rtype::CNAME && member_names.contains(r.name.wire())));
-    records.shrink_to_fit();
-    drop(member_names);
     rrset_table.shrink_to_fit();
     additionals.shrink_to_fit();
 

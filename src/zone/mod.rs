@@ -4,13 +4,13 @@
 //! file and, where it has one, the line. It must not know about wire responses; the snapshot
 //! builder turns `ZoneData` into answer tables.
 
-pub(crate) mod by_type;
 pub mod master;
 pub mod members;
 pub mod name;
+pub(crate) mod owners;
 pub mod rtype;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use crate::config::ZoneConfig;
 use crate::health::spec::HealthSettings;
 use members::{Member, PoolDef};
 use name::Name;
+use owners::{Owners, ancestors, compare_keys};
 
 /// Where something was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +95,8 @@ pub struct Record {
     pub location: Location,
 }
 
-/// A validated zone: its records (member CNAMEs included), members and pools.
+/// A validated zone: the zone file's records, the members (each also a CNAME record, not
+/// written out here; `Zone::all_records` does that) and pools.
 #[derive(Debug, Clone)]
 pub struct ZoneData {
     pub origin: Name,
@@ -138,23 +140,31 @@ impl ZoneData {
     /// are summed), so no sorted copy of a 100,000-record zone is made to compute it.
     pub fn content_digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
-        let mut sum: u64 = 0;
-        for r in &self.records {
-            // Keyed SipHash with fixed keys: stable within the process and across restarts of
-            // one build, which is what the serial state file compares.
+        // Keyed SipHash with fixed keys: stable within the process and across restarts of one
+        // build, which is what the serial state file compares.
+        let record_hash = |name: &Name, rtype: u16, ttl: u32, rdata: &[u8]| {
             let mut hasher = std::hash::DefaultHasher::new();
-            (r.name.key(), r.rtype, r.ttl).hash(&mut hasher);
-            match r.rdata.len().checked_sub(20).filter(|_| r.rtype == rtype::SOA) {
+            (name.key(), rtype, ttl).hash(&mut hasher);
+            match rdata.len().checked_sub(20).filter(|_| rtype == rtype::SOA) {
                 Some(serial_at) => {
-                    r.rdata[..serial_at].hash(&mut hasher);
-                    r.rdata[serial_at + 4..].hash(&mut hasher);
+                    rdata[..serial_at].hash(&mut hasher);
+                    rdata[serial_at + 4..].hash(&mut hasher);
                 }
-                None => r.rdata.hash(&mut hasher),
+                None => rdata.hash(&mut hasher),
             }
-            sum = sum.wrapping_add(hasher.finish());
-        }
+            hasher.finish()
+        };
+        let records = self
+            .records
+            .iter()
+            .map(|r| record_hash(&r.name, r.rtype, r.ttl, &r.rdata));
+        let member_cnames = self
+            .members
+            .iter()
+            .map(|m| record_hash(&m.name, rtype::CNAME, m.ttl, m.target.wire()));
+        let sum = records.chain(member_cnames).fold(0u64, u64::wrapping_add);
         let mut hasher = std::hash::DefaultHasher::new();
-        (sum, self.records.len()).hash(&mut hasher);
+        (sum, self.records.len() + self.members.len()).hash(&mut hasher);
         for pool in &self.pools {
             (pool.name.key(), pool.ttl, &pool.members).hash(&mut hasher);
         }
@@ -187,13 +197,8 @@ pub fn assemble(
 ) -> Result<ZoneData, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     check_member_names(&records, &members, &pools, &mut errors);
-    records.reserve_exact(members.len());
-    for member in &members {
-        records.push(member.cname_record());
-    }
-    validate(origin, &mut records, file, &mut errors);
     check_pool_targets(origin, &members, &pools, &mut errors);
-    check_pool_loops(&records, &members, &pools, &mut errors);
+    validate(origin, &mut records, &members, &pools, file, &mut errors);
     if errors.is_empty() {
         Ok(ZoneData {
             origin: origin.clone(),
@@ -288,66 +293,103 @@ fn check_pool_targets(origin: &Name, members: &[Member], pools: &[PoolDef], erro
     }
 }
 
+/// A node of the walk in `check_pool_loops`: a pool's shared name, or an owner name of the zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WalkNode {
+    Pool(usize),
+    Owner(usize),
+}
+
 /// A pool's answer must not lead back to a pool: member target -> CNAMEs inside the zone ->
 /// another pool -> its members ... would make every answer a chain cut at the request path's
 /// limit. Member targets that are themselves pool names are `check_pool_targets`' message;
-/// pure CNAME loops are `validate`'s. One depth-first walk from every pool: O(names + members).
-fn check_pool_loops(records: &[Record], members: &[Member], pools: &[PoolDef], errors: &mut Vec<Diagnostic>) {
+/// pure CNAME loops are `check_cname_loops`'. One depth-first walk from every pool:
+/// O((names + members) log names), no copy of any name.
+fn check_pool_loops(
+    owners: &Owners<'_>,
+    members: &[Member],
+    pools: &[PoolDef],
+    errors: &mut Vec<Diagnostic>,
+) {
     if pools.is_empty() {
         return;
     }
-    let cname: HashMap<Box<[u8]>, Box<[u8]>> = records
-        .iter()
-        .filter(|r| r.rtype == rtype::CNAME)
-        .map(|r| (r.name.key(), Name::from_wire_unchecked(&r.rdata).key()))
-        .collect();
-    let pool_names: HashMap<Box<[u8]>, usize> =
-        pools.iter().enumerate().map(|(i, p)| (p.name.key(), i)).collect();
-    let member_keys: Vec<Box<[u8]>> = members.iter().map(|m| m.name.key()).collect();
-    let target_is_pool = |m: usize| pool_names.contains_key(&members[m].target.key());
+    // Pool names in key order, for a binary search without lowercasing a copy.
+    let mut pools_by_name: Vec<usize> = (0..pools.len()).collect();
+    pools_by_name.sort_by(|&a, &b| compare_keys(pools[a].name.wire(), pools[b].name.wire()));
+    let pool_named = |wire: &[u8]| {
+        pools_by_name
+            .binary_search_by(|&p| compare_keys(pools[p].name.wire(), wire))
+            .ok()
+            .map(|at| pools_by_name[at])
+    };
+    // A pool name wins over an owner of the same name, as at query time.
+    let node_named = |wire: &[u8]| {
+        pool_named(wire)
+            .map(WalkNode::Pool)
+            .or_else(|| owners.search(wire).ok().map(WalkNode::Owner))
+    };
+    let name_of = |node: WalkNode| match node {
+        WalkNode::Pool(p) => pools[p].name.to_string(),
+        WalkNode::Owner(k) => owners.owner(k).name().to_string(),
+    };
 
     /// 1 = on the walk now, 2 = every path from it explored.
     const ON_PATH: u8 = 1;
     const DONE: u8 = 2;
-    let mut state: HashMap<&[u8], u8> = HashMap::new();
-    for pool in pools {
-        let root = pool.name.key();
-        let Some((root, _)) = pool_names.get_key_value(&root) else {
-            continue;
+    let mut pool_state = vec![0u8; pools.len()];
+    let mut owner_state = vec![0u8; owners.len()];
+    let mut state = |node: WalkNode, set: Option<u8>| -> u8 {
+        let slot = match node {
+            WalkNode::Pool(p) => &mut pool_state[p],
+            WalkNode::Owner(k) => &mut owner_state[k],
         };
-        if state.contains_key(&root[..]) {
+        if let Some(value) = set {
+            *slot = value;
+        }
+        *slot
+    };
+    for root in 0..pools.len() {
+        let root = WalkNode::Pool(root);
+        if state(root, None) != 0 {
             continue;
         }
-        // (name, next successor to try, the member whose pick led here)
-        let mut stack: Vec<(&[u8], usize, Option<usize>)> = vec![(&root[..], 0, None)];
-        state.insert(&root[..], ON_PATH);
+        // (node, next successor to try, the member whose pick led here)
+        let mut stack: Vec<(WalkNode, usize, Option<usize>)> = vec![(root, 0, None)];
+        state(root, Some(ON_PATH));
         while let Some(top) = stack.last_mut() {
-            let (name, next, _) = *top;
+            let (node, next, _) = *top;
             top.1 += 1;
             // Successors: a pool's members (skipping direct pool targets, reported elsewhere),
-            // or a name's CNAME target.
-            let successor: Option<(&[u8], Option<usize>)> = match pool_names.get(name) {
-                Some(&p) => match pools[p].members.get(next) {
-                    Some(&m) if target_is_pool(m) => continue,
-                    Some(&m) => Some((&member_keys[m][..], Some(m))),
+            // or a name's CNAME target. Names that are neither lead nowhere.
+            let successor: Option<(Option<WalkNode>, Option<usize>)> = match node {
+                WalkNode::Pool(p) => match pools[p].members.get(next) {
+                    Some(&m) if pool_named(members[m].target.wire()).is_some() => continue,
+                    Some(&m) => Some((node_named(members[m].name.wire()), Some(m))),
                     None => None,
                 },
-                None if next == 0 => cname.get(name).map(|t| (&t[..], None)),
-                None => None,
+                WalkNode::Owner(k) if next == 0 => {
+                    let owner = owners.owner(k);
+                    owner
+                        .get(rtype::CNAME)
+                        .map(|items| (node_named(owner.item(items[0]).rdata), None))
+                }
+                WalkNode::Owner(_) => None,
             };
             let Some((successor, via)) = successor else {
-                state.insert(name, DONE);
+                state(node, Some(DONE));
                 stack.pop();
                 continue;
             };
-            match state.get(successor) {
-                Some(&ON_PATH) => {
+            let Some(successor) = successor else { continue };
+            match state(successor, None) {
+                ON_PATH => {
                     let Some(start) = stack.iter().position(|(n, _, _)| *n == successor) else {
                         continue;
                     };
                     let cycle = &stack[start..];
-                    // A loop that passes through no pool is a CNAME loop, reported by `validate`.
-                    if !cycle.iter().any(|(n, _, _)| pool_names.contains_key(*n)) {
+                    // A loop that passes through no pool is a CNAME loop, reported elsewhere.
+                    if !cycle.iter().any(|(n, _, _)| matches!(n, WalkNode::Pool(_))) {
                         continue;
                     }
                     // The first pick inside the loop (the entry's own `via` led into it).
@@ -355,11 +397,8 @@ fn check_pool_loops(records: &[Record], members: &[Member], pools: &[PoolDef], e
                     let Some(m) = member else {
                         continue;
                     };
-                    let mut path: Vec<String> = cycle
-                        .iter()
-                        .map(|(n, _, _)| Name::from_wire_unchecked(n).to_string())
-                        .collect();
-                    path.push(Name::from_wire_unchecked(successor).to_string());
+                    let mut path: Vec<String> = cycle.iter().map(|(n, _, _)| name_of(*n)).collect();
+                    path.push(name_of(successor));
                     errors.push(Diagnostic::at(
                         members[m].location.clone(),
                         format!(
@@ -369,24 +408,29 @@ fn check_pool_loops(records: &[Record], members: &[Member], pools: &[PoolDef], e
                         ),
                     ));
                 }
-                Some(_) => {}
-                None => {
-                    state.insert(successor, ON_PATH);
+                0 => {
+                    state(successor, Some(ON_PATH));
                     stack.push((successor, 0, via));
                 }
+                _ => {}
             }
         }
     }
 }
 
-/// A CNAME's target key and the index of its record.
-type CnameEdge = (Box<[u8]>, usize);
-
 /// Zone-level rules (RFC 1034/1035/2181): data inside the zone, one SOA at the apex, NS at the
-/// apex, CNAME alone at its name, nothing but glue below a delegation, no CNAME loops.
-/// Also removes duplicate records and aligns TTLs within an RRset (RFC 2181 §5.2).
-fn validate(origin: &Name, records: &mut Vec<Record>, file: &Path, errors: &mut Vec<Diagnostic>) {
-    let origin_key = origin.key();
+/// apex, CNAME alone at its name, nothing but glue below a delegation, no CNAME loops, RRsets
+/// that fit a message, pools that do not lead back to themselves. The members' CNAMEs take
+/// part as records. Also removes duplicate records and aligns TTLs within an RRset
+/// (RFC 2181 §5.2).
+fn validate(
+    origin: &Name,
+    records: &mut Vec<Record>,
+    members: &[Member],
+    pools: &[PoolDef],
+    file: &Path,
+    errors: &mut Vec<Diagnostic>,
+) {
     records.retain(|r| {
         if r.name.is_subdomain_of(origin) {
             true
@@ -398,11 +442,23 @@ fn validate(origin: &Name, records: &mut Vec<Record>, file: &Path, errors: &mut 
             false
         }
     });
+    drop_duplicates(records);
+    let aligned_ttls = {
+        let owners = Owners::new(records, members);
+        check_apex(origin, &owners, records, file, errors);
+        check_owners(origin, &owners, errors);
+        check_cname_loops(&owners, errors);
+        check_pool_loops(&owners, members, pools, errors);
+        aligned_ttls(&owners, records.len())
+    };
+    for (i, ttl) in aligned_ttls {
+        records[i].ttl = ttl;
+    }
+}
 
-    // Group into RRsets, deduplicating.
-    let mut by_name: BTreeMap<Box<[u8]>, by_type::ByType<usize>> = BTreeMap::new();
-    // Records seen so far, by index: equal records are found through their hash without
-    // keeping a copy of each record's name and RDATA.
+/// Removes records equal to an earlier one (same name in any case, type and RDATA): a zone
+/// holds each record once. Found through their hash, without a copy of each name and RDATA.
+fn drop_duplicates(records: &mut Vec<Record>) {
     let mut seen: hashbrown::HashTable<usize> = hashbrown::HashTable::with_capacity(records.len());
     let hash_state = std::hash::RandomState::new();
     let hash_of = |r: &Record| {
@@ -417,98 +473,93 @@ fn validate(origin: &Name, records: &mut Vec<Record>, file: &Path, errors: &mut 
         let hash = hash_of(r);
         if seen.find(hash, |&j| same(&records[j], r)).is_some() {
             keep[i] = false;
-            continue;
+        } else {
+            seen.insert_unique(hash, i, |&j| hash_of(&records[j]));
         }
-        seen.insert_unique(hash, i, |&j| hash_of(&records[j]));
-        by_name.entry(r.name.key()).or_default().push(r.rtype, i);
     }
     drop(seen);
+    let mut i = 0;
+    records.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
 
-    let soa_count = records.iter().filter(|r| r.rtype == rtype::SOA).count();
-    match by_name.get(&origin_key).and_then(|types| types.get(&rtype::SOA)) {
+/// One SOA, at the apex, and NS records there.
+fn check_apex(
+    origin: &Name,
+    owners: &Owners<'_>,
+    records: &[Record],
+    file: &Path,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let apex = owners.find(origin.wire());
+    match apex.and_then(|o| o.get(rtype::SOA).map(|soas| (o, soas))) {
         None => errors.push(Diagnostic::file(
             file,
             format!("zone {origin} has no SOA record at its apex"),
         )),
-        Some(soas) if soas.len() > 1 => errors.push(Diagnostic::at(
-            records[soas[1]].location.clone(),
+        Some((apex, soas)) if soas.len() > 1 => errors.push(Diagnostic::at(
+            apex.item(soas[1]).location.clone(),
             "more than one SOA record at the apex",
         )),
         Some(_) => {}
     }
-    if soa_count > 1 {
-        for r in records
-            .iter()
-            .filter(|r| r.rtype == rtype::SOA && r.name.key() != origin_key)
-        {
-            errors.push(Diagnostic::at(r.location.clone(), "SOA record below the apex"));
-        }
-    }
-    if by_name
-        .get(&origin_key)
-        .is_none_or(|types| !types.contains_key(&rtype::NS))
+    for r in records
+        .iter()
+        .filter(|r| r.rtype == rtype::SOA && !r.name.wire().eq_ignore_ascii_case(origin.wire()))
     {
+        errors.push(Diagnostic::at(r.location.clone(), "SOA record below the apex"));
+    }
+    if !apex.is_some_and(|o| o.has(rtype::NS)) {
         errors.push(Diagnostic::file(
             file,
             format!("zone {origin} has no NS records at its apex"),
         ));
     }
+}
 
-    let cuts: HashSet<Box<[u8]>> = by_name
-        .iter()
-        .filter(|(key, types)| **key != origin_key && types.contains_key(&rtype::NS))
-        .map(|(key, _)| key.clone())
-        .collect();
-
-    for (key, types) in &by_name {
-        let first = |t: u16| types.get(&t).map(|v| records[v[0]].location.clone());
-        if let Some(cnames) = types.get(&rtype::CNAME) {
-            if cnames.len() > 1 {
+/// The rules for what may share a name: CNAME alone, no NS at a wildcard, only glue below a
+/// delegation and only NS, DS and glue at one, and RRsets a message can carry.
+fn check_owners(origin: &Name, owners: &Owners<'_>, errors: &mut Vec<Diagnostic>) {
+    let is_apex = |wire: &[u8]| wire.eq_ignore_ascii_case(origin.wire());
+    let is_cut = |wire: &[u8]| !is_apex(wire) && owners.find(wire).is_some_and(|o| o.has(rtype::NS));
+    for owner in owners.iter() {
+        let name = owner.name();
+        let first = |t: u16| owner.get(t).map(|items| owner.item(items[0]));
+        if let Some(cnames) = owner.get(rtype::CNAME) {
+            let cname = owner.item(cnames[0]);
+            if let Some(&second) = cnames.get(1) {
                 errors.push(Diagnostic::at(
-                    records[cnames[1]].location.clone(),
+                    owner.item(second).location.clone(),
                     "more than one CNAME at one name",
                 ));
             }
-            if types.len() > 1 {
-                let loc = first(rtype::CNAME).unwrap_or_else(|| records[cnames[0]].location.clone());
+            if owner.type_count() > 1 {
                 errors.push(Diagnostic::at(
-                    loc,
-                    format!(
-                        "{} has a CNAME and other data (RFC 1034 §3.6.2)",
-                        records[cnames[0]].name
-                    ),
+                    cname.location.clone(),
+                    format!("{} has a CNAME and other data (RFC 1034 §3.6.2)", cname.name),
                 ));
             }
-            if **key == *origin_key {
-                errors.push(Diagnostic::at(
-                    records[cnames[0]].location.clone(),
-                    "CNAME at the zone apex",
-                ));
+            if is_apex(name.wire()) {
+                errors.push(Diagnostic::at(cname.location.clone(), "CNAME at the zone apex"));
             }
         }
-        let name = &records[types.values().next().map_or(0, |v| v[0])].name;
-        if name.is_wildcard() && types.contains_key(&rtype::NS) {
-            if let Some(loc) = first(rtype::NS) {
-                errors.push(Diagnostic::at(
-                    loc,
-                    "NS records at a wildcard name (RFC 4592 §4.2)",
-                ));
-            }
+        if let Some(ns) = first(rtype::NS).filter(|_| name.is_wildcard()) {
+            errors.push(Diagnostic::at(
+                ns.location.clone(),
+                "NS records at a wildcard name (RFC 4592 §4.2)",
+            ));
         }
         // Below a delegation only glue addresses may live; at the cut NS, DS and addresses.
-        let mut ancestor = name.parent();
-        let mut under_cut = None;
-        while let Some(a) = ancestor {
-            if a.key() == origin_key {
-                break;
-            }
-            if cuts.contains(&a.key()) {
-                under_cut = Some(a.clone());
-            }
-            ancestor = a.parent();
-        }
-        let at_cut = cuts.contains(key);
-        for (&t, indexes) in types {
+        // The topmost cut above the name is the one that hides it.
+        let under_cut = ancestors(name.wire())
+            .take_while(|a| !is_apex(a))
+            .filter(|a| is_cut(a))
+            .last();
+        let at_cut = is_cut(name.wire());
+        for (t, items) in owner.rrsets() {
+            let first = owner.item(items[0]);
             let allowed = if under_cut.is_some() {
                 t == rtype::A || t == rtype::AAAA
             } else if at_cut {
@@ -517,9 +568,9 @@ fn validate(origin: &Name, records: &mut Vec<Record>, file: &Path, errors: &mut 
                 true
             };
             if !allowed {
-                let cut = under_cut.clone().unwrap_or_else(|| name.clone());
+                let cut = under_cut.map_or_else(|| name.clone(), Name::from_wire_unchecked);
                 errors.push(Diagnostic::at(
-                    records[indexes[0]].location.clone(),
+                    first.location.clone(),
                     format!(
                         "{} record at {name} is hidden by the delegation at {cut}",
                         rtype::mnemonic(t)
@@ -528,89 +579,16 @@ fn validate(origin: &Name, records: &mut Vec<Record>, file: &Path, errors: &mut 
             }
             if t == rtype::DS && !at_cut {
                 errors.push(Diagnostic::at(
-                    records[indexes[0]].location.clone(),
+                    first.location.clone(),
                     "DS record away from a delegation",
                 ));
             }
-        }
-    }
-
-    // CNAME chains inside the zone must end.
-    let cname_target: HashMap<Box<[u8]>, CnameEdge> = records
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.rtype == rtype::CNAME)
-        .map(|(i, r)| (r.name.key(), (Name::from_wire_unchecked(&r.rdata).key(), i)))
-        .collect();
-    // Each name has one CNAME edge, so one walk from every name not yet seen finds every loop
-    // in linear time (walking each chain from each of its names was cubic: a chain of 2,000
-    // CNAMEs took seconds to check, 20,000 took hours). Starts in file order, so the report is
-    // stable and names the loop's first record as written.
-    const ON_WALK: u8 = 1;
-    let mut state: HashMap<&[u8], u8> = HashMap::new();
-    for record in records.iter().filter(|r| r.rtype == rtype::CNAME) {
-        let start = record.name.key();
-        let Some((start, _)) = cname_target.get_key_value(&start) else {
-            continue;
-        };
-        if state.contains_key(&start[..]) {
-            continue;
-        }
-        let mut walk: Vec<&[u8]> = Vec::new();
-        let mut current: &[u8] = start;
-        loop {
-            match state.get(current) {
-                Some(&ON_WALK) => {
-                    let from = walk.iter().position(|k| *k == current).unwrap_or(0);
-                    let cycle = &walk[from..];
-                    let first = cycle
-                        .iter()
-                        .filter_map(|k| cname_target.get(*k).map(|(_, i)| *i))
-                        .min()
-                        .unwrap_or(0);
-                    let mut names: Vec<String> = cycle
-                        .iter()
-                        .take(8)
-                        .filter_map(|k| cname_target.get(*k).map(|(_, i)| records[*i].name.to_string()))
-                        .collect();
-                    if cycle.len() > 8 {
-                        names.push("...".into());
-                    }
-                    names.push(records[cname_target[current].1].name.to_string());
-                    errors.push(Diagnostic::at(
-                        records[first].location.clone(),
-                        format!(
-                            "CNAME loop starting at {}: {}",
-                            records[first].name,
-                            names.join(" -> ")
-                        ),
-                    ));
-                    break;
-                }
-                Some(_) => break,
-                None => {}
-            }
-            state.insert(current, ON_WALK);
-            walk.push(current);
-            match cname_target.get(current) {
-                Some((next, _)) => current = next,
-                None => break,
-            }
-        }
-        for key in walk {
-            state.insert(key, ON_WALK + 1);
-        }
-    }
-
-    // An RRset must fit in one message (RFC 1035 §4.2.2: TCP carries at most 65535 octets).
-    // A bigger one could never be answered, and its record count would wrap the header's
-    // 16-bit counts (65,536 records would be announced as none).
-    for types in by_name.values() {
-        for (&t, indexes) in types {
+            // An RRset must fit in one message (RFC 1035 §4.2.2: TCP carries at most 65535
+            // octets). A bigger one could never be answered, and its record count would wrap
+            // the header's 16-bit counts (65,536 records would be announced as none).
             // Each record: a compressed owner (2), TYPE CLASS TTL RDLENGTH (10), RDATA.
-            let octets: usize = indexes.iter().map(|&i| 12 + records[i].rdata.len()).sum();
+            let octets: usize = items.iter().map(|&i| 12 + owner.item(i).rdata.len()).sum();
             if octets > usize::from(u16::MAX) {
-                let first = &records[indexes[0]];
                 errors.push(Diagnostic::at(
                     first.location.clone(),
                     format!(
@@ -618,27 +596,92 @@ fn validate(origin: &Name, records: &mut Vec<Record>, file: &Path, errors: &mut 
                          a DNS message can carry (65535)",
                         rtype::mnemonic(t),
                         first.name,
-                        indexes.len()
+                        items.len()
                     ),
                 ));
             }
         }
     }
+}
 
-    // RFC 2181 §5.2: one TTL per RRset; take the lowest, as a cache would see.
-    for types in by_name.values() {
-        for indexes in types.values() {
-            let ttl = indexes.iter().map(|&i| records[i].ttl).min().unwrap_or(0);
-            for &i in indexes {
-                records[i].ttl = ttl;
+/// CNAME chains inside the zone must end.
+///
+/// Each name has one CNAME edge (the first, when there are more), so one walk from every name
+/// not yet seen finds every loop in linear time (walking each chain from each of its names was
+/// cubic: a chain of 2,000 CNAMEs took seconds to check, 20,000 took hours). Starts in file
+/// order, so the report is stable and names the loop's first record as written.
+fn check_cname_loops(owners: &Owners<'_>, errors: &mut Vec<Diagnostic>) {
+    const ON_WALK: u8 = 1;
+    const DONE: u8 = 2;
+    let cname_of = |k: usize| {
+        let owner = owners.owner(k);
+        owner.get(rtype::CNAME).map(|items| items[0])
+    };
+    let mut state = vec![0u8; owners.len()];
+    // Walks begin at each CNAME in file order.
+    let mut starts: Vec<u32> = (0..owners.len()).filter_map(cname_of).collect();
+    starts.sort_unstable();
+    for item in starts {
+        let Ok(start) = owners.search(owners.item(item).name.wire()) else {
+            continue;
+        };
+        if state[start] != 0 {
+            continue;
+        }
+        let mut walk: Vec<usize> = Vec::new();
+        let mut current = start;
+        loop {
+            match state[current] {
+                ON_WALK => {
+                    let from = walk.iter().position(|&k| k == current).unwrap_or(0);
+                    let cycle = &walk[from..];
+                    let first = cycle.iter().filter_map(|&k| cname_of(k)).min().unwrap_or(item);
+                    let name_at = |k: usize| cname_of(k).map(|i| owners.item(i).name.to_string());
+                    let mut names: Vec<String> = cycle.iter().take(8).filter_map(|&k| name_at(k)).collect();
+                    if cycle.len() > 8 {
+                        names.push("...".into());
+                    }
+                    names.extend(name_at(current));
+                    let first = owners.item(first);
+                    errors.push(Diagnostic::at(
+                        first.location.clone(),
+                        format!("CNAME loop starting at {}: {}", first.name, names.join(" -> ")),
+                    ));
+                    break;
+                }
+                DONE => break,
+                _ => {}
+            }
+            state[current] = ON_WALK;
+            walk.push(current);
+            match cname_of(current).and_then(|i| owners.search(owners.item(i).rdata).ok()) {
+                Some(next) => current = next,
+                None => break,
             }
         }
+        for k in walk {
+            state[k] = DONE;
+        }
     }
-    let mut i = 0;
-    records.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
+}
+
+/// RFC 2181 §5.2: one TTL per RRset; the lowest, as a cache would see. Returns the zone-file
+/// records (numbers below `record_count`) whose TTL must change, and to what.
+fn aligned_ttls(owners: &Owners<'_>, record_count: usize) -> Vec<(usize, u32)> {
+    let mut changes = Vec::new();
+    for owner in owners.iter() {
+        for (_, items) in owner.rrsets().filter(|(_, items)| items.len() > 1) {
+            let ttl = items.iter().map(|&i| owner.item(i).ttl).min().unwrap_or(0);
+            changes.extend(
+                items
+                    .iter()
+                    .map(|&i| i as usize)
+                    .filter(|&i| i < record_count && owner.item(i as u32).ttl != ttl)
+                    .map(|i| (i, ttl)),
+            );
+        }
+    }
+    changes
 }
 
 #[cfg(test)]
@@ -650,7 +693,7 @@ mod tests {
         let origin = Name::parse("example.", None).expect("origin");
         let mut records = master::parse_str(text, Path::new("z"), &origin).expect("syntax ok");
         let mut errors = Vec::new();
-        validate(&origin, &mut records, &PathBuf::from("z"), &mut errors);
+        validate(&origin, &mut records, &[], &[], &PathBuf::from("z"), &mut errors);
         errors.iter().map(ToString::to_string).collect()
     }
 

@@ -1,0 +1,232 @@
+//! A zone's records grouped by owner name and type, for validation and the snapshot build,
+//! without a map: one vector of record numbers sorted by owner and type, and where each owner
+//! begins in it. At 100,000 members a map of owner keys spent about 200 B per name (a copied
+//! key, a cloned name, a node of the tree, a vector per type) during every load; this spends 8.
+//!
+//! Member CNAMEs take part without being written out as records: item numbers past the zone
+//! file's records stand for the members, in order.
+
+use std::cmp::Ordering;
+
+use super::members::Member;
+use super::name::{Name, label_offsets};
+use super::{Location, Record, rtype};
+
+/// One record as the checks see it: from the zone file, or a member's CNAME.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordRef<'a> {
+    pub name: &'a Name,
+    pub rtype: u16,
+    pub ttl: u32,
+    pub rdata: &'a [u8],
+    pub location: &'a Location,
+}
+
+/// The owners of a zone's records, in case-insensitive wire order (the order of `Name::key`).
+pub(crate) struct Owners<'a> {
+    records: &'a [Record],
+    members: &'a [Member],
+    /// Item numbers sorted by owner, then type; file order within an RRset.
+    order: Vec<u32>,
+    /// Where each owner's items begin in `order`, then `order.len()`.
+    bounds: Vec<u32>,
+}
+
+/// Compares two wire names as their lowercased keys would compare, without lowercasing a copy.
+pub(crate) fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
+    a.iter()
+        .map(u8::to_ascii_lowercase)
+        .cmp(b.iter().map(u8::to_ascii_lowercase))
+}
+
+/// The proper ancestors of a wire name, nearest first, down to the root: suffixes that start
+/// on a label boundary, borrowed from `wire`.
+pub(crate) fn ancestors(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    label_offsets(wire).skip(1).map(|at| &wire[at..]).chain(
+        // The root, unless the name is the root itself.
+        (wire.len() > 1).then(|| &wire[wire.len() - 1..]),
+    )
+}
+
+impl<'a> Owners<'a> {
+    /// Groups `records` and the CNAMEs of `members`. The record count is bounded by the zone
+    /// file size limit, far below `u32::MAX`.
+    pub(crate) fn new(records: &'a [Record], members: &'a [Member]) -> Self {
+        let mut owners = Owners {
+            records,
+            members,
+            order: Vec::new(),
+            bounds: Vec::new(),
+        };
+        let total = (records.len() + members.len()) as u32;
+        let mut order: Vec<u32> = (0..total).collect();
+        // Stable: the records of an RRset stay in file order.
+        order.sort_by(|&a, &b| {
+            let (a, b) = (owners.item(a), owners.item(b));
+            compare_keys(a.name.wire(), b.name.wire()).then(a.rtype.cmp(&b.rtype))
+        });
+        let mut bounds = Vec::new();
+        for pos in 0..order.len() {
+            let new_owner = pos == 0 || {
+                let (a, b) = (owners.item(order[pos - 1]), owners.item(order[pos]));
+                !a.name.wire().eq_ignore_ascii_case(b.name.wire())
+            };
+            if new_owner {
+                bounds.push(pos as u32);
+            }
+        }
+        bounds.push(order.len() as u32);
+        bounds.shrink_to_fit();
+        owners.order = order;
+        owners.bounds = bounds;
+        owners
+    }
+
+    /// Item `i`: a zone-file record, or past them a member's CNAME.
+    pub(crate) fn item(&self, i: u32) -> RecordRef<'a> {
+        let i = i as usize;
+        match self.records.get(i) {
+            Some(r) => RecordRef {
+                name: &r.name,
+                rtype: r.rtype,
+                ttl: r.ttl,
+                rdata: &r.rdata,
+                location: &r.location,
+            },
+            None => {
+                let m = &self.members[i - self.records.len()];
+                RecordRef {
+                    name: &m.name,
+                    rtype: rtype::CNAME,
+                    ttl: m.ttl,
+                    rdata: m.target.wire(),
+                    location: &m.location,
+                }
+            }
+        }
+    }
+
+    /// Number of owner names.
+    pub(crate) fn len(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    /// Owner number `k` (`k < len()`).
+    pub(crate) fn owner(&self, k: usize) -> Owner<'_, 'a> {
+        let (start, end) = (self.bounds[k] as usize, self.bounds[k + 1] as usize);
+        Owner {
+            owners: self,
+            items: &self.order[start..end],
+        }
+    }
+
+    /// Every owner, in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Owner<'_, 'a>> {
+        (0..self.len()).map(|k| self.owner(k))
+    }
+
+    /// Binary search for a wire name (any case): `Ok(owner number)`, or `Err(where it would be)`.
+    pub(crate) fn search(&self, wire: &[u8]) -> Result<usize, usize> {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match compare_keys(self.owner(mid).name().wire(), wire) {
+                Ordering::Less => low = mid + 1,
+                Ordering::Greater => high = mid,
+                Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(low)
+    }
+
+    /// The owner named `wire` (any case).
+    pub(crate) fn find(&self, wire: &[u8]) -> Option<Owner<'_, 'a>> {
+        self.search(wire).ok().map(|k| self.owner(k))
+    }
+}
+
+/// One owner name and its records (never none).
+#[derive(Clone, Copy)]
+pub(crate) struct Owner<'o, 'a> {
+    owners: &'o Owners<'a>,
+    items: &'o [u32],
+}
+
+impl<'o, 'a> Owner<'o, 'a> {
+    pub(crate) fn name(&self) -> &'a Name {
+        self.owners.item(self.items[0]).name
+    }
+
+    /// The record behind item `i`.
+    pub(crate) fn item(&self, i: u32) -> RecordRef<'a> {
+        self.owners.item(i)
+    }
+
+    /// (type, item numbers) of each RRset, in increasing type order.
+    pub(crate) fn rrsets(&self) -> impl Iterator<Item = (u16, &'o [u32])> + use<'o, 'a> {
+        let owners = self.owners;
+        self.items
+            .chunk_by(move |&a, &b| owners.item(a).rtype == owners.item(b).rtype)
+            .map(move |items| (owners.item(items[0]).rtype, items))
+    }
+
+    /// The item numbers of the RRset of type `t`.
+    pub(crate) fn get(&self, t: u16) -> Option<&'o [u32]> {
+        self.rrsets()
+            .find(|&(rtype, _)| rtype == t)
+            .map(|(_, items)| items)
+    }
+
+    pub(crate) fn has(&self, t: u16) -> bool {
+        self.get(t).is_some()
+    }
+
+    /// Number of RRsets.
+    pub(crate) fn type_count(&self) -> usize {
+        self.rrsets().count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn records(text: &str) -> Vec<Record> {
+        let origin = Name::parse("example.", None).expect("origin");
+        super::super::master::parse_str(text, Path::new("z"), &origin).expect("zone text")
+    }
+
+    #[test]
+    fn groups_by_owner_and_type_case_insensitively_in_file_order() {
+        let records = records(
+            "b 60 TXT \"b\"\nA 60 A 192.0.2.2\na 60 TXT \"a\"\na 60 A 192.0.2.1\n\
+             @ 60 NS ns.example.net.\n",
+        );
+        let owners = Owners::new(&records, &[]);
+        let names: Vec<String> = owners.iter().map(|o| o.name().to_string()).collect();
+        // Wire order: a name's first label length comes first, so `a` (1) before the apex (7).
+        assert_eq!(names, ["A.example.", "b.example.", "example."]);
+        let a = owners.find(b"\x01a\x07example\x00").expect("a");
+        let types: Vec<(u16, Vec<u32>)> = a.rrsets().map(|(t, i)| (t, i.to_vec())).collect();
+        assert_eq!(types, [(rtype::A, vec![1, 3]), (rtype::TXT, vec![2])]);
+        assert_eq!(a.type_count(), 2);
+        assert!(a.has(rtype::TXT) && !a.has(rtype::NS));
+        assert!(owners.find(b"\x01c\x07example\x00").is_none());
+        assert_eq!(owners.search(b"\x01c\x07example\x00"), Err(2));
+    }
+
+    #[test]
+    fn empty_zone_has_no_owners() {
+        let owners = Owners::new(&[], &[]);
+        assert_eq!(owners.len(), 0);
+        assert_eq!(owners.search(b"\x00"), Err(0));
+    }
+
+    #[test]
+    fn ancestors_are_suffixes_down_to_the_root() {
+        let list: Vec<&[u8]> = ancestors(b"\x01a\x01b\x00").collect();
+        assert_eq!(list, [&b"\x01b\x00"[..], &b"\x00"[..]]);
+        assert_eq!(ancestors(b"\x00").count(), 0);
+    }
+}
