@@ -23,11 +23,15 @@ const EX_OSERR: u8 = 71;
 #[command(
     name = "consortium-dns",
     version,
-    about = "Authoritative DNS for a consortium's nodes"
+    about = "Authoritative DNS for a consortium's nodes",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a command: `serve`, with these options.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -82,16 +86,7 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // No subcommand means `serve` with its defaults.
-    let command = cli.command.unwrap_or_else(|| {
-        let argv0 = std::env::args().next().unwrap_or_else(|| "consortium-dns".into());
-        Cli::parse_from([argv0, "serve".into()])
-            .command
-            .unwrap_or(Command::Check {
-                config: DEFAULT_CONFIG_PATH.into(),
-            })
-    });
-    match command {
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => serve(args),
         Command::Check { config } => check(&config),
         Command::Status { http_listen, json } => status::run(http_listen, json),

@@ -4,11 +4,13 @@
 //! header, the question and the additional section (for EDNS), lowercases the name into a
 //! stack buffer, does O(1) hash lookups (one per label for names that do not exist), and copies
 //! pre-encoded record tails behind compression pointers into the question. It never panics on
-//! input and, once `out` has grown to its working size, never allocates.
+//! input and, once `out` has grown to its working size, never allocates (a TSIG-signed query,
+//! verified and answered signed, is the exception).
 
 use rand::Rng;
 
 use crate::snapshot::{Node, RRset, Snapshot, Zone};
+use crate::transfer::tsig::{self, Signer, Verified};
 use crate::zone::rtype;
 
 /// Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2).
@@ -67,6 +69,14 @@ struct Edns {
     dnssec_ok: bool,
 }
 
+/// What the additional section of a query holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Additional {
+    edns: Option<Edns>,
+    /// A TSIG record (RFC 8945): the request is signed, and so must its answer be.
+    signed: bool,
+}
+
 /// The parsed question; `qname` is the raw wire name as the client wrote it.
 #[derive(Debug, Clone, Copy)]
 struct Question {
@@ -113,7 +123,8 @@ pub fn answer<R: Rng + ?Sized>(
         // the message is laid out like a query (UPDATE puts records before it).
         let edns = question
             .filter(|_| be16(query, 6) == 0 && be16(query, 8) == 0)
-            .and_then(|q| parse_additional(query, q.end, be16(query, 10)).ok().flatten());
+            .and_then(|q| parse_additional(query, q.end, be16(query, 10)).ok())
+            .and_then(|additional| additional.edns);
         return error_response(query, out, question, edns, NOTIMP);
     }
     let Some(question) = question else {
@@ -123,12 +134,13 @@ pub fn answer<R: Rng + ?Sized>(
     if be16(query, 6) != 0 || be16(query, 8) != 0 {
         return error_response(query, out, Some(question), None, FORMERR);
     }
-    let edns = match parse_additional(query, question.end, be16(query, 10)) {
-        Ok(edns) => edns,
+    let additional = match parse_additional(query, question.end, be16(query, 10)) {
+        Ok(additional) => additional,
         // RFC 6891 §7: a FORMERR about the OPT itself still carries an OPT, so the client can
         // tell it from a server without EDNS.
         Err(seen) => return error_response(query, out, Some(question), seen, FORMERR),
     };
+    let edns = additional.edns;
     if let Some(e) = edns {
         // RFC 6891 §6.1.3: a version we do not implement gets BADVERS, with our version (0).
         if e.version > 0 {
@@ -147,6 +159,13 @@ pub fn answer<R: Rng + ?Sized>(
             None => CLASSIC_UDP_LIMIT,
         },
     };
+    let signer = match additional.signed {
+        false => None,
+        true => match check_signature(snapshot, query, out, question, edns, limit) {
+            Ok(signer) => Some(signer),
+            Err(rejected) => return rejected,
+        },
+    };
 
     let mut response = Response::start(query, out, &question);
     let pick = match question.qclass {
@@ -160,12 +179,56 @@ pub fn answer<R: Rng + ?Sized>(
             None
         }
     };
+    // A signed answer keeps room for its signature within the client's limit (RFC 8945 §5.3).
+    let limit = limit.saturating_sub(signer.as_ref().map_or(0, Signer::record_len));
     let truncated = response.finish(limit, edns, max_udp_payload);
+    if let Some(mut signer) = signer {
+        signer.sign(out, 0, &[]);
+    }
     Outcome::Responded {
         rcode: response_rcode(out),
         qtype: question.qtype,
         truncated,
         pick,
+    }
+}
+
+/// Verifies a signed request (RFC 8945 §5.2) against the configured keys. A rejected one gets
+/// NOTAUTH with the TSIG error, written into `out` and returned as the `Err` outcome.
+fn check_signature<'s>(
+    snapshot: &'s Snapshot,
+    query: &[u8],
+    out: &mut Vec<u8>,
+    question: Question,
+    edns: Option<Edns>,
+    limit: usize,
+) -> Result<Signer<'s>, Outcome> {
+    match tsig::find(query, question.end) {
+        Ok(Some(record)) => match tsig::verify(query, record, &snapshot.tsig_keys, tsig::unix_now()) {
+            Verified::Valid { key, request_mac, .. } => Ok(Signer::new(key, request_mac)),
+            Verified::Rejected { error, key, record } => {
+                let outcome = error_response(query, out, Some(question), edns, NOTAUTH);
+                let unsigned_len = out.len();
+                tsig::append_rejection(out, error, key, &record);
+                if out.len() <= limit {
+                    return Err(outcome);
+                }
+                // The TSIG echoes the request's key and algorithm names in full (a compressed
+                // query can make them far longer than it is): past the client's UDP size the
+                // refusal goes out without it and truncated, for a retry over TCP.
+                out.truncate(unsigned_len);
+                out[10..12].copy_from_slice(&u16::from(edns.is_some()).to_be_bytes());
+                out[2] |= (TC >> 8) as u8;
+                Err(Outcome::Responded {
+                    rcode: NOTAUTH,
+                    qtype: question.qtype,
+                    truncated: true,
+                    pick: None,
+                })
+            }
+        },
+        // A TSIG that is not the last record, or cannot be read (RFC 8945 §5.1).
+        Ok(None) | Err(tsig::Malformed) => Err(error_response(query, out, Some(question), edns, FORMERR)),
     }
 }
 
@@ -213,10 +276,12 @@ fn parse_question(query: &[u8]) -> Option<Question> {
 }
 
 /// Walks the additional section: at most one OPT, owned by the root, with well-formed options
-/// (RFC 6891 §6.1.1). Other records are skipped after a bounds check. An error carries the
+/// (RFC 6891 §6.1.1); notes a TSIG (checked by `check_signature`). Other records are skipped
+/// after a bounds check. An error carries the
 /// OPT read so far (a duplicate's first, or one with malformed options), for the FORMERR.
-fn parse_additional(query: &[u8], mut pos: usize, count: u16) -> Result<Option<Edns>, Option<Edns>> {
+fn parse_additional(query: &[u8], mut pos: usize, count: u16) -> Result<Additional, Option<Edns>> {
     let mut edns = None;
+    let mut signed = false;
     for _ in 0..count {
         let owner_start = pos;
         // Skip the owner name; a pointer ends it (it is never followed, so no loop can form).
@@ -268,8 +333,9 @@ fn parse_additional(query: &[u8], mut pos: usize, count: u16) -> Result<Option<E
                 o += 4 + option_len;
             }
         }
+        signed |= rrtype == rtype::TSIG;
     }
-    Ok(edns)
+    Ok(Additional { edns, signed })
 }
 
 /// A response being written: header placeholder, question, then sections in order.
@@ -696,4 +762,88 @@ pub fn question_text(query: &[u8]) -> Option<(String, u16, u16)> {
     crate::zone::name::write_wire_name(&mut name, &query[HEADER_LEN..HEADER_LEN + question.qname_len])
         .ok()?;
     Some((name, question.qtype, question.qclass))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zone::{self, master, name::Name};
+    use rand::SeedableRng;
+    use std::path::Path;
+
+    fn snapshot() -> Snapshot {
+        let origin = Name::parse("example.", None).expect("origin");
+        let text = "$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n";
+        let records = master::parse_str(text, Path::new("z"), &origin).expect("zone text");
+        let data =
+            zone::assemble(&origin, Path::new("z"), records, Vec::new(), Vec::new()).expect("valid zone");
+        Snapshot::build(vec![data], None, None, None)
+    }
+
+    /// `ns.example. A` signed with an unknown 251-octet key name whose algorithm name points
+    /// back at it: 307 octets that the BADKEY refusal would echo as 556.
+    fn query_with_long_tsig(edns: bool) -> Vec<u8> {
+        let mut q = vec![0xab, 0xcd, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1 + u8::from(edns)];
+        q.extend_from_slice(b"\x02ns\x07example\x00\x00\x01\x00\x01");
+        if edns {
+            q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        }
+        let key_name_at = q.len() as u8;
+        for len in [63, 63, 63, 57] {
+            q.push(len);
+            q.extend(std::iter::repeat_n(b'k', usize::from(len)));
+        }
+        q.push(0);
+        q.extend_from_slice(&rtype::TSIG.to_be_bytes());
+        q.extend_from_slice(&rtype::CLASS_ANY.to_be_bytes());
+        q.extend_from_slice(&[0, 0, 0, 0, 0, 18, 0xc0, key_name_at]);
+        // time (6), fudge, MAC size 0, original ID, error, other length 0
+        q.extend_from_slice(&[0, 0, 0, 0, 0, 1, 1, 44, 0, 0, 0xab, 0xcd, 0, 0, 0, 0]);
+        q
+    }
+
+    #[test]
+    fn tsig_refusal_too_long_for_udp_goes_out_truncated_without_it() {
+        let snapshot = snapshot();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let mut out = Vec::new();
+        let query = query_with_long_tsig(false);
+        let outcome = answer(&snapshot, &query, &mut out, Transport::Udp, 1232, &mut rng);
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Responded {
+                    rcode: NOTAUTH,
+                    truncated: true,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(out.len() <= CLASSIC_UDP_LIMIT, "{} octets", out.len());
+        assert_eq!(be16(&out, 2) & TC, TC, "TC: the client retries over TCP");
+        assert_eq!(be16(&out, 10), 0, "no TSIG, no OPT");
+
+        // Over TCP, or with room (EDNS), the refusal carries the TSIG with the BADKEY error.
+        for (transport, query) in [
+            (Transport::Tcp, query),
+            (Transport::Udp, query_with_long_tsig(true)),
+        ] {
+            let outcome = answer(&snapshot, &query, &mut out, transport, 1232, &mut rng);
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::Responded {
+                        rcode: NOTAUTH,
+                        truncated: false,
+                        ..
+                    }
+                ),
+                "{transport:?}: {outcome:?}"
+            );
+            let tsig = tsig::find(&out, 12 + 16).expect("readable").expect("a TSIG");
+            assert_eq!(tsig.error, tsig::BADKEY, "{transport:?}");
+            assert_eq!(tsig.key_name.len(), 251, "{transport:?}");
+        }
+    }
 }

@@ -187,20 +187,7 @@ pub fn respond(snapshot: &Snapshot, query: &[u8], client: IpAddr) -> Vec<Vec<u8>
                 let mut message = header_only(query, 9);
                 message.extend_from_slice(&query[12..question_end]);
                 message[4..6].copy_from_slice(&1u16.to_be_bytes());
-                match key {
-                    Some(key) => {
-                        let mut signer = Signer::new(key, record.mac.clone());
-                        if error == tsig::BADTIME {
-                            // RFC 8945 §5.2.3: the client's time in Time Signed, ours in
-                            // Other Data.
-                            let other = tsig::unix_now().to_be_bytes()[2..].to_vec();
-                            signer.sign_at(&mut message, error, &other, record.time_signed);
-                        } else {
-                            signer.sign(&mut message, error, &[]);
-                        }
-                    }
-                    None => tsig::append_unsigned(&mut message, &record, error),
-                }
+                tsig::append_rejection(&mut message, error, key, &record);
                 tracing::info!(%client, error, "transfer refused: TSIG check failed");
                 return vec![message];
             }

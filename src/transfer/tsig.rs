@@ -1,5 +1,6 @@
 //! TSIG (RFC 8945) with HMAC-SHA256 and HMAC-SHA512: verifying requests, signing responses
-//! (every message of a multi-message transfer), and signing our NOTIFYs.
+//! (every message of a multi-message transfer, and answers to signed ordinary queries), and
+//! signing our NOTIFYs.
 //!
 //! Key material is loaded from files named in the config and never printed: `TsigKey`'s Debug
 //! shows the name and algorithm only.
@@ -45,6 +46,14 @@ impl Algorithm {
         }
     }
 
+    /// Octets of a full MAC.
+    fn mac_len(self) -> usize {
+        match self {
+            Algorithm::HmacSha256 => 32,
+            Algorithm::HmacSha512 => 64,
+        }
+    }
+
     fn ring(self) -> hmac::Algorithm {
         match self {
             Algorithm::HmacSha256 => hmac::HMAC_SHA256,
@@ -82,6 +91,13 @@ impl TsigKey {
 
     /// Reads the secret from a file: either the bare base64 secret, or BIND's `tsig-keygen`
     /// output (`secret "…";`). Errors never include the secret.
+    /// Octets a TSIG RR signed with this key adds to a message (no Other Data): room an
+    /// answer keeps free so that its signature fits the client's size limit.
+    pub fn record_len(&self) -> usize {
+        let rdata = self.algorithm.wire_name().len() + 16 + self.algorithm.mac_len();
+        self.name.wire().len() + 10 + rdata
+    }
+
     pub fn from_file(name: &Name, algorithm: Algorithm, path: &Path) -> Result<TsigKey, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
@@ -374,6 +390,11 @@ impl<'k> Signer<'k> {
         }
     }
 
+    /// Octets the next signature adds to a message.
+    pub fn record_len(&self) -> usize {
+        self.key.record_len()
+    }
+
     /// Appends a TSIG RR to `message` (and counts it in ARCOUNT), signed now.
     pub fn sign(&mut self, message: &mut Vec<u8>, error: u16, other: &[u8]) {
         self.sign_at(message, error, other, unix_now());
@@ -408,6 +429,25 @@ impl<'k> Signer<'k> {
             error,
             other,
         );
+    }
+}
+
+/// Ends the answer to a request whose TSIG was rejected (RFC 8945 §5.2; `message` holds the
+/// NOTAUTH header and question): the TSIG error, signed only when the key and MAC were good
+/// (BADTIME, BADTRUNC), unsigned otherwise.
+pub fn append_rejection(message: &mut Vec<u8>, error: u16, key: Option<&TsigKey>, record: &TsigRecord) {
+    match key {
+        Some(key) => {
+            let mut signer = Signer::new(key, record.mac.clone());
+            if error == BADTIME {
+                // RFC 8945 §5.2.3: the client's time in Time Signed, ours in Other Data.
+                let other = unix_now().to_be_bytes()[2..].to_vec();
+                signer.sign_at(message, error, &other, record.time_signed);
+            } else {
+                signer.sign(message, error, &[]);
+            }
+        }
+        None => append_unsigned(message, record, error),
     }
 }
 

@@ -300,6 +300,21 @@ enum WalkNode {
     Owner(usize),
 }
 
+/// Where `check_pool_loops` is with each node.
+struct WalkStates {
+    pools: Vec<u8>,
+    owners: Vec<u8>,
+}
+
+impl WalkStates {
+    fn of(&mut self, node: WalkNode) -> &mut u8 {
+        match node {
+            WalkNode::Pool(p) => &mut self.pools[p],
+            WalkNode::Owner(k) => &mut self.owners[k],
+        }
+    }
+}
+
 /// A pool's answer must not lead back to a pool: member target -> CNAMEs inside the zone ->
 /// another pool -> its members ... would make every answer a chain cut at the request path's
 /// limit. Member targets that are themselves pool names are `check_pool_targets`' message;
@@ -337,26 +352,18 @@ fn check_pool_loops(
     /// 1 = on the walk now, 2 = every path from it explored.
     const ON_PATH: u8 = 1;
     const DONE: u8 = 2;
-    let mut pool_state = vec![0u8; pools.len()];
-    let mut owner_state = vec![0u8; owners.len()];
-    let mut state = |node: WalkNode, set: Option<u8>| -> u8 {
-        let slot = match node {
-            WalkNode::Pool(p) => &mut pool_state[p],
-            WalkNode::Owner(k) => &mut owner_state[k],
-        };
-        if let Some(value) = set {
-            *slot = value;
-        }
-        *slot
+    let mut states = WalkStates {
+        pools: vec![0; pools.len()],
+        owners: vec![0; owners.len()],
     };
     for root in 0..pools.len() {
         let root = WalkNode::Pool(root);
-        if state(root, None) != 0 {
+        if *states.of(root) != 0 {
             continue;
         }
         // (node, next successor to try, the member whose pick led here)
         let mut stack: Vec<(WalkNode, usize, Option<usize>)> = vec![(root, 0, None)];
-        state(root, Some(ON_PATH));
+        *states.of(root) = ON_PATH;
         while let Some(top) = stack.last_mut() {
             let (node, next, _) = *top;
             top.1 += 1;
@@ -377,12 +384,12 @@ fn check_pool_loops(
                 WalkNode::Owner(_) => None,
             };
             let Some((successor, via)) = successor else {
-                state(node, Some(DONE));
+                *states.of(node) = DONE;
                 stack.pop();
                 continue;
             };
             let Some(successor) = successor else { continue };
-            match state(successor, None) {
+            match *states.of(successor) {
                 ON_PATH => {
                     let Some(start) = stack.iter().position(|(n, _, _)| *n == successor) else {
                         continue;
@@ -409,7 +416,7 @@ fn check_pool_loops(
                     ));
                 }
                 0 => {
-                    state(successor, Some(ON_PATH));
+                    *states.of(successor) = ON_PATH;
                     stack.push((successor, 0, via));
                 }
                 _ => {}

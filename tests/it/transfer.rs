@@ -1671,6 +1671,108 @@ async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// RFC 8945 beyond transfers: an ordinary query signed with a configured key gets a signed
+/// answer over UDP and TCP (verified here and by BIND's dig); a wrong secret gets NOTAUTH with
+/// an unsigned BADSIG, an unknown key BADKEY; an unsigned query stays unsigned.
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_queries_get_signed_answers() {
+    let key = Key::transfer();
+    let tree = Tree::example();
+    configure(&tree, "", &[&key]);
+    let server = tree.start().await;
+    let dns = server.dns_addrs[0];
+    let node1 = format!("node1.{ORIGIN}");
+    let target = common::name("node1.operator-a.com.");
+    let query = |id: u16| {
+        let mut message = common::query(&node1, RecordType::A, Some(1232));
+        message.metadata.id = id;
+        message.to_vec().expect("query encodes")
+    };
+    let rcode = |raw: &[u8]| raw[3] & 0x0f;
+
+    let mut signed = query(1);
+    let request_mac = sign_request(&mut signed, &key, unix_now());
+    let udp = common::udp_raw(dns, &signed).await.expect("a UDP answer");
+    let tcp = common::tcp_raw(dns, std::slice::from_ref(&signed), 1)
+        .await
+        .remove(0);
+    for (transport, raw) in [("UDP", &udp), ("TCP", &tcp)] {
+        let tsig = verify_response(std::slice::from_ref(raw), &key, &request_mac)
+            .unwrap_or_else(|e| panic!("{transport}: the answer's TSIG: {e}"));
+        assert_eq!((tsig.error, tsig.original_id), (0, 1), "{transport}");
+        assert!(tsig.time.abs_diff(unix_now()) <= 5, "{transport}: signed now");
+        let message = Message::from_vec(raw).expect("a signed answer parses");
+        assert_eq!(
+            message.metadata.response_code,
+            ResponseCode::NoError,
+            "{transport}"
+        );
+        assert!(
+            message
+                .answers
+                .iter()
+                .any(|r| matches!(&r.data, RData::CNAME(c) if c.0 == target)),
+            "{transport}: the answer is node1's CNAME: {:?}",
+            message.answers
+        );
+    }
+
+    // A wrong secret and an unknown key: NOTAUTH, the TSIG error, no MAC (RFC 8945 §5.2.2).
+    let wrong = Key {
+        secret: b"not the consortium's secret, 32!".to_vec(),
+        ..key.clone()
+    };
+    let stranger = Key {
+        name: "unknown-key",
+        ..key.clone()
+    };
+    for (id, bad, error) in [(2, &wrong, 16), (3, &stranger, 17)] {
+        let mut message = query(id);
+        sign_request(&mut message, bad, unix_now());
+        let raw = common::udp_raw(dns, &message).await.expect("an answer");
+        let tsig = raw_tsig(&raw).unwrap_or_else(|| panic!("{}: the refusal carries a TSIG", bad.name));
+        assert_eq!(rcode(&raw), 9, "{}: NOTAUTH", bad.name);
+        assert_eq!((tsig.error, tsig.mac.len()), (error, 0), "{}", bad.name);
+    }
+
+    let plain = common::udp_raw(dns, &query(4)).await.expect("an answer");
+    assert_eq!(rcode(&plain), 0);
+    assert!(
+        raw_tsig(&plain).is_none(),
+        "an unsigned query gets an unsigned answer"
+    );
+
+    // An outside judge: dig verifies the answer's TSIG and complains when it fails.
+    let dig = program("dig", "bind9-dnsutils", "dig checks TSIG-signed answers");
+    let run = |key_arg: String| {
+        let output = Command::new(&dig)
+            .args(["-y", &key_arg, "@127.0.0.1", "-p", &dns.port().to_string()])
+            .args([node1.as_str(), "A"])
+            .output()
+            .expect("run dig");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let text = run(key.dig_arg());
+    assert!(
+        text.contains("status: NOERROR")
+            && text.contains("node1.operator-a.com.")
+            && text.contains("TSIG PSEUDOSECTION")
+            && !text.contains("Couldn't verify")
+            && !text.contains("failure"),
+        "dig -y accepts the signed answer:\n{text}"
+    );
+    let text = run(wrong.dig_arg());
+    assert!(
+        text.contains("status: NOTAUTH") && text.contains("BADSIG"),
+        "dig with a wrong secret sees NOTAUTH/BADSIG:\n{text}"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
 /// Edits the members file and reloads at once (the watcher may reload too; the content, and
 /// so the serial, is the same either way). Returns the zone as a full transfer then shows it.
 async fn edit_and_transfer(
