@@ -955,6 +955,28 @@ fn program(name: &str, package: &str, why: &str) -> PathBuf {
         })
 }
 
+/// BIND's dig asking `server` with `dig -y <key> <question>`: its output, stdout then stderr.
+/// dig verifies the TSIG of every answer message and says so when one fails.
+fn dig_signed(server: SocketAddr, key: &Key, question: &[&str]) -> String {
+    let dig = program("dig", "bind9-dnsutils", "dig judges our TSIG signatures");
+    let output = Command::new(&dig)
+        .args([
+            "-y",
+            &key.dig_arg(),
+            "@127.0.0.1",
+            "-p",
+            &server.port().to_string(),
+        ])
+        .args(question)
+        .output()
+        .expect("run dig");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// Rcode and answer section of a UDP query, or why there is none.
 async fn answer_of(
     server: SocketAddr,
@@ -1634,20 +1656,8 @@ async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
     // An outside judge: BIND's dig checks the TSIG of every message of the transfer and
     // warns when one fails. (kdig 3.2 was tried first: with every message after the first
     // deliberately mis-signed it still printed the transfer without a word.)
-    let dig = program("dig", "bind9-dnsutils", "dig checks our TSIG-signed transfers");
-    let run = |key_arg: String| {
-        let output = Command::new(&dig)
-            .args(["-y", &key_arg, "@127.0.0.1", "-p", &dns.port().to_string()])
-            .args([ORIGIN, "AXFR"])
-            .output()
-            .expect("run dig");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    };
-    let text = run(key.dig_arg());
+    let run = |key: &Key| dig_signed(dns, key, &[ORIGIN, "AXFR"]);
+    let text = run(&key);
     let summary: Vec<&str> = text.lines().filter(|l| l.starts_with(';')).collect();
     let size_line = format!(
         ";; XFR size: {} records (messages {},",
@@ -1663,7 +1673,7 @@ async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
         key.name,
         summary.join("\n")
     );
-    let text = run(wrong.dig_arg());
+    let text = run(&wrong);
     assert!(
         text.contains("BADSIG") && text.contains("Transfer failed"),
         "dig with a wrong secret sees BADSIG:\n{text}"
@@ -1743,20 +1753,8 @@ async fn signed_queries_get_signed_answers() {
     );
 
     // An outside judge: dig verifies the answer's TSIG and complains when it fails.
-    let dig = program("dig", "bind9-dnsutils", "dig checks TSIG-signed answers");
-    let run = |key_arg: String| {
-        let output = Command::new(&dig)
-            .args(["-y", &key_arg, "@127.0.0.1", "-p", &dns.port().to_string()])
-            .args([node1.as_str(), "A"])
-            .output()
-            .expect("run dig");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    };
-    let text = run(key.dig_arg());
+    let run = |key: &Key| dig_signed(dns, key, &[node1.as_str(), "A"]);
+    let text = run(&key);
     assert!(
         text.contains("status: NOERROR")
             && text.contains("node1.operator-a.com.")
@@ -1765,7 +1763,7 @@ async fn signed_queries_get_signed_answers() {
             && !text.contains("failure"),
         "dig -y accepts the signed answer:\n{text}"
     );
-    let text = run(wrong.dig_arg());
+    let text = run(&wrong);
     assert!(
         text.contains("status: NOTAUTH") && text.contains("BADSIG"),
         "dig with a wrong secret sees NOTAUTH/BADSIG:\n{text}"
