@@ -470,7 +470,6 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
     } = data;
     let origin_key = origin.key();
     let owners = Owners::new(&records, &members);
-    let is_apex = |wire: &[u8]| wire.eq_ignore_ascii_case(origin.wire());
 
     // Names that own no record yet need a node: pool names, and the empty non-terminals
     // between owners and the apex. A walk up from a name stops at the first ancestor that
@@ -515,7 +514,6 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         };
         Some((rank + bare_before) as u32)
     };
-    let is_cut = |wire: &[u8]| !is_apex(wire) && owners.find(wire).is_some_and(|o| o.has(rtype::NS));
 
     // Sized up front (every owner name once, every record's tail, CNAME chase keys at most
     // as long as their targets), so the arena does not double its way past what it needs.
@@ -601,11 +599,9 @@ fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
             });
         }
         // The topmost cut among this node and its ancestors below the apex.
-        let cut = std::iter::once(name.wire())
-            .chain(ancestors(name.wire()))
-            .take_while(|w| !is_apex(w))
-            .filter(|w| is_cut(w))
-            .last()
+        let cut = owners
+            .cut_above(name.wire(), &origin)
+            .or_else(|| owners.is_cut(name.wire(), &origin).then_some(name.wire()))
             .and_then(node_of);
         let wildcard = name.wildcard_child().and_then(|w| node_of(w.wire()));
         let pool = pools

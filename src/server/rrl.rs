@@ -314,18 +314,21 @@ pub fn slip(response: &mut Vec<u8>) {
     }
     let additional = u16::from_be_bytes([response[10], response[11]]);
     let opt_at = response.len().saturating_sub(OPT_RECORD_LEN);
-    let opt = response
-        .get(opt_at..)
-        .filter(|_| additional > 0 && opt_at >= end)
-        .filter(|r| r.len() == OPT_RECORD_LEN && r[..3] == [0, 0, 41] && r[9..] == [0, 0])
-        .map(<[u8]>::to_vec);
-    response.truncate(end);
+    let keep_opt = additional > 0
+        && opt_at >= end
+        && response
+            .get(opt_at..)
+            .is_some_and(|r| r.len() == OPT_RECORD_LEN && r[..3] == [0, 0, 41] && r[9..] == [0, 0]);
+    // Moved in place: a flood of slipped answers allocates nothing.
+    if keep_opt {
+        response.copy_within(opt_at.., end);
+        response.truncate(end + OPT_RECORD_LEN);
+    } else {
+        response.truncate(end);
+    }
     response[2] |= 0x02;
     response[6..12].fill(0);
-    if let Some(opt) = opt {
-        response.extend_from_slice(&opt);
-        response[10..12].copy_from_slice(&1u16.to_be_bytes());
-    }
+    response[10..12].copy_from_slice(&u16::from(keep_opt).to_be_bytes());
 }
 
 #[cfg(test)]

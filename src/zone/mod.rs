@@ -19,7 +19,7 @@ use crate::config::ZoneConfig;
 use crate::health::spec::HealthSettings;
 use members::{Member, PoolDef};
 use name::Name;
-use owners::{Owners, ancestors, compare_keys};
+use owners::{Owners, compare_keys};
 
 /// Where something was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -530,7 +530,6 @@ fn check_apex(
 /// delegation and only NS, DS and glue at one, and RRsets a message can carry.
 fn check_owners(origin: &Name, owners: &Owners<'_>, errors: &mut Vec<Diagnostic>) {
     let is_apex = |wire: &[u8]| wire.eq_ignore_ascii_case(origin.wire());
-    let is_cut = |wire: &[u8]| !is_apex(wire) && owners.find(wire).is_some_and(|o| o.has(rtype::NS));
     for owner in owners.iter() {
         let name = owner.name();
         let first = |t: u16| owner.get(t).map(|items| owner.item(items[0]));
@@ -560,11 +559,8 @@ fn check_owners(origin: &Name, owners: &Owners<'_>, errors: &mut Vec<Diagnostic>
         }
         // Below a delegation only glue addresses may live; at the cut NS, DS and addresses.
         // The topmost cut above the name is the one that hides it.
-        let under_cut = ancestors(name.wire())
-            .take_while(|a| !is_apex(a))
-            .filter(|a| is_cut(a))
-            .last();
-        let at_cut = is_cut(name.wire());
+        let under_cut = owners.cut_above(name.wire(), origin);
+        let at_cut = owners.is_cut(name.wire(), origin);
         for (t, items) in owner.rrsets() {
             let first = owner.item(items[0]);
             let allowed = if under_cut.is_some() {
@@ -626,12 +622,11 @@ fn check_cname_loops(owners: &Owners<'_>, errors: &mut Vec<Diagnostic>) {
     };
     let mut state = vec![0u8; owners.len()];
     // Walks begin at each CNAME in file order.
-    let mut starts: Vec<u32> = (0..owners.len()).filter_map(cname_of).collect();
+    let mut starts: Vec<(u32, usize)> = (0..owners.len())
+        .filter_map(|k| cname_of(k).map(|item| (item, k)))
+        .collect();
     starts.sort_unstable();
-    for item in starts {
-        let Ok(start) = owners.search(owners.item(item).name.wire()) else {
-            continue;
-        };
+    for (item, start) in starts {
         if state[start] != 0 {
             continue;
         }

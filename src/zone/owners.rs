@@ -139,6 +139,21 @@ impl<'a> Owners<'a> {
         Err(low)
     }
 
+    /// True when `wire` is a delegation point of the zone `origin`: an owner with NS records
+    /// other than the apex.
+    pub(crate) fn is_cut(&self, wire: &[u8], origin: &Name) -> bool {
+        !wire.eq_ignore_ascii_case(origin.wire()) && self.find(wire).is_some_and(|o| o.has(rtype::NS))
+    }
+
+    /// The topmost delegation point strictly above `wire` and below the apex of `origin`: the
+    /// cut that hides `wire`, if any.
+    pub(crate) fn cut_above<'w>(&self, wire: &'w [u8], origin: &Name) -> Option<&'w [u8]> {
+        ancestors(wire)
+            .take_while(|a| !a.eq_ignore_ascii_case(origin.wire()))
+            .filter(|a| self.is_cut(a, origin))
+            .last()
+    }
+
     /// The owner named `wire` (any case).
     pub(crate) fn find(&self, wire: &[u8]) -> Option<Owner<'_, 'a>> {
         self.search(wire).ok().map(|k| self.owner(k))

@@ -328,12 +328,7 @@ async fn static_record_edit_goes_live() {
         &["api.consortium.example. A 192.0.2.80"],
     )
     .await;
-    edit(
-        &tree,
-        ZONE,
-        "api     IN A    192.0.2.80",
-        "api     IN A    192.0.2.81",
-    );
+    change_api_address(&tree);
     answers_become(
         &server,
         "api.consortium.example.",
@@ -520,6 +515,16 @@ async fn reload_ok(server: &ServerHandle) -> ReloadReport {
     report
 }
 
+/// The static-record edit these tests make: api's address from 192.0.2.80 to .81.
+fn change_api_address(tree: &Tree) {
+    edit(
+        tree,
+        ZONE,
+        "api     IN A    192.0.2.80",
+        "api     IN A    192.0.2.81",
+    );
+}
+
 fn report_serial(report: &ReloadReport) -> u32 {
     report.serials[APEX]
 }
@@ -530,12 +535,7 @@ async fn serial_rises_with_content_and_never_goes_backwards() {
     assert_eq!(served_serial(&server).await, SERIAL);
 
     // Content changed, serial not raised: increment (the default policy).
-    edit(
-        &tree,
-        ZONE,
-        "api     IN A    192.0.2.80",
-        "api     IN A    192.0.2.81",
-    );
+    change_api_address(&tree);
     assert_eq!(report_serial(&reload_ok(&server).await), SERIAL + 1);
     assert_eq!(served_serial(&server).await, SERIAL + 1);
     // Negative answers carry the same SOA.
@@ -591,12 +591,7 @@ async fn served_serial_survives_a_restart_with_a_state_file() {
     );
     let server = tree.start().await;
     assert_eq!(served_serial(&server).await, SERIAL);
-    edit(
-        &tree,
-        ZONE,
-        "api     IN A    192.0.2.80",
-        "api     IN A    192.0.2.81",
-    );
+    change_api_address(&tree);
     assert_eq!(report_serial(&reload_ok(&server).await), SERIAL + 1);
     server.shutdown(Duration::from_secs(1)).await;
 
@@ -656,12 +651,7 @@ fn unix_now() -> u32 {
 async fn serial_policy_unixtime() {
     let (tree, server) = start_with_policy("unixtime").await;
     let before = unix_now();
-    edit(
-        &tree,
-        ZONE,
-        "api     IN A    192.0.2.80",
-        "api     IN A    192.0.2.81",
-    );
+    change_api_address(&tree);
     let first = report_serial(&reload_ok(&server).await);
     let after = unix_now();
     assert!(
@@ -698,12 +688,7 @@ fn utc_date() -> u32 {
 async fn serial_policy_dateserial() {
     let (tree, server) = start_with_policy("dateserial").await;
     let day_before = utc_date();
-    edit(
-        &tree,
-        ZONE,
-        "api     IN A    192.0.2.80",
-        "api     IN A    192.0.2.81",
-    );
+    change_api_address(&tree);
     let first = report_serial(&reload_ok(&server).await);
     let day_after = utc_date();
     assert!(
@@ -958,12 +943,7 @@ async fn binary_reloads_on_sighup_and_on_file_change() {
     );
 
     // An edit goes live by itself in the real binary too.
-    edit(
-        &tree,
-        ZONE,
-        "api     IN A    192.0.2.80",
-        "api     IN A    192.0.2.81",
-    );
+    change_api_address(&tree);
     eventually(LIVE_WITHIN, "the edit in the binary", async || {
         let m = udp(dns_addr, &query("api.consortium.example.", RecordType::A, None)).await;
         let lines = answer_lines(&m);
