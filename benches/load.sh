@@ -16,6 +16,9 @@
 #   KEEP [0]           1 = keep the work directory (configs, zones, logs, raw results)
 #   BASELINE_BIN       another consortium-dns binary (say, a build of the previous commit) to run
 #                      as server "baseline" beside the others, same config, on BASE_PORT + 3
+#   BASELINE_QUERY_METRICS [true]  `query-metrics` of the baseline's config; false (with
+#                      BASELINE_BIN unset: the binary under test) measures what counting queries
+#                      and picks costs: "baseline" is then the same server, counting nothing
 #
 # Fairness: one worker each (consortium-dns `udp-workers = 1`; NSD `server-count: 1`; Knot one
 # UDP, one TCP and one background worker), every thread of every server pinned to SERVER_CPU
@@ -44,6 +47,18 @@ DEFAULT_SERVERS="consortium-dns nsd knot"
 SERVERS="${SERVERS:-$DEFAULT_SERVERS}"
 REQUESTED_SERVERS="$SERVERS"
 BASELINE_BIN="${BASELINE_BIN:-}"
+BASELINE_QUERY_METRICS="${BASELINE_QUERY_METRICS:-true}"
+case $BASELINE_QUERY_METRICS in true | false) ;; *)
+    echo "load.sh: BASELINE_QUERY_METRICS must be true or false" >&2
+    exit 1
+    ;;
+esac
+# Baseline = the binary under test (known once it is built), configured not to count.
+BASELINE_SAME=0
+if [ -z "$BASELINE_BIN" ] && [ "$BASELINE_QUERY_METRICS" = false ]; then
+    BASELINE_SAME=1
+    case " $SERVERS " in *" baseline "*) ;; *) SERVERS="$SERVERS baseline" ;; esac
+fi
 if [ -n "$BASELINE_BIN" ]; then
     [ -x "$BASELINE_BIN" ] || { echo "load.sh: BASELINE_BIN=$BASELINE_BIN is not an executable" >&2; exit 1; }
     BASELINE_BIN="$(cd "$(dirname "$BASELINE_BIN")" && pwd)/$(basename "$BASELINE_BIN")"
@@ -79,7 +94,7 @@ read -r -a server_list <<<"$SERVERS"
 for s in "${server_list[@]}"; do
     case $s in
         consortium-dns | nsd | knot) ;;
-        baseline) [ -n "$BASELINE_BIN" ] || die "server 'baseline' needs BASELINE_BIN" ;;
+        baseline) [ -n "$BASELINE_BIN" ] || [ "$BASELINE_SAME" = 1 ] || die "server 'baseline' needs BASELINE_BIN" ;;
         *) die "unknown server '$s' in SERVERS" ;;
     esac
 done
@@ -143,6 +158,7 @@ target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$target_dir" in /*) ;; *) target_dir="$ROOT/$target_dir" ;; esac
 built_bin="$target_dir/release/consortium-dns"
 [ -x "$built_bin" ] || die "built binary not found at $built_bin"
+[ "$BASELINE_SAME" = 0 ] || BASELINE_BIN="$built_bin"
 
 # --- work directory, cleanup ----------------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cdns-load.XXXXXX")"
@@ -297,8 +313,9 @@ zone:
   - domain: $ORIGIN
     file: "$ORIGIN.zone"
 EOF
-    sed "s/127.0.0.1:$((BASE_PORT))/127.0.0.1:$((BASE_PORT + 3))/" "$d/ours/ours.toml" \
-        >"$d/ours/baseline.toml"
+    sed -e "s/127.0.0.1:$((BASE_PORT))/127.0.0.1:$((BASE_PORT + 3))/" \
+        -e "s/^udp-workers = 1$/udp-workers = 1\nquery-metrics = $BASELINE_QUERY_METRICS/" \
+        "$d/ours/ours.toml" >"$d/ours/baseline.toml"
     nsd-checkconf "$d/nsd/nsd.conf" || die "nsd-checkconf rejected $d/nsd/nsd.conf"
     knotc -c "$d/knot/knot.conf" conf-check >/dev/null || die "knotc conf-check rejected $d/knot/knot.conf"
     nsd-checkzone "$ORIGIN" "$d/ref/$ORIGIN.zone" >/dev/null ||
@@ -514,7 +531,7 @@ version_of() {
             described=$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || true)
             echo "$("$OURS_BIN" --version 2>/dev/null || echo consortium-dns)${described:+ ($described)}"
             ;;
-        baseline) echo "baseline $("$BASELINE_BIN" --version 2>/dev/null || true) ($BASELINE_BIN)" ;;
+        baseline) echo "baseline $("$BASELINE_BIN" --version 2>/dev/null || true) ($BASELINE_BIN, query-metrics = $BASELINE_QUERY_METRICS)" ;;
         nsd) nsd -v 2>&1 | awk 'NR == 1 { print "NSD " $3 }' ;;
         knot) knotd -V 2>&1 | awk '{ print "Knot DNS " $NF }' ;;
     esac
@@ -525,7 +542,8 @@ echo
 extra_env=
 [ "$SETS" = "$DEFAULT_SETS" ] || extra_env+="SETS=\"$SETS\" "
 [ "$REQUESTED_SERVERS" = "$DEFAULT_SERVERS" ] || extra_env+="SERVERS=\"$REQUESTED_SERVERS\" "
-[ -z "$BASELINE_BIN" ] || extra_env+="BASELINE_BIN=$BASELINE_BIN "
+[ -z "$BASELINE_BIN" ] || [ "$BASELINE_SAME" = 1 ] || extra_env+="BASELINE_BIN=$BASELINE_BIN "
+[ "$BASELINE_QUERY_METRICS" = true ] || extra_env+="BASELINE_QUERY_METRICS=false "
 [ -z "$MAX_QPS" ] || extra_env+="MAX_QPS=$MAX_QPS "
 echo "Command: \`${extra_env}DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING EDNS=$EDNS benches/load.sh ${MEMBER_COUNTS[*]}\`"
 echo

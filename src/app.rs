@@ -146,7 +146,8 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let mut shared = Shared::new(snapshot, config.limits.clone(), metrics.clone());
-    shared.query_log_sample = config.query_log_sample;
+    shared.query_log = server::QueryLog::every(config.query_log_sample);
+    shared.count_queries = config.query_metrics;
     shared.rrl = config
         .rrl
         .enabled
@@ -426,12 +427,15 @@ impl Control {
                     let http = running.http_listen;
                     let limits = running.limits.clone();
                     let workers = running.udp_workers;
+                    let (log_sample, query_metrics) = (running.query_log_sample, running.query_metrics);
                     *running = config;
                     // What needs a restart stays as it runs.
                     running.listen = listen;
                     running.http_listen = http;
                     running.limits = limits;
                     running.udp_workers = workers;
+                    running.query_log_sample = log_sample;
+                    running.query_metrics = query_metrics;
                 }
                 tracing::info!(trigger, ?serials, "reloaded");
                 ReloadReport {

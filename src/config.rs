@@ -92,6 +92,10 @@ struct ServerSection {
     /// Log one query in N at info level (target `query`); 0 = off.
     #[serde(default)]
     query_log_sample: u32,
+    /// Count queries (by transport, qtype, rcode) and picks in the metrics. Default true; off
+    /// only to measure what counting costs (the load benchmark does).
+    #[serde(default = "default_true")]
+    query_metrics: bool,
     /// File keeping each zone's served serial across restarts, so that it never goes
     /// backwards (the directory must be writable). Unset = not kept: after a restart the
     /// serial policy starts again from the zone files' serials.
@@ -108,6 +112,7 @@ impl Default for ServerSection {
             identity: None,
             version: None,
             query_log_sample: 0,
+            query_metrics: true,
             state_file: None,
         }
     }
@@ -115,6 +120,10 @@ impl Default for ServerSection {
 
 fn default_listen() -> Vec<String> {
     vec!["127.0.0.1:5300".into()]
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_http_listen() -> String {
@@ -134,10 +143,19 @@ struct LimitsSection {
     /// Concurrent TCP connections from one client address. Default 64.
     #[serde(default = "default_tcp_max_per_client")]
     tcp_max_connections_per_client: usize,
-    /// A TCP connection with no complete query for this long is closed (RFC 7766 §6.2.3).
-    /// Default "10s".
+    /// A TCP connection on which no new message starts for this long is closed (RFC 7766
+    /// §6.2.3). Default "10s".
     #[serde(default = "default_tcp_idle_timeout", with = "crate::duration::serde_text")]
     tcp_idle_timeout: Duration,
+    /// Once a TCP message has started arriving, the whole of it must arrive within this
+    /// (a client sending one byte at a time cannot hold the connection). Default "5s".
+    #[serde(default = "default_tcp_read_timeout", with = "crate::duration::serde_text")]
+    tcp_read_timeout: Duration,
+    /// Largest query accepted, over UDP and TCP, in octets (512-65535). A longer datagram is
+    /// dropped; a longer TCP message closes the connection. Default 4096: a query, even with
+    /// EDNS options and a TSIG record, is a few hundred octets.
+    #[serde(default = "default_max_message_size")]
+    max_message_size: usize,
     /// Pipelined queries read ahead of their answers on one TCP connection: queries that
     /// arrive together are answered in order and written together, at most this many per
     /// write. Default 32.
@@ -152,6 +170,8 @@ impl Default for LimitsSection {
             tcp_max_connections: default_tcp_max_connections(),
             tcp_max_connections_per_client: default_tcp_max_per_client(),
             tcp_idle_timeout: default_tcp_idle_timeout(),
+            tcp_read_timeout: default_tcp_read_timeout(),
+            max_message_size: default_max_message_size(),
             tcp_max_in_flight: default_tcp_pipeline(),
         }
     }
@@ -168,6 +188,12 @@ fn default_tcp_max_per_client() -> usize {
 }
 fn default_tcp_idle_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_tcp_read_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_message_size() -> usize {
+    4096
 }
 fn default_tcp_pipeline() -> usize {
     32
@@ -270,6 +296,7 @@ pub struct Config {
     pub identity: Option<String>,
     pub version: Option<String>,
     pub query_log_sample: u32,
+    pub query_metrics: bool,
     /// Where served serials are kept across restarts (`crate::state`).
     pub state_file: Option<PathBuf>,
     pub limits: Limits,
@@ -286,6 +313,8 @@ pub struct Limits {
     pub tcp_max_connections: usize,
     pub tcp_max_connections_per_client: usize,
     pub tcp_idle_timeout: Duration,
+    pub tcp_read_timeout: Duration,
+    pub max_message_size: usize,
     pub tcp_max_in_flight: usize,
 }
 
@@ -297,6 +326,8 @@ impl Default for Limits {
             tcp_max_connections: s.tcp_max_connections,
             tcp_max_connections_per_client: s.tcp_max_connections_per_client,
             tcp_idle_timeout: s.tcp_idle_timeout,
+            tcp_read_timeout: s.tcp_read_timeout,
+            max_message_size: s.max_message_size,
             tcp_max_in_flight: s.tcp_max_in_flight,
         }
     }
@@ -370,6 +401,8 @@ impl Config {
             tcp_max_connections: file.limits.tcp_max_connections,
             tcp_max_connections_per_client: file.limits.tcp_max_connections_per_client,
             tcp_idle_timeout: file.limits.tcp_idle_timeout,
+            tcp_read_timeout: file.limits.tcp_read_timeout,
+            max_message_size: file.limits.max_message_size,
             tcp_max_in_flight: file.limits.tcp_max_in_flight,
         };
         if limits.udp_payload < 512 {
@@ -378,8 +411,13 @@ impl Config {
         if limits.tcp_max_connections == 0 || limits.tcp_max_connections_per_client == 0 {
             errors.push(whole("limits: TCP connection limits must be at least 1".into()));
         }
-        if limits.tcp_idle_timeout.is_zero() {
-            errors.push(whole("limits.tcp-idle-timeout must be above zero".into()));
+        if limits.tcp_idle_timeout.is_zero() || limits.tcp_read_timeout.is_zero() {
+            errors.push(whole("limits: TCP timeouts must be above zero".into()));
+        }
+        if !(512..=65_535).contains(&limits.max_message_size) {
+            errors.push(whole(
+                "limits.max-message-size must be from 512 to 65535 octets".into(),
+            ));
         }
         if limits.tcp_max_in_flight == 0 {
             errors.push(whole("limits.tcp-max-in-flight must be at least 1".into()));
@@ -535,6 +573,7 @@ impl Config {
             identity: file.server.identity,
             version: file.server.version,
             query_log_sample: file.server.query_log_sample,
+            query_metrics: file.server.query_metrics,
             state_file: file.server.state_file.map(|f| base.join(f)),
             limits,
             rrl: file.rrl,

@@ -34,6 +34,7 @@ pub const ZONE_SERIAL: &str = "consortium_dns_zone_serial";
 pub const TCP_CONNECTIONS_OPEN: &str = "consortium_dns_tcp_connections_open";
 pub const RRL_LIMITED_TOTAL: &str = "consortium_dns_rrl_limited_total";
 pub const POOL_MEMBERS: &str = "consortium_dns_pool_members";
+pub const PANICS_TOTAL: &str = "consortium_dns_panics_total";
 
 /// Pools with more members than this get no per-member series (state, weight, probe,
 /// certificate, picks): at 100,000 members those would cost hundreds of megabytes per scrape.
@@ -115,6 +116,8 @@ pub struct Metrics {
     pub last_reload_success: IntGauge,
     pub zone_serial: IntGaugeVec,
     pub tcp_connections_open: IntGauge,
+    /// Panics caught in a UDP worker or a TCP connection (by `task`): 0 unless there is a bug.
+    pub panics: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -219,6 +222,11 @@ impl Metrics {
             tcp_connections_open: register(
                 &registry,
                 IntGauge::new(TCP_CONNECTIONS_OPEN, "Open DNS TCP connections.").expect("valid metric"),
+            ),
+            panics: counter_vec(
+                PANICS_TOTAL,
+                "Panics caught in a UDP worker or TCP connection, by task (a bug if above 0).",
+                &["task"],
             ),
             registry,
         }

@@ -91,6 +91,12 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     if running.udp_workers != new.udp_workers {
         changes.push("server.udp-workers".to_string());
     }
+    if running.query_log_sample != new.query_log_sample {
+        changes.push("server.query-log-sample".to_string());
+    }
+    if running.query_metrics != new.query_metrics {
+        changes.push("server.query-metrics".to_string());
+    }
     if format!("{:?}", running.limits) != format!("{:?}", new.limits) {
         changes.push("limits".to_string());
     }

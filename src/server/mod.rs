@@ -10,8 +10,9 @@ mod udp;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -30,8 +31,10 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub limits: Limits,
     pub metrics: Metrics,
-    /// Log one query in this many (0 = off).
-    pub query_log_sample: u32,
+    /// Count queries and picks in the metrics (`[server] query-metrics`; on by default).
+    pub count_queries: bool,
+    /// The sampled query log.
+    pub query_log: QueryLog,
     /// UDP response rate limiting; `None` when turned off.
     pub rrl: Option<rrl::Limiter>,
 }
@@ -42,8 +45,51 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             limits,
             metrics,
-            query_log_sample: 0,
+            count_queries: true,
+            query_log: QueryLog::default(),
             rrl: None,
+        }
+    }
+}
+
+/// Logs one query in `every` (0 = off), over UDP and TCP alike, at info level under the target
+/// `query`.
+#[derive(Debug, Default)]
+pub struct QueryLog {
+    every: u32,
+    seen: AtomicU32,
+}
+
+impl QueryLog {
+    pub fn every(every: u32) -> QueryLog {
+        QueryLog {
+            every,
+            seen: AtomicU32::new(0),
+        }
+    }
+
+    /// Called once per answered query; costs one branch when the log is off.
+    #[inline]
+    fn observe(
+        &self,
+        query: &[u8],
+        peer: SocketAddr,
+        transport: answer::Transport,
+        rcode: u16,
+        truncated: bool,
+    ) {
+        if self.every == 0 {
+            return;
+        }
+        // The first query is logged, then every `every`-th: a quiet server still shows one.
+        if self.seen.fetch_add(1, Ordering::Relaxed) % self.every == 0 {
+            if let Some((name, qtype, _)) = answer::question_text(query) {
+                let transport = match transport {
+                    answer::Transport::Udp => "udp",
+                    answer::Transport::Tcp => "tcp",
+                };
+                tracing::info!(target: "query", client = %peer, transport, qname = %name, qtype = %crate::zone::rtype::mnemonic(qtype), rcode, truncated);
+            }
         }
     }
 }
@@ -147,7 +193,7 @@ pub fn start(listeners: Listeners, shared: Arc<Shared>) -> io::Result<Running> {
             let stop = udp_stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("udp-{address_index}-{worker}"))
-                .spawn(move || udp::worker(socket, shared, stop))?;
+                .spawn(move || run_udp_worker(&socket, &shared, &stop))?;
             udp_threads.push(thread);
         }
     }
@@ -167,6 +213,20 @@ pub fn start(listeners: Listeners, shared: Arc<Shared>) -> io::Result<Running> {
         tcp_stop,
         tcp_tasks,
     })
+}
+
+/// Runs one UDP worker until shutdown. A panic (a bug, never expected) is counted and logged
+/// and the worker starts again on the same socket, so one bad packet cannot silently take a
+/// socket out of the SO_REUSEPORT group.
+fn run_udp_worker(socket: &UdpSocket, shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| udp::worker(socket, shared, stop)));
+        if run.is_ok() {
+            return;
+        }
+        shared.metrics.panics.with_label_values(&["udp"]).inc();
+        tracing::error!("UDP worker panicked; restarting it (this is a bug: please report it)");
+    }
 }
 
 impl Running {

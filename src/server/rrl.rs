@@ -246,10 +246,10 @@ impl Limiter {
 /// owners of the first authority record compressed or plain).
 pub fn classify(response: &[u8]) -> ResponseKind<'_> {
     let rcode = response.get(3).map_or(0, |b| b & 0x0f);
-    let Some(qname_end) = name_end(response, 12) else {
+    let Some((qname_end, qname)) = name_end(response, 12).and_then(|end| Some((end, response.get(12..end)?)))
+    else {
         return ResponseKind::Error;
     };
-    let qname = &response[12..qname_end];
     let qtype = response
         .get(qname_end..qname_end + 2)
         .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
@@ -334,6 +334,17 @@ pub fn slip(response: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_or_short_responses_classify_as_errors_without_panicking() {
+        let mut header = vec![0u8; 12];
+        assert!(matches!(classify(&header[..5]), ResponseKind::Error));
+        header.push(0xC0); // a compression pointer cut after its first octet
+        assert!(matches!(classify(&header), ResponseKind::Error));
+        let mut cut_slip = header.clone();
+        slip(&mut cut_slip);
+        assert_eq!(cut_slip, header, "a message too short to slip is left alone");
+    }
 
     fn limiter(rate: u32, slip: u32) -> Limiter {
         Limiter::new(RrlConfig {

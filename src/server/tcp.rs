@@ -1,16 +1,24 @@
-//! TCP per RFC 7766: length-prefixed messages, pipelined queries answered in order (those that
-//! arrived together written together, up to `tcp-max-in-flight`), an idle timeout, and caps on
-//! connections in total and per client address.
+//! TCP per RFC 7766: length-prefixed messages, pipelined queries, an idle timeout between
+//! messages and a read timeout within one, and caps on connections in total and per client
+//! address.
+//!
+//! Each connection has a reader (this task) and a writer task joined by a bounded channel.
+//! Ordinary queries are answered in order, those that arrived together written together (up
+//! to `tcp-max-in-flight`). A zone transfer is built on a blocking thread while the reader goes
+//! on answering the queries behind it, so their answers may overtake it (RFC 7766 §7): a
+//! large AXFR does not hold up a resolver's queries on the same connection.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Shared;
 use super::answer::{Outcome, Transport, answer};
@@ -34,7 +42,7 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut 
             Err(e) => {
                 // EMFILE and friends: keep the loop alive, pause briefly.
                 tracing::warn!("tcp accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -51,25 +59,72 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut 
             drop(stream);
             continue;
         }
-        let shared = shared.clone();
-        let per_client = per_client.clone();
+        // The slot, the permit and the gauge are released by `Open`'s drop, so a connection
+        // that panics gives them back too.
+        let open = Open::new(&shared, &per_client, peer.ip(), permit);
         let stop = stop.clone();
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
-            shared.metrics.tcp_connections_open.inc();
-            serve_connection(stream, peer, &shared, stop).await;
-            shared.metrics.tcp_connections_open.dec();
-            release_client_slot(&per_client, peer.ip());
-            drop(permit);
+            serve_connection(stream, peer, &open.shared, stop).await;
+            drop(open);
         });
-        // Reap finished connections so the set does not grow.
-        while connections.try_join_next().is_some() {}
+        reap(&mut connections, &shared);
     }
     // Stop accepting: close the listening socket so new connections are refused at once
     // instead of waiting unanswered in the backlog; connections see `stop` and finish the
     // query in hand.
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    while let Some(finished) = connections.join_next().await {
+        count_panic(finished, &shared);
+    }
+}
+
+/// Collects finished connections so the set does not grow.
+fn reap(connections: &mut tokio::task::JoinSet<()>, shared: &Shared) {
+    while let Some(finished) = connections.try_join_next() {
+        count_panic(finished, shared);
+    }
+}
+
+fn count_panic(finished: Result<(), tokio::task::JoinError>, shared: &Shared) {
+    if let Err(e) = finished {
+        if e.is_panic() {
+            shared.metrics.panics.with_label_values(&["tcp"]).inc();
+            tracing::error!("a TCP connection panicked; it was closed (this is a bug: please report it)");
+        }
+    }
+}
+
+/// What an open connection holds: its place under the caps and in the gauge.
+struct Open {
+    shared: Arc<Shared>,
+    per_client: PerClient,
+    ip: IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(
+        shared: &Arc<Shared>,
+        per_client: &PerClient,
+        ip: IpAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Open {
+        shared.metrics.tcp_connections_open.inc();
+        Open {
+            shared: shared.clone(),
+            per_client: per_client.clone(),
+            ip,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.shared.metrics.tcp_connections_open.dec();
+        release_client_slot(&self.per_client, self.ip);
+    }
 }
 
 fn claim_client_slot(per_client: &PerClient, ip: IpAddr, cap: usize) -> bool {
@@ -106,130 +161,189 @@ fn push_frame(frames: &mut Vec<u8>, message: &[u8]) {
     frames.extend_from_slice(message);
 }
 
-/// Writes the answers gathered so far; false when the connection is gone.
-async fn write_answers<W: AsyncWriteExt + Unpin>(
-    writer: &mut W,
-    frames: &mut Vec<u8>,
-    idle: std::time::Duration,
+/// Writes each chunk of answers as it comes, until the reader and every transfer are done
+/// or the client stops reading (a write must finish within the idle timeout).
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+    idle: Duration,
     peer: SocketAddr,
-) -> bool {
-    if frames.is_empty() {
-        return true;
-    }
-    let written = tokio::time::timeout(idle, writer.write_all(frames)).await;
-    frames.clear();
-    match written {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::debug!("tcp write to {peer} failed: {e}");
-            false
+) {
+    while let Some(chunk) = chunks.recv().await {
+        match tokio::time::timeout(idle, writer.write_all(&chunk)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("tcp write to {peer} failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("tcp write to {peer} timed out");
+                return;
+            }
         }
-        Err(_) => false,
     }
 }
 
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    shared: &Shared,
-    mut stop: watch::Receiver<bool>,
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
 ) {
-    let idle = shared.limits.tcp_idle_timeout;
-    let max_in_flight = shared.limits.tcp_max_in_flight.max(1);
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
+    let (reader, writer) = stream.into_split();
+    let (chunks, to_write) = mpsc::channel(shared.limits.tcp_max_in_flight.max(1));
+    let writing = tokio::spawn(write_loop(writer, to_write, shared.limits.tcp_idle_timeout, peer));
+    read_loop(BufReader::new(reader), peer, shared, stop, chunks).await;
+    // The answers owed (and a transfer under way) are still written; the writer ends when the
+    // last sender is gone.
+    let _ = writing.await;
+}
+
+/// Reads messages and answers them; returns when the client is done, idle too long, sends
+/// something we do not answer, or the server stops (after the message in hand).
+async fn read_loop(
+    mut reader: BufReader<OwnedReadHalf>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    chunks: mpsc::Sender<Vec<u8>>,
+) {
+    let limits = &shared.limits;
+    let max_in_flight = limits.tcp_max_in_flight.max(1);
     let mut rng = SmallRng::from_os_rng();
     let mut query = vec![0u8; 512];
     let mut out = Vec::with_capacity(4096);
-    // Length-prefixed answers not yet written: pipelined queries that arrived together are
-    // answered together, in order, with one write (at most `max_in_flight` of them).
-    let mut frames = Vec::with_capacity(4096);
     let mut counters = QueryCounters::new(shared.metrics.clone(), Transport::Tcp);
+    // At most one transfer per connection is built at a time.
+    let mut transfer: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if *stop.borrow() {
-            return;
+            break;
         }
-        // The whole next message must arrive within the idle timeout: a client sending one
-        // byte at a time cannot hold the connection (RFC 7766 §6.2.3).
-        let deadline = tokio::time::Instant::now() + idle;
-        // Between messages a shutdown closes the connection at once...
-        // Bytes already here win over a shutdown seen at the same moment: that message has
-        // started arriving.
+        // Between messages: wait up to the idle timeout for the next one to start; a shutdown
+        // or a writer that has given up closes the connection at once. Bytes already here win
+        // over a shutdown seen at the same moment: that message has started arriving.
         tokio::select! {
             biased;
-            buffered = tokio::time::timeout_at(deadline, reader.fill_buf()) => match buffered {
+            buffered = tokio::time::timeout(limits.tcp_idle_timeout, reader.fill_buf()) => match buffered {
                 Ok(Ok(bytes)) if !bytes.is_empty() => {}
-                _ => return,
+                _ => break,
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
+            _ = chunks.closed() => break,
         }
-        // ...but a message that has started arriving is in flight: read, answer, then close.
+        // A message has started: it must be whole within the read timeout (RFC 7766 §6.2.3),
+        // so a client sending a byte at a time cannot hold the connection.
+        let deadline = tokio::time::Instant::now() + limits.tcp_read_timeout;
+        let mut frames = Vec::new();
         for _ in 0..max_in_flight {
             let read = async {
                 let len = usize::from(reader.read_u16().await?);
+                if len > limits.max_message_size {
+                    return Err(std::io::Error::other("message over max-message-size"));
+                }
                 query.resize(len, 0);
                 reader.read_exact(&mut query).await?;
-                Ok::<usize, std::io::Error>(len)
+                Ok::<(), std::io::Error>(())
             };
-            let len = match tokio::time::timeout_at(deadline, read).await {
-                Ok(Ok(len)) => len,
-                Ok(Err(_)) | Err(_) => {
-                    write_answers(&mut writer, &mut frames, idle, peer).await;
-                    return;
+            if !matches!(tokio::time::timeout_at(deadline, read).await, Ok(Ok(()))) {
+                let _ = chunks.send(frames).await;
+                return finish(transfer, counters).await;
+            }
+            if crate::transfer::is_transfer(&query) {
+                // The answers before it go first; the transfer follows when built, whole
+                // (its messages are never interleaved with other answers).
+                if !frames.is_empty() && chunks.send(std::mem::take(&mut frames)).await.is_err() {
+                    return finish(transfer, counters).await;
                 }
-            };
-            if crate::transfer::is_transfer(&query[..len]) {
-                // AXFR/IXFR: possibly many messages, each length-prefixed (RFC 5936 §4.2),
-                // after the answers to the queries before it.
-                let messages = crate::transfer::respond(&shared.snapshot.load(), &query[..len], peer.ip());
-                for message in messages {
-                    push_frame(&mut frames, &message);
-                    if !write_answers(&mut writer, &mut frames, idle, peer).await {
-                        return;
+                if let Some(previous) = transfer.take() {
+                    let _ = previous.await;
+                }
+                transfer = Some(spawn_transfer(shared, query.clone(), peer, chunks.clone()));
+                counters.answered(crate::zone::rtype::AXFR, 0, false);
+            } else {
+                let outcome = {
+                    let snapshot = shared.snapshot.load();
+                    let outcome = answer(
+                        &snapshot,
+                        &query,
+                        &mut out,
+                        Transport::Tcp,
+                        limits.udp_payload,
+                        &mut rng,
+                    );
+                    if let (true, Outcome::Responded { pick: Some(pick), .. }) =
+                        (shared.count_queries, &outcome)
+                    {
+                        snapshot.count_pick(*pick);
+                    }
+                    outcome
+                };
+                match outcome {
+                    Outcome::Responded {
+                        rcode,
+                        qtype,
+                        truncated,
+                        ..
+                    } => {
+                        if shared.count_queries {
+                            counters.answered(qtype, rcode, truncated);
+                        }
+                        shared
+                            .query_log
+                            .observe(&query, peer, Transport::Tcp, rcode, truncated);
+                    }
+                    Outcome::Dropped => {
+                        // Not a query we answer; RFC 7766 lets us close, after the answers owed.
+                        counters.dropped();
+                        let _ = chunks.send(frames).await;
+                        return finish(transfer, counters).await;
                     }
                 }
-                counters.answered(crate::zone::rtype::AXFR, 0, false);
-                break;
+                push_frame(&mut frames, &out);
             }
-            let outcome = {
-                let snapshot = shared.snapshot.load();
-                let outcome = answer(
-                    &snapshot,
-                    &query[..len],
-                    &mut out,
-                    Transport::Tcp,
-                    shared.limits.udp_payload,
-                    &mut rng,
-                );
-                if let Outcome::Responded { pick: Some(pick), .. } = outcome {
-                    snapshot.count_pick(pick);
-                }
-                outcome
-            };
-            match outcome {
-                Outcome::Responded {
-                    rcode,
-                    qtype,
-                    truncated,
-                    ..
-                } => counters.answered(qtype, rcode, truncated),
-                Outcome::Dropped => {
-                    // Not a query we answer; RFC 7766 lets us close, after the answers owed.
-                    counters.dropped();
-                    counters.flush();
-                    write_answers(&mut writer, &mut frames, idle, peer).await;
-                    return;
-                }
-            }
-            push_frame(&mut frames, &out);
             if !whole_message_buffered(reader.buffer()) {
                 break;
             }
         }
         // TCP is not the hot path: publish at once so a scrape sees these queries.
         counters.flush();
-        if !write_answers(&mut writer, &mut frames, idle, peer).await {
-            return;
+        if !frames.is_empty() && chunks.send(frames).await.is_err() {
+            break;
         }
     }
+    finish(transfer, counters).await;
+}
+
+/// Waits for a transfer under way (its answer is owed) and publishes the counts.
+async fn finish(transfer: Option<tokio::task::JoinHandle<()>>, mut counters: QueryCounters) {
+    counters.flush();
+    if let Some(transfer) = transfer {
+        let _ = transfer.await;
+    }
+}
+
+/// Builds an AXFR/IXFR answer (possibly many messages, each length-prefixed, RFC 5936 §4.2) on
+/// a blocking thread, from the Snapshot current now, and queues it whole for the writer.
+fn spawn_transfer(
+    shared: &Arc<Shared>,
+    query: Vec<u8>,
+    peer: SocketAddr,
+    chunks: mpsc::Sender<Vec<u8>>,
+) -> tokio::task::JoinHandle<()> {
+    let snapshot = shared.snapshot.load_full();
+    tokio::spawn(async move {
+        let built = tokio::task::spawn_blocking(move || {
+            let messages = crate::transfer::respond(&snapshot, &query, peer.ip());
+            let mut frames = Vec::with_capacity(messages.iter().map(|m| m.len() + 2).sum());
+            for message in &messages {
+                push_frame(&mut frames, message);
+            }
+            frames
+        })
+        .await;
+        if let Ok(frames) = built {
+            let _ = chunks.send(frames).await;
+        }
+    })
 }

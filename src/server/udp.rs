@@ -8,7 +8,6 @@
 use std::io::{ErrorKind, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
@@ -22,14 +21,14 @@ use crate::metrics::QueryCounters;
 
 /// Datagrams per system call.
 const BATCH: usize = 32;
-/// Receive buffer per datagram. Queries are small (a TSIG-signed one is a few hundred octets);
-/// a longer datagram is cut by the kernel and answered FORMERR.
-const RECV_BUFFER: usize = 4_096;
 
-pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
     let fd = socket.as_raw_fd();
-    // Everything the loop needs is allocated here, once: a batch allocates nothing.
-    let mut buffers = Box::new([[0u8; RECV_BUFFER]; BATCH]);
+    // Everything the loop needs is allocated here, once: a batch allocates nothing. One octet
+    // more than the largest query accepted, so that a longer datagram shows as too long
+    // instead of being cut to a plausible length by the kernel.
+    let max_message = shared.limits.max_message_size;
+    let mut buffers: [Vec<u8>; BATCH] = std::array::from_fn(|_| vec![0u8; max_message + 1]);
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1_500)).collect();
     let mut received: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
     let mut to_send = Outgoing::default();
@@ -38,8 +37,7 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
     let mut rng = SmallRng::from_os_rng();
     let max_payload = shared.limits.udp_payload;
     let mut counters = QueryCounters::new(shared.metrics.clone(), Transport::Udp);
-    let sample = shared.query_log_sample;
-    let mut seen: u32 = 0;
+    let count = shared.count_queries;
     while !stop.load(Ordering::Relaxed) {
         received.clear();
         {
@@ -76,7 +74,13 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
         to_send.clear();
         for (index, &(len, peer)) in received.iter().enumerate() {
             let Some(peer) = peer else { continue };
-            let query = &buffers[index][..len.min(RECV_BUFFER)];
+            if len > max_message {
+                // Over `limits.max-message-size`: not a query we read (RFC 1035 leaves
+                // oversized input to the server's judgement; silence costs nothing).
+                counters.dropped();
+                continue;
+            }
+            let query = &buffers[index][..len];
             let out = &mut outs[index];
             let Outcome::Responded {
                 rcode,
@@ -88,16 +92,15 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
                 counters.dropped();
                 continue;
             };
-            if let Some(pick) = pick {
-                snapshot.count_pick(pick);
-            }
-            counters.answered(qtype, rcode, truncated);
-            if sample > 0 {
-                seen = seen.wrapping_add(1);
-                if seen % sample == 0 {
-                    log_query(query, peer, rcode, truncated);
+            if count {
+                if let Some(pick) = pick {
+                    snapshot.count_pick(pick);
                 }
+                counters.answered(qtype, rcode, truncated);
             }
+            shared
+                .query_log
+                .observe(query, peer, Transport::Udp, rcode, truncated);
             if let Some(limiter) = &shared.rrl {
                 match limiter.check(peer.ip(), rrl::classify(out)) {
                     Verdict::Send => {}
@@ -114,7 +117,7 @@ pub(super) fn worker(socket: UdpSocket, shared: Arc<Shared>, stop: Arc<AtomicBoo
             to_send.push(index, peer);
         }
         drop(snapshot);
-        send_batch(&socket, fd, &mut send_headers, &outs, &to_send);
+        send_batch(socket, fd, &mut send_headers, &outs, &to_send);
     }
     counters.flush();
 }
@@ -184,11 +187,4 @@ fn to_std(address: &SockaddrStorage) -> Option<SocketAddr> {
         return Some(SocketAddr::from(*v4));
     }
     address.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
-}
-
-/// One line of the sampled query log.
-fn log_query(query: &[u8], peer: SocketAddr, rcode: u16, truncated: bool) {
-    if let Some((name, qtype, _)) = super::answer::question_text(query) {
-        tracing::info!(target: "query", client = %peer, qname = %name, qtype = %crate::zone::rtype::mnemonic(qtype), rcode, truncated);
-    }
 }

@@ -1146,6 +1146,16 @@ fn no_ready_when_the_zones_do_not_load() {
 
 #[test]
 fn sigterm_finishes_a_tcp_query_in_flight_then_exits_zero() {
+    finishes_a_tcp_query_in_flight_then_exits_zero("TERM");
+}
+
+/// Ctrl-C in a terminal stops the server the same graceful way.
+#[test]
+fn sigint_finishes_a_tcp_query_in_flight_then_exits_zero() {
+    finishes_a_tcp_query_in_flight_then_exits_zero("INT");
+}
+
+fn finishes_a_tcp_query_in_flight_then_exits_zero(signal: &str) {
     let tree = Tree::example();
     let grace = Duration::from_secs(5);
     let mut daemon = Daemon::start(&tree, &["--shutdown-grace", "5"]);
@@ -1160,7 +1170,7 @@ fn sigterm_finishes_a_tcp_query_in_flight_then_exits_zero() {
     std::thread::sleep(Duration::from_millis(200));
 
     let stop = Instant::now();
-    daemon.signal("TERM");
+    daemon.signal(signal);
     daemon.wait_notification("STOPPING=1", Duration::from_secs(5));
     // Shutdown has begun: no new connections...
     wait_until_refused(dns, Duration::from_secs(5));
@@ -1330,4 +1340,103 @@ fn json_log_format_writes_one_json_object_per_line() {
         "{:?}",
         daemon.log
     );
+}
+
+/// Every stderr line that arrives within `quiet` of the previous one, as JSON events.
+fn collect_events(daemon: &mut Daemon, quiet: Duration) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    while let Ok(line) = daemon.lines.recv_timeout(quiet) {
+        daemon.log.push(line.clone());
+        let event = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        events.push(event);
+    }
+    events
+}
+
+/// `query-log-sample = 3`: the first query and every third after it are logged, over UDP and
+/// TCP alike, with client, transport, name, type and rcode; nothing else is logged per query,
+/// and a reload is logged once.
+#[test]
+fn sampled_query_log_over_udp_and_tcp_and_nothing_else_per_query() {
+    let tree = Tree::example();
+    let config = tree.read("config/consortium-dns.toml");
+    tree.write(
+        "config/consortium-dns.toml",
+        &config.replacen("[server]\n", "[server]\nquery-log-sample = 3\n", 1),
+    );
+    let mut daemon = Daemon::start(&tree, &["--log-format", "json"]);
+    daemon.wait_notification("READY=1", START);
+    let line = daemon.wait_line(Duration::from_secs(5), |l| l.contains("serving DNS"));
+    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    let addr: SocketAddr = event["fields"]["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("an addr field: {event}"));
+    collect_events(&mut daemon, Duration::from_millis(300));
+
+    // Twelve queries in a known order: nine over UDP, then three over TCP.
+    let names = ["node1", "ns1", "nope"];
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let qname = format!("{}.consortium.example.", names[i % names.len()]);
+        let q = query(&qname, RecordType::A, None);
+        if i < 9 {
+            udp_once(addr, &q);
+            sent.push(("udp", qname));
+        } else {
+            let mut stream = tcp_connect(addr);
+            stream.write_all(&framed(&q)).expect("write");
+            read_framed(&mut stream);
+            sent.push(("tcp", qname));
+        }
+    }
+    let events = collect_events(&mut daemon, Duration::from_millis(500));
+    let logged: Vec<(String, String, String)> = events
+        .iter()
+        .filter(|e| e["target"] == "query")
+        .map(|e| {
+            let f = &e["fields"];
+            assert_eq!(f["qtype"], "A", "{e}");
+            assert!(
+                f["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")),
+                "{e}"
+            );
+            let rcode = f["rcode"].as_u64().expect("rcode");
+            let qname = f["qname"].as_str().expect("qname").to_string();
+            assert_eq!(rcode, if qname.starts_with("nope") { 3 } else { 0 }, "{e}");
+            (
+                f["transport"].as_str().expect("transport").to_string(),
+                qname,
+                rcode.to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [0, 3, 6, 9]
+        .iter()
+        .map(|&i| (sent[i].0.to_string(), sent[i].1.clone()))
+        .collect();
+    assert_eq!(
+        logged
+            .iter()
+            .map(|(t, q, _)| (t.clone(), q.clone()))
+            .collect::<Vec<_>>(),
+        expected,
+        "queries 1, 4, 7 and 10 are logged"
+    );
+    let other: Vec<&serde_json::Value> = events.iter().filter(|e| e["target"] != "query").collect();
+    assert!(
+        other.is_empty(),
+        "nothing but the sampled query log per query: {other:?}"
+    );
+
+    // A reload is one line, whatever the queries around it.
+    daemon.signal("HUP");
+    let events = collect_events(&mut daemon, Duration::from_millis(1500));
+    let reloads = events
+        .iter()
+        .filter(|e| e["fields"]["message"] == "reloaded")
+        .count();
+    assert_eq!(reloads, 1, "one reload, one line: {events:?}");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
