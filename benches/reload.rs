@@ -1,4 +1,4 @@
-//! What a reload costs at 10, 1,000 and 10,000 members: time to read and validate the files
+//! What a reload costs at 10, 1,000, 10,000 and 100,000 members: time to read and validate the files
 //! (`snapshot::load_zones`), to build the Snapshot, and the whole `Control::reload` of a running
 //! server (load, serial policy, health sync, swap); then the peak memory of a reload, measured
 //! in a child process per size from the kernel's high-water mark (`VmHWM`).
@@ -16,7 +16,7 @@ use consortium_dns::config::Config;
 use consortium_dns::snapshot::{self, Snapshot};
 use criterion::{BatchSize, BenchmarkId, Criterion};
 
-const SIZES: [usize; 3] = [10, 1_000, 10_000];
+const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
 /// Set in a child process: the config to load for the memory measurement.
 const CHILD_ENV: &str = "CONSORTIUM_DNS_RELOAD_BENCH_CONFIG";
 

@@ -752,6 +752,7 @@ async fn run_differential(extra_zone_text: Option<&str>) {
     let mut failures = Vec::new();
     let mut used: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut tcp_sent = 0;
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, case) in cases.iter().enumerate() {
         // Every case over UDP; a sample over TCP, and over TCP again whenever UDP truncated.
         let mut transports = vec![Transport::Udp];
@@ -779,6 +780,16 @@ async fn run_differential(extra_zone_text: Option<&str>) {
                     continue;
                 }
             };
+            // What kinds of answer the reference gave, so the comparison is known to cover them.
+            let kind = match (nsd_reply.summary.rcode, nsd_reply.summary.flags.aa) {
+                (ResponseCode::NXDomain, _) => "NXDOMAIN",
+                (ResponseCode::NoError, false) => "referral",
+                (ResponseCode::NoError, true) if nsd_reply.summary.answer.0.is_empty() => "NODATA",
+                (ResponseCode::NoError, true) => "answer",
+                (ResponseCode::Refused, _) => "REFUSED",
+                _ => "other",
+            };
+            *kinds.entry(kind).or_default() += 1;
             let truncated = nsd_reply.summary.flags.tc || ours_reply.summary.flags.tc;
             if transport == Transport::Udp && truncated && !transports.contains(&Transport::Tcp) {
                 transports.push(Transport::Tcp);
@@ -794,10 +805,19 @@ async fn run_differential(extra_zone_text: Option<&str>) {
         }
     }
     eprintln!(
-        "differential: {} queries over UDP, {tcp_sent} over TCP, {} names; allowed differences used: {used:?}",
+        "differential: {} queries over UDP, {tcp_sent} over TCP, {} names; NSD's answers by kind \
+         {kinds:?}; allowed differences used: {used:?}",
         cases.len(),
         facts.names.len()
     );
+    assert!(cases.len() >= 300, "only {} queries compared", cases.len());
+    assert!(tcp_sent > 0, "nothing compared over TCP");
+    for kind in ["answer", "NODATA", "NXDOMAIN", "referral", "REFUSED"] {
+        assert!(
+            kinds.get(kind).is_some_and(|&n| n >= 3),
+            "fewer than 3 {kind} answers compared: {kinds:?}"
+        );
+    }
     for id in used.keys() {
         assert!(ALLOWED.iter().any(|a| a.id == *id), "unlisted allowance {id}");
     }
