@@ -14,12 +14,21 @@ use crate::config::NotifyTarget;
 use crate::zone::name::Name;
 use crate::zone::rtype;
 
-/// Tries per serial and target; waits between tries double from 1 s up to 60 s.
-const MAX_ATTEMPTS: u32 = 10;
+/// First wait between tries; each later wait doubles, up to `MAX_WAIT`.
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// A secondary that is down for hours is still told within a minute of coming back.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends NOTIFY for `zone` at `serial` to every target, in the background. `generation` is
 /// bumped by the caller for each newer serial; older tasks then stop retrying.
+///
+/// There is no last try. RFC 1996 §3.6 leaves the number of retransmissions to the operator
+/// (suggesting 5, 60 s apart); we go on because a secondary that is not told keeps an old
+/// shared-name pick until its SOA refresh, which can be hours. Only a NOERROR answer counts
+/// as acknowledged: REFUSED or NOTAUTH usually means the secondary does not (yet) accept us
+/// as its primary, and it should hear from us once it does. Tasks do not pile up: a
+/// superseded one ends at its next wake-up, at most `MAX_WAIT` later, without sending.
 pub fn spawn(
     zone: Name,
     serial: u32,
@@ -36,8 +45,8 @@ pub fn spawn(
             .and_then(|name| keys.iter().find(|k| k.name.key() == name.key()).cloned());
         let (zone, soa, generation) = (zone.clone(), soa.clone(), generation.clone());
         tokio::spawn(async move {
-            let mut wait = Duration::from_secs(1);
-            for attempt in 1..=MAX_ATTEMPTS {
+            let mut wait = FIRST_WAIT;
+            for attempt in 1u64.. {
                 if generation.load(Ordering::Relaxed) != mine {
                     return; // superseded by a newer serial
                 }
@@ -46,14 +55,18 @@ pub fn spawn(
                         tracing::info!(zone = %zone, serial, secondary = %target.address, attempt, "NOTIFY acknowledged");
                         return;
                     }
+                    // Warn once per serial and secondary: a secondary that is down would
+                    // otherwise fill the log with a line a minute until it is back.
+                    Err(reason) if attempt == 1 => {
+                        tracing::warn!(zone = %zone, serial, secondary = %target.address, "NOTIFY not acknowledged ({reason}); retrying with backoff until it is or a newer serial replaces it");
+                    }
                     Err(reason) => {
                         tracing::debug!(zone = %zone, serial, secondary = %target.address, attempt, "NOTIFY not acknowledged: {reason}");
                     }
                 }
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(60));
+                wait = (wait * 2).min(MAX_WAIT);
             }
-            tracing::warn!(zone = %zone, serial, secondary = %target.address, "NOTIFY never acknowledged; the secondary will see the change at its next refresh");
         });
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! Every member's probe is pointed (`address = "127.0.0.1:PORT"`) at a real HTTP or HTTPS
 //! endpoint started by the test on port 0. The test switches an endpoint between healthy (200),
-//! failing (500), slow (answers after the probe timeout), hangup (accepts and closes) and
-//! closed (not listening) while the server runs, then watches the effect through real DNS
-//! queries and the admin `/status` JSON and `/metrics`. HTTPS endpoints present certificates
-//! from a CA made here with rcgen and handed to the server through the `ca-file` option.
+//! failing (500), slow (answers after the probe timeout), hangup (accepts and closes), closed
+//! (not listening) and a given status line and body while the server runs, then watches the
+//! effect through real DNS queries and the admin `/status` JSON and `/metrics`. HTTPS endpoints
+//! present certificates from a CA made here with rcgen and handed to the server through the
+//! `ca-file` option.
 //!
 //! Probes run every 200 ms with a 100 ms timeout, so a threshold of a few probes passes in
 //! well under a second; every wait polls with a bounded deadline instead of sleeping.
@@ -163,6 +164,11 @@ enum Mode {
     Hangup,
     /// Not listening: connects are refused.
     Closed,
+    /// This status line and body, at once (for `expect-status` and `body-contains`).
+    Answer {
+        status: &'static str,
+        body: &'static str,
+    },
 }
 
 /// What the endpoint does now, and what it saw since the last switch.
@@ -321,6 +327,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, mode: Mode, s
     }
     let (status, body) = match mode {
         Mode::Failing => ("500 Internal Server Error", "failing\n"),
+        Mode::Answer { status, body } => (status, body),
         _ => ("200 OK", "healthy\n"),
     };
     let response = format!(
@@ -812,6 +819,130 @@ async fn zero_weight_and_down_members_are_never_picked() {
         .await;
         assert_eq!(m.answers.len(), 1, "{m}");
     }
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools with nothing to offer
+// ---------------------------------------------------------------------------------------------
+
+/// A pool listing no members, and a pool whose members all have weight 0 (healthy, so not a
+/// fail-open case), answer NODATA over UDP: NOERROR, AA, no answer, and the zone's SOA in the
+/// authority section at min(SOA TTL, SOA MINIMUM) (RFC 2308 §3, §5).
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_and_all_zero_weight_pools_answer_nodata_with_the_soa() {
+    let members = [
+        "[[pool]]\nlabel = \"empty\"\nmembers = []\n".to_string(),
+        "[[pool]]\nlabel = \"idle\"\nmembers = [\"node1\", \"node2\"]\n".to_string(),
+        member("node1", 0, "kind = \"none\""),
+        member("node2", 0, "kind = \"none\""),
+    ]
+    .concat();
+    let tree = tree_with(&members);
+    let server = tree.start().await;
+    let dns = server.dns_addrs[0];
+
+    // The zone's SOA as served at the apex: the negative answers must carry this record.
+    let apex = udp(dns, &query(ZONE, RecordType::SOA, None)).await;
+    let soa_record = apex.answers.first().unwrap_or_else(|| panic!("apex SOA: {apex}"));
+    let RData::SOA(soa) = &soa_record.data else {
+        panic!("apex SOA: {apex}");
+    };
+    let negative_ttl = soa_record.ttl.min(soa.minimum);
+    // The example zone has TTL 3600 and MINIMUM 300: a TTL taken from either alone shows.
+    assert_ne!(
+        soa_record.ttl, soa.minimum,
+        "the example SOA must tell the two apart"
+    );
+
+    for pool_name in ["empty.consortium.example.", "idle.consortium.example."] {
+        for qtype in [RecordType::A, RecordType::AAAA, RecordType::CNAME] {
+            let m = udp(dns, &query(pool_name, qtype, None)).await;
+            let what = format!("{pool_name} {qtype}: {m}");
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{what}");
+            assert!(m.metadata.authoritative, "AA: {what}");
+            assert!(m.answers.is_empty(), "no answer: {what}");
+            assert_eq!(m.authorities.len(), 1, "the SOA alone: {what}");
+            let authority = &m.authorities[0];
+            assert_eq!(authority.name.to_string(), ZONE, "{what}");
+            assert_eq!(authority.data, soa_record.data, "the zone's SOA: {what}");
+            assert_eq!(authority.ttl, negative_ttl, "min(SOA TTL, MINIMUM): {what}");
+        }
+    }
+    // The weight-0 members still have their own names.
+    let m = udp(dns, &query("node1.consortium.example.", RecordType::CNAME, None)).await;
+    assert_eq!(m.answers.len(), 1, "{m}");
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status and body checks
+// ---------------------------------------------------------------------------------------------
+
+/// `body-contains` fails a 200 whose body lacks the text, and `expect-status = "503"` accepts
+/// a 503 and only that: a member answering 200 then goes down.
+#[tokio::test(flavor = "multi_thread")]
+async fn body_contains_and_expect_status_decide_health() {
+    const NEEDLE: &str = "consortium-ready";
+    let wants_text = Endpoint::http().await; // node1: 200 "healthy\n", without NEEDLE
+    let answers_503 = Endpoint::http().await; // node2
+    answers_503
+        .set(Mode::Answer {
+            status: "503 Service Unavailable",
+            body: "draining\n",
+        })
+        .await;
+    let members = [
+        "[[pool]]\nlabel = \"any\"\n".to_string(),
+        member(
+            "node1",
+            1,
+            &http_probe(&wants_text, &format!("body-contains = \"{NEEDLE}\"\n")),
+        ),
+        member("node2", 1, &http_probe(&answers_503, "expect-status = \"503\"\n")),
+    ]
+    .concat();
+    let tree = tree_with(&members);
+    let server = tree.start().await;
+    let last = |doc: &StatusDocument, label: &str| {
+        member_in(doc, POOL, label)
+            .last_probe
+            .as_ref()
+            .map(|p| (p.ok, p.detail.clone()))
+    };
+
+    // Both start up (`initial = "up"`). node1 goes down after `fall` (2) probes; node2 has
+    // had at least as many by then (3 connections: 2 probes done) and stays up.
+    let doc = wait_status(&server, "node1 down, node2 probed 3 times", |doc| {
+        state_of(doc, "node1") == "down"
+            && answers_503.accepted() >= 3
+            && last(doc, "node2").is_some_and(|(ok, _)| ok)
+    })
+    .await;
+    let (ok, detail) = last(&doc, "node1").expect("node1 probed");
+    assert!(!ok && detail.contains("body lacks"), "node1: {detail}");
+    assert_eq!(state_of(&doc, "node2"), "up", "{doc:#?}");
+    assert!(!pool(&doc, POOL).fail_open, "node2 is up: {doc:#?}");
+    wait_picks(&server, POOL, "node2 only", |c| only(c, &["node2"])).await;
+    assert!(only(&picks(&server, POOL, 200).await, &["node2"]));
+
+    // Swapped: node1's body now has the text, node2 answers 200, which is not its 503.
+    wants_text
+        .set(Mode::Answer {
+            status: "200 OK",
+            body: "status: consortium-ready\n",
+        })
+        .await;
+    answers_503.set(Mode::Healthy).await;
+    let doc = wait_status(&server, "node1 up, node2 down", |doc| {
+        state_of(doc, "node1") == "up" && state_of(doc, "node2") == "down"
+    })
+    .await;
+    let (ok, detail) = last(&doc, "node2").expect("node2 probed");
+    assert!(!ok && detail.contains("200"), "node2: {detail}");
+    assert!(last(&doc, "node1").is_some_and(|(ok, _)| ok), "{doc:#?}");
+    wait_picks(&server, POOL, "node1 only", |c| only(c, &["node1"])).await;
+    assert!(only(&picks(&server, POOL, 200).await, &["node1"]));
     server.shutdown(Duration::from_secs(1)).await;
 }
 
