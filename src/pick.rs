@@ -23,13 +23,19 @@ impl PickTable {
     ///
     /// Members with a positive effective weight are candidates. When there are none, the table
     /// fails open: every member with a positive configured weight becomes a candidate at that
-    /// weight, so the shared name still leads somewhere (DESIGN.md, "fail safe").
+    /// weight, so the shared name still leads somewhere (DESIGN.md, "fail safe"). A pool with
+    /// no such member (empty, or weight 0 throughout) is not failing open: it is empty on
+    /// purpose and answers NODATA, and must not raise the fail-open alert.
     pub fn build(weights: impl IntoIterator<Item = (u32, u64, u64)> + Clone) -> PickTable {
         let table = PickTable::from_weights(weights.clone().into_iter().map(|(i, eff, _)| (i, eff)), false);
         if !table.candidates.is_empty() {
             return table;
         }
-        PickTable::from_weights(weights.into_iter().map(|(i, _, conf)| (i, conf)), true)
+        let fallback = PickTable::from_weights(weights.into_iter().map(|(i, _, conf)| (i, conf)), true);
+        PickTable {
+            fail_open: !fallback.candidates.is_empty(),
+            ..fallback
+        }
     }
 
     fn from_weights(weights: impl Iterator<Item = (u32, u64)>, fail_open: bool) -> PickTable {
@@ -96,6 +102,19 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
+
+    #[test]
+    fn empty_or_weightless_pools_are_empty_not_failing_open() {
+        for weights in [vec![], vec![(0, 0, 0), (1, 0, 0)]] {
+            let table = PickTable::build(weights);
+            assert!(table.is_empty());
+            assert!(!table.is_fail_open());
+            assert_eq!(table.pick(&mut SmallRng::seed_from_u64(1)), None);
+        }
+        let all_down = PickTable::build(vec![(0, 0, 2), (1, 0, 0)]);
+        assert!(all_down.is_fail_open());
+        assert_eq!(all_down.pick(&mut SmallRng::seed_from_u64(1)), Some(0));
+    }
 
     /// Upper critical values of chi-square at p = 0.001.
     fn chi_square_critical_0_001(degrees: usize) -> f64 {

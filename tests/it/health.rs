@@ -872,6 +872,17 @@ async fn empty_and_all_zero_weight_pools_answer_nodata_with_the_soa() {
     // The weight-0 members still have their own names.
     let m = udp(dns, &query("node1.consortium.example.", RecordType::CNAME, None)).await;
     assert_eq!(m.answers.len(), 1, "{m}");
+    // A pool empty on purpose is not an outage: no fail-open alert.
+    let text = metrics(&server).await;
+    for pool_name in ["empty.consortium.example.", "idle.consortium.example."] {
+        let labels = [("zone", ZONE), ("pool", pool_name)];
+        assert_eq!(
+            metric(&text, POOL_FAIL_OPEN, &labels),
+            Some(0.0),
+            "{pool_name}: {text}"
+        );
+        assert!(!pool(&status(&server).await, pool_name).fail_open, "{pool_name}");
+    }
     server.shutdown(Duration::from_secs(1)).await;
 }
 
