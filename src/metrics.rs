@@ -394,13 +394,17 @@ impl QueryCounters {
 
     #[inline]
     fn tick(&mut self) {
+        // `pending` counts since the last flush (which zeroes it); every FLUSH_EVERY of them
+        // the clock is read, and at most every 100 ms the counts go to the registry.
         self.pending += 1;
-        if self.pending >= Self::FLUSH_EVERY {
-            self.pending = 0;
-            if self.last_flush.elapsed().as_millis() >= 100 {
-                self.flush();
-            }
+        if self.pending % Self::FLUSH_EVERY == 0 && self.last_flush.elapsed().as_millis() >= 100 {
+            self.flush();
         }
+    }
+
+    /// True when something was counted since the last flush.
+    pub fn has_pending(&self) -> bool {
+        self.pending > 0
     }
 
     /// Publishes local counts to the registry.

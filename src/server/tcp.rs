@@ -24,6 +24,9 @@ use super::Shared;
 use super::answer::{Outcome, Transport, answer};
 use crate::metrics::QueryCounters;
 
+/// A connection quiet this long publishes what it has counted.
+const QUIET_FLUSH: Duration = Duration::from_millis(50);
+
 /// Connections open per client address, for the per-client cap.
 type PerClient = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
@@ -223,14 +226,20 @@ async fn read_loop(
         // Between messages: wait up to the idle timeout for the next one to start; a shutdown
         // or a writer that has given up closes the connection at once. Bytes already here win
         // over a shutdown seen at the same moment: that message has started arriving.
-        tokio::select! {
-            biased;
-            buffered = tokio::time::timeout(limits.tcp_idle_timeout, reader.fill_buf()) => match buffered {
-                Ok(Ok(bytes)) if !bytes.is_empty() => {}
-                _ => break,
-            },
-            _ = stop.changed() => break,
-            _ = chunks.closed() => break,
+        let idle_until = tokio::time::Instant::now() + limits.tcp_idle_timeout;
+        loop {
+            tokio::select! {
+                biased;
+                buffered = tokio::time::timeout_at(idle_until, reader.fill_buf()) => match buffered {
+                    Ok(Ok(bytes)) if !bytes.is_empty() => break,
+                    _ => return finish(transfer, counters).await,
+                },
+                _ = stop.changed() => return finish(transfer, counters).await,
+                _ = chunks.closed() => return finish(transfer, counters).await,
+                // Counts are published by the batch (as on UDP), and once the connection has
+                // been quiet for a moment, so a scrape soon sees every query answered.
+                _ = tokio::time::sleep(QUIET_FLUSH), if counters.has_pending() => counters.flush(),
+            }
         }
         // A message has started: it must be whole within the read timeout (RFC 7766 §6.2.3),
         // so a client sending a byte at a time cannot hold the connection.
@@ -306,8 +315,6 @@ async fn read_loop(
                 break;
             }
         }
-        // TCP is not the hot path: publish at once so a scrape sees these queries.
-        counters.flush();
         if !frames.is_empty() && chunks.send(frames).await.is_err() {
             break;
         }
