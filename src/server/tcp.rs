@@ -228,17 +228,24 @@ async fn read_loop(
         // over a shutdown seen at the same moment: that message has started arriving.
         let idle_until = tokio::time::Instant::now() + limits.tcp_idle_timeout;
         loop {
+            // Counts are published by the batch (as on UDP), and once the connection has been
+            // quiet for a moment, so a scrape soon sees every query answered. One timer serves
+            // both deadlines: a second one per wait costs measurably under load.
+            let wake_at = if counters.has_pending() {
+                (tokio::time::Instant::now() + QUIET_FLUSH).min(idle_until)
+            } else {
+                idle_until
+            };
             tokio::select! {
                 biased;
-                buffered = tokio::time::timeout_at(idle_until, reader.fill_buf()) => match buffered {
+                buffered = tokio::time::timeout_at(wake_at, reader.fill_buf()) => match buffered {
                     Ok(Ok(bytes)) if !bytes.is_empty() => break,
-                    _ => return finish(transfer, counters).await,
+                    Ok(_) => return finish(transfer, counters).await,
+                    Err(_) if wake_at >= idle_until => return finish(transfer, counters).await,
+                    Err(_) => counters.flush(),
                 },
                 _ = stop.changed() => return finish(transfer, counters).await,
                 _ = chunks.closed() => return finish(transfer, counters).await,
-                // Counts are published by the batch (as on UDP), and once the connection has
-                // been quiet for a moment, so a scrape soon sees every query answered.
-                _ = tokio::time::sleep(QUIET_FLUSH), if counters.has_pending() => counters.flush(),
             }
         }
         // A message has started: it must be whole within the read timeout (RFC 7766 §6.2.3),
