@@ -276,7 +276,9 @@ async fn read_loop(
                     let _ = previous.await;
                 }
                 transfer = Some(spawn_transfer(shared, query.clone(), peer, chunks.clone()));
-                counters.answered(crate::zone::rtype::AXFR, 0, false);
+                if shared.count_queries {
+                    counters.answered(crate::zone::rtype::AXFR, 0, false);
+                }
             } else {
                 let outcome = {
                     let snapshot = shared.snapshot.load();
