@@ -7,7 +7,7 @@
 #
 # cargo-fuzz needs a nightly toolchain (-Zsanitizer) and the cargo-fuzz subcommand. Where
 # either is missing this script says which and exits 0 without fuzzing: the stable smoke fuzz
-# in tests/it/hostile.rs (`cargo test --release --test it hostile::`) runs the same checks on
+# in tests/it/hostile.rs (`cargo test --profile ci --test it hostile::`) runs the same checks on
 # seeded random inputs in every CI run. New corpus entries go to a temporary directory, so a
 # bounded run never rewrites the committed seeds; crashes land in fuzz/artifacts/<target>/ and
 # make the script exit 1. A crash found is fixed and its input kept as a regression test.
