@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use consortium_dns::config::Config;
+use consortium_dns::control;
 use consortium_dns::pick::PickTable;
 use consortium_dns::server::answer::{NOERROR, NXDOMAIN, Outcome, Transport, answer};
-use consortium_dns::snapshot::Snapshot;
+use consortium_dns::snapshot::{BuildOptions, Snapshot};
 use consortium_dns::zone::{self, ZoneData};
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use rand::SeedableRng;
@@ -78,7 +79,7 @@ fn generate(members: usize) -> Generated {
 
 fn load_snapshot(config_path: &Path) -> Snapshot {
     let config = Config::load(config_path).unwrap_or_else(|e| panic!("config: {e:?}"));
-    Snapshot::load(&config).unwrap_or_else(|e| panic!("zones: {e:?}"))
+    control::load(&config).unwrap_or_else(|e| panic!("zones: {e:?}"))
 }
 
 fn response_code(outcome: Outcome) -> u16 {
@@ -186,7 +187,7 @@ struct Prepared {
 fn prepare(members: usize) -> Prepared {
     let generated = generate(members);
     let config = Config::load(&generated.config).expect("config");
-    let data = zone::load(&config.zones[0], &config.health_defaults).expect("zone data");
+    let data = zone::load(&config.live.zones[0].source, &config.live.health_defaults).expect("zone data");
     Prepared {
         _generated: generated,
         config,
@@ -206,14 +207,14 @@ fn snapshot_build(c: &mut Criterion) {
             let p = prepared.get_or_init(|| prepare(members));
             b.iter_batched(
                 || vec![p.data.clone()],
-                |zones| Snapshot::build(zones, None, None, None),
+                |zones| Snapshot::build(zones, &BuildOptions::default()),
                 BatchSize::LargeInput,
             )
         });
         // Files to Snapshot: what a reload costs (read, parse, validate, build).
         group.bench_function(BenchmarkId::new("load", members), |b| {
             let p = prepared.get_or_init(|| prepare(members));
-            b.iter(|| Snapshot::load(&p.config).expect("loads"))
+            b.iter(|| control::load(&p.config).expect("loads"))
         });
     }
     group.finish();

@@ -1,5 +1,5 @@
 //! What a reload costs at 10, 1,000, 10,000 and 100,000 members: time to read and validate the files
-//! (`snapshot::load_zones`), to build the Snapshot, and the whole `Control::reload` of a running
+//! (`control::load_zones`), to build the Snapshot, and the whole `Control::reload` of a running
 //! server (load, serial policy, health sync, swap); then the peak memory of a reload, measured
 //! in a child process per size from the kernel's high-water mark (`VmHWM`).
 //!
@@ -13,7 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use consortium_dns::config::Config;
-use consortium_dns::snapshot::{self, Snapshot};
+use consortium_dns::control;
+use consortium_dns::snapshot::{BuildOptions, Snapshot};
 use criterion::{BatchSize, BenchmarkId, Criterion};
 
 const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
@@ -49,8 +50,8 @@ fn write_tree(dir: &Path, members: usize) -> PathBuf {
 }
 
 fn load_and_build(config: &Config) -> Snapshot {
-    let zones = snapshot::load_zones(config).expect("loads");
-    Snapshot::build(zones, config.identity.as_deref(), config.version.as_deref(), None)
+    let zones = control::load_zones(config).expect("loads");
+    control::build_snapshot(zones, config, None)
 }
 
 fn timings(c: &mut Criterion, dirs: &[(usize, tempfile::TempDir, PathBuf)]) {
@@ -63,13 +64,13 @@ fn timings(c: &mut Criterion, dirs: &[(usize, tempfile::TempDir, PathBuf)]) {
     for (members, _dir, path) in dirs {
         let config = Config::load(path).expect("config");
         group.bench_with_input(BenchmarkId::new("load_zones", members), &config, |b, config| {
-            b.iter(|| snapshot::load_zones(config).expect("loads"))
+            b.iter(|| control::load_zones(config).expect("loads"))
         });
-        let zones = snapshot::load_zones(&config).expect("loads");
+        let zones = control::load_zones(&config).expect("loads");
         group.bench_with_input(BenchmarkId::new("build", members), &zones, |b, zones| {
             b.iter_batched(
                 || zones.clone(),
-                |zones| Snapshot::build(zones, None, None, None),
+                |zones| Snapshot::build(zones, &BuildOptions::default()),
                 BatchSize::LargeInput,
             )
         });

@@ -1,7 +1,9 @@
 //! Server settings: the TOML config file format, its documented defaults, and validation into
 //! the runtime `Config`. Paths in the file are relative to the file's own directory.
 //!
-//! It must not read zone or members files; `snapshot` does that.
+//! The runtime `Config` is split by type into what a reload applies (`LiveSettings`) and what
+//! only a restart applies (`RestartSettings`), so "restart needed" is computed in one place.
+//! It must not read zone or members files; `zone` does that.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -9,11 +11,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::health::spec::HealthSettings;
-use crate::server::rrl::RrlConfig;
+use crate::diag::{Diagnostic, Location, line_of};
+use crate::peers::{NotifyTarget, TransferAcl, ZonePeers};
 use crate::transfer::tsig::{Algorithm, TsigKey};
+use crate::zone::Source;
 use crate::zone::name::Name;
-use crate::zone::{Diagnostic, Location};
+use crate::zone::probe_spec::HealthSettings;
+pub use crate::zone::serial::SerialPolicy;
 
 /// Where `consortium-dns serve` looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/consortium-dns.toml";
@@ -31,7 +35,7 @@ struct ConfigFile {
     health: HealthSettings,
     /// Response rate limiting for UDP (on by default).
     #[serde(default)]
-    rrl: RrlConfig,
+    rrl: RrlSection,
     /// TSIG keys for zone transfers and NOTIFY.
     #[serde(default, rename = "key")]
     keys: Vec<toml::Spanned<KeySection>>,
@@ -229,85 +233,197 @@ fn default_pick_refresh() -> Duration {
     Duration::from_secs(30)
 }
 
-/// A network allowed to transfer a zone, and the key it must sign with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransferAcl {
-    pub network: IpAddr,
-    pub prefix: u8,
-    pub key: Option<Name>,
-}
-
-impl TransferAcl {
-    /// True when `client` lies in the network.
-    pub fn contains(&self, client: IpAddr) -> bool {
-        match (self.network, client) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(self.prefix))
-                };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(self.prefix))
-                };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V4(ip)) => net.to_ipv4_mapped() == Some(ip) && self.prefix == 128,
-            _ => false,
-        }
-    }
-}
-
-/// A secondary to notify.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotifyTarget {
-    pub address: SocketAddr,
-    pub key: Option<Name>,
-}
-
-/// How a reload raises the SOA serial of changed content (after Knot's `serial-policy`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SerialPolicy {
-    /// Serve the file's serial as written.
-    Keep,
-    /// Previous served serial + 1.
-    #[default]
-    Increment,
-    /// Seconds since the Unix epoch (or previous + 1 if that is not greater).
-    Unixtime,
-    /// YYYYMMDDnn (or previous + 1 if that is not greater).
-    Dateserial,
-}
-
 /// Validated runtime settings.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The config file itself (for reload and messages).
     pub path: PathBuf,
+    /// Applied when the server starts; a reload that changes them reports it and keeps them.
+    pub restart: RestartSettings,
+    /// Applied by every reload.
+    pub live: LiveSettings,
+}
+
+/// Settings only a restart applies: sockets, threads and per-connection limits are made once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartSettings {
     pub listen: Vec<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub udp_workers: usize,
-    pub identity: Option<String>,
-    pub version: Option<String>,
     pub query_log_sample: u32,
     pub query_metrics: bool,
-    /// Where served serials are kept across restarts (`crate::state`).
-    pub state_file: Option<PathBuf>,
     pub limits: Limits,
-    pub rrl: RrlConfig,
+    /// Buckets of the RRL table, allocated once (`[rrl] table-size`).
+    pub rrl_table_size: usize,
+}
+
+impl RestartSettings {
+    /// The settings that differ between `self` and `other`, named as in the config file.
+    pub fn differences(&self, other: &RestartSettings) -> Vec<String> {
+        // Destructured, so a new field cannot be added without deciding its name here.
+        let RestartSettings {
+            listen,
+            http_listen,
+            udp_workers,
+            query_log_sample,
+            query_metrics,
+            limits,
+            rrl_table_size,
+        } = self;
+        let mut changed = Vec::new();
+        let mut note = |differs: bool, name: &str| {
+            if differs {
+                changed.push(name.to_string());
+            }
+        };
+        note(*listen != other.listen, "server.listen");
+        note(*http_listen != other.http_listen, "server.http-listen");
+        note(*udp_workers != other.udp_workers, "server.udp-workers");
+        note(
+            *query_log_sample != other.query_log_sample,
+            "server.query-log-sample",
+        );
+        note(*query_metrics != other.query_metrics, "server.query-metrics");
+        note(*limits != other.limits, "limits");
+        note(*rrl_table_size != other.rrl_table_size, "rrl.table-size");
+        changed
+    }
+}
+
+/// Settings every reload applies.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    pub identity: Option<String>,
+    pub version: Option<String>,
+    /// Where served serials are kept across restarts (`control::serial_state`).
+    pub state_file: Option<PathBuf>,
+    /// Response rate limiting: on/off, rates, slip and netblocks.
+    pub rrl: RrlRates,
     pub health_defaults: HealthSettings,
     pub keys: Vec<TsigKey>,
     pub zones: Vec<ZoneConfig>,
 }
 
+/// `[rrl]` as written. Defaults are conservative: a resolver behind one /24 asking the same
+/// name more than 20 times a second is already abnormal given our TTLs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RrlSection {
+    /// Off switch (benchmarks against servers with their RRL off). Default true.
+    #[serde(default = "default_true")]
+    enabled: bool,
+    /// Identical answers per second per netblock. Default 20.
+    #[serde(default = "default_responses")]
+    responses_per_second: u32,
+    /// NXDOMAIN answers per second per netblock and zone. Default 10.
+    #[serde(default = "default_nxdomains")]
+    nxdomains_per_second: u32,
+    /// Error answers (REFUSED, FORMERR, ...) per second per netblock. Default 10.
+    #[serde(default = "default_errors")]
+    errors_per_second: u32,
+    /// Every Nth limited response is sent truncated (TC=1, empty) so real clients retry over
+    /// TCP; 0 = drop them all. Default 2.
+    #[serde(default = "default_slip")]
+    slip: u32,
+    /// IPv4 netblock prefix length. Default 24.
+    #[serde(default = "default_ipv4_prefix")]
+    ipv4_prefix: u8,
+    /// IPv6 netblock prefix length. Default 56.
+    #[serde(default = "default_ipv6_prefix")]
+    ipv6_prefix: u8,
+    /// Buckets in the table (memory: 8 bytes each; restart-only). Default 65536.
+    #[serde(default = "default_rrl_table_size")]
+    table_size: usize,
+}
+
+impl Default for RrlSection {
+    fn default() -> Self {
+        RrlSection {
+            enabled: true,
+            responses_per_second: default_responses(),
+            nxdomains_per_second: default_nxdomains(),
+            errors_per_second: default_errors(),
+            slip: default_slip(),
+            ipv4_prefix: default_ipv4_prefix(),
+            ipv6_prefix: default_ipv6_prefix(),
+            table_size: default_rrl_table_size(),
+        }
+    }
+}
+
+fn default_responses() -> u32 {
+    20
+}
+fn default_nxdomains() -> u32 {
+    10
+}
+fn default_errors() -> u32 {
+    10
+}
+fn default_slip() -> u32 {
+    2
+}
+fn default_ipv4_prefix() -> u8 {
+    24
+}
+fn default_ipv6_prefix() -> u8 {
+    56
+}
+/// Also the table of a limiter built without a config (tests, benchmarks).
+pub const DEFAULT_RRL_TABLE_SIZE: usize = 65_536;
+fn default_rrl_table_size() -> usize {
+    DEFAULT_RRL_TABLE_SIZE
+}
+
+/// The reloadable part of `[rrl]`, as the limiter applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RrlRates {
+    pub enabled: bool,
+    pub responses_per_second: u32,
+    pub nxdomains_per_second: u32,
+    pub errors_per_second: u32,
+    pub slip: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+impl Default for RrlRates {
+    fn default() -> Self {
+        RrlSection::default().split().0
+    }
+}
+
+impl RrlSection {
+    /// (reloadable rates, restart-only table size)
+    fn split(&self) -> (RrlRates, usize) {
+        let rates = RrlRates {
+            enabled: self.enabled,
+            responses_per_second: self.responses_per_second,
+            nxdomains_per_second: self.nxdomains_per_second,
+            errors_per_second: self.errors_per_second,
+            slip: self.slip,
+            ipv4_prefix: self.ipv4_prefix,
+            ipv6_prefix: self.ipv6_prefix,
+        };
+        (rates, self.table_size)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.responses_per_second == 0 || self.nxdomains_per_second == 0 || self.errors_per_second == 0 {
+            return Err("rates must be at least 1 per second (set enabled = false to turn RRL off)".into());
+        }
+        if self.ipv4_prefix > 32 || self.ipv6_prefix > 128 {
+            return Err("prefix lengths must be at most 32 (IPv4) and 128 (IPv6)".into());
+        }
+        if self.table_size == 0 || self.table_size > 1 << 26 {
+            return Err("table-size must be between 1 and 67108864".into());
+        }
+        Ok(())
+    }
+}
+
 /// Resource limits of the listeners.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub udp_payload: u16,
     pub tcp_max_connections: usize,
@@ -333,27 +449,40 @@ impl Default for Limits {
     }
 }
 
-/// One served zone and its files (absolute or relative to the working directory).
+/// One served zone: its files (absolute or relative to the working directory) and settings.
 #[derive(Debug, Clone)]
 pub struct ZoneConfig {
-    pub origin: Name,
-    pub file: PathBuf,
-    pub members: Option<PathBuf>,
+    /// Origin and files, as the zone loader reads them.
+    pub source: Source,
     pub serial_policy: SerialPolicy,
-    pub allow_transfer: Vec<TransferAcl>,
-    pub notify: Vec<NotifyTarget>,
+    /// Who may transfer the zone, whom to NOTIFY.
+    pub peers: ZonePeers,
     pub transfer_pick_refresh: Duration,
     pub location: Location,
 }
 
+impl ZoneConfig {
+    pub fn origin(&self) -> &Name {
+        &self.source.origin
+    }
+}
+
 impl Config {
+    /// The settings of the zone `origin`, if it is configured.
+    pub fn zone(&self, origin: &Name) -> Option<&ZoneConfig> {
+        let key = origin.key();
+        self.live.zones.iter().find(|z| z.origin().key() == key)
+    }
+
     /// The serial policy of the zone `origin` (the default for a zone not configured).
     pub fn serial_policy(&self, origin: &Name) -> SerialPolicy {
-        self.zones
-            .iter()
-            .find(|z| z.origin.key() == origin.key())
-            .map(|z| z.serial_policy)
-            .unwrap_or_default()
+        self.zone(origin).map(|z| z.serial_policy).unwrap_or_default()
+    }
+
+    /// This config with `running`'s restart-only settings: what a reload actually applies.
+    pub fn with_restart_settings_of(mut self, running: &Config) -> Config {
+        self.restart = running.restart.clone();
+        self
     }
 
     /// Reads and validates the config file.
@@ -363,225 +492,282 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses config text as if read from `path`.
+    /// Parses config text as if read from `path`. Every problem is reported, not just the
+    /// first.
     pub fn parse(text: &str, path: &Path) -> Result<Config, Vec<Diagnostic>> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| vec![Diagnostic::toml(path, text, &e)])?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut errors = Vec::new();
-        let whole = |message: String| Diagnostic::file(path, message);
-
-        let mut listen = Vec::new();
-        for text_addr in &file.server.listen {
-            match text_addr.parse::<SocketAddr>() {
-                Ok(addr) => listen.push(addr),
-                Err(_) => errors.push(whole(format!(
-                    "server.listen: bad address {text_addr:?} (want ADDR:PORT)"
-                ))),
-            }
-        }
-        if listen.is_empty() && errors.is_empty() {
-            errors.push(whole("server.listen: at least one address is needed".into()));
-        }
-        let http_listen = if file.server.http_listen.is_empty() {
-            None
-        } else {
-            match file.server.http_listen.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    errors.push(whole(format!(
-                        "server.http-listen: bad address {:?} (want ADDR:PORT)",
-                        file.server.http_listen
-                    )));
-                    None
-                }
-            }
+        let mut parser = Parser {
+            path,
+            text,
+            base: path.parent().unwrap_or(Path::new(".")),
+            errors: Vec::new(),
         };
-        let limits = Limits {
-            udp_payload: file.limits.udp_payload,
-            tcp_max_connections: file.limits.tcp_max_connections,
-            tcp_max_connections_per_client: file.limits.tcp_max_connections_per_client,
-            tcp_idle_timeout: file.limits.tcp_idle_timeout,
-            tcp_read_timeout: file.limits.tcp_read_timeout,
-            max_message_size: file.limits.max_message_size,
-            tcp_max_in_flight: file.limits.tcp_max_in_flight,
-        };
-        if limits.udp_payload < 512 {
-            errors.push(whole("limits.udp-payload must be at least 512 (RFC 1035)".into()));
-        }
-        if limits.tcp_max_connections == 0 || limits.tcp_max_connections_per_client == 0 {
-            errors.push(whole("limits: TCP connection limits must be at least 1".into()));
-        }
-        if limits.tcp_idle_timeout.is_zero() || limits.tcp_read_timeout.is_zero() {
-            errors.push(whole("limits: TCP timeouts must be above zero".into()));
-        }
-        if !(512..=65_535).contains(&limits.max_message_size) {
-            errors.push(whole(
-                "limits.max-message-size must be from 512 to 65535 octets".into(),
-            ));
-        }
-        if limits.tcp_max_in_flight == 0 {
-            errors.push(whole("limits.tcp-max-in-flight must be at least 1".into()));
-        }
+        let listen = parser.listen(&file.server);
+        let http_listen = parser.http_listen(&file.server);
+        let limits = parser.limits(&file.limits);
         if let Err(reason) = file.rrl.validate() {
-            errors.push(whole(format!("rrl: {reason}")));
+            parser.whole(format!("rrl: {reason}"));
         }
         if let Err(reason) = file.health.validate_defaults() {
-            errors.push(whole(format!("health: {reason}")));
+            parser.whole(format!("health: {reason}"));
         }
+        let keys = parser.keys(&file.keys);
+        // A reference to a key whose secret failed to load is that key's error, not its own.
+        let declared: Vec<&str> = file.keys.iter().map(|k| k.get_ref().name.as_str()).collect();
+        let zones = parser.zones(&file.zones, &declared);
+        if !parser.errors.is_empty() {
+            return Err(parser.errors);
+        }
+        let (rrl, rrl_table_size) = file.rrl.split();
+        Ok(Config {
+            path: path.to_path_buf(),
+            restart: RestartSettings {
+                listen,
+                http_listen,
+                udp_workers: file.server.udp_workers,
+                query_log_sample: file.server.query_log_sample,
+                query_metrics: file.server.query_metrics,
+                limits,
+                rrl_table_size,
+            },
+            live: LiveSettings {
+                identity: file.server.identity,
+                version: file.server.version,
+                state_file: file.server.state_file.map(|f| parser.base.join(f)),
+                rrl,
+                health_defaults: file.health,
+                keys,
+                zones,
+            },
+        })
+    }
+}
 
+/// Validation of one config file: each step reads one section and collects its errors.
+struct Parser<'t> {
+    path: &'t Path,
+    text: &'t str,
+    /// Paths in the file are relative to its directory.
+    base: &'t Path,
+    errors: Vec<Diagnostic>,
+}
+
+impl Parser<'_> {
+    /// An error about the file as a whole (serde keeps no spans inside plain sections).
+    fn whole(&mut self, message: String) {
+        self.errors.push(Diagnostic::file(self.path, message));
+    }
+
+    fn at(&mut self, location: &Location, message: String) {
+        self.errors.push(Diagnostic::at(location.clone(), message));
+    }
+
+    fn location_of(&self, offset: usize) -> Location {
+        Location::new(self.path.into(), line_of(self.text, offset))
+    }
+
+    fn listen(&mut self, server: &ServerSection) -> Vec<SocketAddr> {
+        let mut listen = Vec::new();
+        for text_addr in &server.listen {
+            match text_addr.parse::<SocketAddr>() {
+                Ok(addr) => listen.push(addr),
+                Err(_) => self.whole(format!(
+                    "server.listen: bad address {text_addr:?} (want ADDR:PORT)"
+                )),
+            }
+        }
+        if server.listen.is_empty() {
+            self.whole("server.listen: at least one address is needed".into());
+        }
+        listen
+    }
+
+    fn http_listen(&mut self, server: &ServerSection) -> Option<SocketAddr> {
+        if server.http_listen.is_empty() {
+            return None;
+        }
+        let parsed = server.http_listen.parse::<SocketAddr>().ok();
+        if parsed.is_none() {
+            self.whole(format!(
+                "server.http-listen: bad address {:?} (want ADDR:PORT)",
+                server.http_listen
+            ));
+        }
+        parsed
+    }
+
+    fn limits(&mut self, section: &LimitsSection) -> Limits {
+        let limits = Limits {
+            udp_payload: section.udp_payload,
+            tcp_max_connections: section.tcp_max_connections,
+            tcp_max_connections_per_client: section.tcp_max_connections_per_client,
+            tcp_idle_timeout: section.tcp_idle_timeout,
+            tcp_read_timeout: section.tcp_read_timeout,
+            max_message_size: section.max_message_size,
+            tcp_max_in_flight: section.tcp_max_in_flight,
+        };
+        if limits.udp_payload < 512 {
+            self.whole("limits.udp-payload must be at least 512 (RFC 1035)".into());
+        }
+        if limits.tcp_max_connections == 0 || limits.tcp_max_connections_per_client == 0 {
+            self.whole("limits: TCP connection limits must be at least 1".into());
+        }
+        if limits.tcp_idle_timeout.is_zero() || limits.tcp_read_timeout.is_zero() {
+            self.whole("limits: TCP timeouts must be above zero".into());
+        }
+        if !(512..=65_535).contains(&limits.max_message_size) {
+            self.whole("limits.max-message-size must be from 512 to 65535 octets".into());
+        }
+        if limits.tcp_max_in_flight == 0 {
+            self.whole("limits.tcp-max-in-flight must be at least 1".into());
+        }
+        limits
+    }
+
+    /// The `[[key]]` tables, their secret files read.
+    fn keys(&mut self, sections: &[toml::Spanned<KeySection>]) -> Vec<TsigKey> {
         let mut keys: Vec<TsigKey> = Vec::new();
-        for spanned in &file.keys {
-            let location = Location::new(path.into(), line_of(text, spanned.span().start));
+        for spanned in sections {
+            let location = self.location_of(spanned.span().start);
             let section = spanned.get_ref();
             let name = match Name::parse(&absolute_name(&section.name), None) {
                 Ok(name) => name,
                 Err(e) => {
-                    errors.push(Diagnostic::at(location, format!("key name: {e}")));
+                    self.at(&location, format!("key name: {e}"));
                     continue;
                 }
             };
             let Some(algorithm) = Algorithm::parse(&section.algorithm) else {
-                errors.push(Diagnostic::at(
-                    location,
+                self.at(
+                    &location,
                     format!(
                         "key {}: unknown algorithm {:?} (hmac-sha256 or hmac-sha512)",
                         section.name, section.algorithm
                     ),
-                ));
+                );
                 continue;
             };
             if keys.iter().any(|k| k.name.key() == name.key()) {
-                errors.push(Diagnostic::at(
-                    location,
-                    format!("key {} defined twice", section.name),
-                ));
+                self.at(&location, format!("key {} defined twice", section.name));
                 continue;
             }
-            match TsigKey::from_file(&name, algorithm, &base.join(&section.secret_file)) {
+            match TsigKey::from_file(&name, algorithm, &self.base.join(&section.secret_file)) {
                 Ok(key) => keys.push(key),
-                Err(reason) => errors.push(Diagnostic::at(
-                    location,
-                    format!("key {}: {reason}", section.name),
-                )),
+                Err(reason) => self.at(&location, format!("key {}: {reason}", section.name)),
             }
         }
-        let key_ref = |key: &Option<String>| -> Result<Option<Name>, String> {
-            let Some(key) = key else { return Ok(None) };
-            let name = Name::parse(&absolute_name(key), None).map_err(|e| e.to_string())?;
-            if !file
-                .keys
-                .iter()
-                .any(|k| k.get_ref().name.eq_ignore_ascii_case(key.trim_end_matches('.')))
-            {
-                return Err(format!("unknown key {key:?} (define it in a [[key]] table)"));
-            }
-            Ok(Some(Name::from_wire_unchecked(&name.key())))
-        };
+        keys
+    }
 
+    fn zones(&mut self, sections: &[toml::Spanned<ZoneSection>], declared: &[&str]) -> Vec<ZoneConfig> {
         let mut zones: Vec<ZoneConfig> = Vec::new();
-        if file.zones.is_empty() {
-            errors.push(whole("no [[zone]] configured".into()));
+        if sections.is_empty() {
+            self.whole("no [[zone]] configured".into());
         }
-        for spanned in &file.zones {
-            let location = Location::new(path.into(), line_of(text, spanned.span().start));
+        for spanned in sections {
+            let location = self.location_of(spanned.span().start);
             let section = spanned.get_ref();
-            let origin_text = if section.origin.ends_with('.') {
-                section.origin.clone()
-            } else {
-                format!("{}.", section.origin)
-            };
-            let origin = match Name::parse(&origin_text, None) {
+            let origin = match Name::parse(&absolute_name(&section.origin), None) {
                 Ok(origin) => origin,
                 Err(e) => {
-                    errors.push(Diagnostic::at(location, format!("zone origin: {e}")));
+                    self.at(&location, format!("zone origin: {e}"));
                     continue;
                 }
             };
-            if zones.iter().any(|z| z.origin.key() == origin.key()) {
-                errors.push(Diagnostic::at(
-                    location,
-                    format!("zone {origin} configured twice"),
-                ));
+            if zones.iter().any(|z| z.origin().key() == origin.key()) {
+                self.at(&location, format!("zone {origin} configured twice"));
                 continue;
             }
-            let mut allow_transfer = Vec::new();
-            for acl in &section.allow_transfer {
-                let (address, prefix) = match acl.network.split_once('/') {
-                    Some((address, prefix)) => (address, prefix.parse::<u8>().ok()),
-                    None => (acl.network.as_str(), None),
-                };
-                let Ok(network) = address.parse::<IpAddr>() else {
-                    errors.push(Diagnostic::at(
-                        location.clone(),
-                        format!("allow-transfer: bad network {:?}", acl.network),
-                    ));
-                    continue;
-                };
-                let max = if network.is_ipv4() { 32 } else { 128 };
-                let prefix = match prefix {
-                    Some(p) if p <= max => p,
-                    None if !acl.network.contains('/') => max,
-                    _ => {
-                        errors.push(Diagnostic::at(
-                            location.clone(),
-                            format!("allow-transfer: bad prefix in {:?}", acl.network),
-                        ));
-                        continue;
-                    }
-                };
-                match key_ref(&acl.key) {
-                    Ok(key) => allow_transfer.push(TransferAcl { network, prefix, key }),
-                    Err(reason) => errors.push(Diagnostic::at(
-                        location.clone(),
-                        format!("allow-transfer: {reason}"),
-                    )),
-                }
-            }
-            let mut notify = Vec::new();
-            for target in &section.notify {
-                let Ok(address) = target.address.parse::<SocketAddr>() else {
-                    errors.push(Diagnostic::at(
-                        location.clone(),
-                        format!("notify: bad address {:?} (want IP:PORT)", target.address),
-                    ));
-                    continue;
-                };
-                match key_ref(&target.key) {
-                    Ok(key) => notify.push(NotifyTarget { address, key }),
-                    Err(reason) => errors.push(Diagnostic::at(location.clone(), format!("notify: {reason}"))),
-                }
-            }
+            let peers = ZonePeers {
+                allow_transfer: self.transfer_acls(&location, &section.allow_transfer, declared),
+                notify: self.notify_targets(&location, &section.notify, declared),
+            };
             zones.push(ZoneConfig {
-                origin,
-                file: base.join(&section.file),
-                members: section.members.as_ref().map(|m| base.join(m)),
+                source: Source {
+                    origin,
+                    file: self.base.join(&section.file),
+                    members: section.members.as_ref().map(|m| self.base.join(m)),
+                },
                 serial_policy: section.serial_policy,
-                allow_transfer,
-                notify,
+                peers,
                 transfer_pick_refresh: section.transfer_pick_refresh,
                 location,
             });
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(Config {
-            path: path.to_path_buf(),
-            listen,
-            http_listen,
-            udp_workers: file.server.udp_workers,
-            identity: file.server.identity,
-            version: file.server.version,
-            query_log_sample: file.server.query_log_sample,
-            query_metrics: file.server.query_metrics,
-            state_file: file.server.state_file.map(|f| base.join(f)),
-            limits,
-            rrl: file.rrl,
-            health_defaults: file.health,
-            keys,
-            zones,
-        })
+        zones
     }
+
+    fn transfer_acls(
+        &mut self,
+        location: &Location,
+        sections: &[TransferAclSection],
+        declared: &[&str],
+    ) -> Vec<TransferAcl> {
+        let mut acls = Vec::new();
+        for acl in sections {
+            let (address, prefix) = match acl.network.split_once('/') {
+                Some((address, prefix)) => (address, Some(prefix.parse::<u8>().ok())),
+                None => (acl.network.as_str(), None),
+            };
+            let Ok(network) = address.parse::<IpAddr>() else {
+                self.at(location, format!("allow-transfer: bad network {:?}", acl.network));
+                continue;
+            };
+            let max = if network.is_ipv4() { 32 } else { 128 };
+            let prefix = match prefix {
+                None => max,
+                Some(Some(p)) if p <= max => p,
+                Some(_) => {
+                    self.at(
+                        location,
+                        format!("allow-transfer: bad prefix in {:?}", acl.network),
+                    );
+                    continue;
+                }
+            };
+            match key_ref(&acl.key, declared) {
+                Ok(key) => acls.push(TransferAcl { network, prefix, key }),
+                Err(reason) => self.at(location, format!("allow-transfer: {reason}")),
+            }
+        }
+        acls
+    }
+
+    fn notify_targets(
+        &mut self,
+        location: &Location,
+        sections: &[NotifySection],
+        declared: &[&str],
+    ) -> Vec<NotifyTarget> {
+        let mut targets = Vec::new();
+        for target in sections {
+            let Ok(address) = target.address.parse::<SocketAddr>() else {
+                self.at(
+                    location,
+                    format!("notify: bad address {:?} (want IP:PORT)", target.address),
+                );
+                continue;
+            };
+            match key_ref(&target.key, declared) {
+                Ok(key) => targets.push(NotifyTarget { address, key }),
+                Err(reason) => self.at(location, format!("notify: {reason}")),
+            }
+        }
+        targets
+    }
+}
+
+/// The key a transfer ACL or NOTIFY target names, which a `[[key]]` table must declare.
+fn key_ref(key: &Option<String>, declared: &[&str]) -> Result<Option<Name>, String> {
+    let Some(key) = key else { return Ok(None) };
+    let name = Name::parse(&absolute_name(key), None).map_err(|e| e.to_string())?;
+    if !declared
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(key.trim_end_matches('.')))
+    {
+        return Err(format!("unknown key {key:?} (define it in a [[key]] table)"));
+    }
+    Ok(Some(Name::from_wire_unchecked(&name.key())))
 }
 
 /// `name` with a trailing dot.
@@ -590,35 +776,6 @@ fn absolute_name(name: &str) -> String {
         name.to_string()
     } else {
         format!("{name}.")
-    }
-}
-
-/// The 1-based line of a byte offset.
-pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    LineIndex::new(text).line(offset)
-}
-
-/// Line starts of a text, so that many offsets (one per member of a 100,000-member file) map
-/// to lines in O(log n) each instead of rescanning the text.
-pub(crate) struct LineIndex {
-    newlines: Vec<usize>,
-}
-
-impl LineIndex {
-    pub(crate) fn new(text: &str) -> LineIndex {
-        LineIndex {
-            newlines: text
-                .bytes()
-                .enumerate()
-                .filter(|(_, c)| *c == b'\n')
-                .map(|(i, _)| i)
-                .collect(),
-        }
-    }
-
-    /// The 1-based line holding byte `offset`.
-    pub(crate) fn line(&self, offset: usize) -> usize {
-        self.newlines.partition_point(|&nl| nl < offset) + 1
     }
 }
 
@@ -634,12 +791,15 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            config.listen,
+            config.restart.listen,
             vec!["127.0.0.1:5300".parse::<SocketAddr>().expect("addr")]
         );
-        assert_eq!(config.limits.udp_payload, 1232);
-        assert_eq!(config.zones[0].file, PathBuf::from("/etc/cdns/example.zone"));
-        assert_eq!(config.zones[0].origin.to_string(), "example.");
+        assert_eq!(config.restart.limits.udp_payload, 1232);
+        assert_eq!(
+            config.live.zones[0].source.file,
+            PathBuf::from("/etc/cdns/example.zone")
+        );
+        assert_eq!(config.live.zones[0].origin().to_string(), "example.");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The loopback HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
 //! `/status` (JSON for `consortium-dns status`) and `POST /reload`.
 //!
-//! It reads through `app::Control`; it never holds zone data of its own.
+//! It reads through `control::Control`; it never holds zone data of its own.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-use crate::app::{Control, ReloadReport};
+use crate::control::{Control, ReloadReport};
 use crate::health::StatusReport;
 
 /// What `GET /status` returns.

@@ -1,18 +1,23 @@
 //! consortium-dns: an authoritative DNS server for a consortium's zone, with one CNAME per
 //! member node and shared names answered by a health-weighted random pick.
+//!
+//! ARCHITECTURE.md at the repository root maps the modules and which may use which.
 
 pub mod app;
 pub mod config;
+pub mod control;
+pub mod diag;
 pub mod duration;
 pub mod health;
 pub mod http;
 pub mod memory;
 pub mod metrics;
+pub mod peers;
 pub mod pick;
-pub mod reload;
 pub mod sd_notify;
 pub mod server;
+pub mod shutdown;
 pub mod snapshot;
-pub mod state;
+pub mod sync;
 pub mod transfer;
 pub mod zone;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use consortium_dns::config::{Config, DEFAULT_CONFIG_PATH};
 use consortium_dns::sd_notify;
-use consortium_dns::snapshot::Snapshot;
 
 mod status;
 
@@ -120,7 +119,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match Snapshot::load(&config) {
+    match consortium_dns::control::load(&config) {
         Ok(snapshot) => {
             for zone in snapshot.zones() {
                 println!(

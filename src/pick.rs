@@ -7,6 +7,9 @@
 
 use rand::Rng;
 
+/// Effective weights are configured weights times this, so a slow-start ramp has 1/1000 steps.
+pub const WEIGHT_SCALE: u64 = 1_000;
+
 /// Candidates of one pool at one moment, with cumulative weights.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PickTable {

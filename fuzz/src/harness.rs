@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use consortium_dns::health::spec::HealthSettings;
 use consortium_dns::server::answer::{self, Outcome};
-use consortium_dns::snapshot::Snapshot;
+use consortium_dns::snapshot::{BuildOptions, Snapshot};
 use consortium_dns::zone::name::Name;
 use consortium_dns::zone::{self, Diagnostic, master, members};
 use rand::Rng;
@@ -54,7 +54,13 @@ pub fn snapshot_from_text(zone_text: &str, members_text: Option<&str>) -> Result
         None => (Vec::new(), Vec::new()),
     };
     match zone::assemble(&origin, zone_path, records, members, pools) {
-        Ok(data) => Ok(Some(Snapshot::build(vec![data], Some("ns1.fuzz"), None, None))),
+        Ok(data) => {
+            let options = BuildOptions {
+                identity: Some("ns1.fuzz"),
+                ..BuildOptions::default()
+            };
+            Ok(Some(Snapshot::build(vec![data], &options)))
+        }
         Err(errors) => {
             // Zone-level rules may lack a line ("no SOA at the apex"), never a file.
             if errors.is_empty() {

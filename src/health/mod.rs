@@ -6,8 +6,10 @@
 //! pick tables this module publishes.
 
 pub mod cert;
+mod gauges;
 pub mod probe;
-pub mod spec;
+/// Probe settings are zone data (members carry them); re-exported under their old home.
+pub use crate::zone::probe_spec as spec;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,15 +22,14 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::server::Shared;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Published, Snapshot};
+use crate::sync::lock;
 use crate::zone::members::{CertPolicy, Member};
 use crate::zone::name::Name;
 use probe::{ProbeResult, TlsConfigs};
 use spec::{InitialState, ProbeKind, ProbeSpec};
 
-/// Effective weights are configured weights times this, so a slow-start ramp has 1/1000 steps.
-pub const WEIGHT_SCALE: u64 = 1_000;
+pub use crate::pick::WEIGHT_SCALE;
 /// How often pick tables are refreshed while some member is ramping up.
 const RAMP_TICK: Duration = Duration::from_millis(250);
 
@@ -108,13 +109,13 @@ impl MemberHealth {
 
     /// A copy of the current state.
     pub fn state(&self) -> HealthState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.state).clone()
     }
 
     /// Feeds one probe result through the rise/fall thresholds. Returns the new state when the
     /// member flipped.
     pub fn observe(&self, result: &ProbeResult, now: Instant) -> Option<bool> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock(&self.state);
         state.last = Some(LastProbe {
             ok: result.ok,
             detail: result.detail.clone(),
@@ -193,7 +194,7 @@ struct Tracked {
 
 /// Runs the probes and keeps the pick tables of the published snapshot current.
 pub struct HealthManager {
-    shared: Arc<Shared>,
+    snapshot: Published,
     members: Mutex<HashMap<MemberKey, Tracked>>,
     fail_open: Mutex<HashMap<(String, String), bool>>,
     wake: Arc<Notify>,
@@ -208,9 +209,9 @@ impl std::fmt::Debug for HealthManager {
 
 impl HealthManager {
     /// Creates the manager and its table-refresh task (on the current runtime).
-    pub fn start(shared: Arc<Shared>) -> Arc<HealthManager> {
+    pub fn start(snapshot: Published) -> Arc<HealthManager> {
         let manager = Arc::new(HealthManager {
-            shared,
+            snapshot,
             members: Mutex::default(),
             fail_open: Mutex::default(),
             wake: Arc::new(Notify::new()),
@@ -231,7 +232,7 @@ impl HealthManager {
                     _ = tokio::time::sleep(wait) => {}
                 }
                 let Some(manager) = weak.upgrade() else { return };
-                let snapshot = manager.shared.snapshot.load();
+                let snapshot = manager.snapshot.load();
                 ramping = manager.publish_tables(&snapshot);
             }
         });
@@ -242,7 +243,7 @@ impl HealthManager {
     /// stopping removed ones) and publishes its pick tables. Call before publishing it.
     pub fn sync(&self, snapshot: &Snapshot) {
         {
-            let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            let mut members = lock(&self.members);
             let mut wanted: HashMap<MemberKey, (&Name, &Member)> = HashMap::new();
             for zone in snapshot.zones() {
                 // Members without a probe are always up: no state to keep (memory at 100,000).
@@ -278,9 +279,9 @@ impl HealthManager {
     pub fn publish_tables(&self, snapshot: &Snapshot) -> bool {
         let now = Instant::now();
         let now_unix = unix_now();
-        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let members = lock(&self.members);
         let mut ramping = false;
-        let mut fail_open = self.fail_open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fail_open = lock(&self.fail_open);
         for zone in snapshot.zones() {
             for pool in &zone.pools {
                 let weights: Vec<(u64, u64)> = pool
@@ -321,7 +322,7 @@ impl HealthManager {
 
     /// The health of every tracked member.
     pub fn member(&self, zone: &Name, member: &Member) -> Option<Arc<MemberHealth>> {
-        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let members = lock(&self.members);
         members
             .get(&MemberKey::of(zone, member))
             .map(|t| t.health.clone())
@@ -399,7 +400,7 @@ impl HealthManager {
 
     /// Stops every probe.
     pub fn stop(&self) {
-        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let mut members = lock(&self.members);
         for tracked in members.values() {
             if let Some(task) = &tracked.task {
                 task.abort();

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::spec::{ProbeKind, ProbeSpec};
+use crate::sync::lock;
 use crate::zone::name::Name;
 
 /// Most of a response body read to look for `body-contains`.
@@ -42,7 +43,7 @@ pub struct TlsConfigs {
 
 impl TlsConfigs {
     fn get(&self, ca_file: Option<&PathBuf>) -> Result<Arc<ClientConfig>, String> {
-        let mut map = self.by_ca_file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.by_ca_file);
         if let Some(config) = map.get(&ca_file.cloned()) {
             return Ok(config.clone());
         }

@@ -777,7 +777,7 @@ mod tests {
         let records = master::parse_str(text, Path::new("z"), &origin).expect("zone text");
         let data =
             zone::assemble(&origin, Path::new("z"), records, Vec::new(), Vec::new()).expect("valid zone");
-        Snapshot::build(vec![data], None, None, None)
+        Snapshot::build(vec![data], &crate::snapshot::BuildOptions::default())
     }
 
     /// `ns.example. A` signed with an unknown 251-octet key name whose algorithm name points

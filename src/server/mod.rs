@@ -12,42 +12,49 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::watch;
 
-use crate::config::Limits;
+use crate::config::{Limits, RestartSettings, RrlRates};
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::shutdown::Shutdown;
+use crate::snapshot::{Published, Snapshot};
 
 /// What the request path shares with the control plane.
 #[derive(Debug)]
 pub struct Shared {
-    /// The published Snapshot; `load()` once per query.
-    pub snapshot: ArcSwap<Snapshot>,
+    /// The published Snapshot; `load()` once per query (once per batch on UDP).
+    pub snapshot: Published,
     pub limits: Limits,
     pub metrics: Metrics,
     /// Count queries and picks in the metrics (`[server] query-metrics`; on by default).
     pub count_queries: bool,
     /// The sampled query log.
     pub query_log: QueryLog,
-    /// UDP response rate limiting; `None` when turned off.
-    pub rrl: Option<rrl::Limiter>,
+    /// UDP response rate limiting; its rates (and on/off) follow reloads.
+    pub rrl: rrl::Limiter,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, limits: Limits, metrics: Metrics) -> Shared {
+    /// The shared state of a server with `settings`, serving `snapshot` until the control
+    /// plane publishes another.
+    pub fn new(
+        snapshot: Snapshot,
+        settings: &RestartSettings,
+        rrl_rates: RrlRates,
+        metrics: Metrics,
+    ) -> Shared {
         Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            limits,
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            limits: settings.limits.clone(),
             metrics,
-            count_queries: true,
-            query_log: QueryLog::default(),
-            rrl: None,
+            count_queries: settings.query_metrics,
+            query_log: QueryLog::every(settings.query_log_sample),
+            rrl: rrl::Limiter::new(rrl_rates, settings.rrl_table_size),
         }
     }
 }
@@ -178,39 +185,34 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 #[derive(Debug)]
 pub struct Running {
     udp_threads: Vec<JoinHandle<()>>,
-    udp_stop: Arc<AtomicBool>,
-    tcp_stop: watch::Sender<bool>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Starts UDP worker threads and the TCP accept loops (on the current tokio runtime).
-pub fn start(listeners: Listeners, shared: Arc<Shared>) -> io::Result<Running> {
-    let udp_stop = Arc::new(AtomicBool::new(false));
+/// Starts UDP worker threads and the TCP accept loops (on the current tokio runtime); they
+/// run until `shutdown` is triggered.
+pub fn start(listeners: Listeners, shared: Arc<Shared>, shutdown: &Shutdown) -> io::Result<Running> {
     let mut udp_threads = Vec::new();
     for (address_index, sockets) in listeners.udp.into_iter().enumerate() {
         for (worker, socket) in sockets.into_iter().enumerate() {
             let shared = shared.clone();
-            let stop = udp_stop.clone();
+            let stop = shutdown.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("udp-{address_index}-{worker}"))
                 .spawn(move || run_udp_worker(&socket, &shared, &stop))?;
             udp_threads.push(thread);
         }
     }
-    let (tcp_stop, stop_rx) = watch::channel(false);
     let mut tcp_tasks = Vec::new();
     for listener in listeners.tcp {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tcp_tasks.push(tokio::spawn(tcp::accept_loop(
             listener,
             shared.clone(),
-            stop_rx.clone(),
+            shutdown.clone(),
         )));
     }
     Ok(Running {
         udp_threads,
-        udp_stop,
-        tcp_stop,
         tcp_tasks,
     })
 }
@@ -218,8 +220,8 @@ pub fn start(listeners: Listeners, shared: Arc<Shared>) -> io::Result<Running> {
 /// Runs one UDP worker until shutdown. A panic (a bug, never expected) is counted and logged
 /// and the worker starts again on the same socket, so one bad packet cannot silently take a
 /// socket out of the SO_REUSEPORT group.
-fn run_udp_worker(socket: &UdpSocket, shared: &Arc<Shared>, stop: &Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
+fn run_udp_worker(socket: &UdpSocket, shared: &Arc<Shared>, stop: &Shutdown) {
+    while !stop.is_triggered() {
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| udp::worker(socket, shared, stop)));
         if run.is_ok() {
             return;
@@ -230,11 +232,9 @@ fn run_udp_worker(socket: &UdpSocket, shared: &Arc<Shared>, stop: &Arc<AtomicBoo
 }
 
 impl Running {
-    /// Stops accepting, lets TCP connections finish the query in hand within `grace`, and
-    /// joins the UDP workers.
+    /// Waits, once the shutdown signal is given, for TCP connections to finish the query in
+    /// hand within `grace`, and joins the UDP workers.
     pub async fn shutdown(self, grace: Duration) {
-        self.udp_stop.store(true, Ordering::Relaxed);
-        let _ = self.tcp_stop.send(true);
         let tasks = futures_join(self.tcp_tasks);
         if tokio::time::timeout(grace, tasks).await.is_err() {
             tracing::warn!("TCP connections still open after the {grace:?} grace period; closing them");

@@ -14,100 +14,15 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use serde::Deserialize;
+use arc_swap::{ArcSwap, Guard};
+
+use crate::config::RrlRates;
 
 /// Time unit of the limiter: 100 µs.
 const TICKS_PER_SECOND: u64 = 10_000;
 const FINGERPRINT_BITS: u32 = 24;
 const TIME_BITS: u32 = 64 - FINGERPRINT_BITS;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
-
-/// `[rrl]` in the config. Defaults are conservative: a resolver behind one /24 asking the same
-/// name more than 20 times a second is already abnormal given our TTLs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RrlConfig {
-    /// Off switch (benchmarks against servers with their RRL off). Default true.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Identical answers per second per netblock. Default 20.
-    #[serde(default = "default_responses")]
-    pub responses_per_second: u32,
-    /// NXDOMAIN answers per second per netblock and zone. Default 10.
-    #[serde(default = "default_nxdomains")]
-    pub nxdomains_per_second: u32,
-    /// Error answers (REFUSED, FORMERR, ...) per second per netblock. Default 10.
-    #[serde(default = "default_errors")]
-    pub errors_per_second: u32,
-    /// Every Nth limited response is sent truncated (TC=1, empty) so real clients retry over
-    /// TCP; 0 = drop them all. Default 2.
-    #[serde(default = "default_slip")]
-    pub slip: u32,
-    /// IPv4 netblock prefix length. Default 24.
-    #[serde(default = "default_ipv4_prefix")]
-    pub ipv4_prefix: u8,
-    /// IPv6 netblock prefix length. Default 56.
-    #[serde(default = "default_ipv6_prefix")]
-    pub ipv6_prefix: u8,
-    /// Buckets in the table (memory: 8 bytes each). Default 65536.
-    #[serde(default = "default_table_size")]
-    pub table_size: usize,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_responses() -> u32 {
-    20
-}
-fn default_nxdomains() -> u32 {
-    10
-}
-fn default_errors() -> u32 {
-    10
-}
-fn default_slip() -> u32 {
-    2
-}
-fn default_ipv4_prefix() -> u8 {
-    24
-}
-fn default_ipv6_prefix() -> u8 {
-    56
-}
-fn default_table_size() -> usize {
-    65_536
-}
-
-impl Default for RrlConfig {
-    fn default() -> Self {
-        RrlConfig {
-            enabled: true,
-            responses_per_second: default_responses(),
-            nxdomains_per_second: default_nxdomains(),
-            errors_per_second: default_errors(),
-            slip: default_slip(),
-            ipv4_prefix: default_ipv4_prefix(),
-            ipv6_prefix: default_ipv6_prefix(),
-            table_size: default_table_size(),
-        }
-    }
-}
-
-impl RrlConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.responses_per_second == 0 || self.nxdomains_per_second == 0 || self.errors_per_second == 0 {
-            return Err("rates must be at least 1 per second (set enabled = false to turn RRL off)".into());
-        }
-        if self.ipv4_prefix > 32 || self.ipv6_prefix > 128 {
-            return Err("prefix lengths must be at most 32 (IPv4) and 128 (IPv6)".into());
-        }
-        if self.table_size == 0 || self.table_size > 1 << 26 {
-            return Err("table-size must be between 1 and 67108864".into());
-        }
-        Ok(())
-    }
-}
 
 /// The kind of response, deciding the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,10 +44,11 @@ pub enum Verdict {
     Drop,
 }
 
-/// The shared limiter.
+/// The shared limiter. The table is made once; the rates can be replaced at any time (a
+/// reload), and a worker reads them once per batch.
 #[derive(Debug)]
 pub struct Limiter {
-    config: RrlConfig,
+    rates: ArcSwap<RrlRates>,
     table: Box<[AtomicU64]>,
     hasher: foldhash::fast::RandomState,
     epoch: Instant,
@@ -140,10 +56,10 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(config: RrlConfig) -> Limiter {
-        let table = (0..config.table_size).map(|_| AtomicU64::new(0)).collect();
+    pub fn new(rates: RrlRates, table_size: usize) -> Limiter {
+        let table = (0..table_size.max(1)).map(|_| AtomicU64::new(0)).collect();
         Limiter {
-            config,
+            rates: ArcSwap::from_pointee(rates),
             table,
             hasher: Default::default(),
             epoch: Instant::now(),
@@ -155,17 +71,31 @@ impl Limiter {
         (self.epoch.elapsed().as_micros() as u64 / 100) & TIME_MASK
     }
 
-    /// Decides for one response to `client`.
-    pub fn check(&self, client: IpAddr, kind: ResponseKind<'_>) -> Verdict {
-        self.check_at(client, kind, self.now_ticks())
+    /// The rates in force; hold them for a batch of responses.
+    #[inline]
+    pub fn rates(&self) -> Guard<std::sync::Arc<RrlRates>> {
+        self.rates.load()
     }
 
-    fn check_at(&self, client: IpAddr, kind: ResponseKind<'_>, now: u64) -> Verdict {
+    /// Applies new rates from now on (buckets keep their state).
+    pub fn set_rates(&self, rates: RrlRates) {
+        if **self.rates.load() != rates {
+            tracing::info!(?rates, "response rate limiting settings applied");
+            self.rates.store(std::sync::Arc::new(rates));
+        }
+    }
+
+    /// Decides for one response to `client` under `rates` (from `rates()`).
+    pub fn check(&self, rates: &RrlRates, client: IpAddr, kind: ResponseKind<'_>) -> Verdict {
+        self.check_at(rates, client, kind, self.now_ticks())
+    }
+
+    fn check_at(&self, rates: &RrlRates, client: IpAddr, kind: ResponseKind<'_>, now: u64) -> Verdict {
         let mut hasher = self.hasher.build_hasher();
         match client {
             IpAddr::V4(v4) => {
                 let bits = u32::from(v4);
-                let prefix = u32::from(self.config.ipv4_prefix);
+                let prefix = u32::from(rates.ipv4_prefix);
                 let masked = if prefix == 0 {
                     0
                 } else {
@@ -175,7 +105,7 @@ impl Limiter {
             }
             IpAddr::V6(v6) => {
                 let bits = u128::from(v6);
-                let prefix = u32::from(self.config.ipv6_prefix);
+                let prefix = u32::from(rates.ipv6_prefix);
                 let masked = if prefix == 0 {
                     0
                 } else {
@@ -191,18 +121,18 @@ impl Limiter {
                     hasher.write_u8(c.to_ascii_lowercase());
                 }
                 hasher.write_u16(qtype);
-                self.config.responses_per_second
+                rates.responses_per_second
             }
             ResponseKind::NxDomain { apex } => {
                 hasher.write_u8(2);
                 for &c in apex {
                     hasher.write_u8(c.to_ascii_lowercase());
                 }
-                self.config.nxdomains_per_second
+                rates.nxdomains_per_second
             }
             ResponseKind::Error => {
                 hasher.write_u8(3);
-                self.config.errors_per_second
+                rates.errors_per_second
             }
         };
         let hash = hasher.finish();
@@ -226,7 +156,7 @@ impl Limiter {
             };
             if tat - now > tolerance {
                 let n = self.limited.fetch_add(1, Ordering::Relaxed) + 1;
-                let slip = self.config.slip;
+                let slip = rates.slip;
                 return if slip > 0 && n % u64::from(slip) == 0 {
                     Verdict::Slip
                 } else {
@@ -346,13 +276,38 @@ mod tests {
         assert_eq!(cut_slip, header, "a message too short to slip is left alone");
     }
 
-    fn limiter(rate: u32, slip: u32) -> Limiter {
-        Limiter::new(RrlConfig {
+    fn rates(rate: u32, slip: u32) -> RrlRates {
+        RrlRates {
             responses_per_second: rate,
             slip,
-            table_size: 1024,
-            ..RrlConfig::default()
-        })
+            ..RrlRates::default()
+        }
+    }
+
+    fn limiter(rate: u32, slip: u32) -> Limiter {
+        Limiter::new(rates(rate, slip), 1024)
+    }
+
+    /// One decision under the limiter's current rates, at tick `now`.
+    fn decide(rrl: &Limiter, client: IpAddr, kind: ResponseKind<'_>, now: u64) -> Verdict {
+        rrl.check_at(&rrl.rates(), client, kind, now)
+    }
+
+    #[test]
+    fn new_rates_apply_to_the_next_response() {
+        let rrl = limiter(1, 0);
+        let client: IpAddr = "192.0.2.1".parse().expect("ip");
+        assert_eq!(decide(&rrl, client, NAME, 0), Verdict::Send);
+        // 0.2 s later the bucket is still a second ahead: at 1 per second, dropped.
+        let later = TICKS_PER_SECOND / 5;
+        assert_eq!(decide(&rrl, client, NAME, later), Verdict::Drop);
+        // At 5 per second the same bucket state is within the burst of 5.
+        rrl.set_rates(rates(5, 0));
+        assert_eq!(
+            decide(&rrl, client, NAME, later),
+            Verdict::Send,
+            "new rates apply"
+        );
     }
 
     #[test]
@@ -393,7 +348,7 @@ mod tests {
         let client: IpAddr = "192.0.2.7".parse().expect("ip");
         // 1,000 queries over one simulated second: 10 burst + 10 refilled.
         let sent = (0..1_000u64)
-            .filter(|i| rrl.check_at(client, NAME, i * TICKS_PER_SECOND / 1_000) == Verdict::Send)
+            .filter(|i| decide(&rrl, client, NAME, i * TICKS_PER_SECOND / 1_000) == Verdict::Send)
             .count();
         assert!((19..=21).contains(&sent), "sent {sent}");
     }
@@ -405,47 +360,47 @@ mod tests {
         let neighbour: IpAddr = "192.0.2.200".parse().expect("ip");
         let other: IpAddr = "198.51.100.1".parse().expect("ip");
         for _ in 0..100 {
-            rrl.check_at(flooder, NAME, 0);
+            decide(&rrl, flooder, NAME, 0);
         }
         assert_eq!(
-            rrl.check_at(neighbour, NAME, 0),
+            decide(&rrl, neighbour, NAME, 0),
             Verdict::Drop,
             "same /24 shares the bucket"
         );
-        assert_eq!(rrl.check_at(other, NAME, 0), Verdict::Send);
+        assert_eq!(decide(&rrl, other, NAME, 0), Verdict::Send);
         let other_name = ResponseKind::Answer {
             qname: b"\x05node1\x00",
             qtype: 1,
         };
-        assert_eq!(rrl.check_at(flooder, other_name, 0), Verdict::Send);
+        assert_eq!(decide(&rrl, flooder, other_name, 0), Verdict::Send);
         // Case does not make a new bucket.
         let upper = ResponseKind::Answer {
             qname: b"\x03ANY\x00",
             qtype: 1,
         };
-        assert_eq!(rrl.check_at(flooder, upper, 0), Verdict::Drop);
+        assert_eq!(decide(&rrl, flooder, upper, 0), Verdict::Drop);
     }
 
     #[test]
     fn slips_every_nth_limited_response() {
         let rrl = limiter(1, 3);
         let client: IpAddr = "2001:db8::1".parse().expect("ip");
-        assert_eq!(rrl.check_at(client, NAME, 0), Verdict::Send);
-        let verdicts: Vec<Verdict> = (0..9).map(|_| rrl.check_at(client, NAME, 0)).collect();
+        assert_eq!(decide(&rrl, client, NAME, 0), Verdict::Send);
+        let verdicts: Vec<Verdict> = (0..9).map(|_| decide(&rrl, client, NAME, 0)).collect();
         let slips = verdicts.iter().filter(|v| **v == Verdict::Slip).count();
         assert_eq!(slips, 3, "{verdicts:?}");
         // The same /56 shares the bucket.
         let neighbour: IpAddr = "2001:db8:0:ff::9".parse().expect("ip");
-        assert_ne!(rrl.check_at(neighbour, NAME, 0), Verdict::Send);
+        assert_ne!(decide(&rrl, neighbour, NAME, 0), Verdict::Send);
     }
 
     #[test]
     fn refills_over_time() {
         let rrl = limiter(2, 0);
         let client: IpAddr = "192.0.2.7".parse().expect("ip");
-        assert_eq!(rrl.check_at(client, NAME, 0), Verdict::Send);
-        assert_eq!(rrl.check_at(client, NAME, 0), Verdict::Send);
-        assert_eq!(rrl.check_at(client, NAME, 0), Verdict::Drop);
-        assert_eq!(rrl.check_at(client, NAME, TICKS_PER_SECOND), Verdict::Send);
+        assert_eq!(decide(&rrl, client, NAME, 0), Verdict::Send);
+        assert_eq!(decide(&rrl, client, NAME, 0), Verdict::Send);
+        assert_eq!(decide(&rrl, client, NAME, 0), Verdict::Drop);
+        assert_eq!(decide(&rrl, client, NAME, TICKS_PER_SECOND), Verdict::Send);
     }
 }

@@ -18,11 +18,12 @@ use rand::rngs::SmallRng;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::Shared;
 use super::answer::{Outcome, Transport, answer};
 use crate::metrics::QueryCounters;
+use crate::shutdown::Shutdown;
 
 /// A connection quiet this long publishes what it has counted.
 const QUIET_FLUSH: Duration = Duration::from_millis(50);
@@ -30,14 +31,14 @@ const QUIET_FLUSH: Duration = Duration::from_millis(50);
 /// Connections open per client address, for the per-client cap.
 type PerClient = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
-pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Shutdown) {
     let limit = Arc::new(Semaphore::new(shared.limits.tcp_max_connections));
     let per_client: PerClient = Arc::default();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = stop.triggered() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -187,12 +188,7 @@ async fn write_loop(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: &Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, stop: Shutdown) {
     let (reader, writer) = stream.into_split();
     let (chunks, to_write) = mpsc::channel(shared.limits.tcp_max_in_flight.max(1));
     let writing = tokio::spawn(write_loop(writer, to_write, shared.limits.tcp_idle_timeout, peer));
@@ -208,7 +204,7 @@ async fn read_loop(
     mut reader: BufReader<OwnedReadHalf>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: Shutdown,
     chunks: mpsc::Sender<Vec<u8>>,
 ) {
     let limits = &shared.limits;
@@ -220,7 +216,7 @@ async fn read_loop(
     // At most one transfer per connection is built at a time.
     let mut transfer: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        if *stop.borrow() {
+        if stop.is_triggered() {
             break;
         }
         // Between messages: wait up to the idle timeout for the next one to start; a shutdown
@@ -244,7 +240,7 @@ async fn read_loop(
                     Err(_) if wake_at >= idle_until => return finish(transfer, counters).await,
                     Err(_) => counters.flush(),
                 },
-                _ = stop.changed() => return finish(transfer, counters).await,
+                _ = stop.triggered() => return finish(transfer, counters).await,
                 _ = chunks.closed() => return finish(transfer, counters).await,
             }
         }

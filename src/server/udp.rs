@@ -8,7 +8,6 @@
 use std::io::{ErrorKind, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 use rand::SeedableRng;
@@ -18,11 +17,12 @@ use super::Shared;
 use super::answer::{Outcome, Transport, answer};
 use super::rrl::{self, Verdict};
 use crate::metrics::QueryCounters;
+use crate::shutdown::Shutdown;
 
 /// Datagrams per system call.
 const BATCH: usize = 32;
 
-pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
+pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &Shutdown) {
     let fd = socket.as_raw_fd();
     // Everything the loop needs is allocated here, once: a batch allocates nothing. One octet
     // more than the largest query accepted, so that a longer datagram shows as too long
@@ -38,7 +38,7 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
     let max_payload = shared.limits.udp_payload;
     let mut counters = QueryCounters::new(shared.metrics.clone(), Transport::Udp);
     let count = shared.count_queries;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_triggered() {
         received.clear();
         {
             let mut slices = buffers.each_mut().map(|b| [IoSliceMut::new(&mut b[..])]);
@@ -71,6 +71,8 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
             }
         }
         let snapshot = shared.snapshot.load();
+        // Read once per batch: a reload may change them between batches.
+        let rrl_rates = shared.rrl.rates();
         to_send.clear();
         for (index, &(len, peer)) in received.iter().enumerate() {
             let Some(peer) = peer else { continue };
@@ -101,8 +103,8 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
             shared
                 .query_log
                 .observe(query, peer, Transport::Udp, rcode, truncated);
-            if let Some(limiter) = &shared.rrl {
-                match limiter.check(peer.ip(), rrl::classify(out)) {
+            if rrl_rates.enabled {
+                match shared.rrl.check(&rrl_rates, peer.ip(), rrl::classify(out)) {
                     Verdict::Send => {}
                     Verdict::Slip => {
                         shared.metrics.rrl_slipped.inc();
@@ -117,6 +119,7 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &AtomicBool) {
             to_send.push(index, peer);
         }
         drop(snapshot);
+        drop(rrl_rates);
         send_batch(socket, fd, &mut send_headers, &outs, &to_send);
     }
     counters.flush();

@@ -4,141 +4,26 @@
 //!
 //! A secondary cannot pick per query, so a transfer carries each pool's name as one CNAME to
 //! the pool's heaviest eligible member at the time the version was made (the "transfer
-//! pick"). When health moves that choice, `app` bumps the serial (rate-limited per zone by
+//! pick"). When health moves that choice, the control plane bumps the serial (rate-limited per zone by
 //! `transfer-pick-refresh`) and NOTIFYs, so a secondary lands on a healthy node within about
 //! that bound plus its own transfer delay.
 
+pub mod history;
+pub mod notifier;
 pub mod notify;
 pub mod tsig;
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use crate::config::{NotifyTarget, TransferAcl};
-use crate::snapshot::{Snapshot, Zone, encode_tail};
+use crate::snapshot::{Snapshot, ZoneVersion};
 use crate::zone::rtype;
-use tsig::{Signer, TsigKey, Verified};
+use crate::zone::serial::serial_gt;
+use tsig::{Signer, Verified};
 
-/// Versions kept per zone for IXFR (the current one and 15 differences back).
-pub const HISTORY_LEN: usize = 16;
+pub use history::HISTORY_LEN;
+
 /// Target size of one transfer message (well below the 65,535 TCP maximum).
 const MESSAGE_TARGET: usize = 16_000;
-
-/// One version of a zone as transferred: the SOA and every other record in wire form.
-#[derive(Debug)]
-pub struct ZoneVersion {
-    pub serial: u32,
-    /// The SOA record, owner uncompressed.
-    pub soa: Box<[u8]>,
-    /// Every other record (owner, type, class, TTL, RDATA), sorted, without duplicates.
-    pub records: BTreeSet<Box<[u8]>>,
-    /// The member slot picked for each pool (None: the pool has nobody to offer).
-    pub picks: Vec<Option<u32>>,
-}
-
-/// What changed from one version to the next, for IXFR (RFC 1995 §4).
-#[derive(Debug)]
-pub struct VersionDiff {
-    pub from_serial: u32,
-    pub from_soa: Box<[u8]>,
-    pub to_soa: Box<[u8]>,
-    pub removed: Vec<Box<[u8]>>,
-    pub added: Vec<Box<[u8]>>,
-}
-
-impl VersionDiff {
-    pub fn between(old: &ZoneVersion, new: &ZoneVersion) -> VersionDiff {
-        VersionDiff {
-            from_serial: old.serial,
-            from_soa: old.soa.clone(),
-            to_soa: new.soa.clone(),
-            removed: old.records.difference(&new.records).cloned().collect(),
-            added: new.records.difference(&old.records).cloned().collect(),
-        }
-    }
-}
-
-/// Transfer settings and history of one zone, attached to it when a snapshot is prepared.
-/// The whole zone is kept once (the current version); older versions only as differences, so
-/// a 100,000-member zone reloaded many times does not hold many copies of itself. Zones
-/// nobody may transfer or be notified of keep nothing.
-#[derive(Debug, Default)]
-pub struct ZoneTransfer {
-    pub allow: Vec<TransferAcl>,
-    pub notify: Vec<NotifyTarget>,
-    /// What this snapshot serves to secondaries.
-    pub current: Option<Arc<ZoneVersion>>,
-    /// Oldest first; the last leads to `current`.
-    pub diffs: Vec<Arc<VersionDiff>>,
-}
-
-impl ZoneTransfer {
-    /// True when transfers or NOTIFY are configured for the zone.
-    pub fn is_configured(&self) -> bool {
-        !self.allow.is_empty() || !self.notify.is_empty()
-    }
-}
-
-/// The current transfer picks of a zone's pools.
-pub fn current_picks(zone: &Zone) -> Vec<Option<u32>> {
-    zone.pools
-        .iter()
-        .map(|pool| pool.table.load().heaviest())
-        .collect()
-}
-
-/// Builds the version a zone serves now (its records, its pools' transfer picks).
-pub fn version_of(zone: &Zone) -> ZoneVersion {
-    version_with_picks(zone, current_picks(zone))
-}
-
-/// Builds a version of the zone's records with the given transfer picks (member slots per
-/// pool; a slot the pool does not have leaves the pool out).
-pub fn version_with_picks(zone: &Zone, picks: Vec<Option<u32>>) -> ZoneVersion {
-    let mut soa = Vec::new();
-    let mut records = BTreeSet::new();
-    for record in &zone.all_records() {
-        let mut wire = Vec::with_capacity(record.name.wire().len() + 10 + record.rdata.len());
-        wire.extend_from_slice(record.name.wire());
-        let mut rdata = record.rdata.clone();
-        if record.rtype == rtype::SOA && record.name.key() == zone.origin.key() {
-            // The served serial (a reload may have raised the file's).
-            if let Some(at) = rdata.len().checked_sub(20) {
-                rdata[at..at + 4].copy_from_slice(&zone.serial.to_be_bytes());
-            }
-            encode_tail(&mut wire, record.rtype, rtype::CLASS_IN, record.ttl, &rdata);
-            soa = wire;
-            continue;
-        }
-        encode_tail(&mut wire, record.rtype, rtype::CLASS_IN, record.ttl, &rdata);
-        records.insert(wire.into_boxed_slice());
-    }
-    for (pool, pick) in zone.pools.iter().zip(&picks) {
-        let Some(member) = pick
-            .and_then(|slot| pool.def.members.get(slot as usize))
-            .and_then(|&m| zone.members.get(m))
-        else {
-            continue;
-        };
-        let mut wire = Vec::new();
-        wire.extend_from_slice(pool.def.name.wire());
-        encode_tail(
-            &mut wire,
-            rtype::CNAME,
-            rtype::CLASS_IN,
-            pool.def.ttl,
-            member.target.wire(),
-        );
-        records.insert(wire.into_boxed_slice());
-    }
-    ZoneVersion {
-        serial: zone.serial,
-        soa: soa.into_boxed_slice(),
-        records,
-        picks,
-    }
-}
 
 fn be16(bytes: &[u8], at: usize) -> u16 {
     bytes
@@ -232,7 +117,7 @@ pub fn respond(snapshot: &Snapshot, query: &[u8], client: IpAddr) -> Vec<Vec<u8>
     if qtype == rtype::IXFR {
         let client_serial = ixfr_serial(query, question_end);
         match client_serial {
-            Some(serial) if !crate::reload::serial_gt(current.serial, serial) => {
+            Some(serial) if !serial_gt(current.serial, serial) => {
                 // Up to date (or ahead): the current SOA alone (RFC 1995 §2).
                 records.push(&current.soa);
             }
@@ -342,33 +227,9 @@ fn start_message(query: &[u8], question_end: usize, with_question: bool) -> Vec<
     message
 }
 
-/// The keys a snapshot verifies transfers with.
-pub fn keys_of(snapshot: &Snapshot) -> &[TsigKey] {
-    &snapshot.tsig_keys
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn acl_matching() {
-        let acl = TransferAcl {
-            network: "192.0.2.0".parse().expect("ip"),
-            prefix: 24,
-            key: None,
-        };
-        assert!(acl.contains("192.0.2.77".parse().expect("ip")));
-        assert!(!acl.contains("192.0.3.1".parse().expect("ip")));
-        assert!(!acl.contains("2001:db8::1".parse().expect("ip")));
-        let host = TransferAcl {
-            network: "2001:db8::5".parse().expect("ip"),
-            prefix: 128,
-            key: None,
-        };
-        assert!(host.contains("2001:db8::5".parse().expect("ip")));
-        assert!(!host.contains("2001:db8::6".parse().expect("ip")));
-    }
 
     #[test]
     fn transfer_questions_are_recognised() {

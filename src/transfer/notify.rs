@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
 
 use super::tsig::{Signer, TsigKey};
-use crate::config::NotifyTarget;
+use crate::peers::NotifyTarget;
 use crate::zone::name::Name;
 use crate::zone::rtype;
 

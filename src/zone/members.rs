@@ -9,9 +9,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::name::Name;
+use super::probe_spec::{HealthSettings, ProbeSpec};
 use super::{Diagnostic, Location, Record, rtype};
-use crate::config::LineIndex;
-use crate::health::spec::{HealthSettings, ProbeSpec};
+use crate::diag::LineIndex;
 
 /// TTL of a member's CNAME when neither the member nor the file says.
 pub const DEFAULT_MEMBER_TTL: u32 = 300;

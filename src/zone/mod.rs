@@ -8,81 +8,27 @@ pub mod master;
 pub mod members;
 pub mod name;
 pub(crate) mod owners;
+pub mod probe_spec;
 pub mod rtype;
+pub mod serial;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
-use crate::config::ZoneConfig;
-use crate::health::spec::HealthSettings;
+pub use crate::diag::{Diagnostic, Location};
 use members::{Member, PoolDef};
 use name::Name;
 use owners::{Owners, compare_keys};
+use probe_spec::HealthSettings;
 
-/// Where something was written.
+/// One zone's origin and the files it is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub file: Arc<Path>,
-    pub line: usize,
-}
-
-impl Location {
-    pub fn new(file: Arc<Path>, line: usize) -> Location {
-        Location { file, line }
-    }
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
-    }
-}
-
-/// A problem found in a file, shown as `file:line: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: Arc<Path>,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl Diagnostic {
-    pub fn at(location: Location, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            file: location.file,
-            line: Some(location.line),
-            message: message.into(),
-        }
-    }
-
-    pub fn file(path: &Path, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            file: Arc::from(path),
-            line: None,
-            message: message.into(),
-        }
-    }
-
-    /// A TOML syntax or schema error, placed on the line its span starts.
-    pub fn toml(path: &Path, text: &str, error: &toml::de::Error) -> Diagnostic {
-        let line = error.span().map(|span| crate::config::line_of(text, span.start));
-        Diagnostic {
-            file: Arc::from(path),
-            line,
-            message: error.message().trim().to_string(),
-        }
-    }
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
+pub struct Source {
+    pub origin: Name,
+    /// RFC 1035 master file.
+    pub file: PathBuf,
+    /// Members file (TOML): one CNAME per member, and the pools.
+    pub members: Option<PathBuf>,
 }
 
 /// One resource record as loaded: RDATA in uncompressed wire form.
@@ -176,7 +122,7 @@ impl ZoneData {
 }
 
 /// Loads and validates one configured zone.
-pub fn load(zone: &ZoneConfig, health_defaults: &HealthSettings) -> Result<ZoneData, Vec<Diagnostic>> {
+pub fn load(zone: &Source, health_defaults: &HealthSettings) -> Result<ZoneData, Vec<Diagnostic>> {
     let records = master::parse_file(&zone.file, &zone.origin)?;
     let (members, pools) = match &zone.members {
         Some(path) => members::load(path, &zone.origin, health_defaults)?,

@@ -538,7 +538,7 @@ fn zone_facts(server: &ServerHandle) -> ZoneFacts {
     let zone = &snapshot.zones()[0];
     let origin = zone.origin.to_string().to_ascii_lowercase();
 
-    let zone_file = &server.config.zones[0].file;
+    let zone_file = &server.config.live.zones[0].source.file;
     let mut nsd_zone =
         std::fs::read_to_string(zone_file).unwrap_or_else(|e| panic!("read {}: {e}", zone_file.display()));
     nsd_zone.push_str("\n; member CNAMEs, from the members file\n");
@@ -746,7 +746,12 @@ async fn run_differential(extra_zone_text: Option<&str>) {
     let server = tree.start().await;
     let ours_addr = server.dns_addrs[0];
     let facts = zone_facts(&server);
-    let nsd = Nsd::start(&facts.origin, &facts.nsd_zone, server.config.limits.udp_payload).await;
+    let nsd = Nsd::start(
+        &facts.origin,
+        &facts.nsd_zone,
+        server.config.restart.limits.udp_payload,
+    )
+    .await;
 
     let cases = cases(&facts.names);
     let mut failures = Vec::new();

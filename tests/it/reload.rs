@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use consortium_dns::app::{ReloadReport, ServerHandle};
+use consortium_dns::control::watch::DEBOUNCE;
 use consortium_dns::http::StatusDocument;
 use consortium_dns::metrics::{RELOADS_TOTAL, ZONE_SERIAL};
-use consortium_dns::reload::DEBOUNCE;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1385,4 +1385,104 @@ async fn answers_under_load_come_whole_from_one_version() {
     );
     // 50 content changes, each raising the serial by one.
     assert_eq!(served_serial(&server).await, SERIAL + RELOADS as u32);
+}
+
+/// Sends `count` identical queries for `qname` from one socket at once and counts the full
+/// (not truncated) answers that come back.
+fn burst(server: SocketAddr, qname: &str, count: u16) -> usize {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.connect(server).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    for id in 0..count {
+        let mut q = query(qname, RecordType::A, None);
+        q.metadata.id = id;
+        socket.send(&q.to_vec().expect("encode")).expect("send");
+    }
+    let mut answered = 0;
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = socket.recv(&mut buf) {
+        let m = Message::from_vec(&buf[..n]).expect("answer parses");
+        if !m.metadata.truncation {
+            answered += 1;
+        }
+    }
+    answered
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rrl_rates_apply_on_reload_and_listen_waits_for_a_restart() {
+    let tree = Tree::example();
+    let config = tree
+        .read(CONFIG)
+        .replace("[rrl]\nenabled = false", "[rrl]\nenabled = true")
+        .replace("responses-per-second = 20", "responses-per-second = 1000")
+        .replace("slip = 2", "slip = 0");
+    tree.write(CONFIG, &config);
+    let server = tree.start().await;
+    let addr = dns(&server);
+    // Negative control: at 1,000 per second a burst of 10 all gets through.
+    let before = tokio::task::spawn_blocking(move || burst(addr, "www.consortium.example.", 10))
+        .await
+        .expect("burst");
+    assert_eq!(before, 10, "every answer of the burst at 1000/s");
+
+    tree.replace(
+        CONFIG,
+        &config.replace("responses-per-second = 1000", "responses-per-second = 2"),
+    );
+    for round in 1..=2 {
+        let report = server.control.reload("test").await;
+        assert!(report.ok, "reload {round}: {report:?}");
+        assert!(
+            report.restart_needed.is_empty(),
+            "reload {round}: RRL rates need no restart: {report:?}"
+        );
+        assert_eq!(
+            server.shared.rrl.rates().responses_per_second,
+            2,
+            "reload {round}"
+        );
+        // Another name (its own bucket): a burst of 2 passes, the rest is dropped (slip 0).
+        let qname = format!("node{}.consortium.example.", round + 1);
+        let after = tokio::task::spawn_blocking(move || burst(addr, &qname, 10))
+            .await
+            .expect("burst");
+        assert!(
+            (1..=3).contains(&after),
+            "reload {round}: at 2 per second a burst of 10 is held to about 2, got {after}"
+        );
+    }
+
+    // A new listen address needs a restart: both reloads say so, the old sockets keep serving.
+    let moved = tree
+        .read(CONFIG)
+        .replace("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.1:1\"]");
+    tree.replace(CONFIG, &moved);
+    for round in 1..=2 {
+        let report = server.control.reload("test").await;
+        assert!(report.ok, "reload {round}: {report:?}");
+        assert_eq!(
+            report.restart_needed,
+            ["server.listen"],
+            "reload {round}: {report:?}"
+        );
+        assert_eq!(
+            server.control.config().restart.listen,
+            server.config.restart.listen
+        );
+        let m = udp(addr, &query("node1.consortium.example.", RecordType::CNAME, None)).await;
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "UDP after reload {round}"
+        );
+        let m = common::tcp(addr, &query("node1.consortium.example.", RecordType::CNAME, None)).await;
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "TCP after reload {round}"
+        );
+    }
 }

@@ -7,19 +7,27 @@
 //! Pools carry their own `ArcSwap<PickTable>` so health changes republish a pool's table
 //! without rebuilding the snapshot.
 
-use std::collections::HashSet;
+mod build;
+pub mod versions;
+
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::peers::ZonePeers;
 use crate::pick::PickTable;
+use crate::transfer::tsig::TsigKey;
 use crate::zone::members::{Member, PoolDef};
 use crate::zone::name::Name;
-use crate::zone::owners::{Owners, ancestors, compare_keys};
-use crate::zone::{self, Diagnostic, Record, ZoneData, rtype};
+use crate::zone::{Record, ZoneData, rtype};
+pub use versions::{VersionDiff, ZoneTransfer, ZoneVersion};
+
+/// The published snapshot: the request path `load()`s it once per query, the control plane
+/// stores a new one, and health checks read it to republish pick tables.
+pub type Published = Arc<ArcSwap<Snapshot>>;
 
 /// Everything a query can see, consistent with itself.
 #[derive(Debug)]
@@ -31,8 +39,23 @@ pub struct Snapshot {
     /// CH TXT answers (`id.server`, `version.bind`...), pre-encoded tails.
     pub(crate) chaos_identity: Option<Box<[u8]>>,
     pub(crate) chaos_version: Option<Box<[u8]>>,
-    /// TSIG keys for transfers (set by `app` from the config).
-    pub tsig_keys: Vec<crate::transfer::tsig::TsigKey>,
+    /// TSIG keys that signed queries, transfers and NOTIFYs are checked against.
+    pub tsig_keys: Vec<TsigKey>,
+}
+
+/// What a snapshot is built with besides the zones: all of it comes from the config, passed
+/// in so that building depends on nothing else.
+#[derive(Debug, Default)]
+pub struct BuildOptions<'a> {
+    /// CH TXT `id.server` answer.
+    pub identity: Option<&'a str>,
+    /// CH TXT `version.server` answer.
+    pub version: Option<&'a str>,
+    pub keys: &'a [TsigKey],
+    /// Transfer ACL and NOTIFY targets by zone key (lowercased wire origin).
+    pub peers: HashMap<Box<[u8]>, ZonePeers>,
+    /// Counts picks per pool member when given.
+    pub metrics: Option<&'a Metrics>,
 }
 
 /// One zone's tables.
@@ -54,8 +77,8 @@ pub struct Zone {
     /// The zone file's records as loaded (member CNAMEs are in `members`; `all_records` has
     /// both), for differential tests, transfers and `check`.
     pub records: Vec<Record>,
-    /// Transfer ACL, NOTIFY targets and IXFR history (set by `app`).
-    pub transfer: crate::transfer::ZoneTransfer,
+    /// Transfer ACL, NOTIFY targets and IXFR history (`transfer::history` fills the last).
+    pub transfer: ZoneTransfer,
 }
 
 /// The name index: lowercased wire name -> (zone index, node index). It holds only the
@@ -133,10 +156,6 @@ impl NameIndex {
             }
         }
         index
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.table.len()
     }
 }
 
@@ -334,7 +353,7 @@ impl Zone {
 
 impl Pool {
     /// Publishes a new table from `(effective, configured)` weights, one per pool member in
-    /// order (both scaled by `health::WEIGHT_SCALE`).
+    /// order (both scaled by `pick::WEIGHT_SCALE`).
     pub fn publish(&self, weights: &[(u64, u64)]) {
         let triples = weights
             .iter()
@@ -354,26 +373,18 @@ pub(crate) fn encode_tail(out: &mut Vec<u8>, rtype: u16, class: u16, ttl: u32, r
 }
 
 impl Snapshot {
-    /// Loads every zone of the config and builds the snapshot. All errors of all files are
-    /// returned together.
-    pub fn load(config: &Config) -> Result<Snapshot, Vec<Diagnostic>> {
-        let zones = load_zones(config)?;
-        Ok(Snapshot::build(
-            zones,
-            config.identity.as_deref(),
-            config.version.as_deref(),
-            None,
-        ))
-    }
-
-    /// Builds answer tables from validated zone data; with `metrics`, picks are counted.
-    pub fn build(
-        zones: Vec<ZoneData>,
-        identity: Option<&str>,
-        version: Option<&str>,
-        metrics: Option<&Metrics>,
-    ) -> Snapshot {
-        let built: Vec<Zone> = zones.into_iter().map(|data| build_zone(data, metrics)).collect();
+    /// Builds answer tables from validated zone data.
+    pub fn build(zones: Vec<ZoneData>, options: &BuildOptions<'_>) -> Snapshot {
+        let built: Vec<Zone> = zones
+            .into_iter()
+            .map(|data| {
+                let peers = options.peers.get(&data.origin.key()).cloned().unwrap_or_default();
+                let mut zone = build::build_zone(data, options.metrics);
+                zone.transfer.allow = peers.allow_transfer;
+                zone.transfer.notify = peers.notify;
+                zone
+            })
+            .collect();
         let names = NameIndex::build(&built);
         let chaos_tail = |text: &str| {
             let mut rdata = Vec::new();
@@ -388,9 +399,9 @@ impl Snapshot {
         Snapshot {
             names,
             zones: built,
-            chaos_identity: identity.map(chaos_tail),
-            chaos_version: version.map(chaos_tail),
-            tsig_keys: Vec::new(),
+            chaos_identity: options.identity.map(chaos_tail),
+            chaos_version: options.version.map(chaos_tail),
+            tsig_keys: options.keys.to_vec(),
         }
     }
 
@@ -415,7 +426,7 @@ impl Snapshot {
         }
     }
 
-    /// The zones, for `app` to attach transfer settings before publishing.
+    /// The zones, for `transfer::history` to attach versions before publishing.
     pub fn zones_mut(&mut self) -> &mut [Zone] {
         &mut self.zones
     }
@@ -423,11 +434,6 @@ impl Snapshot {
     /// The zones served, in config order.
     pub fn zones(&self) -> &[Zone] {
         &self.zones
-    }
-
-    /// Number of owner names (empty non-terminals included).
-    pub fn name_count(&self) -> usize {
-        self.names.len()
     }
 }
 
@@ -445,299 +451,6 @@ pub(crate) fn key_is_subdomain(name: &[u8], ancestor: &[u8]) -> bool {
         pos += name[pos] as usize + 1;
     }
     pos == start
-}
-
-/// Reads and validates every zone of the config; all errors of all files together.
-pub fn load_zones(config: &Config) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
-    let mut zones = Vec::new();
-    let mut errors = Vec::new();
-    for zone_config in &config.zones {
-        match zone::load(zone_config, &config.health_defaults) {
-            Ok(data) => zones.push(data),
-            Err(mut e) => errors.append(&mut e),
-        }
-    }
-    if errors.is_empty() { Ok(zones) } else { Err(errors) }
-}
-
-fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
-    let content_digest = data.content_digest();
-    let ZoneData {
-        origin,
-        records,
-        members,
-        pools,
-    } = data;
-    let origin_key = origin.key();
-    let owners = Owners::new(&records, &members);
-
-    // Names that own no record yet need a node: pool names, and the empty non-terminals
-    // between owners and the apex. A walk up from a name stops at the first ancestor that
-    // owns records or is already known, so member names directly below the apex add none.
-    let mut bare: Vec<Name> = pools
-        .iter()
-        .filter(|p| owners.find(p.name.wire()).is_none())
-        .map(|p| p.name.clone())
-        .collect();
-    let mut bare_keys: HashSet<Box<[u8]>> = bare.iter().map(Name::key).collect();
-    let mut empty_non_terminals = Vec::new();
-    for name in owners.iter().map(|o| o.name()).chain(&bare) {
-        for ancestor in ancestors(name.wire()) {
-            // Shorter than the origin: above the zone (every name here lies inside it).
-            if ancestor.len() < origin.wire().len()
-                || owners.find(ancestor).is_some()
-                || !bare_keys.insert(ancestor.to_ascii_lowercase().into_boxed_slice())
-            {
-                break;
-            }
-            empty_non_terminals.push(Name::from_wire_unchecked(ancestor));
-        }
-    }
-    drop(bare_keys);
-    bare.append(&mut empty_non_terminals);
-    bare.sort_by(|a, b| compare_keys(a.wire(), b.wire()));
-
-    // Nodes are the owners and the bare names merged in key order; a name's node number is
-    // its rank among both.
-    let node_of = |wire: &[u8]| -> Option<u32> {
-        let bare_before = bare.partition_point(|b| compare_keys(b.wire(), wire).is_lt());
-        let rank = match owners.search(wire) {
-            Ok(k) => k,
-            Err(k)
-                if bare
-                    .get(bare_before)
-                    .is_some_and(|b| b.wire().eq_ignore_ascii_case(wire)) =>
-            {
-                k
-            }
-            Err(_) => return None,
-        };
-        Some((rank + bare_before) as u32)
-    };
-
-    // Sized up front (every owner name once, every record's tail, CNAME chase keys at most
-    // as long as their targets), so the arena does not double its way past what it needs.
-    let expected_bytes: usize = owners.iter().map(|o| o.name().wire().len()).sum::<usize>()
-        + bare.iter().map(|n| n.wire().len()).sum::<usize>()
-        + records
-            .iter()
-            .map(|r| 10 + r.rdata.len() * if r.rtype == rtype::CNAME { 2 } else { 1 })
-            .sum::<usize>()
-        + members.iter().map(|m| 10 + m.target.wire().len()).sum::<usize>();
-    let mut arena = Arena {
-        bytes: Vec::with_capacity(expected_bytes),
-        overflowed: false,
-    };
-    let mut rrset_table: Vec<RRset> = Vec::with_capacity(owners.len());
-    let mut additionals: Vec<Additional> = Vec::new();
-    let mut nodes = Vec::with_capacity(owners.len() + bare.len());
-    // One encoding buffer, reused for every RRset.
-    let mut tails = Vec::new();
-    let (mut next_owner, mut next_bare) = (0, 0);
-    while next_owner < owners.len() || next_bare < bare.len() {
-        let owner = (next_owner < owners.len())
-            .then(|| owners.owner(next_owner))
-            .filter(|o| {
-                bare.get(next_bare)
-                    .is_none_or(|b| compare_keys(o.name().wire(), b.wire()).is_lt())
-            });
-        let name = match owner {
-            Some(o) => {
-                next_owner += 1;
-                o.name()
-            }
-            None => {
-                next_bare += 1;
-                &bare[next_bare - 1]
-            }
-        };
-        let name_span = arena.push(name.wire());
-        let rrsets_start = rrset_table.len() as u32;
-        for (t, items) in owner.iter().flat_map(|o| o.rrsets()) {
-            tails.clear();
-            let additional_start = additionals.len() as u32;
-            for &i in items {
-                let r = owners.item(i);
-                encode_tail(&mut tails, t, rtype::CLASS_IN, r.ttl, r.rdata);
-                let target = match t {
-                    rtype::NS => Some(r.rdata),
-                    rtype::MX => r.rdata.get(2..),
-                    rtype::SRV => r.rdata.get(6..),
-                    _ => None,
-                };
-                let Some(target) = target.filter(|t| key_is_subdomain(&t.to_ascii_lowercase(), &origin_key))
-                else {
-                    continue;
-                };
-                let Some(glue_owner) = owners.find(target) else {
-                    continue;
-                };
-                for address in [rtype::A, rtype::AAAA].iter().filter_map(|&t| glue_owner.get(t)) {
-                    let mut glue = Vec::new();
-                    for &a in address {
-                        let a = owners.item(a);
-                        encode_tail(&mut glue, a.rtype, rtype::CLASS_IN, a.ttl, a.rdata);
-                    }
-                    additionals.push(Additional {
-                        owner: arena.push(glue_owner.name().wire()),
-                        count: address.len() as u16,
-                        tails: arena.push(&glue),
-                    });
-                }
-            }
-            let chase = (t == rtype::CNAME)
-                .then(|| owners.item(items[0]).rdata.to_ascii_lowercase())
-                .filter(|target| key_is_subdomain(target, &origin_key))
-                .map_or(Span::default(), |target| arena.push(&target));
-            rrset_table.push(RRset {
-                rtype: t,
-                count: items.len() as u16,
-                tails: arena.push(&tails),
-                chase,
-                additional_start,
-                additional_len: additionals.len() as u32 - additional_start,
-            });
-        }
-        // The topmost cut among this node and its ancestors below the apex.
-        let cut = owners
-            .cut_above(name.wire(), &origin)
-            .or_else(|| owners.is_cut(name.wire(), &origin).then_some(name.wire()))
-            .and_then(node_of);
-        let wildcard = name.wildcard_child().and_then(|w| node_of(w.wire()));
-        let pool = pools
-            .iter()
-            .position(|p| p.name.wire().eq_ignore_ascii_case(name.wire()))
-            .map(|p| p as u32);
-        nodes.push(Node {
-            name: name_span,
-            rrsets_start,
-            rrsets_len: rrset_table.len() as u32 - rrsets_start,
-            cut: cut.unwrap_or(NO_INDEX),
-            wildcard: wildcard.unwrap_or(NO_INDEX),
-            pool: pool.unwrap_or(NO_INDEX),
-        });
-    }
-
-    let apex_soa = owners
-        .find(origin.wire())
-        .and_then(|apex| apex.get(rtype::SOA).map(|items| apex.item(items[0])));
-    let (negative_soa, serial) = match apex_soa {
-        Some(soa) => {
-            let minimum = soa.rdata.len().checked_sub(4).map_or(0, |at| {
-                u32::from_be_bytes([
-                    soa.rdata[at],
-                    soa.rdata[at + 1],
-                    soa.rdata[at + 2],
-                    soa.rdata[at + 3],
-                ])
-            });
-            let serial = soa.rdata.len().checked_sub(20).map_or(0, |at| {
-                u32::from_be_bytes([
-                    soa.rdata[at],
-                    soa.rdata[at + 1],
-                    soa.rdata[at + 2],
-                    soa.rdata[at + 3],
-                ])
-            });
-            let mut tail = Vec::new();
-            encode_tail(
-                &mut tail,
-                rtype::SOA,
-                rtype::CLASS_IN,
-                soa.ttl.min(minimum),
-                soa.rdata,
-            );
-            (tail.into_boxed_slice(), serial)
-        }
-        // Validation guarantees an SOA; an empty tail keeps the builder total anyway.
-        None => (Box::default(), 0),
-    };
-
-    let zone_label = origin.to_string();
-    let mut built_pools = Vec::with_capacity(pools.len());
-    for def in pools {
-        let pool_label = def.name.to_string();
-        // Large pools count picks per pool, not per member (see metrics).
-        let per_member_series = def.members.len() <= crate::metrics::PER_MEMBER_SERIES_LIMIT;
-        let mut entries = Vec::with_capacity(def.members.len());
-        for &m in &def.members {
-            let member = &members[m];
-            // The member's node holds exactly one record, its CNAME (members never share a
-            // name with the zone file); its RDATA and chase key serve the pool too.
-            let cname = node_of(member.name.wire())
-                .and_then(|n| nodes.get(n as usize))
-                .and_then(|node| {
-                    node.rrsets_in(&rrset_table)
-                        .iter()
-                        .find(|r| r.rtype == rtype::CNAME)
-                });
-            let (target, chase) = match cname {
-                Some(rrset) if rrset.tails.len >= 10 => (
-                    Span {
-                        start: rrset.tails.start + 10,
-                        len: rrset.tails.len - 10,
-                    },
-                    rrset.chase,
-                ),
-                // Unreachable for validated data; encode the target on its own then.
-                _ => (
-                    arena.push(member.target.wire()),
-                    if member.target.is_subdomain_of(&origin) {
-                        arena.push(&member.target.key())
-                    } else {
-                        Span::default()
-                    },
-                ),
-            };
-            let picks = metrics.map(|m| {
-                let label = if per_member_series {
-                    member.label()
-                } else {
-                    "*".into()
-                };
-                m.pick_counter(&zone_label, &pool_label, &label)
-            });
-            entries.push(PoolEntry { target, chase, picks });
-        }
-        let pool = Pool {
-            def,
-            entries,
-            table: ArcSwap::from_pointee(PickTable::default()),
-        };
-        // Until the health checker has a say, every member counts at its configured weight.
-        let configured: Vec<(u64, u64)> = pool
-            .def
-            .members
-            .iter()
-            .map(|&m| {
-                let w = u64::from(members[m].weight) * crate::health::WEIGHT_SCALE;
-                (w, w)
-            })
-            .collect();
-        pool.publish(&configured);
-        built_pools.push(pool);
-    }
-    if arena.overflowed {
-        tracing::error!(zone = %origin, "zone tables pass 4 GiB: some answers will be empty");
-    }
-
-    rrset_table.shrink_to_fit();
-    additionals.shrink_to_fit();
-
-    Zone {
-        origin,
-        serial,
-        content_digest,
-        nodes,
-        rrsets: rrset_table,
-        additionals,
-        bytes: arena.bytes.into_boxed_slice(),
-        negative_soa,
-        pools: built_pools,
-        members,
-        records,
-        transfer: Default::default(),
-    }
 }
 
 #[cfg(test)]

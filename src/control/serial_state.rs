@@ -1,4 +1,4 @@
-//! The served serials, kept across restarts.
+//! The served serials, kept across restarts (`[server] state-file`).
 //!
 //! The serial policy raises a zone's serial when its content changes and the operator did not
 //! raise it. Without memory of what was served, a restart would serve the file's serial again,

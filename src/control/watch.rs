@@ -1,118 +1,30 @@
-//! Reloading: SOA serial policy (RFC 1982 arithmetic), what needs a restart, and the file
-//! watcher that turns edits (editor write-rename, git checkout of several files) into one
-//! debounced reload request.
+//! The file watcher: turns edits (editor write-rename, git checkout of several files, a whole
+//! directory swapped) into one debounced reload request.
 //!
-//! The reload itself (load, validate, swap) is `app::Control::reload`; this module must not
-//! touch the published snapshot.
+//! It only asks: the reload itself is `Control::rebuild`. It never touches the snapshot.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, SerialPolicy};
+use crate::config::Config;
+use crate::sync::{lock, read, write};
 
 /// Quiet period after the last file event before reloading: long enough for a git checkout or
 /// an editor's write + rename to finish, short enough to feel immediate.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// RFC 1982 §3.2: `a` is greater than `b` in serial number arithmetic.
-pub fn serial_gt(a: u32, b: u32) -> bool {
-    a != b && a.wrapping_sub(b) < 0x8000_0000
-}
-
-/// The serial to serve for a zone.
-///
-/// `previous` is (served serial, content digest) of the running zone, if any. The served serial
-/// never goes backwards: a file serial that is not greater than the served one is replaced
-/// when the content changed (per `policy`) and kept when it did not.
-pub fn choose_serial(
-    policy: SerialPolicy,
-    previous: Option<(u32, u64)>,
-    file_serial: u32,
-    digest: u64,
-    now: SystemTime,
-) -> u32 {
-    let Some((served, old_digest)) = previous else {
-        return file_serial;
-    };
-    if serial_gt(file_serial, served) {
-        return file_serial;
-    }
-    if digest == old_digest {
-        return served;
-    }
-    let next = served.wrapping_add(1);
-    let candidate = match policy {
-        SerialPolicy::Keep => return served,
-        SerialPolicy::Increment => next,
-        SerialPolicy::Unixtime => now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(next, |d| d.as_secs() as u32),
-        SerialPolicy::Dateserial => date_serial(now),
-    };
-    if serial_gt(candidate, served) {
-        candidate
-    } else {
-        next
-    }
-}
-
-/// YYYYMMDD00 for the UTC date of `now`.
-fn date_serial(now: SystemTime) -> u32 {
-    let days = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year * 1_000_000 + month * 10_000 + day * 100) as u32
-}
-
-/// Settings that only a restart applies, described for the operator.
-pub fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
-    let mut changes = Vec::new();
-    if running.listen != new.listen {
-        changes.push("server.listen".to_string());
-    }
-    if running.http_listen != new.http_listen {
-        changes.push("server.http-listen".to_string());
-    }
-    if running.udp_workers != new.udp_workers {
-        changes.push("server.udp-workers".to_string());
-    }
-    if running.query_log_sample != new.query_log_sample {
-        changes.push("server.query-log-sample".to_string());
-    }
-    if running.query_metrics != new.query_metrics {
-        changes.push("server.query-metrics".to_string());
-    }
-    if format!("{:?}", running.limits) != format!("{:?}", new.limits) {
-        changes.push("limits".to_string());
-    }
-    if running.rrl != new.rrl {
-        changes.push("rrl".to_string());
-    }
-    changes
-}
-
 /// The files a config reads: itself, every zone file and members file.
 fn watched_files(config: &Config) -> HashSet<PathBuf> {
     let mut files = HashSet::new();
     files.insert(absolute(&config.path));
-    for zone in &config.zones {
-        files.insert(absolute(&zone.file));
-        if let Some(members) = &zone.members {
+    for zone in &config.live.zones {
+        files.insert(absolute(&zone.source.file));
+        if let Some(members) = &zone.source.members {
             files.insert(absolute(members));
         }
     }
@@ -206,8 +118,8 @@ impl WatchHandle {
         let Some(watcher) = self.watcher.upgrade() else {
             return;
         };
-        let new_dirs = self.watched.write().unwrap_or_else(|p| p.into_inner()).add(files);
-        let mut w = watcher.lock().unwrap_or_else(|p| p.into_inner());
+        let new_dirs = write(&self.watched).add(files);
+        let mut w = lock(&watcher);
         for dir in new_dirs {
             match w.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => tracing::info!(dir = %dir.display(), "watching a new directory"),
@@ -239,27 +151,27 @@ impl FileWatcher {
     pub fn start(files: HashSet<PathBuf>, requests: mpsc::Sender<()>) -> notify::Result<FileWatcher> {
         let (events, mut raw) = mpsc::unbounded_channel::<Change>();
         let watched = Arc::new(RwLock::new(Watched::default()));
-        let dirs = watched.write().unwrap_or_else(|p| p.into_inner()).add(files);
+        let dirs = write(&watched).add(files);
         let seen = watched.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if matches!(event.kind, notify::EventKind::Access(_)) {
                 return;
             }
-            let watched = seen.read().unwrap_or_else(|p| p.into_inner());
+            let watched = read(&seen);
             if event.paths.iter().any(|p| watched.concerns(p)) {
                 let _ = events.send(Change::Files);
             }
         })?;
         let watcher = Arc::new(Mutex::new(watcher));
         {
-            let mut w = watcher.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = lock(&watcher);
             for dir in &dirs {
                 w.watch(dir, RecursiveMode::NonRecursive)?;
             }
         }
         let identities_of = |watched: &RwLock<Watched>| -> Vec<(PathBuf, Option<(u64, u64)>)> {
-            let watched = watched.read().unwrap_or_else(|p| p.into_inner());
+            let watched = read(watched);
             watched
                 .dirs
                 .iter()
@@ -300,8 +212,8 @@ impl FileWatcher {
                 }
                 if rearm {
                     let Some(watcher) = weak.upgrade() else { return };
-                    let dirs = list.read().unwrap_or_else(|p| p.into_inner()).dirs.clone();
-                    let mut w = watcher.lock().unwrap_or_else(|p| p.into_inner());
+                    let dirs = read(&list).dirs.clone();
+                    let mut w = lock(&watcher);
                     for dir in &dirs {
                         let _ = w.unwatch(dir);
                         if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
@@ -325,50 +237,5 @@ impl FileWatcher {
             watcher: Arc::downgrade(&self.watcher),
             watched: self.watched.clone(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serial_arithmetic_wraps() {
-        assert!(serial_gt(2, 1));
-        assert!(serial_gt(0, u32::MAX));
-        assert!(!serial_gt(1, 2));
-        assert!(!serial_gt(5, 5));
-    }
-
-    #[test]
-    fn serial_never_goes_backwards() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        // First load: the file's serial.
-        assert_eq!(choose_serial(SerialPolicy::Increment, None, 7, 1, now), 7);
-        // The operator raised it.
-        assert_eq!(choose_serial(SerialPolicy::Increment, Some((7, 1)), 8, 2, now), 8);
-        // Content changed, serial not raised.
-        assert_eq!(choose_serial(SerialPolicy::Increment, Some((7, 1)), 7, 2, now), 8);
-        assert_eq!(choose_serial(SerialPolicy::Keep, Some((7, 1)), 7, 2, now), 7);
-        assert_eq!(
-            choose_serial(SerialPolicy::Unixtime, Some((7, 1)), 7, 2, now),
-            1_795_000_000
-        );
-        assert_eq!(
-            choose_serial(SerialPolicy::Dateserial, Some((7, 1)), 7, 2, now),
-            2_026_111_800
-        );
-        // A date serial below the served one still moves forward by one.
-        assert_eq!(
-            choose_serial(SerialPolicy::Dateserial, Some((2_030_010_100, 1)), 5, 2, now),
-            2_030_010_101
-        );
-        // Unchanged content keeps the served serial even if the file's went down.
-        assert_eq!(choose_serial(SerialPolicy::Increment, Some((9, 1)), 3, 1, now), 9);
-        // Wrap-around.
-        assert_eq!(
-            choose_serial(SerialPolicy::Increment, Some((u32::MAX, 1)), u32::MAX, 2, now),
-            0
-        );
     }
 }

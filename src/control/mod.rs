@@ -1,0 +1,499 @@
+//! The control plane's reload pipeline: load -> validate -> build -> publish -> notify, with
+//! one entry, `Control::rebuild`, that every trigger uses (start, file watcher, SIGHUP,
+//! `POST /reload`, the health-driven transfer-pick refresh).
+//!
+//! It is the one place a Snapshot is stored. It owns the running config, the reload reports
+//! and the served-serial state file; it must not answer queries or run probes.
+
+pub mod serial_state;
+pub mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, SerialPolicy};
+use crate::diag::Diagnostic;
+use crate::health::HealthManager;
+use crate::metrics::Metrics;
+use crate::server::Shared;
+use crate::snapshot::{BuildOptions, Snapshot};
+use crate::sync::lock;
+use crate::transfer::history;
+use crate::transfer::notifier::Notifier;
+use crate::zone::serial::choose_serial;
+use crate::zone::{self, ZoneData};
+use serial_state::SerialState;
+use watch::WatchHandle;
+
+/// The outcome of one load or reload, as status and `POST /reload` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub ok: bool,
+    /// What asked for it: "start", "file change", "SIGHUP", "http".
+    pub trigger: String,
+    pub at_unix: u64,
+    /// `file:line: reason` for every problem found; empty on success.
+    pub errors: Vec<String>,
+    /// Settings changed in the config that only a restart applies.
+    pub restart_needed: Vec<String>,
+    /// Served serial per zone after this reload (unchanged zones included).
+    pub serials: BTreeMap<String, u32>,
+    pub duration_ms: f64,
+}
+
+/// Command-line settings that win over the config file, on start and on every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<Vec<SocketAddr>>,
+    pub http_listen: Option<Option<SocketAddr>>,
+}
+
+impl Overrides {
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(listen) = &self.listen {
+            config.restart.listen = listen.clone();
+        }
+        if let Some(http) = self.http_listen {
+            config.restart.http_listen = http;
+        }
+    }
+}
+
+/// What a rebuild starts from.
+enum Change {
+    /// The first load: this config, serials continuing from the state file.
+    Start(Box<Config>),
+    /// The config file and every zone file read again.
+    Reload,
+    /// The published data again, with a new serial for these zones (lowercased origins):
+    /// health moved their transfer pick.
+    TransferPicks(Vec<Box<[u8]>>),
+}
+
+/// A rebuild that was published.
+struct Published {
+    serials: BTreeMap<String, u32>,
+    restart_needed: Vec<String>,
+}
+
+/// The last reload attempt and the last successful one.
+#[derive(Debug, Default)]
+struct Reports {
+    last: Option<ReloadReport>,
+    last_success: Option<ReloadReport>,
+}
+
+/// Everything the control plane needs; shared by the HTTP endpoint, signals and watcher.
+#[derive(Debug)]
+pub struct Control {
+    pub shared: Arc<Shared>,
+    pub health: Arc<HealthManager>,
+    pub metrics: Metrics,
+    /// The config as running (overrides applied, restart-only settings as started).
+    config: Mutex<Config>,
+    overrides: Overrides,
+    reports: Mutex<Reports>,
+    /// Held for a whole rebuild, so rebuilds never overlap. Inside: when health last raised
+    /// each zone's serial (per `transfer-pick-refresh`).
+    rebuilding: tokio::sync::Mutex<HashMap<Box<[u8]>, Instant>>,
+    ready: AtomicBool,
+    notifier: Notifier,
+    /// Serialises scrapes: gauges are reset and refilled, so two at once could see gaps.
+    scrape: Mutex<()>,
+    /// Adds the files a reload read for the first time to the file watcher.
+    watch: OnceLock<WatchHandle>,
+}
+
+/// Reads and validates every zone of the config; all errors of all files together.
+pub fn load_zones(config: &Config) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
+    let mut zones = Vec::new();
+    let mut errors = Vec::new();
+    for zone_config in &config.live.zones {
+        match zone::load(&zone_config.source, &config.live.health_defaults) {
+            Ok(data) => zones.push(data),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() { Ok(zones) } else { Err(errors) }
+}
+
+/// Builds a snapshot of `zones` with everything `config` says about them.
+pub fn build_snapshot(zones: Vec<ZoneData>, config: &Config, metrics: Option<&Metrics>) -> Snapshot {
+    let options = BuildOptions {
+        identity: config.live.identity.as_deref(),
+        version: config.live.version.as_deref(),
+        keys: &config.live.keys,
+        peers: config
+            .live
+            .zones
+            .iter()
+            .map(|z| (z.origin().key(), z.peers.clone()))
+            .collect(),
+        metrics,
+    };
+    Snapshot::build(zones, &options)
+}
+
+/// Loads every zone of the config and builds a snapshot (what `check` validates).
+pub fn load(config: &Config) -> Result<Snapshot, Vec<Diagnostic>> {
+    Ok(build_snapshot(load_zones(config)?, config, None))
+}
+
+/// Sets each zone's served serial by its policy, from what `previous` says was served.
+fn apply_serial_policy(
+    zones: &mut [ZoneData],
+    config: &Config,
+    previous: impl Fn(&zone::name::Name) -> Option<(u32, u64)>,
+) {
+    for zone in zones {
+        let served = choose_serial(
+            config.serial_policy(&zone.origin),
+            previous(&zone.origin),
+            zone.serial(),
+            zone.content_digest(),
+            SystemTime::now(),
+        );
+        zone.set_serial(served);
+    }
+}
+
+/// The config and zone data a change leads to, serials chosen.
+fn load_change(
+    change: Change,
+    running: &Config,
+    previous: &Snapshot,
+    overrides: &Overrides,
+) -> Result<(Config, Vec<ZoneData>), Vec<Diagnostic>> {
+    match change {
+        Change::Start(config) => {
+            let mut zones = load_zones(&config)?;
+            // What was served before the restart: the serial continues from there.
+            let state = config.live.state_file.as_deref().map(SerialState::read);
+            apply_serial_policy(&mut zones, &config, |origin| {
+                state.as_ref().and_then(|s| s.previous(origin))
+            });
+            Ok((*config, zones))
+        }
+        Change::Reload => {
+            let mut config = Config::load(&running.path)?;
+            overrides.apply(&mut config);
+            let mut zones = load_zones(&config)?;
+            apply_serial_policy(&mut zones, &config, |origin| {
+                previous
+                    .zones()
+                    .iter()
+                    .find(|z| z.origin.key() == origin.key())
+                    .map(|z| (z.serial, z.content_digest))
+            });
+            Ok((config, zones))
+        }
+        Change::TransferPicks(due) => {
+            let mut zones = zones_of(previous);
+            for (zone, data) in previous.zones().iter().zip(&mut zones) {
+                if due.contains(&zone.origin.key()) {
+                    // The transferred content changed (the pick), whatever the digest says.
+                    data.set_serial(choose_serial(
+                        running.serial_policy(&zone.origin),
+                        Some((zone.serial, zone.content_digest)),
+                        zone.serial,
+                        !zone.content_digest,
+                        SystemTime::now(),
+                    ));
+                }
+            }
+            Ok((running.clone(), zones))
+        }
+    }
+}
+
+/// The published zones as data again, for a rebuild that changes only serials.
+fn zones_of(snapshot: &Snapshot) -> Vec<ZoneData> {
+    snapshot
+        .zones()
+        .iter()
+        .map(|zone| {
+            let mut data = ZoneData {
+                origin: zone.origin.clone(),
+                records: zone.records.clone(),
+                members: zone.members.clone(),
+                pools: zone.pools.iter().map(|p| p.def.clone()).collect(),
+            };
+            data.set_serial(zone.serial);
+            data
+        })
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn serials_of(snapshot: &Snapshot) -> BTreeMap<String, u32> {
+    snapshot
+        .zones()
+        .iter()
+        .map(|z| (z.origin.to_string(), z.serial))
+        .collect()
+}
+
+/// Records the served serials in the state file, when one is configured and they changed.
+/// A failure is logged: the zone is served all the same.
+fn save_serial_state(config: &Config, snapshot: &Snapshot, previous: &Snapshot) {
+    let Some(path) = &config.live.state_file else {
+        return;
+    };
+    let state = SerialState::of(snapshot);
+    if SerialState::of(previous) == state {
+        return;
+    }
+    if let Err(e) = state.write(path) {
+        tracing::warn!(file = %path.display(), "cannot save the served serials: {e}");
+    }
+}
+
+impl Control {
+    /// A control plane for `shared` (whose snapshot is replaced by the first `start`).
+    pub fn new(
+        shared: Arc<Shared>,
+        health: Arc<HealthManager>,
+        config: Config,
+        overrides: Overrides,
+    ) -> Control {
+        Control {
+            metrics: shared.metrics.clone(),
+            shared,
+            health,
+            config: Mutex::new(config),
+            overrides,
+            reports: Mutex::default(),
+            rebuilding: tokio::sync::Mutex::default(),
+            ready: AtomicBool::new(false),
+            notifier: Notifier::default(),
+            scrape: Mutex::default(),
+            watch: OnceLock::new(),
+        }
+    }
+
+    /// The first load and publication; errors are the files' problems.
+    pub async fn start(&self) -> Result<ReloadReport, Vec<Diagnostic>> {
+        let config = lock(&self.config).clone();
+        let started = Instant::now();
+        let published = self.rebuild(Change::Start(Box::new(config))).await?;
+        let report = self.report("start", started, Ok(published));
+        self.record(&report);
+        Ok(report)
+    }
+
+    /// Connects the file watcher, which then learns of files that later reloads read.
+    pub fn attach_watcher(&self, handle: WatchHandle) {
+        let _ = self.watch.set(handle);
+    }
+
+    /// The config as running.
+    pub fn config(&self) -> Config {
+        lock(&self.config).clone()
+    }
+
+    /// Zones loaded and sockets bound.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The last reload attempt and the last successful one.
+    pub fn reload_reports(&self) -> (Option<ReloadReport>, Option<ReloadReport>) {
+        let reports = lock(&self.reports);
+        (reports.last.clone(), reports.last_success.clone())
+    }
+
+    /// Reads the config and every zone again; on success swaps the new Snapshot in at once,
+    /// on failure keeps serving the old one. Reloads never overlap.
+    pub async fn reload(&self, trigger: &str) -> ReloadReport {
+        let started = Instant::now();
+        let outcome = self.rebuild(Change::Reload).await;
+        if let Err(errors) = &outcome {
+            for e in errors {
+                tracing::error!(trigger, "reload failed, still serving the previous data: {e}");
+            }
+        }
+        let report = self.report(trigger, started, outcome);
+        if report.ok {
+            tracing::info!(trigger, serials = ?report.serials, "reloaded");
+        }
+        self.record(&report);
+        report
+    }
+
+    /// When health moved a shared name's transfer pick, raises the zone's serial (at most once
+    /// per `transfer-pick-refresh`) so secondaries follow. Zones nobody transfers are skipped.
+    pub async fn refresh_transfer_picks(&self) {
+        let due = {
+            let bumps = self.rebuilding.lock().await;
+            self.pick_changes_due(&bumps)
+        };
+        if due.is_empty() {
+            return;
+        }
+        match self.rebuild(Change::TransferPicks(due)).await {
+            Ok(published) => tracing::info!(
+                serials = ?published.serials,
+                "shared-name transfer pick changed with health: serial raised"
+            ),
+            Err(errors) => tracing::error!(?errors, "transfer-pick refresh failed"),
+        }
+    }
+
+    /// Zones whose served transfer pick differs from what health now says, and whose last
+    /// health-driven serial is at least `transfer-pick-refresh` old.
+    fn pick_changes_due(&self, bumps: &HashMap<Box<[u8]>, Instant>) -> Vec<Box<[u8]>> {
+        let snapshot = self.shared.snapshot.load();
+        let config = lock(&self.config);
+        snapshot
+            .zones()
+            .iter()
+            .filter(|zone| !zone.transfer.allow.is_empty() && !zone.pools.is_empty())
+            // Under `keep` the serial is the operator's to move: secondaries follow a pick
+            // change only with the next serial the operator sets.
+            .filter(|zone| config.serial_policy(&zone.origin) != SerialPolicy::Keep)
+            .filter(|zone| history::picks_moved(zone))
+            .filter(|zone| {
+                let refresh = config
+                    .zone(&zone.origin)
+                    .map_or(Duration::from_secs(30), |z| z.transfer_pick_refresh);
+                bumps
+                    .get(&zone.origin.key())
+                    .is_none_or(|at| at.elapsed() >= refresh)
+            })
+            .map(|zone| zone.origin.key())
+            .collect()
+    }
+
+    /// The one rebuild path: load (or reuse) the data, choose serials, build, publish.
+    /// Rebuilds never overlap; a failed one changes nothing.
+    async fn rebuild(&self, change: Change) -> Result<Published, Vec<Diagnostic>> {
+        let mut bumps = self.rebuilding.lock().await;
+        let running = lock(&self.config).clone();
+        let previous = self.shared.snapshot.load_full();
+        let metrics = self.metrics.clone();
+        let overrides = self.overrides.clone();
+        let bumped = match &change {
+            Change::TransferPicks(due) => due.clone(),
+            Change::Start(_) | Change::Reload => Vec::new(),
+        };
+        let (running_now, previous_now) = (running.clone(), previous.clone());
+        // Parsing and building are CPU and file work: off the async workers.
+        let (config, snapshot) = tokio::task::spawn_blocking(move || {
+            let (config, zones) = load_change(change, &running_now, &previous_now, &overrides)?;
+            let snapshot = build_snapshot(zones, &config, Some(&metrics));
+            Ok::<_, Vec<Diagnostic>>((config, snapshot))
+        })
+        .await
+        .map_err(|join_error| {
+            vec![Diagnostic::file(
+                std::path::Path::new("reload"),
+                format!("reload task failed: {join_error}"),
+            )]
+        })??;
+        let restart_needed = running.restart.differences(&config.restart);
+        if !restart_needed.is_empty() {
+            tracing::warn!(settings = ?restart_needed, "config changes that need a restart were not applied");
+        }
+        // What needs a restart stays as it runs.
+        let config = config.with_restart_settings_of(&running);
+        if let Some(watch) = self.watch.get() {
+            // New zones, members files or `$INCLUDE`s elsewhere: watch them from now on.
+            watch.extend(watch::files_to_watch(&config, &snapshot));
+        }
+        for zone in bumped {
+            bumps.insert(zone, Instant::now());
+        }
+        let serials = self.publish(snapshot, &config);
+        *lock(&self.config) = config;
+        // The previous snapshot and the load's scratch tables are free now.
+        let _ = tokio::task::spawn_blocking(crate::memory::release_freed_memory).await;
+        Ok(Published {
+            serials,
+            restart_needed,
+        })
+    }
+
+    /// Publishes a built snapshot: health tables first (so nobody sees stale weights), then
+    /// the transfer history, the serial state, the swap, the RRL rates, and NOTIFY for zones
+    /// whose serial moved.
+    fn publish(&self, mut snapshot: Snapshot, config: &Config) -> BTreeMap<String, u32> {
+        let previous = self.shared.snapshot.load_full();
+        self.health.sync(&snapshot);
+        history::next(Some(&previous), &mut snapshot);
+        let serials = serials_of(&snapshot);
+        save_serial_state(config, &snapshot, &previous);
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.rrl.set_rates(config.live.rrl.clone());
+        // Tables of the published snapshot, in case a probe flipped meanwhile.
+        let current = self.shared.snapshot.load();
+        self.health.publish_tables(&current);
+        self.notifier.announce_changes(Some(&previous), &current);
+        self.metrics.zone_serial.reset();
+        for (zone, serial) in &serials {
+            self.metrics
+                .zone_serial
+                .with_label_values(&[zone])
+                .set(i64::from(*serial));
+        }
+        serials
+    }
+
+    fn report(
+        &self,
+        trigger: &str,
+        started: Instant,
+        outcome: Result<Published, Vec<Diagnostic>>,
+    ) -> ReloadReport {
+        let (ok, errors, restart_needed, serials) = match outcome {
+            Ok(published) => (true, Vec::new(), published.restart_needed, published.serials),
+            Err(errors) => (
+                false,
+                errors.iter().map(ToString::to_string).collect(),
+                Vec::new(),
+                serials_of(&self.shared.snapshot.load()),
+            ),
+        };
+        ReloadReport {
+            ok,
+            trigger: trigger.into(),
+            at_unix: unix_now(),
+            errors,
+            restart_needed,
+            serials,
+            duration_ms: started.elapsed().as_secs_f64() * 1_000.0,
+        }
+    }
+
+    fn record(&self, report: &ReloadReport) {
+        let outcome = if report.ok { "success" } else { "failure" };
+        self.metrics.reloads.with_label_values(&[outcome]).inc();
+        let mut reports = lock(&self.reports);
+        if report.ok {
+            self.metrics.last_reload_success.set(report.at_unix as i64);
+            reports.last_success = Some(report.clone());
+        }
+        reports.last = Some(report.clone());
+    }
+
+    /// The Prometheus text exposition, with gauges refreshed from current health.
+    pub fn scrape(&self) -> String {
+        let _one_at_a_time = lock(&self.scrape);
+        self.health
+            .refresh_gauges(&self.shared.snapshot.load(), &self.metrics);
+        self.metrics.encode()
+    }
+}

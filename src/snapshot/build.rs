@@ -1,0 +1,406 @@
+//! Building one zone's answer tables from validated zone data, in named steps: the nodes to
+//! create (owners, pool names, empty non-terminals), each node's RRsets encoded into the
+//! arena with their glue, the negative-answer SOA, and the pools.
+
+use std::collections::HashSet;
+
+use arc_swap::ArcSwap;
+
+use super::{
+    Additional, Arena, NO_INDEX, Node, Pool, PoolEntry, RRset, Span, Zone, encode_tail, key_is_subdomain,
+};
+use crate::metrics::Metrics;
+use crate::pick::{PickTable, WEIGHT_SCALE};
+use crate::zone::members::{Member, PoolDef};
+use crate::zone::name::Name;
+use crate::zone::owners::{Owner, Owners, ancestors, compare_keys};
+use crate::zone::{ZoneData, rtype};
+
+/// Builds one zone; with `metrics`, its pools' picks are counted.
+pub(super) fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
+    let content_digest = data.content_digest();
+    let ZoneData {
+        origin,
+        records,
+        members,
+        pools,
+    } = data;
+    let owners = Owners::new(&records, &members);
+    let bare = bare_names(&origin, &owners, &pools);
+    let numbering = Numbering {
+        owners: &owners,
+        bare: &bare,
+    };
+    let mut tables = Tables {
+        arena: Arena {
+            bytes: Vec::with_capacity(expected_arena_bytes(&owners, &bare, &records, &members)),
+            overflowed: false,
+        },
+        rrsets: Vec::with_capacity(owners.len()),
+        additionals: Vec::new(),
+        nodes: Vec::with_capacity(owners.len() + bare.len()),
+        origin_key: origin.key(),
+        tails: Vec::new(),
+    };
+    for (owner, name) in numbering.in_order() {
+        tables.push_node(&origin, &numbering, &pools, owner, name);
+    }
+    let (negative_soa, serial) = negative_soa_and_serial(&origin, &owners);
+    let pools = tables.pools(&origin, &numbering, pools, &members, metrics);
+    if tables.arena.overflowed {
+        tracing::error!(zone = %origin, "zone tables pass 4 GiB: some answers will be empty");
+    }
+    let Tables {
+        arena,
+        mut rrsets,
+        mut additionals,
+        nodes,
+        ..
+    } = tables;
+    rrsets.shrink_to_fit();
+    additionals.shrink_to_fit();
+    Zone {
+        origin,
+        serial,
+        content_digest,
+        nodes,
+        rrsets,
+        additionals,
+        bytes: arena.bytes.into_boxed_slice(),
+        negative_soa,
+        pools,
+        members,
+        records,
+        transfer: Default::default(),
+    }
+}
+
+/// Names that own no record yet need a node, sorted by key: pool names, and the empty
+/// non-terminals between owners and the apex. A walk up from a name stops at the first
+/// ancestor that owns records or is already known, so member names directly below the apex
+/// add none.
+fn bare_names(origin: &Name, owners: &Owners<'_>, pools: &[PoolDef]) -> Vec<Name> {
+    let mut bare: Vec<Name> = pools
+        .iter()
+        .filter(|p| owners.find(p.name.wire()).is_none())
+        .map(|p| p.name.clone())
+        .collect();
+    let mut bare_keys: HashSet<Box<[u8]>> = bare.iter().map(Name::key).collect();
+    let mut empty_non_terminals = Vec::new();
+    for name in owners.iter().map(|o| o.name()).chain(&bare) {
+        for ancestor in ancestors(name.wire()) {
+            // Shorter than the origin: above the zone (every name here lies inside it).
+            if ancestor.len() < origin.wire().len()
+                || owners.find(ancestor).is_some()
+                || !bare_keys.insert(ancestor.to_ascii_lowercase().into_boxed_slice())
+            {
+                break;
+            }
+            empty_non_terminals.push(Name::from_wire_unchecked(ancestor));
+        }
+    }
+    drop(bare_keys);
+    bare.append(&mut empty_non_terminals);
+    bare.sort_by(|a, b| compare_keys(a.wire(), b.wire()));
+    bare
+}
+
+/// The zone's nodes: the owners and the bare names merged in key order; a name's node number
+/// is its rank among both.
+struct Numbering<'n, 'a> {
+    owners: &'n Owners<'a>,
+    bare: &'n [Name],
+}
+
+impl<'n, 'a> Numbering<'n, 'a> {
+    fn node_of(&self, wire: &[u8]) -> Option<u32> {
+        let bare_before = self
+            .bare
+            .partition_point(|b| compare_keys(b.wire(), wire).is_lt());
+        let rank = match self.owners.search(wire) {
+            Ok(k) => k,
+            Err(k)
+                if self
+                    .bare
+                    .get(bare_before)
+                    .is_some_and(|b| b.wire().eq_ignore_ascii_case(wire)) =>
+            {
+                k
+            }
+            Err(_) => return None,
+        };
+        Some((rank + bare_before) as u32)
+    }
+
+    /// Every node in number order: (its owner when it has records, its name).
+    fn in_order(&self) -> impl Iterator<Item = (Option<Owner<'n, 'a>>, &'n Name)> + use<'n, 'a> {
+        let (owners, bare) = (self.owners, self.bare);
+        let (mut next_owner, mut next_bare) = (0, 0);
+        std::iter::from_fn(move || {
+            if next_owner >= owners.len() && next_bare >= bare.len() {
+                return None;
+            }
+            let owner = (next_owner < owners.len())
+                .then(|| owners.owner(next_owner))
+                .filter(|o| {
+                    bare.get(next_bare)
+                        .is_none_or(|b| compare_keys(o.name().wire(), b.wire()).is_lt())
+                });
+            match owner {
+                Some(o) => {
+                    next_owner += 1;
+                    Some((Some(o), o.name()))
+                }
+                None => {
+                    next_bare += 1;
+                    Some((None, &bare[next_bare - 1]))
+                }
+            }
+        })
+    }
+}
+
+/// The arena's size, computed up front (every owner name once, every record's tail, CNAME
+/// chase keys at most as long as their targets), so it does not double its way past what it
+/// needs.
+fn expected_arena_bytes(
+    owners: &Owners<'_>,
+    bare: &[Name],
+    records: &[crate::zone::Record],
+    members: &[Member],
+) -> usize {
+    owners.iter().map(|o| o.name().wire().len()).sum::<usize>()
+        + bare.iter().map(|n| n.wire().len()).sum::<usize>()
+        + records
+            .iter()
+            .map(|r| 10 + r.rdata.len() * if r.rtype == rtype::CNAME { 2 } else { 1 })
+            .sum::<usize>()
+        + members.iter().map(|m| 10 + m.target.wire().len()).sum::<usize>()
+}
+
+/// The tables being filled, node by node.
+struct Tables {
+    arena: Arena,
+    rrsets: Vec<RRset>,
+    additionals: Vec<Additional>,
+    nodes: Vec<Node>,
+    origin_key: Box<[u8]>,
+    /// One encoding buffer, reused for every RRset.
+    tails: Vec<u8>,
+}
+
+impl Tables {
+    /// Encodes one node: its name, its RRsets with their glue, and its links (cut, wildcard,
+    /// pool).
+    fn push_node(
+        &mut self,
+        origin: &Name,
+        numbering: &Numbering<'_, '_>,
+        pools: &[PoolDef],
+        owner: Option<Owner<'_, '_>>,
+        name: &Name,
+    ) {
+        let name_span = self.arena.push(name.wire());
+        let rrsets_start = self.rrsets.len() as u32;
+        if let Some(owner) = owner {
+            for (t, items) in owner.rrsets() {
+                self.push_rrset(numbering.owners, t, items);
+            }
+        }
+        let owners = numbering.owners;
+        // The topmost cut among this node and its ancestors below the apex.
+        let cut = owners
+            .cut_above(name.wire(), origin)
+            .or_else(|| owners.is_cut(name.wire(), origin).then_some(name.wire()))
+            .and_then(|w| numbering.node_of(w));
+        let wildcard = name.wildcard_child().and_then(|w| numbering.node_of(w.wire()));
+        let pool = pools
+            .iter()
+            .position(|p| p.name.wire().eq_ignore_ascii_case(name.wire()))
+            .map(|p| p as u32);
+        self.nodes.push(Node {
+            name: name_span,
+            rrsets_start,
+            rrsets_len: self.rrsets.len() as u32 - rrsets_start,
+            cut: cut.unwrap_or(NO_INDEX),
+            wildcard: wildcard.unwrap_or(NO_INDEX),
+            pool: pool.unwrap_or(NO_INDEX),
+        });
+    }
+
+    /// Encodes one RRset, the address records of the in-zone names it refers to, and for a
+    /// CNAME into the zone the key to follow the chain by.
+    fn push_rrset(&mut self, owners: &Owners<'_>, t: u16, items: &[u32]) {
+        self.tails.clear();
+        let additional_start = self.additionals.len() as u32;
+        for &i in items {
+            let r = owners.item(i);
+            encode_tail(&mut self.tails, t, rtype::CLASS_IN, r.ttl, r.rdata);
+            let target = match t {
+                rtype::NS => Some(r.rdata),
+                rtype::MX => r.rdata.get(2..),
+                rtype::SRV => r.rdata.get(6..),
+                _ => None,
+            };
+            if let Some(target) = target {
+                self.push_glue(owners, target);
+            }
+        }
+        let chase = (t == rtype::CNAME)
+            .then(|| owners.item(items[0]).rdata.to_ascii_lowercase())
+            .filter(|target| key_is_subdomain(target, &self.origin_key))
+            .map_or(Span::default(), |target| self.arena.push(&target));
+        let tails = self.arena.push(&self.tails);
+        self.rrsets.push(RRset {
+            rtype: t,
+            count: items.len() as u16,
+            tails,
+            chase,
+            additional_start,
+            additional_len: self.additionals.len() as u32 - additional_start,
+        });
+    }
+
+    /// The A and AAAA RRsets of `target` when it lies in the zone, as additional records.
+    fn push_glue(&mut self, owners: &Owners<'_>, target: &[u8]) {
+        if !key_is_subdomain(&target.to_ascii_lowercase(), &self.origin_key) {
+            return;
+        }
+        let Some(glue_owner) = owners.find(target) else {
+            return;
+        };
+        for address in [rtype::A, rtype::AAAA].iter().filter_map(|&t| glue_owner.get(t)) {
+            let mut glue = Vec::new();
+            for &a in address {
+                let a = owners.item(a);
+                encode_tail(&mut glue, a.rtype, rtype::CLASS_IN, a.ttl, a.rdata);
+            }
+            self.additionals.push(Additional {
+                owner: self.arena.push(glue_owner.name().wire()),
+                count: address.len() as u16,
+                tails: self.arena.push(&glue),
+            });
+        }
+    }
+
+    /// The pools: each member's CNAME target shared with its node, a pick counter, and a
+    /// first table at configured weights.
+    fn pools(
+        &mut self,
+        origin: &Name,
+        numbering: &Numbering<'_, '_>,
+        pools: Vec<PoolDef>,
+        members: &[Member],
+        metrics: Option<&Metrics>,
+    ) -> Vec<Pool> {
+        let zone_label = origin.to_string();
+        let mut built = Vec::with_capacity(pools.len());
+        for def in pools {
+            let pool_label = def.name.to_string();
+            // Large pools count picks per pool, not per member (see metrics).
+            let per_member_series = def.members.len() <= crate::metrics::PER_MEMBER_SERIES_LIMIT;
+            let mut entries = Vec::with_capacity(def.members.len());
+            for &m in &def.members {
+                let member = &members[m];
+                let (target, chase) = self.member_target(origin, numbering, member);
+                let picks = metrics.map(|metrics| {
+                    let label = if per_member_series {
+                        member.label()
+                    } else {
+                        "*".into()
+                    };
+                    metrics.pick_counter(&zone_label, &pool_label, &label)
+                });
+                entries.push(PoolEntry { target, chase, picks });
+            }
+            let pool = Pool {
+                def,
+                entries,
+                table: ArcSwap::from_pointee(PickTable::default()),
+            };
+            // Until the health checker has a say, every member counts at its configured weight.
+            let configured: Vec<(u64, u64)> = pool
+                .def
+                .members
+                .iter()
+                .map(|&m| {
+                    let w = u64::from(members[m].weight) * WEIGHT_SCALE;
+                    (w, w)
+                })
+                .collect();
+            pool.publish(&configured);
+            built.push(pool);
+        }
+        built
+    }
+
+    /// A member's target in wire form and its chase key: the RDATA of the member's own CNAME
+    /// (members never share a name with the zone file, so their node holds exactly that one
+    /// record), which the pool's answer shares.
+    fn member_target(
+        &mut self,
+        origin: &Name,
+        numbering: &Numbering<'_, '_>,
+        member: &Member,
+    ) -> (Span, Span) {
+        let cname = numbering
+            .node_of(member.name.wire())
+            .and_then(|n| self.nodes.get(n as usize))
+            .and_then(|node| {
+                node.rrsets_in(&self.rrsets)
+                    .iter()
+                    .find(|r| r.rtype == rtype::CNAME)
+            });
+        match cname {
+            Some(rrset) if rrset.tails.len >= 10 => (
+                Span {
+                    start: rrset.tails.start + 10,
+                    len: rrset.tails.len - 10,
+                },
+                rrset.chase,
+            ),
+            // Unreachable for validated data; encode the target on its own then.
+            _ => (
+                self.arena.push(member.target.wire()),
+                if member.target.is_subdomain_of(origin) {
+                    self.arena.push(&member.target.key())
+                } else {
+                    Span::default()
+                },
+            ),
+        }
+    }
+}
+
+/// The SOA tail for negative answers, its TTL min(SOA TTL, MINIMUM) (RFC 2308 §3), and the
+/// serial.
+fn negative_soa_and_serial(origin: &Name, owners: &Owners<'_>) -> (Box<[u8]>, u32) {
+    let apex_soa = owners
+        .find(origin.wire())
+        .and_then(|apex| apex.get(rtype::SOA).map(|items| apex.item(items[0])));
+    let Some(soa) = apex_soa else {
+        // Validation guarantees an SOA; an empty tail keeps the builder total anyway.
+        return (Box::default(), 0);
+    };
+    let minimum = soa_field(soa.rdata, 4);
+    let serial = soa_field(soa.rdata, 20);
+    let mut tail = Vec::new();
+    encode_tail(
+        &mut tail,
+        rtype::SOA,
+        rtype::CLASS_IN,
+        soa.ttl.min(minimum),
+        soa.rdata,
+    );
+    (tail.into_boxed_slice(), serial)
+}
+
+/// The u32 `from_end` octets before the end of SOA RDATA: 20 is SERIAL, 4 is MINIMUM
+/// (RFC 1035 §3.3.13); 0 when the RDATA is too short.
+fn soa_field(rdata: &[u8], from_end: usize) -> u32 {
+    rdata
+        .len()
+        .checked_sub(from_end)
+        .and_then(|at| rdata.get(at..at + 4))
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}

@@ -1,0 +1,53 @@
+//! NOTIFY bookkeeping: which serial each zone last announced, so that a newer serial stops
+//! the retries of an older one (`notify::spawn` does the sending).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::snapshot::{Snapshot, Zone};
+use crate::sync::lock;
+
+/// Per zone: a generation bumped for each announced serial.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    generations: Mutex<HashMap<Box<[u8]>, Arc<AtomicU64>>>,
+}
+
+impl Notifier {
+    /// NOTIFYs the zone's secondaries of its current serial; older retries stop.
+    pub fn announce(&self, snapshot: &Snapshot, zone: &Zone) {
+        let Some(version) = zone.transfer.current.as_ref() else {
+            return;
+        };
+        if zone.transfer.notify.is_empty() {
+            return;
+        }
+        let generation = {
+            let mut map = lock(&self.generations);
+            let generation = map.entry(zone.origin.key()).or_default().clone();
+            generation.fetch_add(1, Ordering::Relaxed);
+            generation
+        };
+        super::notify::spawn(
+            zone.origin.clone(),
+            zone.serial,
+            version.soa.clone(),
+            zone.transfer.notify.clone(),
+            snapshot.tsig_keys.clone(),
+            generation,
+        );
+    }
+
+    /// Announces every zone of `new` whose serial differs from `previous` (all of them when
+    /// there is no previous snapshot).
+    pub fn announce_changes(&self, previous: Option<&Snapshot>, new: &Snapshot) {
+        for zone in new.zones() {
+            let before =
+                previous.and_then(|p| p.zones().iter().find(|z| z.origin.key() == zone.origin.key()));
+            if before.is_none_or(|b| b.serial != zone.serial) {
+                self.announce(new, zone);
+            }
+        }
+    }
+}
