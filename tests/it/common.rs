@@ -1,19 +1,29 @@
 //! Shared harness: a copy of the example consortium in a temp dir, the server started on it,
 //! and raw UDP/TCP exchanges. Messages are built and parsed with hickory-proto, an independent
-//! DNS implementation.
+//! DNS implementation. Also what several test files need: NSD as a reference server or
+//! secondary (`Nsd`, in `common/nsd.rs`), records compared as sets (`Rr`), outside programs,
+//! and `consortium-dns check`.
 #![allow(dead_code)]
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use consortium_dns::app::{self, ServerHandle};
 use consortium_dns::config::Config;
 use hickory_proto::op::{Edns, Message, Query};
-use hickory_proto::rr::{DNSClass, Name, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hickory_proto::rr::rdata::CNAME;
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+mod nsd;
+
+pub use nsd::{Nsd, NsdKey};
 
 /// The repository root (where `config/` and `zones/` live).
 pub fn repo_root() -> PathBuf {
@@ -120,6 +130,16 @@ pub async fn udp_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The next datagram on a connected `socket`, or `None` when none comes within `wait`.
+pub async fn recv_within(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65_535];
+    match tokio::time::timeout(wait, socket.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(buf[..n].to_vec()),
+        Ok(Err(e)) => panic!("UDP receive failed: {e}"),
+        Err(_) => None,
+    }
+}
+
 /// One query over UDP, parsed.
 pub async fn udp(addr: SocketAddr, message: &Message) -> Message {
     let bytes = message.to_vec().expect("encode query");
@@ -130,28 +150,39 @@ pub async fn udp(addr: SocketAddr, message: &Message) -> Message {
 /// Sends length-prefixed messages on one TCP connection and reads `expect` answers.
 pub async fn tcp_raw(addr: SocketAddr, messages: &[Vec<u8>], expect: usize) -> Vec<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut frame = Vec::new();
-    for m in messages {
-        frame.extend_from_slice(&(m.len() as u16).to_be_bytes());
-        frame.extend_from_slice(m);
-    }
-    stream.write_all(&frame).await.expect("write");
+    let frames: Vec<u8> = messages.iter().flat_map(|m| frame(m)).collect();
+    stream.write_all(&frames).await.expect("write");
     let mut answers = Vec::new();
     for _ in 0..expect {
-        let read = async {
-            let len = stream.read_u16().await? as usize;
-            let mut buf = vec![0u8; len];
-            stream.read_exact(&mut buf).await?;
-            Ok::<_, std::io::Error>(buf)
-        };
         answers.push(
-            tokio::time::timeout(TIMEOUT, read)
+            tokio::time::timeout(TIMEOUT, read_frame(&mut stream))
                 .await
                 .expect("TCP answer in time")
                 .expect("read"),
         );
     }
     answers
+}
+
+/// A DNS message with its two-octet length prefix, as sent over TCP (RFC 1035 §4.2.2).
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 2);
+    out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Reads one length-prefixed DNS message (no timeout: the caller sets one).
+pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    let len = usize::from(stream.read_u16().await?);
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Writes one length-prefixed DNS message.
+pub async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, message: &[u8]) -> std::io::Result<()> {
+    stream.write_all(&frame(message)).await
 }
 
 /// One query over TCP, parsed.
@@ -224,7 +255,8 @@ pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, S
     (code, body.to_string())
 }
 
-/// A 127.0.0.1 port free for both UDP and TCP right now (for the binary's `--listen`).
+/// A 127.0.0.1 port free for both UDP and TCP right now (for the binary's `--listen`, or NSD),
+/// released for the caller to bind.
 pub fn free_port() -> u16 {
     for _ in 0..32 {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
@@ -264,4 +296,129 @@ pub fn raw_name(text: &str) -> Vec<u8> {
     }
     out.push(0);
     out
+}
+
+pub fn raw_question(qname: &str, qtype: u16, qclass: u16) -> Vec<u8> {
+    let mut out = raw_name(qname);
+    out.extend_from_slice(&qtype.to_be_bytes());
+    out.extend_from_slice(&qclass.to_be_bytes());
+    out
+}
+
+pub fn raw_id(bytes: &[u8]) -> u16 {
+    u16::from_be_bytes([bytes[0], bytes[1]])
+}
+
+pub fn raw_rcode(bytes: &[u8]) -> u8 {
+    bytes[3] & 0x0f
+}
+
+/// Lowercase hex of `bytes`, two digits an octet.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Seconds since 1970 by this machine's clock.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records compared as sets (the differential and transfer tests)
+// ---------------------------------------------------------------------------------------------
+
+/// A record as compared: owner lowercased, RDATA in canonical wire form (RFC 4034 §6.2: names
+/// inside lowercased where the type calls for it, TXT and unknown types byte for byte).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rr {
+    pub owner: String,
+    pub rtype: u16,
+    pub class: u16,
+    pub ttl: u32,
+    pub rdata: Vec<u8>,
+}
+
+impl Rr {
+    pub fn of(record: &Record) -> Rr {
+        let mut rdata = Vec::new();
+        let mut encoder = BinEncoder::new(&mut rdata);
+        encoder.set_canonical_form(true);
+        record.data.emit(&mut encoder).expect("RDATA re-encodes");
+        Rr {
+            owner: record.name.to_lowercase().to_ascii(),
+            rtype: u16::from(record.record_type()),
+            class: u16::from(record.dns_class),
+            ttl: record.ttl,
+            rdata,
+        }
+    }
+
+    pub fn cname(owner: &str, ttl: u32, target: &str) -> Rr {
+        Rr::of(&Record::from_rdata(
+            name(owner),
+            ttl,
+            RData::CNAME(CNAME(name(target))),
+        ))
+    }
+}
+
+impl fmt::Display for Rr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}",
+            self.owner,
+            self.ttl,
+            RecordType::from(self.rtype),
+            hex(&self.rdata)
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outside programs, and the binary's `check`
+// ---------------------------------------------------------------------------------------------
+
+/// The path of an outside program a test needs (on PATH or in the usual system directories);
+/// fails naming it, why the test needs it and its Debian package.
+pub fn program(name: &str, package: &str, why: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not installed: {why}. Install the Debian package `{package}` \
+                 (tests/run.sh does)"
+            )
+        })
+}
+
+/// `consortium-dns check` on the tree's config: success, stdout, stderr.
+pub fn run_check(tree: &Tree) -> (bool, String, String) {
+    let output = Command::new(binary())
+        .arg("check")
+        .arg("--config")
+        .arg(tree.config_path())
+        .output()
+        .expect("run consortium-dns check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The 1-based line of the first line of `text` containing `needle`.
+pub fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not found"))
+        + 1
 }

@@ -18,7 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::common::{
-    Tree, binary, edit, query, raw_header, raw_name, start_example, tcp, tcp_raw, udp, udp_raw,
+    Tree, edit, frame, line_of, query, raw_header, raw_id, raw_name, raw_question, raw_rcode, recv_within,
+    run_check, start_example, tcp, tcp_raw, udp, udp_raw,
 };
 
 const ZONE_FILE: &str = "zones/consortium.example.zone";
@@ -137,13 +138,6 @@ fn append(tree: &Tree, relative: &str, text: &str) {
     tree.write(relative, &content);
 }
 
-fn raw_question(qname: &str, qtype: u16, qclass: u16) -> Vec<u8> {
-    let mut out = raw_name(qname);
-    out.extend_from_slice(&qtype.to_be_bytes());
-    out.extend_from_slice(&qclass.to_be_bytes());
-    out
-}
-
 /// An OPT pseudo-record (RFC 6891 §6.1.2) owned by the root.
 fn raw_opt(payload: u16, version: u8, options: &[(u16, &[u8])]) -> Vec<u8> {
     let mut rdata = Vec::new();
@@ -168,14 +162,6 @@ fn raw_query(id: u16, qname: &str, qtype: u16) -> Vec<u8> {
     out
 }
 
-fn raw_id(bytes: &[u8]) -> u16 {
-    u16::from_be_bytes([bytes[0], bytes[1]])
-}
-
-fn raw_rcode(bytes: &[u8]) -> u8 {
-    bytes[3] & 0x0f
-}
-
 /// A UDP client connected to `server`, of the same address family.
 async fn udp_client(server: SocketAddr) -> UdpSocket {
     let local = if server.is_ipv6() {
@@ -186,15 +172,6 @@ async fn udp_client(server: SocketAddr) -> UdpSocket {
     let socket = UdpSocket::bind(local).await.expect("bind UDP client");
     socket.connect(server).await.expect("connect UDP client");
     socket
-}
-
-async fn recv_within(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 65_535];
-    match tokio::time::timeout(wait, socket.recv(&mut buf)).await {
-        Ok(Ok(n)) => Some(buf[..n].to_vec()),
-        Ok(Err(e)) => panic!("UDP receive failed: {e}"),
-        Err(_) => None,
-    }
 }
 
 const PROBE_ID: u16 = 0xBEEF;
@@ -234,22 +211,13 @@ fn assert_probe_answer(m: &Message) {
 
 /// Writes length-prefixed messages (RFC 1035 §4.2.2) in one write.
 async fn write_frames(stream: &mut TcpStream, messages: &[Vec<u8>]) {
-    let mut frame = Vec::new();
-    for m in messages {
-        frame.extend_from_slice(&(m.len() as u16).to_be_bytes());
-        frame.extend_from_slice(m);
-    }
-    stream.write_all(&frame).await.expect("TCP write");
+    let frames: Vec<u8> = messages.iter().flat_map(|m| frame(m)).collect();
+    stream.write_all(&frames).await.expect("TCP write");
 }
 
+/// One length-prefixed answer, parsed.
 async fn read_frame(stream: &mut TcpStream) -> Message {
-    let read = async {
-        let len = stream.read_u16().await?;
-        let mut buf = vec![0u8; usize::from(len)];
-        stream.read_exact(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let bytes = tokio::time::timeout(ANSWER_TIMEOUT, read)
+    let bytes = tokio::time::timeout(ANSWER_TIMEOUT, crate::common::read_frame(stream))
         .await
         .expect("TCP answer in time")
         .expect("TCP read");
@@ -1452,8 +1420,7 @@ async fn tcp_connection_survives_several_rounds() {
         let single = query("ns2.consortium.example.", RecordType::A, None)
             .to_vec()
             .expect("encode");
-        let mut frame = (single.len() as u16).to_be_bytes().to_vec();
-        frame.extend_from_slice(&single);
+        let frame = frame(&single);
         let (head, tail) = frame.split_at(5);
         stream.write_all(head).await.expect("write head");
         stream.flush().await.expect("flush");
@@ -1857,28 +1824,6 @@ async fn serves_ipv6_loopback_too() {
 // ---------------------------------------------------------------------------------------------
 // `consortium-dns check`
 // ---------------------------------------------------------------------------------------------
-
-fn run_check(tree: &Tree) -> (bool, String, String) {
-    let output = Command::new(binary())
-        .arg("check")
-        .arg("--config")
-        .arg(tree.config_path())
-        .output()
-        .expect("run consortium-dns check");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// The 1-based line of the first line of `text` containing `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{needle:?} not found"))
-        + 1
-}
 
 #[test]
 fn check_accepts_the_example() {

@@ -13,19 +13,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use consortium_dns::app::ServerHandle;
 use consortium_dns::zone::rtype;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
-use crate::common::{self, Tree};
+use crate::common::{self, Nsd, Rr, Tree, hex};
 
 /// A difference between two correct authoritative servers that the RFCs allow.
 struct Allowance {
@@ -163,20 +159,10 @@ impl Case {
     }
 }
 
-/// A record as compared: owner lowercased, RDATA in canonical wire form (RFC 4034 §6.2: names
-/// inside lowercased where the type calls for it, TXT and unknown types byte for byte).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct RrKey {
-    owner: String,
-    rtype: u16,
-    class: u16,
-    ttl: u32,
-    rdata: Vec<u8>,
-}
-
-/// One section as a set; the value is the record's text, for messages only.
+/// One section as a set of records as compared (`Rr`: owner lowercased, RDATA in canonical
+/// wire form); the value is the record's text, for messages only.
 #[derive(Debug, Clone, Default)]
-struct Section(BTreeMap<RrKey, String>);
+struct Section(BTreeMap<Rr, String>);
 
 impl PartialEq for Section {
     fn eq(&self, other: &Section) -> bool {
@@ -188,28 +174,10 @@ impl Eq for Section {}
 
 impl Section {
     fn of(records: &[Record]) -> Section {
-        Section(
-            records
-                .iter()
-                .map(|r| {
-                    let mut rdata = Vec::new();
-                    let mut encoder = BinEncoder::new(&mut rdata);
-                    encoder.set_canonical_form(true);
-                    r.data.emit(&mut encoder).expect("RDATA re-encodes");
-                    let key = RrKey {
-                        owner: r.name.to_lowercase().to_string(),
-                        rtype: u16::from(r.record_type()),
-                        class: u16::from(r.dns_class),
-                        ttl: r.ttl,
-                        rdata,
-                    };
-                    (key, r.to_string())
-                })
-                .collect(),
-        )
+        Section(records.iter().map(|r| (Rr::of(r), r.to_string())).collect())
     }
 
-    fn only_in<'a>(&'a self, other: &'a Section) -> impl Iterator<Item = (&'a RrKey, &'a String)> {
+    fn only_in<'a>(&'a self, other: &'a Section) -> impl Iterator<Item = (&'a Rr, &'a String)> {
         self.0.iter().filter(|(k, _)| !other.0.contains_key(k))
     }
 
@@ -309,10 +277,6 @@ impl Reply {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Sends one query to one server and parses the answer.
 async fn ask(addr: SocketAddr, case: &Case, transport: Transport) -> Result<Reply, String> {
     let bytes = case.message().to_vec().expect("query encodes");
@@ -323,190 +287,6 @@ async fn ask(addr: SocketAddr, case: &Case, transport: Transport) -> Result<Repl
         Transport::Tcp => common::tcp_raw(addr, &[bytes], 1).await.remove(0),
     };
     Reply::parse(&raw)
-}
-
-/// NSD 4.6 in the foreground on 127.0.0.1, with its files in a temp dir. Dropping it stops
-/// its whole process group (the main process, xfrd and the server child).
-struct Nsd {
-    child: Child,
-    addr: SocketAddr,
-    origin: String,
-    dir: tempfile::TempDir,
-}
-
-impl Nsd {
-    /// Starts NSD on `zone_text` for `origin` and waits until it answers. Fails (never skips)
-    /// when NSD is not installed.
-    async fn start(origin: &str, zone_text: &str, edns_size: u16) -> Nsd {
-        let binary = nsd_binary().unwrap_or_else(|| {
-            panic!(
-                "`nsd` is not installed (no /usr/sbin/nsd): the differential test needs NSD 4.6 \
-                 as its reference; install the Debian package `nsd` (tests/run.sh does)"
-            )
-        });
-        let mut last_failure = String::new();
-        for _attempt in 0..3 {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let port = free_port();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            std::fs::write(dir.path().join("zone"), zone_text).expect("write NSD zone");
-            std::fs::write(
-                dir.path().join("nsd.conf"),
-                nsd_config(dir.path(), origin, port, edns_size),
-            )
-            .expect("write NSD config");
-            let child = Command::new(&binary)
-                .arg("-d")
-                .arg("-c")
-                .arg(dir.path().join("nsd.conf"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("stderr")).expect("NSD stderr file"))
-                .process_group(0)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-            let mut nsd = Nsd {
-                child,
-                addr,
-                origin: origin.to_string(),
-                dir,
-            };
-            match nsd.wait_ready().await {
-                Ok(()) => return nsd,
-                Err(e) => last_failure = e,
-            }
-        }
-        panic!("NSD did not start: {last_failure}");
-    }
-
-    /// Polls with an SOA query until NSD answers it authoritatively (10 s at most).
-    async fn wait_ready(&mut self) -> Result<(), String> {
-        let probe = common::query(&self.origin, RecordType::SOA, None)
-            .to_vec()
-            .expect("probe encodes");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind probe");
-        let mut buf = vec![0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("nsd exited with {status}; its log:\n{}", self.log()));
-            }
-            socket.send_to(&probe, self.addr).await.expect("send probe");
-            let wait = tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut buf));
-            if let Ok(Ok(len)) = wait.await {
-                let reply = Reply::parse(&buf[..len])?;
-                if reply.summary.rcode == ResponseCode::NoError && reply.summary.flags.aa {
-                    return Ok(());
-                }
-                // Answering but not (yet) for the zone: a zone file NSD rejected shows in its log.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Err(format!(
-            "nsd did not answer for {} within 10 s; its log:\n{}",
-            self.origin,
-            self.log()
-        ))
-    }
-
-    /// NSD's stderr and log file.
-    fn log(&self) -> String {
-        ["stderr", "nsd.log"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect()
-    }
-
-    fn signal_group(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([signal, "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SIGTERM to the group: NSD's own shutdown stops xfrd and the server child.
-        self.signal_group("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.signal_group("-KILL");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nsd_binary() -> Option<PathBuf> {
-    let fixed = PathBuf::from("/usr/sbin/nsd");
-    if fixed.is_file() {
-        return Some(fixed);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("nsd"))
-        .find(|p| p.is_file())
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1 (released just before NSD binds it).
-fn free_port() -> u16 {
-    for _ in 0..32 {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
-        let port = udp.local_addr().expect("local addr").port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port for NSD on 127.0.0.1");
-}
-
-/// NSD's configuration, checked by hand with `nsd-checkconf` (NSD 4.6.1).
-fn nsd_config(dir: &Path, origin: &str, port: u16, edns_size: u16) -> String {
-    let d = dir.display();
-    format!(
-        "server:
-    ip-address: 127.0.0.1@{port}
-    port: {port}
-    server-count: 1
-    # Run as the current user, no chroot, every file in the temp dir.
-    username: \"\"
-    chroot: \"\"
-    zonesdir: \"{d}\"
-    pidfile: \"{d}/nsd.pid\"
-    xfrdfile: \"{d}/xfrd.state\"
-    xfrdir: \"{d}\"
-    zonelistfile: \"{d}/zone.list\"
-    database: \"\"
-    logfile: \"{d}/nsd.log\"
-    verbosity: 0
-    hide-version: yes
-    hide-identity: yes
-    # No rate limiting: the test sends thousands of queries from one address.
-    rrl-ratelimit: 0
-    rrl-whitelist-ratelimit: 0
-    # Closest to consortium-dns: no apex NS and glue added to every answer.
-    minimal-responses: yes
-    # refuse-any: yes would set TC on every UDP ANY; we answer with one RRset (RFC 8482).
-    refuse-any: no
-    # The same advertised UDP payload as our [limits] udp-payload.
-    ipv4-edns-size: {edns_size}
-remote-control:
-    control-enable: no
-zone:
-    name: \"{origin}\"
-    zonefile: \"{d}/zone\"
-"
-    )
 }
 
 /// Alternating letter case, to check case-insensitive lookup and the echoed question.
@@ -653,9 +433,9 @@ async fn reconcile(
 
     if !n.flags.tc && !o.flags.tc {
         let targets = ours.answer_targets();
-        let extra: Vec<&RrKey> = o.additional.only_in(&n.additional).map(|(k, _)| k).collect();
+        let extra: Vec<&Rr> = o.additional.only_in(&n.additional).map(|(k, _)| k).collect();
         let missing = n.additional.only_in(&o.additional).count();
-        let explained = |k: &&RrKey| {
+        let explained = |k: &&Rr| {
             (k.rtype == u16::from(RecordType::A) || k.rtype == u16::from(RecordType::AAAA))
                 && targets.contains(&k.owner)
         };
@@ -746,7 +526,7 @@ async fn run_differential(extra_zone_text: Option<&str>) {
     let server = tree.start().await;
     let ours_addr = server.dns_addrs[0];
     let facts = zone_facts(&server);
-    let nsd = Nsd::start(
+    let nsd = Nsd::primary(
         &facts.origin,
         &facts.nsd_zone,
         server.config.restart.limits.udp_payload,

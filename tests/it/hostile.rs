@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use consortium_dns::app::ServerHandle;
@@ -24,7 +23,10 @@ use rand::rngs::SmallRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
-use crate::common::{Tree, binary, edit, http_request, query, raw_header, raw_name, repo_root, tcp, udp};
+use crate::common::{
+    Tree, edit, frame, http_request, line_of, query, raw_header, raw_id, raw_name, raw_question, raw_rcode,
+    read_frame, recv_within, repo_root, run_check, tcp, udp,
+};
 
 /// The independent response check shared with the fuzz targets.
 #[allow(dead_code)]
@@ -48,13 +50,6 @@ fn addr(server: &ServerHandle) -> SocketAddr {
     server.dns_addrs[0]
 }
 
-fn raw_question(qname: &str, qtype: u16) -> Vec<u8> {
-    let mut out = raw_name(qname);
-    out.extend_from_slice(&qtype.to_be_bytes());
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out
-}
-
 /// A resource record: owner bytes as given (so they may be broken), then the fixed part.
 fn raw_record(owner: &[u8], rtype: u16, class: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
     let mut out = owner.to_vec();
@@ -71,29 +66,12 @@ fn raw_opt(payload: u16, version: u8) -> Vec<u8> {
     raw_record(&[0], 41, payload, u32::from(version) << 16, &[])
 }
 
-fn raw_id(bytes: &[u8]) -> u16 {
-    u16::from_be_bytes([bytes[0], bytes[1]])
-}
-
-fn raw_rcode(bytes: &[u8]) -> u8 {
-    bytes[3] & 0x0f
-}
-
 async fn udp_client(server: SocketAddr, local: IpAddr) -> UdpSocket {
     let socket = UdpSocket::bind(SocketAddr::new(local, 0))
         .await
         .expect("bind UDP client");
     socket.connect(server).await.expect("connect UDP client");
     socket
-}
-
-async fn recv_within(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 65_535];
-    match tokio::time::timeout(wait, socket.recv(&mut buf)).await {
-        Ok(Ok(n)) => Some(buf[..n].to_vec()),
-        Ok(Err(e)) => panic!("UDP receive failed: {e}"),
-        Err(_) => None,
-    }
 }
 
 const PROBE_ID: u16 = 0xBEEF;
@@ -222,7 +200,7 @@ impl Gen {
 }
 
 fn hostile_corpus() -> Vec<(String, Vec<u8>, Expect)> {
-    let question = raw_question("www.consortium.example.", 1);
+    let question = raw_question("www.consortium.example.", 1, 1);
     // The additional section starts after header (12) and question.
     let additional_at = 12 + question.len();
     let packet = |id: u16, flags: u16, counts: [u16; 4], parts: &[Vec<u8>]| {
@@ -573,19 +551,6 @@ async fn connect_from(local: Ipv4Addr, server: SocketAddr) -> std::io::Result<Tc
     socket.connect(server).await
 }
 
-fn frame(message: &[u8]) -> Vec<u8> {
-    let mut out = (message.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(message);
-    out
-}
-
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let len = stream.read_u16().await?;
-    let mut buf = vec![0u8; usize::from(len)];
-    stream.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
 /// True when the server closes `stream` within `wait` without sending anything.
 async fn closed_without_answer(stream: &mut TcpStream, wait: Duration) -> bool {
     let mut buf = [0u8; 64];
@@ -924,27 +889,6 @@ async fn rrl_holds_a_flood_to_the_rate_and_slips() {
 // Bad zone and members files: `check` names file:line, a running server keeps its data
 // ---------------------------------------------------------------------------------------------
 
-fn run_check(tree: &Tree) -> (bool, String) {
-    let output = Command::new(binary())
-        .arg("check")
-        .arg("--config")
-        .arg(tree.config_path())
-        .output()
-        .expect("run consortium-dns check");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// The 1-based line of the first line of `text` containing `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{needle:?} not found"))
-        + 1
-}
-
 /// A broken edit: files to write (relative path, content), then the file and line the error
 /// must name and words of its message.
 struct BadFiles {
@@ -1143,7 +1087,7 @@ async fn bad_zone_and_members_files_are_named_and_the_old_data_stays() {
         for (relative, bytes) in &case.files {
             std::fs::write(tree.path(relative), bytes).expect("write bad file");
         }
-        let (ok, stderr) = run_check(&tree);
+        let (ok, _, stderr) = run_check(&tree);
         assert!(!ok, "{}: check accepts it", case.what);
         let wanted = format!("{}:{}: ", case.blamed_file, case.blamed_line);
         let blamed: Vec<&str> = stderr.lines().filter(|l| l.contains(&wanted)).collect();
@@ -1187,7 +1131,7 @@ fn oversized_and_special_files_are_refused_quickly() {
     let zone = tree.read(ZONE_FILE);
     tree.write(ZONE_FILE, &format!("{zone}$INCLUDE huge.zone\n"));
     let started = Instant::now();
-    let (ok, stderr) = run_check(&tree);
+    let (ok, _, stderr) = run_check(&tree);
     assert!(!ok);
     assert!(stderr.contains("byte limit"), "{stderr}");
     assert!(
@@ -1200,7 +1144,7 @@ fn oversized_and_special_files_are_refused_quickly() {
     let members = tree.path(MEMBERS_FILE);
     std::fs::remove_file(&members).expect("rm");
     std::fs::create_dir(&members).expect("mkdir");
-    let (ok, stderr) = run_check(&tree);
+    let (ok, _, stderr) = run_check(&tree);
     assert!(!ok);
     assert!(stderr.contains("not a regular file"), "{stderr}");
 }
@@ -1271,7 +1215,7 @@ fn thousands_of_glue_records_are_cut_to_size() {
         .expect("no invariant broken")
         .expect("the zone is valid");
     let mut q = raw_header(0x4E53, 0, [1, 0, 0, 1]);
-    q.extend_from_slice(&raw_question("consortium.example.", 2));
+    q.extend_from_slice(&raw_question("consortium.example.", 2, 1));
     q.extend_from_slice(&raw_opt(4096, 0));
     let mut out = Vec::new();
     let mut rng = SmallRng::seed_from_u64(3);

@@ -20,7 +20,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{Tree, binary, query, repo_root, tcp_raw, udp, udp_raw};
+use crate::common::{Tree, binary, frame, program, query, repo_root, tcp_raw, udp, udp_raw};
 
 const ZONE: &str = "consortium.example.";
 const POOL: &str = "any.consortium.example.";
@@ -709,20 +709,11 @@ slow-start = "0s"
 // ---------------------------------------------------------------------------------------------
 
 fn systemd_analyze() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain(["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("systemd-analyze"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "systemd-analyze not found: install it (Debian package `systemd`; tests/run.sh does) \
-                 to check systemd/consortium-dns.service"
-            )
-        })
+    program(
+        "systemd-analyze",
+        "systemd",
+        "the unit test checks systemd/consortium-dns.service with it",
+    )
 }
 
 /// Runs `systemd-analyze verify` on `unit`; returns its complaints about our unit, if any.
@@ -1000,10 +991,7 @@ fn udp_once(addr: SocketAddr, message: &Message) -> Message {
 }
 
 fn framed(message: &Message) -> Vec<u8> {
-    let bytes = message.to_vec().expect("encode");
-    let mut frame = (bytes.len() as u16).to_be_bytes().to_vec();
-    frame.extend_from_slice(&bytes);
-    frame
+    frame(&message.to_vec().expect("encode"))
 }
 
 /// Reads one length-prefixed DNS message.

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use consortium_dns::app::{ReloadReport, ServerHandle};
 use consortium_dns::control::watch::DEBOUNCE;
@@ -640,11 +640,9 @@ async fn start_with_policy(policy: &str) -> (Tree, ServerHandle) {
     (tree, server)
 }
 
+/// Now, as a `unixtime` serial (32 bits).
 fn unix_now() -> u32 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as u32
+    common::unix_now() as u32
 }
 
 #[tokio::test(flavor = "multi_thread")]
