@@ -15,4 +15,5 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod transfer;
+pub mod wire;
 pub mod zone;

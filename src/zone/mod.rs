@@ -8,7 +8,7 @@ pub mod master;
 pub mod members;
 pub mod name;
 pub(crate) mod owners;
-pub mod rtype;
+pub use crate::wire::rtype;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
