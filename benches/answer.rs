@@ -14,7 +14,7 @@ use std::time::Duration;
 use consortium_dns::config::Config;
 use consortium_dns::control;
 use consortium_dns::pick::PickTable;
-use consortium_dns::server::answer::{NOERROR, NXDOMAIN, Outcome, Transport, answer};
+use consortium_dns::server::answer::{NOERROR, NXDOMAIN, Outcome, Rcode, Transport, answer};
 use consortium_dns::snapshot::{BuildOptions, Snapshot};
 use consortium_dns::zone::{self, ZoneData};
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
@@ -82,7 +82,7 @@ fn load_snapshot(config_path: &Path) -> Snapshot {
     control::load(&config).unwrap_or_else(|e| panic!("zones: {e:?}"))
 }
 
-fn response_code(outcome: Outcome) -> u16 {
+fn response_code(outcome: Outcome) -> Rcode {
     match outcome {
         Outcome::Responded { rcode, .. } => rcode,
         Outcome::Dropped => panic!("query dropped"),

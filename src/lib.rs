@@ -20,4 +20,5 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod sync;
 pub mod transfer;
+pub mod wire;
 pub mod zone;

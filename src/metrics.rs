@@ -1,9 +1,9 @@
-//! Prometheus metrics: names (shared with the tests), the registry of one server, and the
-//! per-worker query counters that keep counting off the shared cache lines.
+//! Prometheus metrics: names, the registry of one server, and the per-worker query counters.
 //!
-//! Workers count into plain local arrays and flush into the registry's counters every few
-//! dozen queries or when idle, so the request path does no atomic operation per query and
-//! never takes the registry's lock.
+//! The names are shared with the tests; the counters keep counting off the shared cache lines.
+//! Workers count into plain local arrays and flush into the registry's counters every few dozen
+//! queries or when idle, so the request path does no atomic operation per query and never takes
+//! the registry's lock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +14,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::server::answer::Transport;
-use crate::zone::rtype;
+use crate::wire::{Rcode, Transport, rtype};
 
 pub const QUERIES_TOTAL: &str = "consortium_dns_queries_total";
 pub const TRUNCATED_TOTAL: &str = "consortium_dns_responses_truncated_total";
@@ -59,17 +58,8 @@ const QTYPES: [(u16, &str); 14] = [
     (rtype::IXFR, "IXFR"),
 ];
 const QTYPE_SLOTS: usize = QTYPES.len() + 1;
-/// Response codes counted under their own label; the rest count as "other".
-const RCODES: [(u16, &str); 8] = [
-    (0, "NOERROR"),
-    (1, "FORMERR"),
-    (2, "SERVFAIL"),
-    (3, "NXDOMAIN"),
-    (4, "NOTIMP"),
-    (5, "REFUSED"),
-    (9, "NOTAUTH"),
-    (16, "BADVERS"),
-];
+/// Response codes counted under their own label (`Rcode::label`); the rest count as "other".
+const RCODES: [Rcode; 8] = Rcode::LABELLED;
 const RCODE_SLOTS: usize = RCODES.len() + 1;
 
 fn qtype_slot(qtype: u16) -> usize {
@@ -79,18 +69,8 @@ fn qtype_slot(qtype: u16) -> usize {
         .unwrap_or(QTYPES.len())
 }
 
-fn rcode_slot(rcode: u16) -> usize {
-    RCODES
-        .iter()
-        .position(|(r, _)| *r == rcode)
-        .unwrap_or(RCODES.len())
-}
-
-fn transport_label(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-    }
+fn rcode_slot(rcode: Rcode) -> usize {
+    RCODES.iter().position(|r| *r == rcode).unwrap_or(RCODES.len())
 }
 
 /// Every metric of one server instance.
@@ -379,10 +359,10 @@ impl QueryCounters {
     }
 
     #[inline]
-    pub fn answered(&mut self, qtype: u16, rcode: u16, truncated: bool) {
+    pub fn answered(&mut self, qtype: u16, rcode: Rcode, truncated: bool) {
         self.counts[qtype_slot(qtype)][rcode_slot(rcode)] += 1;
         self.truncated += u64::from(truncated);
-        self.malformed += u64::from(rcode == 1);
+        self.malformed += u64::from(rcode == Rcode::FORMERR);
         self.tick();
     }
 
@@ -411,7 +391,7 @@ impl QueryCounters {
     pub fn flush(&mut self) {
         self.last_flush = Instant::now();
         self.pending = 0;
-        let transport = transport_label(self.transport);
+        let transport = self.transport.label();
         for (q, row) in self.counts.iter_mut().enumerate() {
             for (r, count) in row.iter_mut().enumerate() {
                 if *count == 0 {
@@ -419,7 +399,7 @@ impl QueryCounters {
                 }
                 let handle = self.handles[q * RCODE_SLOTS + r].get_or_insert_with(|| {
                     let qtype = QTYPES.get(q).map_or("other", |(_, name)| name);
-                    let rcode = RCODES.get(r).map_or("other", |(_, name)| name);
+                    let rcode = RCODES.get(r).map_or("other", |rcode| rcode.label());
                     self.metrics.queries.with_label_values(&[transport, qtype, rcode])
                 });
                 handle.inc_by(*count);
@@ -480,9 +460,9 @@ mod tests {
     fn local_counts_reach_the_registry_on_flush() {
         let metrics = Metrics::new();
         let mut counters = QueryCounters::new(metrics.clone(), Transport::Udp);
-        counters.answered(rtype::A, 0, false);
-        counters.answered(rtype::A, 0, true);
-        counters.answered(999, 3, false);
+        counters.answered(rtype::A, Rcode::NOERROR, false);
+        counters.answered(rtype::A, Rcode::NOERROR, true);
+        counters.answered(999, Rcode::NXDOMAIN, false);
         counters.dropped();
         assert!(!metrics.encode().contains("qtype=\"A\""), "not flushed yet");
         counters.flush();

@@ -1,5 +1,6 @@
-//! `consortium-dns status`: fetches `/status` from a running server's loopback admin endpoint
-//! and prints pools and members as tables.
+//! `consortium-dns status`: the command that prints a running server's pools and members.
+//!
+//! It fetches `/status` from the server's loopback admin endpoint and prints tables.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

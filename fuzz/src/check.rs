@@ -250,8 +250,9 @@ pub fn advertised_payload(query: &[u8]) -> Option<u16> {
 }
 
 /// Checks `response` as the answer to `query`: well formed, same ID, QR set, opcode and RD
-/// echoed, the question echoed byte for byte when the query had a proper one, no question
-/// otherwise, and within the size limit of the transport.
+/// echoed (every flag clear in NOTIMP to another opcode), the question echoed byte for byte
+/// when the query had a proper one, no question otherwise, and within the size limit of the
+/// transport.
 pub fn response(query: &[u8], response: &[u8], transport: Transport) -> Result<(), String> {
     let walked = walk(response).map_err(|e| format!("response does not parse: {e}"))?;
     let query_id = be16(query, 0)?;
@@ -265,7 +266,17 @@ pub fn response(query: &[u8], response: &[u8], transport: Transport) -> Result<(
     if walked.flags & OPCODE != query_flags & OPCODE {
         return Err("opcode not echoed".into());
     }
-    if walked.flags & RD != query_flags & RD {
+    // The NOTIMP answer to an opcode other than QUERY echoes ID and opcode only: the flags
+    // mean something else, or nothing, under other opcodes. Every other answer echoes RD.
+    let notimp_to_other_opcode = query_flags & OPCODE != 0 && walked.flags & 0x000f == 4;
+    if notimp_to_other_opcode {
+        if walked.flags & 0x07f0 != 0 {
+            return Err(format!(
+                "flags {:#06x} set in a NOTIMP answer",
+                walked.flags & 0x07f0
+            ));
+        }
+    } else if walked.flags & RD != query_flags & RD {
         return Err("RD not echoed".into());
     }
     if walked.counts[0] > 1 {

@@ -11,40 +11,24 @@ use rand::Rng;
 
 use crate::snapshot::{Node, RRset, Snapshot, Zone};
 use crate::transfer::tsig::{self, Signer, Verified};
-use crate::zone::rtype;
+use crate::wire::{
+    self, AA, CLASSIC_UDP_LIMIT, ECHOED_FLAGS, Ede, Edns, HEADER_LEN, OPCODE_QUERY, OptReply, QR, Question,
+    TC, be16, parse_additional, parse_question, rtype,
+};
+pub use crate::wire::{Rcode, Transport};
 
-/// Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2).
-const QR: u16 = 0x8000;
-const AA: u16 = 0x0400;
-const TC: u16 = 0x0200;
-const RD: u16 = 0x0100;
-const CD: u16 = 0x0010;
+/// The response codes under their old names here (benches and tests import them).
+pub const NOERROR: Rcode = Rcode::NOERROR;
+pub const FORMERR: Rcode = Rcode::FORMERR;
+pub const SERVFAIL: Rcode = Rcode::SERVFAIL;
+pub const NXDOMAIN: Rcode = Rcode::NXDOMAIN;
+pub const NOTIMP: Rcode = Rcode::NOTIMP;
+pub const REFUSED: Rcode = Rcode::REFUSED;
+pub const NOTAUTH: Rcode = Rcode::NOTAUTH;
+pub const BADVERS: Rcode = Rcode::BADVERS;
 
-/// Response codes (RFC 1035 §4.1.1, RFC 6891 §9).
-pub const NOERROR: u16 = 0;
-pub const FORMERR: u16 = 1;
-pub const SERVFAIL: u16 = 2;
-pub const NXDOMAIN: u16 = 3;
-pub const NOTIMP: u16 = 4;
-pub const REFUSED: u16 = 5;
-pub const NOTAUTH: u16 = 9;
-pub const BADVERS: u16 = 16;
-
-/// Header + question of the largest possible question name.
-const HEADER_LEN: usize = 12;
-/// An OPT record with no options.
-const OPT_LEN: usize = 11;
-/// Smallest UDP payload every client accepts (RFC 1035 §2.3.4).
-const CLASSIC_UDP_LIMIT: usize = 512;
 /// CNAMEs followed inside a zone after the first one.
 const MAX_CHAIN: usize = 8;
-
-/// How the query arrived; decides the size limit and truncation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
 
 /// What happened to one query, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,38 +37,12 @@ pub enum Outcome {
     Dropped,
     Responded {
         /// The full (extended) response code.
-        rcode: u16,
+        rcode: Rcode,
         qtype: u16,
         truncated: bool,
         /// The pool pick made for this answer: (zone, pool, member slot in the pool).
         pick: Option<(u32, u32, u32)>,
     },
-}
-
-/// EDNS(0) as sent by the client (RFC 6891 §6.1.3).
-#[derive(Debug, Clone, Copy)]
-struct Edns {
-    udp_size: u16,
-    version: u8,
-    dnssec_ok: bool,
-}
-
-/// What the additional section of a query holds.
-#[derive(Debug, Clone, Copy, Default)]
-struct Additional {
-    edns: Option<Edns>,
-    /// A TSIG record (RFC 8945): the request is signed, and so must its answer be.
-    signed: bool,
-}
-
-/// The parsed question; `qname` is the raw wire name as the client wrote it.
-#[derive(Debug, Clone, Copy)]
-struct Question {
-    qname_len: usize,
-    qtype: u16,
-    qclass: u16,
-    /// Offset just past QCLASS.
-    end: usize,
 }
 
 enum Owner<'a> {
@@ -113,12 +71,12 @@ pub fn answer<R: Rng + ?Sized>(
         // Never answer a response: that is how reflection loops start.
         return Outcome::Dropped;
     }
-    let opcode = (flags >> 11) & 0xf;
     let qdcount = be16(query, 4);
     let question = if qdcount == 1 { parse_question(query) } else { None };
 
-    // RFC 1035 §4.1.1: only QUERY is implemented here (NOTIFY and UPDATE are not accepted).
-    if opcode != 0 {
+    // Only QUERY is implemented on this path (RFC 1035 §4.1.1): NOTIFY (we are a primary, we
+    // send them), UPDATE and the rest get NOTIMP.
+    if wire::opcode(flags) != OPCODE_QUERY {
         // RFC 6891 §6.1.1: a request with OPT gets OPT back, errors included; look for it when
         // the message is laid out like a query (UPDATE puts records before it).
         let edns = question
@@ -175,18 +133,20 @@ pub fn answer<R: Rng + ?Sized>(
             None
         }
         _ => {
-            response.rcode = REFUSED;
+            // A class we do not serve (HS, NONE, ANY...): as NSD, Not Supported (RFC 8914 §4.22).
+            response.refuse(Ede::NOT_SUPPORTED);
             None
         }
     };
     // A signed answer keeps room for its signature within the client's limit (RFC 8945 §5.3).
     let limit = limit.saturating_sub(signer.as_ref().map_or(0, Signer::record_len));
     let truncated = response.finish(limit, edns, max_udp_payload);
+    let rcode = response.rcode;
     if let Some(mut signer) = signer {
         signer.sign(out, 0, &[]);
     }
     Outcome::Responded {
-        rcode: response_rcode(out),
+        rcode,
         qtype: question.qtype,
         truncated,
         pick,
@@ -204,7 +164,7 @@ fn check_signature<'s>(
     limit: usize,
 ) -> Result<Signer<'s>, Outcome> {
     match tsig::find(query, question.end) {
-        Ok(Some(record)) => match tsig::verify(query, record, &snapshot.tsig_keys, tsig::unix_now()) {
+        Ok(Some(record)) => match tsig::verify(query, record, &snapshot.tsig_keys, wire::unix_now()) {
             Verified::Valid { key, request_mac, .. } => Ok(Signer::new(key, request_mac)),
             Verified::Rejected { error, key, record } => {
                 let outcome = error_response(query, out, Some(question), edns, NOTAUTH);
@@ -232,112 +192,6 @@ fn check_signature<'s>(
     }
 }
 
-/// Reads the (extended) rcode back from a finished response.
-fn response_rcode(out: &[u8]) -> u16 {
-    u16::from(out.get(3).copied().unwrap_or(0) & 0x0f)
-}
-
-#[inline]
-fn be16(bytes: &[u8], at: usize) -> u16 {
-    match bytes.get(at..at + 2) {
-        Some(b) => u16::from_be_bytes([b[0], b[1]]),
-        None => 0,
-    }
-}
-
-/// Parses the single question at offset 12. Compression is not accepted in a question name
-/// (nothing earlier in the message could be pointed at).
-fn parse_question(query: &[u8]) -> Option<Question> {
-    let mut pos = HEADER_LEN;
-    loop {
-        let len = *query.get(pos)? as usize;
-        if len == 0 {
-            pos += 1;
-            break;
-        }
-        if len > 63 {
-            return None;
-        }
-        pos += len + 1;
-        if pos - HEADER_LEN > 255 {
-            return None;
-        }
-    }
-    let qname_len = pos - HEADER_LEN;
-    if qname_len > 255 || query.len() < pos + 4 {
-        return None;
-    }
-    Some(Question {
-        qname_len,
-        qtype: be16(query, pos),
-        qclass: be16(query, pos + 2),
-        end: pos + 4,
-    })
-}
-
-/// Walks the additional section: at most one OPT, owned by the root, with well-formed options
-/// (RFC 6891 §6.1.1); notes a TSIG (checked by `check_signature`). Other records are skipped
-/// after a bounds check. An error carries the
-/// OPT read so far (a duplicate's first, or one with malformed options), for the FORMERR.
-fn parse_additional(query: &[u8], mut pos: usize, count: u16) -> Result<Additional, Option<Edns>> {
-    let mut edns = None;
-    let mut signed = false;
-    for _ in 0..count {
-        let owner_start = pos;
-        // Skip the owner name; a pointer ends it (it is never followed, so no loop can form).
-        loop {
-            let len = *query.get(pos).ok_or(edns)?;
-            match len {
-                0 => {
-                    pos += 1;
-                    break;
-                }
-                1..=63 => pos += usize::from(len) + 1,
-                0xC0..=0xFF => {
-                    let target = usize::from(be16(query, pos) & 0x3fff);
-                    if target >= owner_start {
-                        return Err(edns);
-                    }
-                    pos += 2;
-                    break;
-                }
-                _ => return Err(edns),
-            }
-            if pos - owner_start > 255 {
-                return Err(edns);
-            }
-        }
-        let fixed = query.get(pos..pos + 10).ok_or(edns)?;
-        let rrtype = u16::from_be_bytes([fixed[0], fixed[1]]);
-        let class = u16::from_be_bytes([fixed[2], fixed[3]]);
-        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
-        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
-        pos += 10;
-        let rdata = query.get(pos..pos + rdlen).ok_or(edns)?;
-        pos += rdlen;
-        if rrtype == rtype::OPT {
-            if edns.is_some() || pos - rdlen - 10 - owner_start != 1 {
-                return Err(edns);
-            }
-            edns = Some(Edns {
-                udp_size: class,
-                version: (ttl >> 16) as u8,
-                dnssec_ok: ttl & 0x8000 != 0,
-            });
-            let mut o = 0;
-            while o < rdata.len() {
-                let option_len = usize::from(be16(rdata, o + 2));
-                if o + 4 + option_len > rdata.len() {
-                    return Err(edns);
-                }
-                o += 4 + option_len;
-            }
-        }
-        signed |= rrtype == rtype::TSIG;
-    }
-    Ok(Additional { edns, signed })
-}
-
 /// A response being written: header placeholder, question, then sections in order.
 struct Response<'o> {
     out: &'o mut Vec<u8>,
@@ -345,7 +199,9 @@ struct Response<'o> {
     request_flags: u16,
     qname_len: usize,
     aa: bool,
-    rcode: u16,
+    rcode: Rcode,
+    /// The Extended DNS Error of a refusal (RFC 8914), sent when the query had OPT.
+    ede: Option<Ede>,
     answers: u16,
     authority: u16,
     additional: u16,
@@ -363,14 +219,15 @@ impl<'o> Response<'o> {
     fn start(query: &[u8], out: &'o mut Vec<u8>, question: &Question) -> Response<'o> {
         out.extend_from_slice(&[0; HEADER_LEN]);
         // The question is echoed byte for byte, letter case included.
-        out.extend_from_slice(&query[HEADER_LEN..question.end]);
+        out.extend_from_slice(question.bytes(query));
         Response {
             out,
-            id: [query[0], query[1]],
+            id: be16(query, 0).to_be_bytes(),
             request_flags: be16(query, 2),
             qname_len: question.qname_len,
             aa: false,
             rcode: NOERROR,
+            ede: None,
             answers: 0,
             authority: 0,
             additional: 0,
@@ -379,6 +236,12 @@ impl<'o> Response<'o> {
             marks: 0,
             glue_required: false,
         }
+    }
+
+    /// Refuses the query (RFC 1035 §4.1.1), saying why in an Extended DNS Error.
+    fn refuse(&mut self, ede: Ede) {
+        self.rcode = REFUSED;
+        self.ede = Some(ede);
     }
 
     fn put_owner(&mut self, owner: &Owner<'_>) {
@@ -459,7 +322,14 @@ impl<'o> Response<'o> {
     /// Applies the size limit, appends OPT, writes the header. Returns whether TC was set.
     /// `advertised` is our own UDP payload size, sent in the OPT record.
     fn finish(&mut self, limit: usize, edns: Option<Edns>, advertised: u16) -> bool {
-        let budget = limit.saturating_sub(if edns.is_some() { OPT_LEN } else { 0 });
+        // RFC 6891 §6.1.2/§6.1.3: our payload size, extended rcode, version 0, DO copied; the
+        // EDE (6 octets more) only to a query with OPT, as it is an EDNS option.
+        let opt = edns.map(|e| OptReply {
+            udp_size: advertised.max(CLASSIC_UDP_LIMIT as u16),
+            dnssec_ok: e.dnssec_ok,
+            ede: self.ede,
+        });
+        let budget = limit.saturating_sub(opt.as_ref().map_or(0, OptReply::record_len));
         let mut truncated = false;
         if self.out.len() > budget {
             truncated = true;
@@ -484,19 +354,12 @@ impl<'o> Response<'o> {
             }
         }
         let mut additional = self.additional;
-        if let Some(e) = edns {
-            // RFC 6891 §6.1.2/§6.1.3: our payload size, extended rcode, version 0, DO copied.
-            self.out.push(0);
-            self.out.extend_from_slice(&rtype::OPT.to_be_bytes());
-            self.out.extend_from_slice(&advertised.max(512).to_be_bytes());
-            self.out.push((self.rcode >> 4) as u8);
-            self.out.push(0);
-            self.out
-                .extend_from_slice(&(if e.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
-            self.out.extend_from_slice(&[0, 0]);
+        if let Some(opt) = &opt {
+            wire::put_opt(self.out, opt, self.rcode);
             additional += 1;
         }
-        let mut flags = QR | (self.request_flags & (RD | CD)) | (self.rcode & 0x0f);
+        // ID, opcode QUERY, RD and CD echoed (RFC 1035 §4.1.1, RFC 4035 §3.2.2).
+        let mut flags = QR | (self.request_flags & ECHOED_FLAGS) | self.rcode.header_bits();
         if self.aa {
             flags |= AA;
         }
@@ -514,36 +377,25 @@ impl<'o> Response<'o> {
     }
 }
 
-/// A header-only (plus question when known) error answer.
+/// A header-only (plus question when known) error answer, with OPT when the query had one.
 fn error_response(
     query: &[u8],
     out: &mut Vec<u8>,
     question: Option<Question>,
     edns: Option<Edns>,
-    rcode: u16,
+    rcode: Rcode,
 ) -> Outcome {
-    let request_flags = be16(query, 2);
-    out.clear();
-    out.extend_from_slice(&query[..2]);
-    // Keep the opcode and RD so the client can match the answer.
-    let flags = QR | (request_flags & (0x7800 | RD | CD)) | (rcode & 0x0f);
-    out.extend_from_slice(&flags.to_be_bytes());
-    let qdcount = u16::from(question.is_some());
-    out.extend_from_slice(&qdcount.to_be_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(&u16::from(edns.is_some()).to_be_bytes());
-    if let Some(q) = question {
-        out.extend_from_slice(&query[HEADER_LEN..q.end]);
-    }
-    if let Some(e) = edns {
-        out.push(0);
-        out.extend_from_slice(&rtype::OPT.to_be_bytes());
-        out.extend_from_slice(&(CLASSIC_UDP_LIMIT as u16).to_be_bytes());
-        out.push((rcode >> 4) as u8);
-        out.push(0);
-        out.extend_from_slice(&(if e.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
-        out.extend_from_slice(&[0, 0]);
-    }
+    // RD and CD are echoed so the client can match the answer, except to an opcode we do not
+    // implement: the header flags are defined for QUERY (RFC 1035 §4.1.1) and other opcodes
+    // give them other meanings or none (RFC 2136 §2.2: UPDATE's are a zero Z field; RFC 8490:
+    // DSO), so that answer echoes only ID and opcode.
+    let echoed = if rcode == NOTIMP { 0 } else { ECHOED_FLAGS };
+    let opt = edns.map(|e| OptReply {
+        udp_size: CLASSIC_UDP_LIMIT as u16,
+        dnssec_ok: e.dnssec_ok,
+        ede: None,
+    });
+    wire::error_reply(query, out, question.as_ref(), rcode, echoed, opt.as_ref());
     Outcome::Responded {
         rcode,
         qtype: question.map_or(0, |q| q.qtype),
@@ -554,7 +406,7 @@ fn error_response(
 
 /// Where a name leads inside the snapshot.
 enum Found<'s> {
-    /// The name exists (`wildcard` = synthesized from `*.closest-encloser`, RFC 4592 §3.3.1).
+    /// The name exists, or the wildcard of its closest encloser stands for it (RFC 4592 §3.3.1).
     Node(u32, &'s Zone, &'s Node),
     /// The name is at or below a delegation: refer to the cut (its node index).
     Referral(u32, &'s Zone, u32),
@@ -612,12 +464,15 @@ fn resolve<R: Rng + ?Sized>(
 ) -> Option<(u32, u32, u32)> {
     let qtype = question.qtype;
     if qtype == rtype::AXFR || qtype == rtype::IXFR {
-        // Zone transfers are not offered (yet): refuse as an ACL would.
-        response.rcode = REFUSED;
+        // Zone transfers are answered by `transfer::respond`, over TCP only: the listeners
+        // send them there. Over UDP, where AXFR is not defined (RFC 5936 §4.2) and IXFR is
+        // not offered (RFC 1995 §2 allows it), they are refused as Not Supported (RFC 8914
+        // §4.22).
+        response.refuse(Ede::NOT_SUPPORTED);
         return None;
     }
-    let mut key_buf = [0u8; 255];
-    let qname = &query[HEADER_LEN..HEADER_LEN + question.qname_len];
+    let mut key_buf = [0u8; wire::MAX_NAME_LEN];
+    let qname = question.qname(query);
     let key = &mut key_buf[..qname.len()];
     for (k, c) in key.iter_mut().zip(qname) {
         *k = c.to_ascii_lowercase();
@@ -642,7 +497,9 @@ fn resolve<R: Rng + ?Sized>(
         match found {
             Found::NotOurs => {
                 if step == 0 {
-                    response.rcode = REFUSED;
+                    // RFC 1035 §4.1.1 (REFUSED) with Not Authoritative (RFC 8914 §4.21), as
+                    // NSD answers. A chain leaving our zones just ends, its CNAMEs the answer.
+                    response.refuse(Ede::NOT_AUTHORITATIVE);
                 }
                 return pick;
             }
@@ -683,7 +540,8 @@ fn resolve<R: Rng + ?Sized>(
                     let pool = &zone.pools[p as usize];
                     let table = pool.table.load();
                     let Some(slot) = table.pick(rng) else {
-                        // A pool with no members to offer: NODATA (issue: pick, "no members").
+                        // A pool with no member to offer (none with a positive weight): NODATA,
+                        // as for a name without records of the type (RFC 2308 §2.2).
                         response.negative_soa(zone);
                         return pick;
                     };
@@ -735,18 +593,21 @@ fn resolve<R: Rng + ?Sized>(
 
 /// Class CH: `id.server`/`hostname.bind` and `version.server`/`version.bind` when configured.
 fn chaos(snapshot: &Snapshot, query: &[u8], question: &Question, response: &mut Response<'_>) {
-    let qname = &query[HEADER_LEN..HEADER_LEN + question.qname_len];
+    let qname = question.qname(query);
     let is = |name: &[u8]| qname.eq_ignore_ascii_case(name);
-    let tail = if is(b"\x02id\x06server\x00") || is(b"\x08hostname\x04bind\x00") {
-        snapshot.chaos_identity.as_deref()
+    let configured = if is(b"\x02id\x06server\x00") || is(b"\x08hostname\x04bind\x00") {
+        Some(snapshot.chaos_identity.as_deref())
     } else if is(b"\x07version\x06server\x00") || is(b"\x07version\x04bind\x00") {
-        snapshot.chaos_version.as_deref()
+        Some(snapshot.chaos_version.as_deref())
     } else {
         None
     };
-    let Some(tail) = tail else {
-        response.rcode = REFUSED;
-        return;
+    // Refused as NSD refuses them: a name we know but do not tell (not configured) is
+    // Prohibited (RFC 8914 §4.19), any other CH name Not Supported (§4.22).
+    let tail = match configured {
+        Some(Some(tail)) => tail,
+        Some(None) => return response.refuse(Ede::PROHIBITED),
+        None => return response.refuse(Ede::NOT_SUPPORTED),
     };
     response.aa = true;
     if question.qtype == rtype::TXT || question.qtype == rtype::ANY {
@@ -759,14 +620,14 @@ fn chaos(snapshot: &Snapshot, query: &[u8], question: &Question, response: &mut 
 pub fn question_text(query: &[u8]) -> Option<(String, u16, u16)> {
     let question = parse_question(query)?;
     let mut name = String::new();
-    crate::zone::name::write_wire_name(&mut name, &query[HEADER_LEN..HEADER_LEN + question.qname_len])
-        .ok()?;
+    crate::zone::name::write_wire_name(&mut name, question.qname(query)).ok()?;
     Some((name, question.qtype, question.qclass))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{CD, RD};
     use crate::zone::{self, master, name::Name};
     use rand::SeedableRng;
     use std::path::Path;
@@ -845,5 +706,88 @@ mod tests {
             assert_eq!(tsig.error, tsig::BADKEY, "{transport:?}");
             assert_eq!(tsig.key_name.len(), 251, "{transport:?}");
         }
+    }
+
+    /// A query for `name` (wire form) with `flags`, qtype and qclass; OPT when `edns`.
+    fn query(flags: u16, name: &[u8], qtype: u16, qclass: u16, edns: bool) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34];
+        q.extend_from_slice(&flags.to_be_bytes());
+        q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
+        q.extend_from_slice(name);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&qclass.to_be_bytes());
+        if edns {
+            q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        }
+        q
+    }
+
+    /// The EDE INFO-CODE in the OPT record that ends `out` (which has no other options).
+    fn ede_of(out: &[u8]) -> Option<u16> {
+        let opt = out.get(out.len().checked_sub(17)?..)?;
+        (opt[..3] == [0, 0, 41] && opt[9..15] == [0, 6, 0, 15, 0, 2]).then(|| be16(opt, 15))
+    }
+
+    #[test]
+    fn refusals_carry_an_extended_error_only_with_opt() {
+        let snapshot = snapshot();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let mut out = Vec::new();
+        let cases: [(&[u8], u16, u16, u16); 5] = [
+            (b"\x05other\x03org\x00", rtype::A, rtype::CLASS_IN, 20),
+            (b"\x02ns\x07example\x00", rtype::A, 4, 21),
+            (b"\x07example\x00", rtype::AXFR, rtype::CLASS_IN, 21),
+            (b"\x07version\x04bind\x00", rtype::TXT, rtype::CLASS_CH, 18),
+            (b"\x03foo\x00", rtype::TXT, rtype::CLASS_CH, 21),
+        ];
+        for (name, qtype, qclass, info_code) in cases {
+            let q = query(0, name, qtype, qclass, true);
+            let outcome = answer(&snapshot, &q, &mut out, Transport::Udp, 1232, &mut rng);
+            assert!(
+                matches!(outcome, Outcome::Responded { rcode: REFUSED, .. }),
+                "{outcome:?}"
+            );
+            assert_eq!(ede_of(&out), Some(info_code), "{name:?} {qtype} {qclass}");
+            assert_eq!(be16(&out, 10), 1, "one additional record: the OPT");
+            let q = query(0, name, qtype, qclass, false);
+            answer(&snapshot, &q, &mut out, Transport::Udp, 1232, &mut rng);
+            assert_eq!(out.len(), q.len(), "no OPT without one in the query");
+            assert_eq!(be16(&out, 10), 0);
+        }
+        // Answers and NXDOMAIN have none.
+        for name in [&b"\x02ns\x07example\x00"[..], b"\x04nope\x07example\x00"] {
+            let q = query(0, name, rtype::A, rtype::CLASS_IN, true);
+            answer(&snapshot, &q, &mut out, Transport::Udp, 1232, &mut rng);
+            assert_eq!(&out[out.len() - 2..], &[0, 0], "{name:?}: OPT without options");
+        }
+    }
+
+    #[test]
+    fn notimp_echoes_id_and_opcode_only() {
+        let snapshot = snapshot();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let mut out = Vec::new();
+        for opcode in [1u16, 2, 3, 5, 6, 15] {
+            let flags = (opcode << 11) | AA | TC | RD | wire::AD | CD;
+            let q = query(flags, b"\x02ns\x07example\x00", rtype::A, rtype::CLASS_IN, false);
+            let outcome = answer(&snapshot, &q, &mut out, Transport::Udp, 1232, &mut rng);
+            assert!(
+                matches!(outcome, Outcome::Responded { rcode: NOTIMP, .. }),
+                "{outcome:?}"
+            );
+            assert_eq!(be16(&out, 0), 0x1234);
+            assert_eq!(be16(&out, 2), QR | (opcode << 11) | 4, "opcode {opcode}");
+        }
+        // FORMERR still echoes RD and CD (RFC 1035 §4.1.1).
+        let mut q = query(
+            RD | CD,
+            b"\x02ns\x07example\x00",
+            rtype::A,
+            rtype::CLASS_IN,
+            false,
+        );
+        q[5] = 2;
+        answer(&snapshot, &q, &mut out, Transport::Udp, 1232, &mut rng);
+        assert_eq!(be16(&out, 2), QR | RD | CD | 1);
     }
 }

@@ -23,6 +23,7 @@ use crate::config::{Limits, RestartSettings, RrlRates};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Published, Snapshot};
+use crate::wire::{Rcode, Transport, rtype};
 
 /// What the request path shares with the control plane.
 #[derive(Debug)]
@@ -77,25 +78,15 @@ impl QueryLog {
 
     /// Called once per answered query; costs one branch when the log is off.
     #[inline]
-    fn observe(
-        &self,
-        query: &[u8],
-        peer: SocketAddr,
-        transport: answer::Transport,
-        rcode: u16,
-        truncated: bool,
-    ) {
+    fn observe(&self, query: &[u8], peer: SocketAddr, transport: Transport, rcode: Rcode, truncated: bool) {
         if self.every == 0 {
             return;
         }
         // The first query is logged, then every `every`-th: a quiet server still shows one.
         if self.seen.fetch_add(1, Ordering::Relaxed) % self.every == 0 {
             if let Some((name, qtype, _)) = answer::question_text(query) {
-                let transport = match transport {
-                    answer::Transport::Udp => "udp",
-                    answer::Transport::Tcp => "tcp",
-                };
-                tracing::info!(target: "query", client = %peer, transport, qname = %name, qtype = %crate::zone::rtype::mnemonic(qtype), rcode, truncated);
+                // The rcode as its number: the log's readers parse it so.
+                tracing::info!(target: "query", client = %peer, transport = transport.label(), qname = %name, qtype = %rtype::mnemonic(qtype), rcode = rcode.get(), truncated);
             }
         }
     }

@@ -1,13 +1,13 @@
-//! Response rate limiting for UDP, as NSD, Knot and BIND do it: a spoofed flood must not turn
-//! the server into an amplifier, while real clients still get through.
+//! Response rate limiting for UDP, as NSD, Knot and BIND do it.
 //!
-//! Buckets are keyed by client netblock (/24 IPv4, /56 IPv6 by default) and response kind:
-//! an answer is keyed by its name and type, NXDOMAIN by its zone (so random-subdomain floods
-//! share one bucket), errors by the netblock alone. Each bucket is one `AtomicU64` holding a
-//! key fingerprint and a GCRA "theoretical arrival time", in a fixed-size table: memory stays
-//! bounded whatever the number of spoofed sources (colliding keys evict each other, which can
-//! only let more through, never block a real client). No lock on the request path.
-//! TCP is never limited: its source address cannot be spoofed.
+//! A spoofed flood must not turn the server into an amplifier, while real clients still get
+//! through. Buckets are keyed by client netblock (/24 IPv4, /56 IPv6 by default) and response
+//! kind: an answer is keyed by its name and type, NXDOMAIN by its zone (so random-subdomain
+//! floods share one bucket), errors by the netblock alone. Each bucket is one `AtomicU64`
+//! holding a key fingerprint and a GCRA "theoretical arrival time", in a fixed-size table:
+//! memory stays bounded whatever the number of spoofed sources (colliding keys evict each
+//! other, which can only let more through, never block a real client). No lock on the request
+//! path. TCP is never limited: its source address cannot be spoofed.
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
@@ -17,6 +17,8 @@ use std::time::Instant;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::config::RrlRates;
+
+use crate::wire::{HEADER_LEN, OPT_LEN, Rcode, TC, be16, read_record, rtype, skip_name, skip_records};
 
 /// Time unit of the limiter: 100 µs.
 const TICKS_PER_SECOND: u64 = 10_000;
@@ -175,36 +177,27 @@ impl Limiter {
 /// Classifies a response built by `answer::answer` (so well-formed: question uncompressed,
 /// owners of the first authority record compressed or plain).
 pub fn classify(response: &[u8]) -> ResponseKind<'_> {
-    let rcode = response.get(3).map_or(0, |b| b & 0x0f);
-    let Some((qname_end, qname)) = name_end(response, 12).and_then(|end| Some((end, response.get(12..end)?)))
+    let Some((qname_end, qname)) =
+        skip_name(response, HEADER_LEN).and_then(|end| Some((end, response.get(HEADER_LEN..end)?)))
     else {
         return ResponseKind::Error;
     };
-    let qtype = response
-        .get(qname_end..qname_end + 2)
-        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-    match rcode {
-        0 => ResponseKind::Answer { qname, qtype },
-        3 => {
+    let qtype = be16(response, qname_end);
+    match Rcode::from_flags(be16(response, 2)) {
+        Rcode::NOERROR => ResponseKind::Answer { qname, qtype },
+        Rcode::NXDOMAIN => {
             // Skip the answers (a CNAME chain may precede the NXDOMAIN); the first authority
             // record is the zone's SOA, owned by the apex.
-            let answers = response.get(6..8).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-            let mut pos = qname_end + 4;
-            for _ in 0..answers {
-                let Some(end) = name_end(response, pos) else {
-                    return ResponseKind::Error;
-                };
-                let rdlen = response
-                    .get(end + 8..end + 10)
-                    .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-                pos = end + 10 + rdlen;
-            }
+            let answers = usize::from(be16(response, 6));
+            let Some(pos) = skip_records(response, qname_end + 4, answers) else {
+                return ResponseKind::Error;
+            };
             let apex = match response.get(pos..pos + 2) {
                 Some([high, low]) if high & 0xC0 == 0xC0 => {
                     let target = usize::from(u16::from_be_bytes([high & 0x3f, *low]));
-                    name_end(response, target).and_then(|end| response.get(target..end))
+                    skip_name(response, target).and_then(|end| response.get(target..end))
                 }
-                Some(_) => name_end(response, pos).and_then(|end| response.get(pos..end)),
+                Some(_) => skip_name(response, pos).and_then(|end| response.get(pos..end)),
                 None => None,
             };
             ResponseKind::NxDomain {
@@ -215,50 +208,46 @@ pub fn classify(response: &[u8]) -> ResponseKind<'_> {
     }
 }
 
-/// End of a name starting at `pos` (after its root label or its compression pointer).
-fn name_end(message: &[u8], mut pos: usize) -> Option<usize> {
-    loop {
-        let len = *message.get(pos)?;
-        match len {
-            0 => return Some(pos + 1),
-            1..=63 => pos += usize::from(len) + 1,
-            0xC0..=0xFF => return Some(pos + 2),
-            _ => return None,
-        }
-    }
-}
-
-/// Length of the OPT record our responses end with (root owner, no options).
-const OPT_RECORD_LEN: usize = 11;
-
 /// Turns a response into the RRL "slip": header and question only, TC set, so a real client
 /// retries over TCP while a spoofed victim gets no amplification. The OPT record stays when
-/// the response has one (RFC 6891 §7: an EDNS query gets an EDNS answer), which keeps the
-/// slip 11 octets longer than the question, still no larger than the query.
+/// the response has one (RFC 6891 §7: an EDNS query gets an EDNS answer), without its options
+/// (an Extended DNS Error is optional, RFC 8914 §3), which keeps the slip 11 octets longer
+/// than the question, still no larger than the query.
 pub fn slip(response: &mut Vec<u8>) {
-    let Some(end) = name_end(response, 12).map(|e| e + 4) else {
+    let Some(end) = skip_name(response, HEADER_LEN).map(|e| e + 4) else {
         return;
     };
     if response.len() < end {
         return;
     }
-    let additional = u16::from_be_bytes([response[10], response[11]]);
-    let opt_at = response.len().saturating_sub(OPT_RECORD_LEN);
-    let keep_opt = additional > 0
-        && opt_at >= end
-        && response
-            .get(opt_at..)
-            .is_some_and(|r| r.len() == OPT_RECORD_LEN && r[..3] == [0, 0, 41] && r[9..] == [0, 0]);
+    let opt_at = find_opt(response, end);
     // Moved in place: a flood of slipped answers allocates nothing.
-    if keep_opt {
-        response.copy_within(opt_at.., end);
-        response.truncate(end + OPT_RECORD_LEN);
+    if let Some(at) = opt_at {
+        // Owner, TYPE, CLASS and TTL (extended rcode, version, DO) kept; RDLENGTH 0.
+        response.copy_within(at..at + OPT_LEN - 2, end);
+        response.truncate(end + OPT_LEN - 2);
+        response.extend_from_slice(&[0, 0]);
     } else {
         response.truncate(end);
     }
-    response[2] |= 0x02;
+    response[2] |= (TC >> 8) as u8;
     response[6..12].fill(0);
-    response[10..12].copy_from_slice(&u16::from(keep_opt).to_be_bytes());
+    response[10..12].copy_from_slice(&u16::from(opt_at.is_some()).to_be_bytes());
+}
+
+/// Where the OPT record of the additional section starts (root owner, RFC 6891 §6.1.1), the
+/// records from `pos` (after the question) walked by the header's counts.
+fn find_opt(response: &[u8], mut pos: usize) -> Option<usize> {
+    let before = usize::from(be16(response, 6)) + usize::from(be16(response, 8));
+    let additional = usize::from(be16(response, 10));
+    for index in 0..before + additional {
+        let record = read_record(response, pos)?;
+        if index >= before && record.rtype == rtype::OPT && record.owner_is_root() {
+            return Some(record.start);
+        }
+        pos = record.end;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -335,6 +324,19 @@ mod tests {
         slip(&mut plain);
         assert_eq!(plain.len(), question_end);
         assert_eq!(&plain[4..12], &[0, 1, 0, 0, 0, 0, 0, 0]);
+
+        // A refusal whose OPT carries an Extended DNS Error: the OPT stays, its option goes,
+        // so the slip is no longer than with a bare OPT.
+        let mut refused = vec![0x12, 0x34, 0x80, 0x05, 0, 1, 0, 0, 0, 0, 0, 1];
+        refused.extend_from_slice(b"\x03any\x00\x00\x01\x00\x01");
+        refused.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 6, 0, 15, 0, 2, 0, 20]);
+        slip(&mut refused);
+        assert_eq!(&refused[10..12], &[0, 1]);
+        assert_eq!(
+            &refused[question_end..],
+            &[0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 0],
+            "OPT kept, options dropped"
+        );
     }
 
     const NAME: ResponseKind<'static> = ResponseKind::Answer {

@@ -1,12 +1,12 @@
-//! TCP per RFC 7766: length-prefixed messages, pipelined queries, an idle timeout between
-//! messages and a read timeout within one, and caps on connections in total and per client
-//! address.
+//! DNS over TCP (RFC 7766): connections, their framing, timeouts and caps.
 //!
-//! Each connection has a reader (this task) and a writer task joined by a bounded channel.
-//! Ordinary queries are answered in order, those that arrived together written together (up
-//! to `tcp-max-in-flight`). A zone transfer is built on a blocking thread while the reader goes
-//! on answering the queries behind it, so their answers may overtake it (RFC 7766 §7): a
-//! large AXFR does not hold up a resolver's queries on the same connection.
+//! Messages are length-prefixed and queries may be pipelined; there is an idle timeout between
+//! messages and a read timeout within one, and caps on connections in total and per client
+//! address. Each connection has a reader (this task) and a writer task joined by a bounded
+//! channel. Ordinary queries are answered in order, those that arrived together written
+//! together (up to `tcp-max-in-flight`). A zone transfer is built on a blocking thread while
+//! the reader goes on answering the queries behind it, so their answers may overtake it (RFC
+//! 7766 §7): a large AXFR does not hold up a resolver's queries on the same connection.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,9 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::Shared;
-use super::answer::{Outcome, Transport, answer};
+use super::answer::{Outcome, answer};
 use crate::metrics::QueryCounters;
 use crate::shutdown::Shutdown;
+use crate::wire::{Rcode, Transport, rtype};
 
 /// A connection quiet this long publishes what it has counted.
 const QUIET_FLUSH: Duration = Duration::from_millis(50);
@@ -273,7 +274,9 @@ async fn read_loop(
                 }
                 transfer = Some(spawn_transfer(shared, query.clone(), peer, chunks.clone()));
                 if shared.count_queries {
-                    counters.answered(crate::zone::rtype::AXFR, 0, false);
+                    // Counted on arrival, IXFR included, as AXFR NOERROR: the answer is built
+                    // on another thread.
+                    counters.answered(rtype::AXFR, Rcode::NOERROR, false);
                 }
             } else {
                 let outcome = {

@@ -1,9 +1,9 @@
-//! The UDP worker loop: one thread per socket; receive a batch, answer each, send the batch;
-//! never dies on one error.
+//! The UDP worker loop: one thread per socket, receiving, answering and sending in batches.
 //!
-//! Batching with recvmmsg/sendmmsg (through nix's safe wrappers) turns two system calls per
-//! query into two per batch when the server is busy; an idle server still answers each query
-//! as soon as it arrives (MSG_WAITFORONE returns after the first datagram).
+//! A worker never dies on one error. Batching with recvmmsg/sendmmsg (through nix's safe
+//! wrappers) turns two system calls per query into two per batch when the server is busy; an
+//! idle server still answers each query as soon as it arrives (MSG_WAITFORONE returns after the
+//! first datagram).
 
 use std::io::{ErrorKind, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
@@ -14,10 +14,11 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use super::Shared;
-use super::answer::{Outcome, Transport, answer};
+use super::answer::{Outcome, answer};
 use super::rrl::{self, Verdict};
 use crate::metrics::QueryCounters;
 use crate::shutdown::Shutdown;
+use crate::wire::Transport;
 
 /// Datagrams per system call.
 const BATCH: usize = 32;

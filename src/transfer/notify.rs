@@ -1,5 +1,7 @@
-//! NOTIFY out (RFC 1996): after a serial change, tell each configured secondary, retrying with
-//! backoff until it acknowledges, or a newer serial supersedes this one.
+//! NOTIFY out (RFC 1996): telling each configured secondary of a new serial, until it listens.
+//!
+//! After a serial change each target is sent a NOTIFY, retried with backoff until it
+//! acknowledges, or a newer serial supersedes this one.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -11,8 +13,8 @@ use tokio::net::UdpSocket;
 
 use super::tsig::{Signer, TsigKey};
 use crate::peers::NotifyTarget;
+use crate::wire::{self, AA, HEADER_LEN, OPCODE_NOTIFY, OPCODE_SHIFT, QR, Rcode, be16, rtype};
 use crate::zone::name::Name;
-use crate::zone::rtype;
 
 /// First wait between tries; each later wait doubles, up to `MAX_WAIT`.
 const FIRST_WAIT: Duration = Duration::from_secs(1);
@@ -75,7 +77,8 @@ pub fn spawn(
 pub fn message(id: u16, zone: &Name, soa: &[u8]) -> Vec<u8> {
     let mut message = Vec::with_capacity(64 + soa.len());
     message.extend_from_slice(&id.to_be_bytes());
-    message.extend_from_slice(&[0x24, 0x00]); // opcode NOTIFY, AA
+    // RFC 1996 §3.7: opcode NOTIFY, AA set, the zone's SOA as the question.
+    message.extend_from_slice(&((OPCODE_NOTIFY << OPCODE_SHIFT) | AA).to_be_bytes());
     message.extend_from_slice(&[0, 1, 0, u8::from(!soa.is_empty()), 0, 0, 0, 0]);
     message.extend_from_slice(zone.wire());
     message.extend_from_slice(&rtype::SOA.to_be_bytes());
@@ -112,12 +115,13 @@ async fn notify_once(
             .map_err(|_| "no reply".to_string())?
             .map_err(|e| format!("receive: {e}"))?;
         let reply = &buffer[..n];
-        if from != address || n < 12 || reply[..2] != id.to_be_bytes() {
+        if from != address || n < HEADER_LEN || be16(reply, 0) != id {
             continue;
         }
-        let is_notify_response = reply[2] & 0x80 != 0 && (reply[2] >> 3) & 0x0f == 4;
-        let rcode = reply[3] & 0x0f;
-        return if is_notify_response && rcode == 0 {
+        let flags = be16(reply, 2);
+        let is_notify_response = flags & QR != 0 && wire::opcode(flags) == OPCODE_NOTIFY;
+        let rcode = Rcode::from_flags(flags);
+        return if is_notify_response && rcode == Rcode::NOERROR {
             Ok(())
         } else {
             Err(format!("reply rcode {rcode}"))

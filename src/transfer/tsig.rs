@@ -1,17 +1,16 @@
-//! TSIG (RFC 8945) with HMAC-SHA256 and HMAC-SHA512: verifying requests, signing responses
-//! (every message of a multi-message transfer, and answers to signed ordinary queries), and
-//! signing our NOTIFYs.
+//! TSIG (RFC 8945) with HMAC-SHA256 and HMAC-SHA512: keys, verifying and signing.
 //!
-//! Key material is loaded from files named in the config and never printed: `TsigKey`'s Debug
-//! shows the name and algorithm only.
+//! Requests are verified; responses signed (every message of a multi-message transfer, and
+//! answers to signed ordinary queries), and so are our NOTIFYs. Key material is loaded from
+//! files named in the config and never printed: `TsigKey`'s Debug shows the name and algorithm
+//! only.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::hmac;
 
+use crate::wire::{self, be16, read_name, rtype, unix_now};
 use crate::zone::name::Name;
-use crate::zone::rtype;
 
 /// TSIG error codes (RFC 8945 §3, in the TSIG RR's Error field).
 pub const BADSIG: u16 = 16;
@@ -163,40 +162,29 @@ pub struct TsigRecord {
 /// section (RFC 8945 §5.1). `records_start` is the offset after the question; the counts come
 /// from the header. Returns `Ok(None)` when there is no TSIG.
 pub fn find(message: &[u8], records_start: usize) -> Result<Option<TsigRecord>, Malformed> {
-    let count = |at: usize| {
-        message
-            .get(at..at + 2)
-            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    };
-    let total = count(6) + count(8) + count(10);
+    let total =
+        usize::from(be16(message, 6)) + usize::from(be16(message, 8)) + usize::from(be16(message, 10));
     if total == 0 {
         return Ok(None);
     }
     let mut pos = records_start;
     let mut last = None;
     for index in 0..total {
-        let start = pos;
-        let (name, after) = read_name(message, pos).ok_or(Malformed)?;
-        let fixed = message.get(after..after + 10).ok_or(Malformed)?;
-        let rrtype = u16::from_be_bytes([fixed[0], fixed[1]]);
-        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
-        let rdata_start = after + 10;
-        let rdata = message.get(rdata_start..rdata_start + rdlen).ok_or(Malformed)?;
-        pos = rdata_start + rdlen;
-        if rrtype == rtype::TSIG {
+        let record = wire::read_record(message, pos).ok_or(Malformed)?;
+        pos = record.end;
+        if record.rtype == rtype::TSIG {
             if index != total - 1 {
                 return Err(Malformed); // TSIG not last: FORMERR
             }
-            last = Some((start, name, rdata, rdata_start));
+            last = Some(record);
         }
     }
-    let Some((start, key_name, rdata, rdata_start)) = last else {
+    let Some(record) = last else {
         return Ok(None);
     };
-    let (algorithm, after_alg) = read_name(message, rdata_start).ok_or(Malformed)?;
-    let rest = message
-        .get(after_alg..rdata_start + rdata.len())
-        .ok_or(Malformed)?;
+    let (key_name, _) = read_name(message, record.start).ok_or(Malformed)?;
+    let (algorithm, after_alg) = read_name(message, record.rdata).ok_or(Malformed)?;
+    let rest = message.get(after_alg..record.end).ok_or(Malformed)?;
     if rest.len() < 10 {
         return Err(Malformed);
     }
@@ -211,7 +199,7 @@ pub fn find(message: &[u8], records_start: usize) -> Result<Option<TsigRecord>, 
     let original_id = u16::from_be_bytes([tail[0], tail[1]]);
     let error = u16::from_be_bytes([tail[2], tail[3]]);
     Ok(Some(TsigRecord {
-        start,
+        start: record.start,
         key_name,
         algorithm,
         time_signed,
@@ -220,42 +208,6 @@ pub fn find(message: &[u8], records_start: usize) -> Result<Option<TsigRecord>, 
         original_id,
         error,
     }))
-}
-
-/// Reads a (possibly compressed) name, returning it lowercased and uncompressed and the offset
-/// after it in place. Pointers must go backwards, so no loop is possible.
-fn read_name(message: &[u8], mut pos: usize) -> Option<(Vec<u8>, usize)> {
-    let mut name = Vec::new();
-    let mut end = None;
-    let mut limit = pos;
-    loop {
-        let len = *message.get(pos)?;
-        match len {
-            0 => {
-                name.push(0);
-                return Some((name, end.unwrap_or(pos + 1)));
-            }
-            1..=63 => {
-                let label = message.get(pos + 1..pos + 1 + usize::from(len))?;
-                name.push(len);
-                name.extend(label.iter().map(u8::to_ascii_lowercase));
-                if name.len() > 255 {
-                    return None;
-                }
-                pos += usize::from(len) + 1;
-            }
-            0xC0..=0xFF => {
-                let target = usize::from(u16::from_be_bytes([len & 0x3f, *message.get(pos + 1)?]));
-                if target >= limit {
-                    return None;
-                }
-                end.get_or_insert(pos + 2);
-                limit = target;
-                pos = target;
-            }
-            _ => return None,
-        }
-    }
 }
 
 /// The outcome of checking a request's TSIG.
@@ -494,12 +446,6 @@ fn append_tsig(
     message.extend_from_slice(other);
     let arcount = u16::from_be_bytes([message[10], message[11]]).wrapping_add(1);
     message[10..12].copy_from_slice(&arcount.to_be_bytes());
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

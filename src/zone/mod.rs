@@ -9,8 +9,8 @@ pub mod members;
 pub mod name;
 pub(crate) mod owners;
 pub mod probe_spec;
-pub mod rtype;
 pub mod serial;
+pub use crate::wire::rtype;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

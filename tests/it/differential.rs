@@ -5,8 +5,8 @@
 //! non-terminals, wildcard matches, names below the delegation, nonexistent and out-of-zone
 //! names, mixed case, three EDNS variants, UDP and a TCP sample) go to both, and the answers
 //! are compared section by section: header flags and rcode, the question as echoed, the
-//! answer/authority/additional RRsets as sets, EDNS. The only differences accepted are those
-//! in `ALLOWED`, each checked as narrowly as it is stated.
+//! answer/authority/additional RRsets as sets, EDNS (Extended DNS Errors included). The only
+//! differences accepted are those in `ALLOWED`, each checked as narrowly as it is stated.
 //!
 //! The pool name (`any`) is left out of NSD's zone and out of the queries: its answer is a
 //! weighted random pick that NSD cannot make.
@@ -19,6 +19,7 @@ use std::time::Duration;
 use consortium_dns::app::ServerHandle;
 use consortium_dns::zone::rtype;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{RData, Record, RecordType};
 
 use crate::common::{self, Nsd, Rr, Tree, hex};
@@ -187,12 +188,14 @@ impl Section {
     }
 }
 
-/// EDNS as compared: version, DO bit, advertised payload size.
+/// EDNS as compared: version, DO bit, advertised payload size, Extended DNS Errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct EdnsSummary {
     version: u8,
     dnssec_ok: bool,
     max_payload: u16,
+    /// The data of each Extended DNS Error option (RFC 8914: INFO-CODE, EXTRA-TEXT).
+    ede: Vec<Vec<u8>>,
 }
 
 /// The header bits compared (RFC 1035 §4.1.1, RFC 4035 §3.2).
@@ -258,6 +261,15 @@ impl Reply {
                 version: e.version(),
                 dnssec_ok: e.flags().dnssec_ok,
                 max_payload: e.max_payload(),
+                ede: e
+                    .options()
+                    .get_all(EdnsCode::from(15))
+                    .into_iter()
+                    .map(|option| match option {
+                        EdnsOption::Unknown(_, data) => data.clone(),
+                        other => panic!("EDE option read as {other:?}"),
+                    })
+                    .collect(),
             }),
         };
         Ok(Reply { message, summary })

@@ -7,5 +7,6 @@ mod differential;
 mod health;
 mod hostile;
 mod ops;
+mod protocol;
 mod reload;
 mod transfer;

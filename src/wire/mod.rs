@@ -1,0 +1,552 @@
+//! The DNS wire format: header bits, rcodes, questions, names, SOA fields, EDNS, error replies.
+//!
+//! Shared by every module that reads or writes messages, and a leaf: it imports nothing from
+//! the rest of the crate, so the request path, transfers, NOTIFY, TSIG, metrics and the zone
+//! loader can all use it. Every reader here is bounds-checked and returns `None` (or 0 for the
+//! fixed-width integer readers) on short or malformed input; nothing panics on bytes from the
+//! network.
+//!
+//! `Rcode` is a newtype over the 12-bit extended response code rather than an enum: a
+//! response code read back from the wire may be any value, the request path passes it around
+//! in a register exactly as the bare `u16` it replaces, and its associated constants still
+//! work as `match` patterns.
+
+mod edns;
+pub mod rtype;
+
+pub use edns::{Additional, EDE_OPTION, Ede, Edns, OPT_LEN, OptReply, parse_additional, put_opt};
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Octets of the message header (RFC 1035 §4.1.1).
+pub const HEADER_LEN: usize = 12;
+
+/// Header flag bits in the 16-bit word at offset 2 (RFC 1035 §4.1.1; AD and CD: RFC 4035
+/// §3.2, RFC 6840 §5.7).
+pub const QR: u16 = 0x8000;
+pub const AA: u16 = 0x0400;
+pub const TC: u16 = 0x0200;
+pub const RD: u16 = 0x0100;
+pub const RA: u16 = 0x0080;
+pub const AD: u16 = 0x0020;
+pub const CD: u16 = 0x0010;
+/// The OPCODE field: `(flags & OPCODE_MASK) >> OPCODE_SHIFT`.
+pub const OPCODE_MASK: u16 = 0x7800;
+pub const OPCODE_SHIFT: u16 = 11;
+/// The low four bits of the response code (the rest is in the OPT record, RFC 6891 §6.1.3).
+pub const RCODE_MASK: u16 = 0x000f;
+
+/// Opcodes (RFC 1035 §4.1.1, RFC 1996 §3, RFC 2136 §1.3).
+pub const OPCODE_QUERY: u16 = 0;
+pub const OPCODE_NOTIFY: u16 = 4;
+pub const OPCODE_UPDATE: u16 = 5;
+
+/// Flags an error reply copies from the request besides ID and opcode: RD (RFC 1035 §4.1.1)
+/// and CD (RFC 4035 §3.2.2), so the client can match it to what it asked.
+pub const ECHOED_FLAGS: u16 = RD | CD;
+
+/// The longest name in wire form (RFC 1035 §2.3.4).
+pub const MAX_NAME_LEN: usize = 255;
+/// Smallest UDP payload every client accepts (RFC 1035 §2.3.4); what we advertise in the OPT
+/// of an error answer, and the limit without EDNS.
+pub const CLASSIC_UDP_LIMIT: usize = 512;
+
+/// Reads a big-endian u16 at `at`; 0 when the message is too short.
+#[inline]
+pub fn be16(bytes: &[u8], at: usize) -> u16 {
+    match bytes.get(at..at.wrapping_add(2)) {
+        Some(&[high, low]) => u16::from_be_bytes([high, low]),
+        _ => 0,
+    }
+}
+
+/// Reads a big-endian u32 at `at`; 0 when the message is too short.
+#[inline]
+pub fn be32(bytes: &[u8], at: usize) -> u32 {
+    match bytes.get(at..at.wrapping_add(4)) {
+        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+        _ => 0,
+    }
+}
+
+/// The opcode of a message's header flags.
+#[inline]
+pub fn opcode(flags: u16) -> u16 {
+    (flags & OPCODE_MASK) >> OPCODE_SHIFT
+}
+
+/// A response code, the 12-bit extended value (RFC 6891 §6.1.3: 4 bits in the header, 8 in
+/// the OPT record).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Rcode(u16);
+
+impl Rcode {
+    pub const NOERROR: Rcode = Rcode(0);
+    pub const FORMERR: Rcode = Rcode(1);
+    pub const SERVFAIL: Rcode = Rcode(2);
+    pub const NXDOMAIN: Rcode = Rcode(3);
+    pub const NOTIMP: Rcode = Rcode(4);
+    pub const REFUSED: Rcode = Rcode(5);
+    pub const NOTAUTH: Rcode = Rcode(9);
+    /// Needs the OPT record (extended rcode 1, header 0).
+    pub const BADVERS: Rcode = Rcode(16);
+
+    /// The codes with a metrics label of their own, in the order of their metric slots.
+    pub const LABELLED: [Rcode; 8] = [
+        Rcode::NOERROR,
+        Rcode::FORMERR,
+        Rcode::SERVFAIL,
+        Rcode::NXDOMAIN,
+        Rcode::NOTIMP,
+        Rcode::REFUSED,
+        Rcode::NOTAUTH,
+        Rcode::BADVERS,
+    ];
+
+    /// Any value; only its low 12 bits can be sent.
+    #[inline]
+    pub const fn new(value: u16) -> Rcode {
+        Rcode(value & 0x0fff)
+    }
+
+    /// The header's four rcode bits (without the OPT record's extension).
+    #[inline]
+    pub const fn from_flags(flags: u16) -> Rcode {
+        Rcode(flags & RCODE_MASK)
+    }
+
+    #[inline]
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+
+    /// The four bits that go in the header.
+    #[inline]
+    pub const fn header_bits(self) -> u16 {
+        self.0 & RCODE_MASK
+    }
+
+    /// The eight bits that go in the OPT record's TTL (RFC 6891 §6.1.3).
+    #[inline]
+    pub const fn extended_bits(self) -> u8 {
+        (self.0 >> 4) as u8
+    }
+
+    /// The Prometheus label: the mnemonic for the codes in `LABELLED`, "other" for the rest.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Rcode::NOERROR => "NOERROR",
+            Rcode::FORMERR => "FORMERR",
+            Rcode::SERVFAIL => "SERVFAIL",
+            Rcode::NXDOMAIN => "NXDOMAIN",
+            Rcode::NOTIMP => "NOTIMP",
+            Rcode::REFUSED => "REFUSED",
+            Rcode::NOTAUTH => "NOTAUTH",
+            Rcode::BADVERS => "BADVERS",
+            _ => "other",
+        }
+    }
+}
+
+/// The mnemonic where it has one, the number otherwise.
+impl fmt::Display for Rcode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.label() {
+            "other" => write!(f, "{}", self.0),
+            label => f.write_str(label),
+        }
+    }
+}
+
+/// Compares with a code read from the wire as a number (checkers and tests do).
+impl PartialEq<u16> for Rcode {
+    fn eq(&self, other: &u16) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<Rcode> for u16 {
+    fn eq(&self, other: &Rcode) -> bool {
+        *self == other.0
+    }
+}
+
+/// How a message arrived or leaves; decides the size limit and truncation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// The label in metrics and logs.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// The question of a message (the first, at offset 12), by position: the name is read from
+/// the message with `qname`, as the client wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Question {
+    /// Octets of QNAME, root label included.
+    pub qname_len: usize,
+    pub qtype: u16,
+    pub qclass: u16,
+    /// Offset just past QCLASS.
+    pub end: usize,
+}
+
+impl Question {
+    /// QNAME in wire form.
+    #[inline]
+    pub fn qname<'m>(&self, message: &'m [u8]) -> &'m [u8] {
+        message
+            .get(HEADER_LEN..HEADER_LEN + self.qname_len)
+            .unwrap_or_default()
+    }
+
+    /// The whole question (QNAME, QTYPE, QCLASS), for echoing byte for byte.
+    #[inline]
+    pub fn bytes<'m>(&self, message: &'m [u8]) -> &'m [u8] {
+        message.get(HEADER_LEN..self.end).unwrap_or_default()
+    }
+}
+
+/// Parses the question at offset 12. The header is not looked at (callers check QDCOUNT and
+/// the opcode). Compression is not accepted in a question name, as nothing earlier in the
+/// message could be pointed at (RFC 1035 §4.1.4); neither are the label types 0x40 and 0x80
+/// (RFC 6891 §5). The name is at most 255 octets (RFC 1035 §2.3.4).
+#[inline]
+pub fn parse_question(message: &[u8]) -> Option<Question> {
+    let mut pos = HEADER_LEN;
+    loop {
+        let len = usize::from(*message.get(pos)?);
+        if len == 0 {
+            pos += 1;
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        pos += len + 1;
+        if pos - HEADER_LEN > MAX_NAME_LEN {
+            return None;
+        }
+    }
+    let qname_len = pos - HEADER_LEN;
+    if qname_len > MAX_NAME_LEN || message.len() < pos + 4 {
+        return None;
+    }
+    Some(Question {
+        qname_len,
+        qtype: be16(message, pos),
+        qclass: be16(message, pos + 2),
+        end: pos + 4,
+    })
+}
+
+/// Offset just past the name starting at `start`, which may end in a compression pointer
+/// (RFC 1035 §4.1.4). The pointer is not followed, only checked to point before `start`, so
+/// no loop can form; the labels before it are at most 255 octets.
+#[inline]
+pub fn skip_name(message: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start;
+    loop {
+        let len = *message.get(pos)?;
+        match len {
+            0 => return Some(pos + 1),
+            1..=63 => {
+                pos += usize::from(len) + 1;
+                if pos - start > MAX_NAME_LEN {
+                    return None;
+                }
+            }
+            0xC0..=0xFF => {
+                let low = *message.get(pos + 1)?;
+                let target = usize::from(u16::from_be_bytes([len & 0x3f, low]));
+                return (target < start).then_some(pos + 2);
+            }
+            // 0x40 and 0x80: extended and reserved label types (RFC 6891 §5).
+            _ => return None,
+        }
+    }
+}
+
+/// Reads a possibly compressed name at `start`: the name uncompressed and lowercased, and
+/// the offset just past it in place. Each pointer must point before the label that holds it,
+/// so following them ends; the name is at most 255 octets.
+pub fn read_name(message: &[u8], start: usize) -> Option<(Vec<u8>, usize)> {
+    let mut name = Vec::new();
+    let mut end = None;
+    let mut pos = start;
+    let mut limit = start;
+    loop {
+        let len = *message.get(pos)?;
+        match len {
+            0 => {
+                name.push(0);
+                return Some((name, end.unwrap_or(pos + 1)));
+            }
+            1..=63 => {
+                let label = message.get(pos + 1..pos + 1 + usize::from(len))?;
+                name.push(len);
+                name.extend(label.iter().map(u8::to_ascii_lowercase));
+                if name.len() > MAX_NAME_LEN {
+                    return None;
+                }
+                pos += usize::from(len) + 1;
+            }
+            0xC0..=0xFF => {
+                let target = usize::from(u16::from_be_bytes([len & 0x3f, *message.get(pos + 1)?]));
+                if target >= limit {
+                    return None;
+                }
+                end.get_or_insert(pos + 2);
+                limit = target;
+                pos = target;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// One resource record's position in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordAt {
+    /// Where the owner name starts.
+    pub start: usize,
+    pub rtype: u16,
+    pub class: u16,
+    pub ttl: u32,
+    /// Where the RDATA starts.
+    pub rdata: usize,
+    /// Offset just past the record.
+    pub end: usize,
+}
+
+impl RecordAt {
+    /// True when the owner is the root name (one octet), as an OPT record's must be.
+    pub fn owner_is_root(&self) -> bool {
+        self.rdata - 10 - self.start == 1
+    }
+}
+
+/// Reads the record at `start` (owner, type, class, TTL, RDLENGTH), checking that its RDATA
+/// is within the message.
+#[inline]
+pub fn read_record(message: &[u8], start: usize) -> Option<RecordAt> {
+    let after = skip_name(message, start)?;
+    let fixed = message.get(after..after + 10)?;
+    let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+    let rdata = after + 10;
+    if message.len() < rdata + rdlen {
+        return None;
+    }
+    Some(RecordAt {
+        start,
+        rtype: u16::from_be_bytes([fixed[0], fixed[1]]),
+        class: u16::from_be_bytes([fixed[2], fixed[3]]),
+        ttl: u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
+        rdata,
+        end: rdata + rdlen,
+    })
+}
+
+/// Offset just past `count` records starting at `pos`.
+pub fn skip_records(message: &[u8], mut pos: usize, count: usize) -> Option<usize> {
+    for _ in 0..count {
+        pos = read_record(message, pos)?.end;
+    }
+    Some(pos)
+}
+
+/// Where SERIAL starts in SOA RDATA: MNAME and RNAME come first, then five 32-bit fields
+/// SERIAL REFRESH RETRY EXPIRE MINIMUM (RFC 1035 §3.3.13), so it is 20 octets from the end.
+/// `None` when the RDATA is shorter than those fields.
+#[inline]
+pub fn soa_serial_offset(rdata: &[u8]) -> Option<usize> {
+    rdata.len().checked_sub(20)
+}
+
+/// SERIAL of SOA RDATA (names uncompressed, as stored and as the zone files give them).
+#[inline]
+pub fn soa_serial(rdata: &[u8]) -> Option<u32> {
+    soa_serial_offset(rdata).map(|at| be32(rdata, at))
+}
+
+/// MINIMUM of SOA RDATA, the negative-caching TTL bound (RFC 2308 §4).
+#[inline]
+pub fn soa_minimum(rdata: &[u8]) -> Option<u32> {
+    soa_serial_offset(rdata).map(|_| be32(rdata, rdata.len() - 4))
+}
+
+/// Replaces SERIAL in SOA RDATA; false (nothing changed) when the RDATA is too short.
+pub fn set_soa_serial(rdata: &mut [u8], serial: u32) -> bool {
+    match soa_serial_offset(rdata) {
+        Some(at) => {
+            rdata[at..at + 4].copy_from_slice(&serial.to_be_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it): TSIG times (RFC 8945 §4.3.3)
+/// and timestamps.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes into `out` (cleared first) an error reply to `query`: header, the question when
+/// given (echoed byte for byte), and an OPT record when given (RFC 6891 §6.1.1: a request
+/// with OPT gets one back, errors included). The header carries the request's ID and opcode,
+/// QR, the request flags selected by `echoed` (`ECHOED_FLAGS`, or 0 to clear them all), and
+/// the low bits of `rcode`; no AA, no records.
+pub fn error_reply(
+    query: &[u8],
+    out: &mut Vec<u8>,
+    question: Option<&Question>,
+    rcode: Rcode,
+    echoed: u16,
+    opt: Option<&OptReply>,
+) {
+    out.clear();
+    out.extend_from_slice(&be16(query, 0).to_be_bytes());
+    let flags = QR | (be16(query, 2) & (OPCODE_MASK | echoed)) | rcode.header_bits();
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&u16::from(question.is_some()).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&u16::from(opt.is_some()).to_be_bytes());
+    if let Some(question) = question {
+        out.extend_from_slice(question.bytes(query));
+    }
+    if let Some(opt) = opt {
+        put_opt(out, opt, rcode);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &[u8]) -> Vec<u8> {
+        let mut q = vec![0xab, 0xcd, 0x01, 0x30, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(name);
+        q.extend_from_slice(&[0, 1, 0, 1]);
+        q
+    }
+
+    #[test]
+    fn integer_readers_are_bounds_checked() {
+        let bytes = [1, 2, 3, 4, 5];
+        assert_eq!(be16(&bytes, 3), 0x0405);
+        assert_eq!(be16(&bytes, 4), 0);
+        assert_eq!(be16(&bytes, usize::MAX), 0);
+        assert_eq!(be32(&bytes, 1), 0x0203_0405);
+        assert_eq!(be32(&bytes, 2), 0);
+        assert_eq!(be32(&bytes, usize::MAX - 1), 0);
+    }
+
+    #[test]
+    fn rcode_parts_and_labels() {
+        assert_eq!(Rcode::BADVERS.header_bits(), 0);
+        assert_eq!(Rcode::BADVERS.extended_bits(), 1);
+        assert_eq!(Rcode::REFUSED.label(), "REFUSED");
+        assert_eq!(Rcode::new(23).label(), "other");
+        assert_eq!(Rcode::new(23).to_string(), "23");
+        assert_eq!(Rcode::from_flags(0x8183), Rcode::NXDOMAIN);
+        assert_eq!(5u16, Rcode::REFUSED);
+        assert_eq!(Rcode::REFUSED, 5u16);
+        for (slot, rcode) in Rcode::LABELLED.iter().enumerate() {
+            assert_ne!(rcode.label(), "other", "slot {slot}");
+        }
+    }
+
+    #[test]
+    fn questions() {
+        let q = query(b"\x03www\x07example\x00");
+        let question = parse_question(&q).expect("parses");
+        assert_eq!(question.qname(&q), b"\x03www\x07example\x00");
+        assert_eq!((question.qtype, question.qclass, question.end), (1, 1, q.len()));
+        assert_eq!(parse_question(&q[..q.len() - 1]), None, "QCLASS cut");
+        assert_eq!(parse_question(&query(b"\xc0\x0c")), None, "compressed");
+        assert_eq!(parse_question(&query(b"\x40\x00")), None, "extended label type");
+        let name = |labels: [u8; 4]| {
+            let mut wire = Vec::new();
+            for len in labels {
+                wire.push(len);
+                wire.extend(std::iter::repeat_n(b'a', usize::from(len)));
+            }
+            wire.push(0);
+            wire
+        };
+        assert_eq!(
+            parse_question(&query(&name([63, 63, 63, 63]))),
+            None,
+            "257 octets"
+        );
+        assert_eq!(
+            parse_question(&query(&name([63, 63, 63, 62]))),
+            None,
+            "256 octets"
+        );
+        let longest = query(&name([63, 63, 63, 61]));
+        assert_eq!(parse_question(&longest).map(|q| q.qname_len), Some(255));
+    }
+
+    #[test]
+    fn names_are_skipped_and_read() {
+        // "example." at 12, "www" + pointer to 12 at 21.
+        let mut m = vec![0; 12];
+        m.extend_from_slice(b"\x07example\x00\x03WWW\xc0\x0c");
+        assert_eq!(skip_name(&m, 12), Some(21));
+        assert_eq!(skip_name(&m, 21), Some(27));
+        assert_eq!(read_name(&m, 21), Some((b"\x03www\x07example\x00".to_vec(), 27)));
+        // A pointer to itself or forwards, or cut in half.
+        let mut looped = m.clone();
+        looped.extend_from_slice(&[0xc0, 27]);
+        assert_eq!(skip_name(&looped, 27), None);
+        assert_eq!(read_name(&looped, 27), None);
+        assert_eq!(skip_name(&m[..26], 21), None);
+        assert_eq!(skip_name(&m, 40), None);
+    }
+
+    #[test]
+    fn soa_fields() {
+        let mut rdata = b"\x02ns\x00\x02hm\x00".to_vec();
+        for field in [20_260_101_u32, 3600, 600, 86400, 300] {
+            rdata.extend_from_slice(&field.to_be_bytes());
+        }
+        assert_eq!(soa_serial(&rdata), Some(20_260_101));
+        assert_eq!(soa_minimum(&rdata), Some(300));
+        assert!(set_soa_serial(&mut rdata, 7));
+        assert_eq!(soa_serial(&rdata), Some(7));
+        assert_eq!(soa_serial(&rdata[..19]), None);
+        assert_eq!(soa_minimum(&rdata[..19]), None);
+        assert!(!set_soa_serial(&mut rdata[..3], 1));
+    }
+
+    #[test]
+    fn error_replies_echo_id_opcode_and_chosen_flags() {
+        let mut q = query(b"\x07example\x00");
+        q[2] = 0x29; // opcode 5, RD
+        q[3] = 0x30; // AD, CD
+        let question = parse_question(&q).expect("parses");
+        let mut out = Vec::new();
+        error_reply(&q, &mut out, Some(&question), Rcode::REFUSED, ECHOED_FLAGS, None);
+        assert_eq!(&out[..12], &[0xab, 0xcd, 0xa9, 0x15, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&out[12..], question.bytes(&q));
+        error_reply(&q, &mut out, None, Rcode::NOTIMP, 0, None);
+        assert_eq!(out, [0xab, 0xcd, 0xa8, 0x04, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // Too short to have an ID: zeros, no panic.
+        error_reply(&q[..1], &mut out, None, Rcode::FORMERR, ECHOED_FLAGS, None);
+        assert_eq!(out.len(), HEADER_LEN);
+    }
+}
