@@ -6,7 +6,8 @@
 #   benches/compare.sh [REV] [FILTER]     REV default: HEAD; FILTER default: answer/
 #
 # Environment: ROUNDS [3] (each round runs the old binary, then the new one), TIME [2]
-# (seconds of measurement per benchmark).
+# (seconds of measurement per benchmark), OLD_TREE (a checkout of REV to build in instead of a
+# new temporary worktree: later runs then rebuild only what changed).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 REV="${1:-HEAD}"
@@ -14,8 +15,9 @@ FILTER="${2:-answer/}"
 ROUNDS="${ROUNDS:-3}"
 TIME="${TIME:-2}"
 work="$(mktemp -d)"
+old_tree="${OLD_TREE:-$work/old}"
 cleanup() {
-    git -C "$ROOT" worktree remove --force "$work/old" >/dev/null 2>&1 || true
+    [ -n "${OLD_TREE:-}" ] || git -C "$ROOT" worktree remove --force "$work/old" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -33,9 +35,9 @@ for line in sys.stdin:
         print(m["executable"])'
 }
 
-git -C "$ROOT" worktree add --detach --quiet "$work/old" "$REV"
-echo "compare.sh: building the bench binary of $REV and of the working tree" >&2
-old_bin="$(bench_binary "$work/old" "$ROOT/target/compare-old")"
+[ -n "${OLD_TREE:-}" ] || git -C "$ROOT" worktree add --detach --quiet "$work/old" "$REV"
+echo "compare.sh: building the bench binary of $REV ($old_tree) and of the working tree" >&2
+old_bin="$(bench_binary "$old_tree" "$ROOT/target/compare-old")"
 new_bin="$(bench_binary "$ROOT" "$ROOT/target")"
 [ -x "$old_bin" ] && [ -x "$new_bin" ] || { echo "compare.sh: a bench binary did not build" >&2; exit 1; }
 
@@ -59,7 +61,7 @@ for line in sys.stdin:
 results="$work/results"
 for round in $(seq 1 "$ROUNDS"); do
     echo "compare.sh: round $round of $ROUNDS" >&2
-    run "$old_bin" "$work/old" | sed "s/^/old /" >>"$results"
+    run "$old_bin" "$old_tree" | sed "s/^/old /" >>"$results"
     run "$new_bin" "$ROOT" | sed "s/^/new /" >>"$results"
 done
 

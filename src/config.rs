@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::diag::{Diagnostic, Location, line_of};
 use crate::peers::{NotifyTarget, TransferAcl, ZonePeers};
-use crate::transfer::tsig::{Algorithm, TsigKey};
+use crate::tsig::{Algorithm, TsigKey};
 use crate::zone::Source;
 use crate::zone::name::Name;
 use crate::zone::probe_spec::HealthSettings;

@@ -20,5 +20,6 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod sync;
 pub mod transfer;
+pub mod tsig;
 pub mod wire;
 pub mod zone;

@@ -14,6 +14,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use crate::sync::lock;
 use crate::wire::{Rcode, Transport, rtype};
 
 pub const QUERIES_TOTAL: &str = "consortium_dns_queries_total";
@@ -271,7 +272,7 @@ impl PickCounters {
 
     /// The counter of one label set, created at zero the first time.
     pub fn counter(&self, zone: &str, pool: &str, member: &str) -> PickCounter {
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut series = lock(&self.series);
         // Zone and pool names repeat for every member: share one copy of each.
         let shared = |text: &str, pick: fn(&PickLabels) -> &Arc<str>| {
             series
@@ -292,7 +293,7 @@ impl Collector for PickCounters {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let series = lock(&self.series);
         let label = |name: &str, value: &str| {
             let mut pair = LabelPair::default();
             pair.set_name(name.into());

@@ -25,6 +25,7 @@ use crate::snapshot::{BuildOptions, Snapshot};
 use crate::sync::lock;
 use crate::transfer::history;
 use crate::transfer::notifier::Notifier;
+use crate::wire;
 use crate::zone::serial::choose_serial;
 use crate::zone::{self, ZoneData};
 use serial_state::SerialState;
@@ -227,12 +228,6 @@ fn zones_of(snapshot: &Snapshot) -> Vec<ZoneData> {
             data
         })
         .collect()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn serials_of(snapshot: &Snapshot) -> BTreeMap<String, u32> {
@@ -470,7 +465,7 @@ impl Control {
         ReloadReport {
             ok,
             trigger: trigger.into(),
-            at_unix: unix_now(),
+            at_unix: wire::unix_now(),
             errors,
             restart_needed,
             serials,

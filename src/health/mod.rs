@@ -181,10 +181,9 @@ fn certificate_eligible(state: &HealthState, pool_name: &Name, policy: CertPolic
     unexpired && cert::covers(der, &pool_name.to_string())
 }
 
+/// Seconds since the epoch, signed to compare with certificate times.
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    i64::try_from(crate::wire::unix_now()).unwrap_or(i64::MAX)
 }
 
 struct Tracked {

@@ -10,7 +10,7 @@
 use rand::Rng;
 
 use crate::snapshot::{Node, RRset, Snapshot, Zone};
-use crate::transfer::tsig::{self, Signer, Verified};
+use crate::tsig::{self, Signer, Verified};
 use crate::wire::{
     self, AA, CLASSIC_UDP_LIMIT, ECHOED_FLAGS, Ede, Edns, HEADER_LEN, OPCODE_QUERY, OptReply, QR, Question,
     TC, be16, parse_additional, parse_question, rtype,
@@ -483,16 +483,9 @@ fn resolve<R: Rng + ?Sized>(
     let mut chain_zone: Option<u32> = None;
     for step in 0..=MAX_CHAIN {
         let found = find(snapshot, current_key, qtype);
-        // In-zone chains only: a target in another zone ends the chain here.
-        if let (Some(z), Found::Node(fz, ..) | Found::Referral(fz, ..)) = (chain_zone, &found) {
-            if z != *fz {
-                return pick;
-            }
-        }
-        if let (Some(z), Found::NxDomain(fz)) = (chain_zone, &found) {
-            if z != *fz {
-                return pick;
-            }
+        if leaves_chain_zone(chain_zone, &found) {
+            // In-zone chains only: a target in another zone ends the chain here.
+            break;
         }
         match found {
             Found::NotOurs => {
@@ -501,94 +494,130 @@ fn resolve<R: Rng + ?Sized>(
                     // NSD answers. A chain leaving our zones just ends, its CNAMEs the answer.
                     response.refuse(Ede::NOT_AUTHORITATIVE);
                 }
-                return pick;
+                break;
             }
             Found::NxDomain(z) => {
-                let zone = &snapshot.zones[z as usize];
                 response.aa = true;
                 // RFC 6604 §3: the rcode describes the last name of the chain.
                 response.rcode = NXDOMAIN;
-                response.negative_soa(zone);
-                return pick;
+                if let Some(zone) = snapshot.zones.get(z as usize) {
+                    response.negative_soa(zone);
+                }
+                break;
             }
             Found::Referral(_, zone, cut) => {
-                // RFC 1034 §4.3.2 step 3b, also when a CNAME restarted the lookup (step 3a):
-                // the cut's NS RRset goes in the authority section and its glue in the
-                // additional section; CNAMEs already in the answer keep AA set.
-                let Some(ns) = zone.node(cut).and_then(|node| rrset_of(zone, node, rtype::NS)) else {
-                    return pick;
-                };
-                let cut_name = zone.node_name(cut);
-                let owner = if step == 0 {
-                    response.question_suffix(cut_name.len())
-                } else {
-                    Owner::Name(cut_name)
-                };
-                response.put_records(&owner, ns.count, zone.tails(ns));
-                response.authority = response.authority.saturating_add(ns.count);
-                response.begin_additional();
-                response.glue_required = !zone.additional(ns).is_empty();
-                response.additional_for(zone, ns);
-                return pick;
+                refer(response, zone, cut, step == 0);
+                break;
             }
             Found::Node(z, zone, node) => {
                 response.aa = true;
                 chain_zone = Some(z);
-                let next_chase: Option<&[u8]>;
-                let rdata_at: usize;
-                if let Some(p) = node.pool() {
-                    let pool = &zone.pools[p as usize];
-                    let table = pool.table.load();
-                    let Some(slot) = table.pick(rng) else {
-                        // A pool with no member to offer (none with a positive weight): NODATA,
-                        // as for a name without records of the type (RFC 2308 §2.2).
-                        response.negative_soa(zone);
-                        return pick;
-                    };
-                    let Some(entry) = pool.entries.get(slot as usize) else {
-                        response.negative_soa(zone);
-                        return pick;
-                    };
-                    pick = Some((z, p, slot));
-                    rdata_at = response.put_cname(&owner, pool.def.ttl, zone.entry_target(entry));
-                    response.answers += 1;
-                    next_chase = zone.entry_chase(entry);
-                } else if let Some(rrset) = (qtype != rtype::ANY)
-                    .then(|| rrset_of(zone, node, qtype))
-                    .flatten()
-                {
-                    response.answer_rrset(&owner, zone, rrset);
-                    response.begin_additional();
-                    response.additional_for(zone, rrset);
-                    return pick;
-                } else if let Some(cname) = rrset_of(zone, node, rtype::CNAME) {
-                    rdata_at = response.answer_rrset(&owner, zone, cname);
-                    next_chase = zone.rrset_chase(cname);
-                } else if let Some(first) = zone.rrsets(node).first().filter(|_| qtype == rtype::ANY) {
-                    // RFC 8482 §4.1: answer ANY with one RRset.
-                    response.answer_rrset(&owner, zone, first);
-                    return pick;
-                } else {
-                    // NODATA (RFC 2308 §2.2), empty non-terminals included.
-                    response.negative_soa(zone);
-                    return pick;
+                match answer_node(response, (z, zone, node), qtype, &owner, rng, &mut pick) {
+                    Next::Done => break,
+                    Next::Follow { target, rdata_at } => {
+                        current_key = target;
+                        owner = if rdata_at < 0x4000 {
+                            Owner::Pointer(rdata_at)
+                        } else {
+                            Owner::Name(target)
+                        };
+                    }
                 }
-                if qtype == rtype::CNAME || qtype == rtype::ANY {
-                    return pick;
-                }
-                let Some(target) = next_chase else {
-                    return pick;
-                };
-                current_key = target;
-                owner = if rdata_at < 0x4000 {
-                    Owner::Pointer(rdata_at)
-                } else {
-                    Owner::Name(target)
-                };
             }
         }
     }
     pick
+}
+
+/// True when a CNAME chain that began in zone `chain_zone` has reached another zone: the
+/// answer stops there (resolvers follow it themselves).
+fn leaves_chain_zone(chain_zone: Option<u32>, found: &Found<'_>) -> bool {
+    match (chain_zone, found) {
+        (Some(z), Found::Node(fz, ..) | Found::Referral(fz, ..) | Found::NxDomain(fz)) => z != *fz,
+        _ => false,
+    }
+}
+
+/// RFC 1034 §4.3.2 step 3b, also when a CNAME restarted the lookup (step 3a): the cut's NS
+/// RRset goes in the authority section and its glue in the additional section; CNAMEs already
+/// in the answer keep AA set. `at_question`: the cut is a suffix of the question name.
+fn refer(response: &mut Response<'_>, zone: &Zone, cut: u32, at_question: bool) {
+    let Some(ns) = zone.node(cut).and_then(|node| rrset_of(zone, node, rtype::NS)) else {
+        return;
+    };
+    let cut_name = zone.node_name(cut);
+    let owner = if at_question {
+        response.question_suffix(cut_name.len())
+    } else {
+        Owner::Name(cut_name)
+    };
+    response.put_records(&owner, ns.count, zone.tails(ns));
+    response.authority = response.authority.saturating_add(ns.count);
+    response.begin_additional();
+    response.glue_required = !zone.additional(ns).is_empty();
+    response.additional_for(zone, ns);
+}
+
+/// What answering one name of a chain leads to.
+enum Next<'s> {
+    /// The answer is complete.
+    Done,
+    /// A CNAME into the zone was written: look its target up next. `rdata_at` is where the
+    /// target's name starts in the response, for a compression pointer.
+    Follow { target: &'s [u8], rdata_at: usize },
+}
+
+/// Answers `qtype` at an existing name: the pool's pick at a shared name, the RRset asked
+/// for, a CNAME to follow, one RRset for ANY (RFC 8482 §4.1), or NODATA (RFC 2308 §2.2). A
+/// pick is recorded in `pick`.
+fn answer_node<'s, R: Rng + ?Sized>(
+    response: &mut Response<'_>,
+    (z, zone, node): (u32, &'s Zone, &'s Node),
+    qtype: u16,
+    owner: &Owner<'_>,
+    rng: &mut R,
+    pick: &mut Option<(u32, u32, u32)>,
+) -> Next<'s> {
+    let (rdata_at, chase) = if let Some(p) = node.pool() {
+        let pool = &zone.pools[p as usize];
+        let table = pool.table.load();
+        // A pool with no member to offer (none with a positive weight): NODATA, as for a
+        // name without records of the type (RFC 2308 §2.2).
+        let Some((slot, entry)) = table
+            .pick(rng)
+            .and_then(|slot| Some((slot, pool.entries.get(slot as usize)?)))
+        else {
+            response.negative_soa(zone);
+            return Next::Done;
+        };
+        *pick = Some((z, p, slot));
+        let rdata_at = response.put_cname(owner, pool.def.ttl, zone.entry_target(entry));
+        response.answers += 1;
+        (rdata_at, zone.entry_chase(entry))
+    } else if let Some(rrset) = (qtype != rtype::ANY)
+        .then(|| rrset_of(zone, node, qtype))
+        .flatten()
+    {
+        response.answer_rrset(owner, zone, rrset);
+        response.begin_additional();
+        response.additional_for(zone, rrset);
+        return Next::Done;
+    } else if let Some(cname) = rrset_of(zone, node, rtype::CNAME) {
+        let rdata_at = response.answer_rrset(owner, zone, cname);
+        (rdata_at, zone.rrset_chase(cname))
+    } else if let Some(first) = zone.rrsets(node).first().filter(|_| qtype == rtype::ANY) {
+        response.answer_rrset(owner, zone, first);
+        return Next::Done;
+    } else {
+        // NODATA, empty non-terminals included.
+        response.negative_soa(zone);
+        return Next::Done;
+    };
+    match chase {
+        // A CNAME answers CNAME and ANY queries itself; other types follow it.
+        Some(target) if qtype != rtype::CNAME && qtype != rtype::ANY => Next::Follow { target, rdata_at },
+        _ => Next::Done,
+    }
 }
 
 /// Class CH: `id.server`/`hostname.bind` and `version.server`/`version.bind` when configured.

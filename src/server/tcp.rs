@@ -24,6 +24,7 @@ use super::Shared;
 use super::answer::{Outcome, answer};
 use crate::metrics::QueryCounters;
 use crate::shutdown::Shutdown;
+use crate::sync::lock;
 use crate::wire::{Rcode, Transport, rtype};
 
 /// A connection quiet this long publishes what it has counted.
@@ -133,7 +134,7 @@ impl Drop for Open {
 }
 
 fn claim_client_slot(per_client: &PerClient, ip: IpAddr, cap: usize) -> bool {
-    let mut map = per_client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut map = lock(per_client);
     let count = map.entry(ip).or_insert(0);
     if *count >= cap {
         return false;
@@ -143,7 +144,7 @@ fn claim_client_slot(per_client: &PerClient, ip: IpAddr, cap: usize) -> bool {
 }
 
 fn release_client_slot(per_client: &PerClient, ip: IpAddr) {
-    let mut map = per_client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut map = lock(per_client);
     if let Some(count) = map.get_mut(&ip) {
         *count -= 1;
         if *count == 0 {
@@ -202,139 +203,184 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shar
 /// Reads messages and answers them; returns when the client is done, idle too long, sends
 /// something we do not answer, or the server stops (after the message in hand).
 async fn read_loop(
-    mut reader: BufReader<OwnedReadHalf>,
+    reader: BufReader<OwnedReadHalf>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     stop: Shutdown,
     chunks: mpsc::Sender<Vec<u8>>,
 ) {
-    let limits = &shared.limits;
-    let max_in_flight = limits.tcp_max_in_flight.max(1);
-    let mut rng = SmallRng::from_os_rng();
-    let mut query = vec![0u8; 512];
-    let mut out = Vec::with_capacity(4096);
-    let mut counters = QueryCounters::new(shared.metrics.clone(), Transport::Tcp);
-    // At most one transfer per connection is built at a time.
-    let mut transfer: Option<tokio::task::JoinHandle<()>> = None;
-    loop {
-        if stop.is_triggered() {
+    let mut connection = Connection {
+        reader,
+        peer,
+        shared,
+        stop,
+        chunks,
+        rng: SmallRng::from_os_rng(),
+        query: vec![0u8; 512],
+        out: Vec::with_capacity(4096),
+        counters: QueryCounters::new(shared.metrics.clone(), Transport::Tcp),
+        transfer: None,
+    };
+    let max_in_flight = shared.limits.tcp_max_in_flight.max(1);
+    while connection.wait_for_message().await {
+        // A message has started: it must be whole within the read timeout (RFC 7766 §6.2.3),
+        // so a client sending a byte at a time cannot hold the connection.
+        let deadline = tokio::time::Instant::now() + shared.limits.tcp_read_timeout;
+        let mut frames = Vec::new();
+        let mut open = true;
+        for _ in 0..max_in_flight {
+            open = connection.read_message(deadline).await
+                && if crate::transfer::is_transfer(&connection.query) {
+                    connection.start_transfer(&mut frames).await
+                } else {
+                    connection.answer_query(&mut frames)
+                };
+            if !open || !whole_message_buffered(connection.reader.buffer()) {
+                break;
+            }
+        }
+        // The answers owed are written, also when the connection closes after them.
+        if (!frames.is_empty() && connection.chunks.send(frames).await.is_err()) || !open {
             break;
         }
-        // Between messages: wait up to the idle timeout for the next one to start; a shutdown
-        // or a writer that has given up closes the connection at once. Bytes already here win
-        // over a shutdown seen at the same moment: that message has started arriving.
-        let idle_until = tokio::time::Instant::now() + limits.tcp_idle_timeout;
+    }
+    connection.finish().await;
+}
+
+/// One connection's reading side and what it reuses from query to query.
+struct Connection<'s> {
+    reader: BufReader<OwnedReadHalf>,
+    peer: SocketAddr,
+    shared: &'s Arc<Shared>,
+    stop: Shutdown,
+    /// To the writer task.
+    chunks: mpsc::Sender<Vec<u8>>,
+    rng: SmallRng,
+    query: Vec<u8>,
+    out: Vec<u8>,
+    counters: QueryCounters,
+    /// At most one transfer per connection is built at a time.
+    transfer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Connection<'_> {
+    /// Between messages: waits up to the idle timeout for the next one to start. False when
+    /// the client closed or stayed idle, the server stops, or the writer has given up. Bytes
+    /// already here win over a shutdown seen at the same moment: that message has started.
+    async fn wait_for_message(&mut self) -> bool {
+        if self.stop.is_triggered() {
+            return false;
+        }
+        let idle_until = tokio::time::Instant::now() + self.shared.limits.tcp_idle_timeout;
         loop {
             // Counts are published by the batch (as on UDP), and once the connection has been
             // quiet for a moment, so a scrape soon sees every query answered. One timer serves
             // both deadlines: a second one per wait costs measurably under load.
-            let wake_at = if counters.has_pending() {
+            let wake_at = if self.counters.has_pending() {
                 (tokio::time::Instant::now() + QUIET_FLUSH).min(idle_until)
             } else {
                 idle_until
             };
             tokio::select! {
                 biased;
-                buffered = tokio::time::timeout_at(wake_at, reader.fill_buf()) => match buffered {
-                    Ok(Ok(bytes)) if !bytes.is_empty() => break,
-                    Ok(_) => return finish(transfer, counters).await,
-                    Err(_) if wake_at >= idle_until => return finish(transfer, counters).await,
-                    Err(_) => counters.flush(),
+                buffered = tokio::time::timeout_at(wake_at, self.reader.fill_buf()) => match buffered {
+                    Ok(Ok(bytes)) if !bytes.is_empty() => return true,
+                    Ok(_) => return false,
+                    Err(_) if wake_at >= idle_until => return false,
+                    Err(_) => self.counters.flush(),
                 },
-                _ = stop.triggered() => return finish(transfer, counters).await,
-                _ = chunks.closed() => return finish(transfer, counters).await,
+                _ = self.stop.triggered() => return false,
+                _ = self.chunks.closed() => return false,
             }
-        }
-        // A message has started: it must be whole within the read timeout (RFC 7766 §6.2.3),
-        // so a client sending a byte at a time cannot hold the connection.
-        let deadline = tokio::time::Instant::now() + limits.tcp_read_timeout;
-        let mut frames = Vec::new();
-        for _ in 0..max_in_flight {
-            let read = async {
-                let len = usize::from(reader.read_u16().await?);
-                if len > limits.max_message_size {
-                    return Err(std::io::Error::other("message over max-message-size"));
-                }
-                query.resize(len, 0);
-                reader.read_exact(&mut query).await?;
-                Ok::<(), std::io::Error>(())
-            };
-            if !matches!(tokio::time::timeout_at(deadline, read).await, Ok(Ok(()))) {
-                let _ = chunks.send(frames).await;
-                return finish(transfer, counters).await;
-            }
-            if crate::transfer::is_transfer(&query) {
-                // The answers before it go first; the transfer follows when built, whole
-                // (its messages are never interleaved with other answers).
-                if !frames.is_empty() && chunks.send(std::mem::take(&mut frames)).await.is_err() {
-                    return finish(transfer, counters).await;
-                }
-                if let Some(previous) = transfer.take() {
-                    let _ = previous.await;
-                }
-                transfer = Some(spawn_transfer(shared, query.clone(), peer, chunks.clone()));
-                if shared.count_queries {
-                    // Counted on arrival, IXFR included, as AXFR NOERROR: the answer is built
-                    // on another thread.
-                    counters.answered(rtype::AXFR, Rcode::NOERROR, false);
-                }
-            } else {
-                let outcome = {
-                    let snapshot = shared.snapshot.load();
-                    let outcome = answer(
-                        &snapshot,
-                        &query,
-                        &mut out,
-                        Transport::Tcp,
-                        limits.udp_payload,
-                        &mut rng,
-                    );
-                    if let (true, Outcome::Responded { pick: Some(pick), .. }) =
-                        (shared.count_queries, &outcome)
-                    {
-                        snapshot.count_pick(*pick);
-                    }
-                    outcome
-                };
-                match outcome {
-                    Outcome::Responded {
-                        rcode,
-                        qtype,
-                        truncated,
-                        ..
-                    } => {
-                        if shared.count_queries {
-                            counters.answered(qtype, rcode, truncated);
-                        }
-                        shared
-                            .query_log
-                            .observe(&query, peer, Transport::Tcp, rcode, truncated);
-                    }
-                    Outcome::Dropped => {
-                        // Not a query we answer; RFC 7766 lets us close, after the answers owed.
-                        counters.dropped();
-                        let _ = chunks.send(frames).await;
-                        return finish(transfer, counters).await;
-                    }
-                }
-                push_frame(&mut frames, &out);
-            }
-            if !whole_message_buffered(reader.buffer()) {
-                break;
-            }
-        }
-        if !frames.is_empty() && chunks.send(frames).await.is_err() {
-            break;
         }
     }
-    finish(transfer, counters).await;
-}
 
-/// Waits for a transfer under way (its answer is owed) and publishes the counts.
-async fn finish(transfer: Option<tokio::task::JoinHandle<()>>, mut counters: QueryCounters) {
-    counters.flush();
-    if let Some(transfer) = transfer {
-        let _ = transfer.await;
+    /// Reads one length-prefixed message into `query` by `deadline`; false when it does not
+    /// arrive whole in time or is over `max-message-size`.
+    async fn read_message(&mut self, deadline: tokio::time::Instant) -> bool {
+        let limit = self.shared.limits.max_message_size;
+        let (reader, query) = (&mut self.reader, &mut self.query);
+        let read = async {
+            let len = usize::from(reader.read_u16().await?);
+            if len > limit {
+                return Err(std::io::Error::other("message over max-message-size"));
+            }
+            query.resize(len, 0);
+            reader.read_exact(query).await?;
+            Ok::<(), std::io::Error>(())
+        };
+        matches!(tokio::time::timeout_at(deadline, read).await, Ok(Ok(())))
+    }
+
+    /// Hands the transfer request in `query` to a blocking thread, after sending the answers
+    /// before it: the transfer follows when built, whole (its messages are never interleaved
+    /// with other answers). False when the writer has gone.
+    async fn start_transfer(&mut self, frames: &mut Vec<u8>) -> bool {
+        if !frames.is_empty() && self.chunks.send(std::mem::take(frames)).await.is_err() {
+            return false;
+        }
+        if let Some(previous) = self.transfer.take() {
+            let _ = previous.await;
+        }
+        self.transfer = Some(spawn_transfer(
+            self.shared,
+            self.query.clone(),
+            self.peer,
+            self.chunks.clone(),
+        ));
+        if self.shared.count_queries {
+            // Counted on arrival, IXFR included, as AXFR NOERROR: the answer is built on
+            // another thread.
+            self.counters.answered(rtype::AXFR, Rcode::NOERROR, false);
+        }
+        true
+    }
+
+    /// Answers the query in `query` into `frames`. False when it is not a query we answer:
+    /// RFC 7766 lets us close, after the answers owed.
+    fn answer_query(&mut self, frames: &mut Vec<u8>) -> bool {
+        let shared = self.shared;
+        let outcome = {
+            let snapshot = shared.snapshot.load();
+            let outcome = answer(
+                &snapshot,
+                &self.query,
+                &mut self.out,
+                Transport::Tcp,
+                shared.limits.udp_payload,
+                &mut self.rng,
+            );
+            if let (true, Outcome::Responded { pick: Some(pick), .. }) = (shared.count_queries, &outcome) {
+                snapshot.count_pick(*pick);
+            }
+            outcome
+        };
+        let Outcome::Responded {
+            rcode,
+            qtype,
+            truncated,
+            ..
+        } = outcome
+        else {
+            self.counters.dropped();
+            return false;
+        };
+        if shared.count_queries {
+            self.counters.answered(qtype, rcode, truncated);
+        }
+        shared
+            .query_log
+            .observe(&self.query, self.peer, Transport::Tcp, rcode, truncated);
+        push_frame(frames, &self.out);
+        true
+    }
+
+    /// Waits for a transfer under way (its answer is owed) and publishes the counts.
+    async fn finish(mut self) {
+        self.counters.flush();
+        if let Some(transfer) = self.transfer {
+            let _ = transfer.await;
+        }
     }
 }
 

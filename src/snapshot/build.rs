@@ -11,6 +11,7 @@ use super::{
 };
 use crate::metrics::Metrics;
 use crate::pick::{PickTable, WEIGHT_SCALE};
+use crate::wire;
 use crate::zone::members::{Member, PoolDef};
 use crate::zone::name::Name;
 use crate::zone::owners::{Owner, Owners, ancestors, compare_keys};
@@ -382,8 +383,8 @@ fn negative_soa_and_serial(origin: &Name, owners: &Owners<'_>) -> (Box<[u8]>, u3
         // Validation guarantees an SOA; an empty tail keeps the builder total anyway.
         return (Box::default(), 0);
     };
-    let minimum = soa_field(soa.rdata, 4);
-    let serial = soa_field(soa.rdata, 20);
+    let minimum = wire::soa_minimum(soa.rdata).unwrap_or(0);
+    let serial = wire::soa_serial(soa.rdata).unwrap_or(0);
     let mut tail = Vec::new();
     encode_tail(
         &mut tail,
@@ -393,14 +394,4 @@ fn negative_soa_and_serial(origin: &Name, owners: &Owners<'_>) -> (Box<[u8]>, u3
         soa.rdata,
     );
     (tail.into_boxed_slice(), serial)
-}
-
-/// The u32 `from_end` octets before the end of SOA RDATA: 20 is SERIAL, 4 is MINIMUM
-/// (RFC 1035 §3.3.13); 0 when the RDATA is too short.
-fn soa_field(rdata: &[u8], from_end: usize) -> u32 {
-    rdata
-        .len()
-        .checked_sub(from_end)
-        .and_then(|at| rdata.get(at..at + 4))
-        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use crate::metrics::Metrics;
 use crate::peers::ZonePeers;
 use crate::pick::PickTable;
-use crate::transfer::tsig::TsigKey;
+use crate::tsig::TsigKey;
 use crate::zone::members::{Member, PoolDef};
 use crate::zone::name::Name;
 use crate::zone::{Record, ZoneData, rtype};

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::snapshot::{Snapshot, VersionDiff, Zone, ZoneVersion, encode_tail};
-use crate::zone::rtype;
+use crate::wire::{self, rtype};
 
 /// Versions kept per zone for IXFR (the current one and 15 differences back).
 pub const HISTORY_LEN: usize = 16;
@@ -54,9 +54,7 @@ pub fn version_with_picks(zone: &Zone, picks: Vec<Option<u32>>) -> ZoneVersion {
         let mut rdata = record.rdata.clone();
         if record.rtype == rtype::SOA && record.name.key() == zone.origin.key() {
             // The served serial (a reload may have raised the file's).
-            if let Some(at) = rdata.len().checked_sub(20) {
-                rdata[at..at + 4].copy_from_slice(&zone.serial.to_be_bytes());
-            }
+            wire::set_soa_serial(&mut rdata, zone.serial);
             encode_tail(&mut wire, record.rtype, rtype::CLASS_IN, record.ttl, &rdata);
             soa = wire;
             continue;

@@ -10,17 +10,16 @@
 pub mod history;
 pub mod notifier;
 pub mod notify;
-pub mod tsig;
 
 use std::net::IpAddr;
 
 use crate::snapshot::{Snapshot, ZoneVersion};
+use crate::tsig::{self, Signer, Verified};
 use crate::wire::{
     self, AA, CLASSIC_UDP_LIMIT, ECHOED_FLAGS, Ede, HEADER_LEN, OPCODE_MASK, OptReply, QR, Question, Rcode,
     be16, rtype,
 };
 use crate::zone::serial::serial_gt;
-use tsig::{Signer, Verified};
 
 pub use history::HISTORY_LEN;
 

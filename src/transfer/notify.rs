@@ -11,8 +11,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
 
-use super::tsig::{Signer, TsigKey};
 use crate::peers::NotifyTarget;
+use crate::tsig::{Signer, TsigKey};
 use crate::wire::{self, AA, HEADER_LEN, OPCODE_NOTIFY, OPCODE_SHIFT, QR, Rcode, be16, rtype};
 use crate::zone::name::Name;
 

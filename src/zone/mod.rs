@@ -10,6 +10,7 @@ pub mod name;
 pub(crate) mod owners;
 pub mod probe_spec;
 pub mod serial;
+use crate::wire;
 pub use crate::wire::rtype;
 
 use std::collections::{HashMap, HashSet};
@@ -66,16 +67,14 @@ impl ZoneData {
         self.records
             .iter()
             .find(|r| r.rtype == rtype::SOA && r.name.key() == origin)
-            .and_then(|soa| soa.rdata.len().checked_sub(20).map(|at| &soa.rdata[at..at + 4]))
-            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .and_then(|soa| wire::soa_serial(&soa.rdata))
+            .unwrap_or(0)
     }
 
     /// Replaces the SOA serial (RDATA: MNAME RNAME SERIAL REFRESH RETRY EXPIRE MINIMUM).
     pub fn set_serial(&mut self, serial: u32) {
         if let Some(soa) = self.soa_mut() {
-            if let Some(at) = soa.rdata.len().checked_sub(20) {
-                soa.rdata[at..at + 4].copy_from_slice(&serial.to_be_bytes());
-            }
+            wire::set_soa_serial(&mut soa.rdata, serial);
         }
     }
 
@@ -91,7 +90,7 @@ impl ZoneData {
         let record_hash = |name: &Name, rtype: u16, ttl: u32, rdata: &[u8]| {
             let mut hasher = std::hash::DefaultHasher::new();
             (name.key(), rtype, ttl).hash(&mut hasher);
-            match rdata.len().checked_sub(20).filter(|_| rtype == rtype::SOA) {
+            match wire::soa_serial_offset(rdata).filter(|_| rtype == rtype::SOA) {
                 Some(serial_at) => {
                     rdata[..serial_at].hash(&mut hasher);
                     rdata[serial_at + 4..].hash(&mut hasher);
