@@ -43,7 +43,7 @@ pub struct ServerHandle {
     pub shared: Arc<Shared>,
     /// The config as started (overrides applied).
     pub config: Config,
-    shutdown: Shutdown,
+    shutdown: StopOnDrop,
     running: Running,
     background: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<FileWatcher>,
@@ -58,7 +58,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
 pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<ServerHandle, StartError> {
     overrides.apply(&mut config);
     let shutdown = Shutdown::new();
-    // Bound before the first NOTIFY goes out, so a secondary's first query finds the port open.
+    let control = control_plane(&config, overrides);
+    control.start().await.map_err(StartError::Load)?;
+    crate::memory::release_freed_memory();
     let listeners =
         Listeners::bind(&config.restart.listen, config.restart.udp_workers).map_err(StartError::Bind)?;
     let dns_addrs = listeners.local_addrs();
@@ -71,9 +73,8 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
         None => None,
     };
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let control = control_plane(&config, overrides);
-    control.start().await.map_err(StartError::Load)?;
-    crate::memory::release_freed_memory();
+    // After binding, so that a secondary's first query after the NOTIFY finds the port open.
+    control.announce_all();
     let running = server::start(listeners, control.shared.clone(), &shutdown).map_err(StartError::Bind)?;
     for addr in &dns_addrs {
         tracing::info!(%addr, "serving DNS over UDP and TCP");
@@ -105,7 +106,7 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
         shared: control.shared.clone(),
         control,
         config,
-        shutdown,
+        shutdown: StopOnDrop(shutdown),
         running,
         background,
         _watcher: watcher,
@@ -170,11 +171,22 @@ async fn refresh_transfer_picks(control: std::sync::Weak<Control>) {
     }
 }
 
+/// Triggers the shutdown signal when dropped: a `ServerHandle` dropped without `shutdown`
+/// still stops its listeners and tasks.
+#[derive(Debug)]
+struct StopOnDrop(Shutdown);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}
+
 impl ServerHandle {
     /// Stops everything; open TCP queries get `grace` to finish.
     pub async fn shutdown(self, grace: Duration) {
         self.control.set_ready(false);
-        self.shutdown.trigger();
+        self.shutdown.0.trigger();
         for task in self.background {
             let _ = task.await;
         }

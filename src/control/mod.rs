@@ -276,14 +276,21 @@ impl Control {
         }
     }
 
-    /// The first load and publication; errors are the files' problems.
+    /// The first load and publication; errors are the files' problems. Nothing is announced
+    /// yet: `announce_all` sends the first NOTIFYs once the listeners are bound.
     pub async fn start(&self) -> Result<ReloadReport, Vec<Diagnostic>> {
+        let mut bumps = self.rebuilding.lock().await;
         let config = lock(&self.config).clone();
         let started = Instant::now();
-        let published = self.rebuild(Change::Start(Box::new(config))).await?;
+        let published = self.rebuild(&mut bumps, Change::Start(Box::new(config))).await?;
         let report = self.report("start", started, Ok(published));
         self.record(&report);
         Ok(report)
+    }
+
+    /// NOTIFYs the secondaries of every zone of its current serial (at start).
+    pub fn announce_all(&self) {
+        self.notifier.announce_changes(None, &self.shared.snapshot.load());
     }
 
     /// Connects the file watcher, which then learns of files that later reloads read.
@@ -314,8 +321,9 @@ impl Control {
     /// Reads the config and every zone again; on success swaps the new Snapshot in at once,
     /// on failure keeps serving the old one. Reloads never overlap.
     pub async fn reload(&self, trigger: &str) -> ReloadReport {
+        let mut bumps = self.rebuilding.lock().await;
         let started = Instant::now();
-        let outcome = self.rebuild(Change::Reload).await;
+        let outcome = self.rebuild(&mut bumps, Change::Reload).await;
         if let Err(errors) = &outcome {
             for e in errors {
                 tracing::error!(trigger, "reload failed, still serving the previous data: {e}");
@@ -332,14 +340,12 @@ impl Control {
     /// When health moved a shared name's transfer pick, raises the zone's serial (at most once
     /// per `transfer-pick-refresh`) so secondaries follow. Zones nobody transfers are skipped.
     pub async fn refresh_transfer_picks(&self) {
-        let due = {
-            let bumps = self.rebuilding.lock().await;
-            self.pick_changes_due(&bumps)
-        };
+        let mut bumps = self.rebuilding.lock().await;
+        let due = self.pick_changes_due(&bumps);
         if due.is_empty() {
             return;
         }
-        match self.rebuild(Change::TransferPicks(due)).await {
+        match self.rebuild(&mut bumps, Change::TransferPicks(due)).await {
             Ok(published) => tracing::info!(
                 serials = ?published.serials,
                 "shared-name transfer pick changed with health: serial raised"
@@ -373,17 +379,22 @@ impl Control {
             .collect()
     }
 
-    /// The one rebuild path: load (or reuse) the data, choose serials, build, publish.
-    /// Rebuilds never overlap; a failed one changes nothing.
-    async fn rebuild(&self, change: Change) -> Result<Published, Vec<Diagnostic>> {
-        let mut bumps = self.rebuilding.lock().await;
+    /// The one rebuild path: load (or reuse) the data, choose serials, build, publish. The
+    /// caller holds `rebuilding` (so rebuilds never overlap, and each is reported before the
+    /// next begins) and passes its contents; a failed rebuild changes nothing.
+    async fn rebuild(
+        &self,
+        bumps: &mut HashMap<Box<[u8]>, Instant>,
+        change: Change,
+    ) -> Result<Published, Vec<Diagnostic>> {
         let running = lock(&self.config).clone();
         let previous = self.shared.snapshot.load_full();
         let metrics = self.metrics.clone();
         let overrides = self.overrides.clone();
-        let bumped = match &change {
-            Change::TransferPicks(due) => due.clone(),
-            Change::Start(_) | Change::Reload => Vec::new(),
+        let (bumped, starting) = match &change {
+            Change::TransferPicks(due) => (due.clone(), false),
+            Change::Start(_) => (Vec::new(), true),
+            Change::Reload => (Vec::new(), false),
         };
         let (running_now, previous_now) = (running.clone(), previous.clone());
         // Parsing and building are CPU and file work: off the async workers.
@@ -405,14 +416,14 @@ impl Control {
         }
         // What needs a restart stays as it runs.
         let config = config.with_restart_settings_of(&running);
-        if let Some(watch) = self.watch.get() {
+        if let Some(watch) = self.watch.get().filter(|_| bumped.is_empty()) {
             // New zones, members files or `$INCLUDE`s elsewhere: watch them from now on.
             watch.extend(watch::files_to_watch(&config, &snapshot));
         }
         for zone in bumped {
             bumps.insert(zone, Instant::now());
         }
-        let serials = self.publish(snapshot, &config);
+        let serials = self.publish(snapshot, &config, starting);
         *lock(&self.config) = config;
         // The previous snapshot and the load's scratch tables are free now.
         let _ = tokio::task::spawn_blocking(crate::memory::release_freed_memory).await;
@@ -424,11 +435,18 @@ impl Control {
 
     /// Publishes a built snapshot: health tables first (so nobody sees stale weights), then
     /// the transfer history, the serial state, the swap, the RRL rates, and NOTIFY for zones
-    /// whose serial moved.
-    fn publish(&self, mut snapshot: Snapshot, config: &Config) -> BTreeMap<String, u32> {
+    /// whose serial moved (not at start: see `announce_all`).
+    fn publish(&self, mut snapshot: Snapshot, config: &Config, starting: bool) -> BTreeMap<String, u32> {
         let previous = self.shared.snapshot.load_full();
-        self.health.sync(&snapshot);
-        history::next(Some(&previous), &mut snapshot);
+        if starting {
+            // The first version a secondary gets picks by configured weight, as the tables
+            // stand before any probe; a health-driven refresh moves it with its own serial.
+            history::next(Some(&previous), &mut snapshot);
+            self.health.sync(&snapshot);
+        } else {
+            self.health.sync(&snapshot);
+            history::next(Some(&previous), &mut snapshot);
+        }
         let serials = serials_of(&snapshot);
         save_serial_state(config, &snapshot, &previous);
         self.shared.snapshot.store(Arc::new(snapshot));
@@ -436,7 +454,9 @@ impl Control {
         // Tables of the published snapshot, in case a probe flipped meanwhile.
         let current = self.shared.snapshot.load();
         self.health.publish_tables(&current);
-        self.notifier.announce_changes(Some(&previous), &current);
+        if !starting {
+            self.notifier.announce_changes(Some(&previous), &current);
+        }
         self.metrics.zone_serial.reset();
         for (zone, serial) in &serials {
             self.metrics

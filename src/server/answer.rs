@@ -222,7 +222,8 @@ impl<'o> Response<'o> {
         out.extend_from_slice(question.bytes(query));
         Response {
             out,
-            id: be16(query, 0).to_be_bytes(),
+            // `answer` returned early for anything shorter than a header.
+            id: [query[0], query[1]],
             request_flags: be16(query, 2),
             qname_len: question.qname_len,
             aa: false,

@@ -104,19 +104,31 @@ impl OptReply {
 /// one we implement, also in a BADVERS answer, RFC 6891 §6.1.3). The caller counts it in
 /// ARCOUNT.
 pub fn put_opt(out: &mut Vec<u8>, opt: &OptReply, rcode: Rcode) {
-    out.push(0);
-    out.extend_from_slice(&rtype::OPT.to_be_bytes());
-    out.extend_from_slice(&opt.udp_size.to_be_bytes());
-    out.push(rcode.extended_bits());
-    out.push(0);
-    out.extend_from_slice(&(if opt.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+    // Written from one stack copy: every answer to an EDNS query carries this record, and
+    // one append is cheaper than one per field.
+    let [size_high, size_low] = opt.udp_size.to_be_bytes();
+    let flags = if opt.dnssec_ok { 0x80 } else { 0 };
+    let mut record = [
+        0,
+        0,
+        41,
+        size_high,
+        size_low,
+        rcode.extended_bits(),
+        0,
+        flags,
+        0,
+        0,
+        0,
+    ];
     match opt.ede {
-        None => out.extend_from_slice(&[0, 0]),
+        None => out.extend_from_slice(&record),
         Some(ede) => {
-            out.extend_from_slice(&(EDE_LEN as u16).to_be_bytes());
-            out.extend_from_slice(&EDE_OPTION.to_be_bytes());
-            out.extend_from_slice(&2u16.to_be_bytes());
-            out.extend_from_slice(&ede.info_code().to_be_bytes());
+            record[10] = EDE_LEN as u8;
+            out.extend_from_slice(&record);
+            let [option_high, option_low] = EDE_OPTION.to_be_bytes();
+            let [code_high, code_low] = ede.info_code().to_be_bytes();
+            out.extend_from_slice(&[option_high, option_low, 0, 2, code_high, code_low]);
         }
     }
 }
