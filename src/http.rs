@@ -74,7 +74,24 @@ async fn handle(
         }
         (&Method::GET, "/status") => json(StatusCode::OK, &status(&control)),
         (&Method::POST, "/reload") => {
-            let report = control.reload("http").await;
+            if let Some(reason) = from_a_web_page(request.headers()) {
+                tracing::warn!(reason, "POST /reload refused: sent by a web page");
+                return Ok(reply(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    format!("refused: {reason}\n"),
+                ));
+            }
+            // Run to the end whatever the client does: a client that disconnects (or the
+            // connection's time limit) must not cancel a reload half-way, unreported.
+            let reload = tokio::spawn(async move { control.reload("http").await });
+            let Ok(report) = reload.await else {
+                return Ok(reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "reload task failed\n".into(),
+                ));
+            };
             let code = if report.ok {
                 StatusCode::OK
             } else {
@@ -90,6 +107,35 @@ async fn handle(
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     Ok(response)
+}
+
+/// Why a request looks sent by a web page of another origin, for a state-changing endpoint:
+/// a page in a browser on the operator's machine (or one whose name was rebound to 127.0.0.1)
+/// can send a POST to a loopback port. Browsers mark such requests (Fetch Metadata
+/// `Sec-Fetch-Site`, and `Origin` on every POST); `curl`, scrapers and `consortium-dns status`
+/// send neither. An `Origin` naming a loopback address or `localhost` is the operator's own.
+fn from_a_web_page(headers: &hyper::HeaderMap) -> Option<&'static str> {
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if site.is_some_and(|s| !s.eq_ignore_ascii_case("same-origin") && !s.eq_ignore_ascii_case("none")) {
+        return Some("cross-site request (Sec-Fetch-Site)");
+    }
+    let origin = headers.get(hyper::header::ORIGIN)?;
+    let host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    let Some(host) = host else {
+        return Some("unreadable Origin");
+    };
+    // host[:port] or [v6]:port
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then_some("Origin is not a loopback address")
 }
 
 /// The status document of a running server.

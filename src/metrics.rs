@@ -206,7 +206,7 @@ impl Metrics {
             ),
             panics: counter_vec(
                 PANICS_TOTAL,
-                "Panics caught in a UDP worker or TCP connection, by task (a bug if above 0).",
+                "Panics caught in a UDP worker, a TCP connection or a zone transfer build, by task (a bug if above 0).",
                 &["task"],
             ),
             registry,

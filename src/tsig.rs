@@ -12,6 +12,10 @@ use ring::hmac;
 use crate::wire::{self, be16, read_name, rtype, unix_now};
 use crate::zone::name::Name;
 
+/// The widest time window a request is accepted in, whatever fudge it asks for (RFC 8945
+/// §5.2.3 recommends 300 s).
+pub const MAX_FUDGE: u16 = 300;
+
 /// TSIG error codes (RFC 8945 §3, in the TSIG RR's Error field).
 pub const BADSIG: u16 = 16;
 pub const BADKEY: u16 = 17;
@@ -285,7 +289,9 @@ pub fn verify<'k>(message: &[u8], record: TsigRecord, keys: &'k [TsigKey], now: 
             record,
         };
     }
-    if now.abs_diff(record.time_signed) > u64::from(record.fudge) {
+    // RFC 8945 §5.2.3: the window is the request's fudge, but never more than ours (300 s,
+    // the RFC's recommendation): a client cannot widen it to replay a request for hours.
+    if now.abs_diff(record.time_signed) > u64::from(record.fudge.min(MAX_FUDGE)) {
         return Verified::Rejected {
             error: BADTIME,
             key: Some(key),

@@ -25,7 +25,7 @@ use super::answer::{Outcome, answer};
 use crate::metrics::QueryCounters;
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
-use crate::wire::{Rcode, Transport, rtype};
+use crate::wire::{self, Rcode, Transport, rtype};
 
 /// A connection quiet this long publishes what it has counted.
 const QUIET_FLUSH: Duration = Duration::from_millis(50);
@@ -393,9 +393,11 @@ fn spawn_transfer(
     chunks: mpsc::Sender<Vec<u8>>,
 ) -> tokio::task::JoinHandle<()> {
     let snapshot = shared.snapshot.load_full();
+    let shared = shared.clone();
     tokio::spawn(async move {
+        let request = query.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let messages = crate::transfer::respond(&snapshot, &query, peer.ip());
+            let messages = crate::transfer::respond(&snapshot, &request, peer.ip());
             let mut frames = Vec::with_capacity(messages.iter().map(|m| m.len() + 2).sum());
             for message in &messages {
                 push_frame(&mut frames, message);
@@ -403,8 +405,30 @@ fn spawn_transfer(
             frames
         })
         .await;
-        if let Ok(frames) = built {
-            let _ = chunks.send(frames).await;
-        }
+        let frames = match built {
+            Ok(frames) => frames,
+            Err(e) => {
+                // A bug, never expected: counted, logged, and answered SERVFAIL (RFC 1035
+                // §4.1.1) rather than left without a word.
+                if e.is_panic() {
+                    shared.metrics.panics.with_label_values(&["transfer"]).inc();
+                    tracing::error!(client = %peer, "building a zone transfer panicked; answered SERVFAIL (this is a bug: please report it)");
+                }
+                let mut reply = Vec::new();
+                let question = wire::parse_question(&query);
+                wire::error_reply(
+                    &query,
+                    &mut reply,
+                    question.as_ref(),
+                    Rcode::SERVFAIL,
+                    wire::ECHOED_FLAGS,
+                    None,
+                );
+                let mut frames = Vec::new();
+                push_frame(&mut frames, &reply);
+                frames
+            }
+        };
+        let _ = chunks.send(frames).await;
     })
 }

@@ -231,10 +231,15 @@ impl Tree {
 
 /// One HTTP/1.1 request (empty body, `Connection: close`); returns the status code and body.
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_request_with(addr, method, path, "").await
+}
+
+/// As `http_request`, with `headers` (each line ending in `\r\n`) added to the request.
+pub async fn http_request_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await?;
         let mut raw = Vec::new();

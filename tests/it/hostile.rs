@@ -140,7 +140,7 @@ fn raise_open_file_limit() -> u64 {
 
 /// Panics caught in the server's UDP workers and TCP connections (0 unless there is a bug).
 fn caught_panics(server: &ServerHandle) -> u64 {
-    ["udp", "tcp"]
+    ["udp", "tcp", "transfer"]
         .iter()
         .map(|task| server.shared.metrics.panics.with_label_values(&[task]).get())
         .sum()
@@ -1620,4 +1620,25 @@ fn fuzz_regressions() {
         harness::snapshot_from_text(zone, Some(members)),
         Ok(Some(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transfer_questions_cut_short_get_formerr_over_tcp() {
+    // Found by an adversarial test on a3fd061: an AXFR question without its QCLASS (34 octets)
+    // reached a slice out of range in the transfer code, before any ACL or TSIG check, and the
+    // client got silence. Each cut of the question now gets FORMERR, and nothing panics.
+    let (_tree, server) = crate::common::start_example().await;
+    let mut whole = raw_header(0x7a7a, 0, [1, 0, 0, 0]);
+    whole.extend_from_slice(&raw_name("consortium.example."));
+    whole.extend_from_slice(&252u16.to_be_bytes());
+    whole.extend_from_slice(&1u16.to_be_bytes());
+    for cut in 1..=3 {
+        let request = &whole[..whole.len() - cut];
+        let answers = crate::common::tcp_raw(addr(&server), &[request.to_vec(), probe()], 2).await;
+        let header = &answers[0];
+        assert_eq!(&header[0..2], &[0x7a, 0x7a], "cut {cut}: same ID");
+        assert_eq!(header[3] & 0x0f, 1, "cut {cut}: FORMERR");
+        assert_probe_answer(&Message::from_vec(&answers[1]).expect("probe answer parses"));
+    }
+    assert_eq!(caught_panics(&server), 0, "no panic on the way");
 }

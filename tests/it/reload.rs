@@ -1484,3 +1484,44 @@ async fn rrl_rates_apply_on_reload_and_listen_waits_for_a_restart() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_reload_from_a_web_page_is_refused() {
+    let tree = Tree::example();
+    tree.enable_http();
+    let server = tree.start().await;
+    let http = server.http_addr.expect("HTTP endpoint");
+    let reloads = || {
+        server
+            .control
+            .metrics
+            .reloads
+            .with_label_values(&["success"])
+            .get()
+    };
+    let at_start = reloads();
+
+    // What a browser adds to a POST from a page of another site (or a name rebound to
+    // 127.0.0.1): refused, nothing reloaded.
+    for header in [
+        "Origin: http://evil.example\r\n",
+        "Origin: http://evil.example:8053\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: same-site\r\nOrigin: http://127.0.0.1\r\n",
+        "Origin: null\r\n",
+    ] {
+        let (code, body) = common::http_request_with(http, "POST", "/reload", header).await;
+        assert_eq!(code, 403, "{header:?}: {body}");
+        assert_eq!(reloads(), at_start, "{header:?}: no reload ran");
+    }
+    // Negative controls: the operator's own tools (no Origin), or a page served from loopback.
+    for header in [
+        "",
+        &format!("Origin: http://{http}\r\n"),
+        "Origin: http://localhost:8053\r\n",
+    ] {
+        let (code, body) = common::http_request_with(http, "POST", "/reload", header).await;
+        assert_eq!(code, 200, "{header:?}: {body}");
+    }
+    assert_eq!(reloads(), at_start + 3, "the three allowed POSTs reloaded");
+}

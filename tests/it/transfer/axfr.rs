@@ -125,6 +125,22 @@ async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
         "Other Data is the server's time"
     );
 
+    // The client's fudge cannot widen the window past the server's 300 s (RFC 8945 §5.2.3):
+    // 1,000 s off with a fudge of 65,535 is BADTIME; 200 s off within 300 is accepted.
+    let stale = unix_now() - 1_000;
+    let mut request = axfr_request(7);
+    let request_mac = sign_request_with_fudge(&mut request, &key, stale, u16::MAX);
+    let t = transfer(dns, &request, localhost).await;
+    assert_refused_plainly(&t, ResponseCode::NotAuth, "AXFR signed 1,000 s ago, fudge 65,535");
+    let tsig = verify_response(&t.messages, &key, &request_mac)
+        .unwrap_or_else(|e| panic!("the BADTIME answer is signed with the key: {e}"));
+    assert_eq!(tsig.error, 18, "BADTIME despite the wide fudge");
+    let mut request = axfr_request(8);
+    let request_mac = sign_request_with_fudge(&mut request, &key, unix_now() - 200, 300);
+    let t = transfer(dns, &request, localhost).await;
+    assert_eq!(t.form, Form::Full, "AXFR signed 200 s ago, within the window");
+    verify_response(&t.messages, &key, &request_mac).expect("the transfer is signed");
+
     // The right key from an address no ACL lists: REFUSED, signed (the key was good).
     let mut request = axfr_request(6);
     let request_mac = sign_request(&mut request, &key, unix_now());

@@ -175,9 +175,14 @@ fn tsig_variables(key: &Key, time: u64, fudge: u16, error: u16, other: &[u8]) ->
 
 /// Signs a request: appends the TSIG RR (RFC 8945 §4.2) and returns its MAC.
 fn sign_request(message: &mut Vec<u8>, key: &Key, time: u64) -> Vec<u8> {
+    sign_request_with_fudge(message, key, time, 300)
+}
+
+/// As `sign_request`, asking for a time window of `fudge` seconds.
+fn sign_request_with_fudge(message: &mut Vec<u8>, key: &Key, time: u64, fudge: u16) -> Vec<u8> {
     let mut context = hmac::Context::with_key(&key.hmac());
     context.update(message);
-    context.update(&tsig_variables(key, time, 300, 0, &[]));
+    context.update(&tsig_variables(key, time, fudge, 0, &[]));
     let mac = context.sign().as_ref().to_vec();
     let id = [message[0], message[1]];
     message.extend_from_slice(&key.name_wire());
@@ -189,7 +194,7 @@ fn sign_request(message: &mut Vec<u8>, key: &Key, time: u64) -> Vec<u8> {
     message.extend_from_slice(&(rdlen as u16).to_be_bytes());
     message.extend_from_slice(&algorithm);
     message.extend_from_slice(&time.to_be_bytes()[2..]);
-    message.extend_from_slice(&300u16.to_be_bytes());
+    message.extend_from_slice(&fudge.to_be_bytes());
     message.extend_from_slice(&(mac.len() as u16).to_be_bytes());
     message.extend_from_slice(&mac);
     message.extend_from_slice(&id);
