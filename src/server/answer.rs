@@ -658,17 +658,10 @@ pub fn question_text(query: &[u8]) -> Option<(String, u16, u16)> {
 mod tests {
     use super::*;
     use crate::wire::{CD, RD};
-    use crate::zone::{self, master, name::Name};
     use rand::SeedableRng;
-    use std::path::Path;
 
     fn snapshot() -> Snapshot {
-        let origin = Name::parse("example.", None).expect("origin");
-        let text = "$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n";
-        let records = master::parse_str(text, Path::new("z"), &origin).expect("zone text");
-        let data =
-            zone::assemble(&origin, Path::new("z"), records, Vec::new(), Vec::new()).expect("valid zone");
-        Snapshot::build(vec![data], &crate::snapshot::BuildOptions::default())
+        crate::snapshot::tiny_for_tests()
     }
 
     /// `ns.example. A` signed with an unknown 251-octet key name whose algorithm name points

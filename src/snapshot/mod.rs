@@ -453,6 +453,19 @@ pub(crate) fn key_is_subdomain(name: &[u8], ancestor: &[u8]) -> bool {
     pos == start
 }
 
+/// A one-zone snapshot (`example.`: SOA, NS, one A) for the unit tests of the modules that
+/// read snapshots.
+#[cfg(test)]
+pub(crate) fn tiny_for_tests() -> Snapshot {
+    use crate::zone::{self, master};
+    use std::path::Path;
+    let origin = Name::parse("example.", None).expect("origin");
+    let text = "$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n";
+    let records = master::parse_str(text, Path::new("z"), &origin).expect("zone text");
+    let data = zone::assemble(&origin, Path::new("z"), records, Vec::new(), Vec::new()).expect("valid zone");
+    Snapshot::build(vec![data], &BuildOptions::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

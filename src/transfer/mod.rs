@@ -234,14 +234,7 @@ mod tests {
     }
 
     fn snapshot() -> Snapshot {
-        use crate::zone::{self, master, name::Name};
-        use std::path::Path;
-        let origin = Name::parse("example.", None).expect("origin");
-        let text = "$TTL 60\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n";
-        let records = master::parse_str(text, Path::new("z"), &origin).expect("zone text");
-        let data =
-            zone::assemble(&origin, Path::new("z"), records, Vec::new(), Vec::new()).expect("valid zone");
-        Snapshot::build(vec![data], &crate::snapshot::BuildOptions::default())
+        crate::snapshot::tiny_for_tests()
     }
 
     fn request(name: &[u8], qclass: u16, edns: bool) -> Vec<u8> {
