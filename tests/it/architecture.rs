@@ -167,3 +167,23 @@ fn the_checker_sees_uses_in_every_form() {
         .collect();
     assert_eq!(used, want);
 }
+
+#[test]
+fn only_the_control_plane_swaps_the_snapshot() {
+    // ARCHITECTURE.md's "one swap site": a query sees the old snapshot or the new one, and
+    // only `control` decides which.
+    let src = repo_root().join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let swapping: Vec<String> = files
+        .iter()
+        .filter(|file| {
+            std::fs::read_to_string(file)
+                .expect("source")
+                .lines()
+                .any(|line| line.split("//").next().unwrap_or("").contains("snapshot.store("))
+        })
+        .map(|file| file.strip_prefix(&src).expect("under src").display().to_string())
+        .collect();
+    assert_eq!(swapping, ["control/mod.rs"], "files that store a snapshot");
+}
