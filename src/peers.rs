@@ -54,13 +54,6 @@ pub struct ZonePeers {
     pub notify: Vec<NotifyTarget>,
 }
 
-impl ZonePeers {
-    /// True when transfers or NOTIFY are configured for the zone.
-    pub fn is_configured(&self) -> bool {
-        !self.allow_transfer.is_empty() || !self.notify.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,8 +76,8 @@ enum Change {
     TransferPicks(Vec<Box<[u8]>>),
 }
 
-/// A rebuild that was published.
-struct Published {
+/// What a published rebuild reports.
+struct Rebuilt {
     serials: BTreeMap<String, u32>,
     restart_needed: Vec<String>,
 }
@@ -386,7 +386,7 @@ impl Control {
         &self,
         bumps: &mut HashMap<Box<[u8]>, Instant>,
         change: Change,
-    ) -> Result<Published, Vec<Diagnostic>> {
+    ) -> Result<Rebuilt, Vec<Diagnostic>> {
         let running = lock(&self.config).clone();
         let previous = self.shared.snapshot.load_full();
         let metrics = self.metrics.clone();
@@ -427,7 +427,7 @@ impl Control {
         *lock(&self.config) = config;
         // The previous snapshot and the load's scratch tables are free now.
         let _ = tokio::task::spawn_blocking(crate::memory::release_freed_memory).await;
-        Ok(Published {
+        Ok(Rebuilt {
             serials,
             restart_needed,
         })
@@ -471,7 +471,7 @@ impl Control {
         &self,
         trigger: &str,
         started: Instant,
-        outcome: Result<Published, Vec<Diagnostic>>,
+        outcome: Result<Rebuilt, Vec<Diagnostic>>,
     ) -> ReloadReport {
         let (ok, errors, restart_needed, serials) = match outcome {
             Ok(published) => (true, Vec::new(), published.restart_needed, published.serials),
