@@ -75,12 +75,18 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     // After binding, so that a secondary's first query after the NOTIFY finds the port open.
     control.announce_all();
+    let mut background = Vec::new();
+    if let Some(updates) = control.accept_updates() {
+        background.push(tokio::spawn(until(
+            shutdown.clone(),
+            control.clone().serve_updates(updates),
+        )));
+    }
     let running = server::start(listeners, control.shared.clone(), &shutdown).map_err(StartError::Bind)?;
     for addr in &dns_addrs {
         tracing::info!(%addr, "serving DNS over UDP and TCP");
     }
 
-    let mut background = Vec::new();
     if let Some(listener) = http_listener {
         if let Some(addr) = http_addr {
             tracing::info!(%addr, "serving metrics and admin over HTTP");
@@ -97,7 +103,7 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
     )));
     background.push(tokio::spawn(until(
         shutdown.clone(),
-        refresh_transfer_picks(Arc::downgrade(&control)),
+        every_second(Arc::downgrade(&control)),
     )));
     control.set_ready(true);
     Ok(ServerHandle {
@@ -158,9 +164,9 @@ async fn reload_on_request(control: Arc<Control>, mut incoming: mpsc::Receiver<(
     }
 }
 
-/// Secondaries cannot pick: every second, check whether their copy of each shared name should
-/// move to another member.
-async fn refresh_transfer_picks(control: std::sync::Weak<Control>) {
+/// Every second: secondaries cannot pick, so check whether their copy of each shared name
+/// should move to another member; and remove the challenge values whose lifetime is over.
+async fn every_second(control: std::sync::Weak<Control>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -168,6 +174,7 @@ async fn refresh_transfer_picks(control: std::sync::Weak<Control>) {
             return;
         };
         control.refresh_transfer_picks().await;
+        control.expire_challenges().await;
     }
 }
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::diag::{Diagnostic, Location, line_of};
 use crate::peers::{NotifyTarget, TransferAcl, ZonePeers};
 use crate::tsig::{Algorithm, TsigKey};
+use crate::update::Policy as UpdatePolicy;
 use crate::zone::Source;
 use crate::zone::name::Name;
 use crate::zone::probe_spec::HealthSettings;
@@ -227,10 +228,42 @@ struct ZoneSection {
     /// answer (a flapping member cannot cause a transfer storm). Default "30s".
     #[serde(default = "default_pick_refresh", with = "crate::duration::serde_text")]
     transfer_pick_refresh: Duration,
+    /// TTL of the ACME challenge TXT records members add by UPDATE. Default 0 (ACME servers
+    /// query afresh each time).
+    #[serde(default, with = "crate::duration::serde_seconds_or_text")]
+    acme_challenge_ttl: Duration,
+    /// How long a challenge value lives before it is removed by itself. Default "1h".
+    #[serde(
+        default = "default_challenge_lifetime",
+        with = "crate::duration::serde_seconds_or_text"
+    )]
+    acme_challenge_lifetime: Duration,
+    /// Values one key may hold at one name. Default 8.
+    #[serde(default = "default_challenge_quota")]
+    acme_challenge_quota: u32,
+    /// Accept any TXT value, not only ACME key-authorisation digests (43 base64url
+    /// characters). Default false.
+    #[serde(default)]
+    acme_challenge_any_value: bool,
+    /// Updates per second one key may send (a burst of twice that). Default 5.
+    #[serde(default = "default_update_rate")]
+    update_rate: u32,
 }
 
 fn default_pick_refresh() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_challenge_lifetime() -> Duration {
+    Duration::from_secs(3_600)
+}
+
+fn default_challenge_quota() -> u32 {
+    8
+}
+
+fn default_update_rate() -> u32 {
+    5
 }
 
 /// Validated runtime settings.
@@ -458,6 +491,8 @@ pub struct ZoneConfig {
     /// Who may transfer the zone, whom to NOTIFY.
     pub peers: ZonePeers,
     pub transfer_pick_refresh: Duration,
+    /// What RFC 2136 UPDATE may do in this zone (members' ACME challenges).
+    pub updates: UpdatePolicy,
     pub location: Location,
 }
 
@@ -691,6 +726,16 @@ impl Parser<'_> {
                 serial_policy: section.serial_policy,
                 peers,
                 transfer_pick_refresh: section.transfer_pick_refresh,
+                updates: UpdatePolicy {
+                    ttl: section
+                        .acme_challenge_ttl
+                        .as_secs()
+                        .min(u64::from(i32::MAX as u32)) as u32,
+                    lifetime: section.acme_challenge_lifetime,
+                    quota: section.acme_challenge_quota,
+                    any_value: section.acme_challenge_any_value,
+                    rate: section.update_rate,
+                },
                 location,
             });
         }

@@ -57,6 +57,27 @@ pub mod serde_text_opt {
     }
 }
 
+/// serde adapter for `Duration` fields that also take a bare number of seconds, as DNS TTLs are
+/// usually written (`acme-challenge-ttl = 0` or `"0s"`).
+pub mod serde_seconds_or_text {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Seconds(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Written::deserialize(d)? {
+            Written::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
+            Written::Text(text) => super::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,5 +21,6 @@ pub mod snapshot;
 pub mod sync;
 pub mod transfer;
 pub mod tsig;
+pub mod update;
 pub mod wire;
 pub mod zone;

@@ -35,6 +35,10 @@ pub const TCP_CONNECTIONS_OPEN: &str = "consortium_dns_tcp_connections_open";
 pub const RRL_LIMITED_TOTAL: &str = "consortium_dns_rrl_limited_total";
 pub const POOL_MEMBERS: &str = "consortium_dns_pool_members";
 pub const PANICS_TOTAL: &str = "consortium_dns_panics_total";
+pub const UPDATES_TOTAL: &str = "consortium_dns_updates_total";
+pub const UPDATE_VALUES_TOTAL: &str = "consortium_dns_update_values_total";
+pub const ACME_CHALLENGE_VALUES: &str = "consortium_dns_acme_challenge_values";
+pub const SECONDARY_SERIAL: &str = "consortium_dns_secondary_serial";
 
 /// Pools with more members than this get no per-member series (state, weight, probe,
 /// certificate, picks): at 100,000 members those would cost hundreds of megabytes per scrape.
@@ -99,6 +103,15 @@ pub struct Metrics {
     pub tcp_connections_open: IntGauge,
     /// Panics caught in a UDP worker or a TCP connection (by `task`): 0 unless there is a bug.
     pub panics: IntCounterVec,
+    /// RFC 2136 UPDATEs by zone, verified key ("-" when none) and rcode ("dropped" when the
+    /// queue was full).
+    pub updates: IntCounterVec,
+    /// Challenge values added, removed and expired, by zone and key.
+    pub update_values: IntCounterVec,
+    /// Challenge values held now, by zone.
+    pub acme_challenge_values: IntGaugeVec,
+    /// The serial each secondary (NOTIFY target) last answered for the zone's SOA.
+    pub secondary_serial: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -208,6 +221,26 @@ impl Metrics {
                 PANICS_TOTAL,
                 "Panics caught in a UDP worker, a TCP connection or a zone transfer build, by task (a bug if above 0).",
                 &["task"],
+            ),
+            updates: counter_vec(
+                UPDATES_TOTAL,
+                "RFC 2136 UPDATEs by zone, verified key (\"-\" when none) and rcode (\"dropped\" when the queue was full).",
+                &["zone", "key", "rcode"],
+            ),
+            update_values: counter_vec(
+                UPDATE_VALUES_TOTAL,
+                "ACME challenge values by zone, key and action (added, removed, expired).",
+                &["zone", "key", "action"],
+            ),
+            acme_challenge_values: gauge_vec(
+                ACME_CHALLENGE_VALUES,
+                "ACME challenge values held now (added by UPDATE, not yet removed or expired).",
+                &["zone"],
+            ),
+            secondary_serial: gauge_vec(
+                SECONDARY_SERIAL,
+                "The SOA serial each secondary (NOTIFY target) last answered for the zone.",
+                &["zone", "secondary"],
             ),
             registry,
         }

@@ -6,6 +6,7 @@
 //! and the served-serial state file; it must not answer queries or run probes.
 
 pub mod serial_state;
+mod updates;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,7 @@ use crate::snapshot::{BuildOptions, Snapshot};
 use crate::sync::lock;
 use crate::transfer::history;
 use crate::transfer::notifier::Notifier;
+use crate::update;
 use crate::wire;
 use crate::zone::serial::choose_serial;
 use crate::zone::{self, ZoneData};
@@ -74,6 +76,20 @@ enum Change {
     /// The published data again, with a new serial for these zones (lowercased origins):
     /// health moved their transfer pick.
     TransferPicks(Vec<Box<[u8]>>),
+    /// The published data again, with these zones' challenge values as the store now holds
+    /// them (an UPDATE, or values whose lifetime ended).
+    Dynamic(Vec<Box<[u8]>>),
+}
+
+/// What the rebuild lock guards: state that changes only inside a rebuild.
+#[derive(Debug, Default)]
+struct Rebuilding {
+    /// When health last raised each zone's serial (per `transfer-pick-refresh`).
+    bumps: HashMap<Box<[u8]>, Instant>,
+    /// The dynamic layer: ACME challenge values members added by UPDATE.
+    challenges: update::store::Store,
+    /// Per-key update rates and the request MACs already seen.
+    guard: update::Guard,
 }
 
 /// What a published rebuild reports.
@@ -99,9 +115,8 @@ pub struct Control {
     config: Mutex<Config>,
     overrides: Overrides,
     reports: Mutex<Reports>,
-    /// Held for a whole rebuild, so rebuilds never overlap. Inside: when health last raised
-    /// each zone's serial (per `transfer-pick-refresh`).
-    rebuilding: tokio::sync::Mutex<HashMap<Box<[u8]>, Instant>>,
+    /// Held for a whole rebuild, so rebuilds never overlap; guards what only rebuilds change.
+    rebuilding: tokio::sync::Mutex<Rebuilding>,
     ready: AtomicBool,
     notifier: Notifier,
     /// Serialises scrapes: gauges are reset and refilled, so two at once could see gaps.
@@ -116,7 +131,10 @@ pub fn load_zones(config: &Config) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     for zone_config in &config.live.zones {
         match zone::load(&zone_config.source, &config.live.health_defaults) {
-            Ok(data) => zones.push(data),
+            Ok(data) => {
+                errors.extend(updates::check_update_keys(&data, config));
+                zones.push(data);
+            }
             Err(mut e) => errors.append(&mut e),
         }
     }
@@ -169,12 +187,19 @@ fn load_change(
     running: &Config,
     previous: &Snapshot,
     overrides: &Overrides,
+    challenges: &mut update::store::Store,
 ) -> Result<(Config, Vec<ZoneData>), Vec<Diagnostic>> {
     match change {
         Change::Start(config) => {
             let mut zones = load_zones(&config)?;
-            // What was served before the restart: the serial continues from there.
+            // What was served before the restart: the serial continues from there, and the
+            // challenge values still alive are served again.
             let state = config.live.state_file.as_deref().map(SerialState::read);
+            if let Some(state) = &state {
+                *challenges = state.challenges();
+                challenges.expire(wire::unix_now());
+            }
+            updates::attach(&mut zones, challenges, &config);
             apply_serial_policy(&mut zones, &config, |origin| {
                 state.as_ref().and_then(|s| s.previous(origin))
             });
@@ -184,6 +209,7 @@ fn load_change(
             let mut config = Config::load(&running.path)?;
             overrides.apply(&mut config);
             let mut zones = load_zones(&config)?;
+            updates::attach(&mut zones, challenges, &config);
             apply_serial_policy(&mut zones, &config, |origin| {
                 previous
                     .zones()
@@ -209,6 +235,22 @@ fn load_change(
             }
             Ok((running.clone(), zones))
         }
+        Change::Dynamic(due) => {
+            let mut zones = zones_of(previous);
+            for (zone, data) in previous.zones().iter().zip(&mut zones) {
+                if due.contains(&zone.origin.key()) {
+                    data.dynamic = updates::records_for(challenges, &zone.origin, running);
+                    data.set_serial(choose_serial(
+                        running.serial_policy(&zone.origin),
+                        Some((zone.serial, zone.content_digest)),
+                        zone.serial,
+                        data.content_digest(),
+                        SystemTime::now(),
+                    ));
+                }
+            }
+            Ok((running.clone(), zones))
+        }
     }
 }
 
@@ -223,6 +265,7 @@ fn zones_of(snapshot: &Snapshot) -> Vec<ZoneData> {
                 records: zone.records.clone(),
                 members: zone.members.clone(),
                 pools: zone.pools.iter().map(|p| p.def.clone()).collect(),
+                dynamic: zone.dynamic.clone(),
             };
             data.set_serial(zone.serial);
             data
@@ -238,16 +281,13 @@ fn serials_of(snapshot: &Snapshot) -> BTreeMap<String, u32> {
         .collect()
 }
 
-/// Records the served serials in the state file, when one is configured and they changed.
-/// A failure is logged: the zone is served all the same.
-fn save_serial_state(config: &Config, snapshot: &Snapshot, previous: &Snapshot) {
-    let Some(path) = &config.live.state_file else {
+/// Records the served serials and challenge values in the state file, when one is configured
+/// and they changed (or it is the first save). A failure is logged: the zone is served all
+/// the same.
+fn save_state(config: &Config, state: Option<SerialState>) {
+    let (Some(path), Some(state)) = (&config.live.state_file, state) else {
         return;
     };
-    let state = SerialState::of(snapshot);
-    if SerialState::of(previous) == state {
-        return;
-    }
     if let Err(e) = state.write(path) {
         tracing::warn!(file = %path.display(), "cannot save the served serials: {e}");
     }
@@ -279,10 +319,10 @@ impl Control {
     /// The first load and publication; errors are the files' problems. Nothing is announced
     /// yet: `announce_all` sends the first NOTIFYs once the listeners are bound.
     pub async fn start(&self) -> Result<ReloadReport, Vec<Diagnostic>> {
-        let mut bumps = self.rebuilding.lock().await;
+        let mut state = self.rebuilding.lock().await;
         let config = lock(&self.config).clone();
         let started = Instant::now();
-        let published = self.rebuild(&mut bumps, Change::Start(Box::new(config))).await?;
+        let published = self.rebuild(&mut state, Change::Start(Box::new(config))).await?;
         let report = self.report("start", started, Ok(published));
         self.record(&report);
         Ok(report)
@@ -321,9 +361,9 @@ impl Control {
     /// Reads the config and every zone again; on success swaps the new Snapshot in at once,
     /// on failure keeps serving the old one. Reloads never overlap.
     pub async fn reload(&self, trigger: &str) -> ReloadReport {
-        let mut bumps = self.rebuilding.lock().await;
+        let mut state = self.rebuilding.lock().await;
         let started = Instant::now();
-        let outcome = self.rebuild(&mut bumps, Change::Reload).await;
+        let outcome = self.rebuild(&mut state, Change::Reload).await;
         if let Err(errors) = &outcome {
             for e in errors {
                 tracing::error!(trigger, "reload failed, still serving the previous data: {e}");
@@ -340,12 +380,12 @@ impl Control {
     /// When health moved a shared name's transfer pick, raises the zone's serial (at most once
     /// per `transfer-pick-refresh`) so secondaries follow. Zones nobody transfers are skipped.
     pub async fn refresh_transfer_picks(&self) {
-        let mut bumps = self.rebuilding.lock().await;
-        let due = self.pick_changes_due(&bumps);
+        let mut state = self.rebuilding.lock().await;
+        let due = self.pick_changes_due(&state.bumps);
         if due.is_empty() {
             return;
         }
-        match self.rebuild(&mut bumps, Change::TransferPicks(due)).await {
+        match self.rebuild(&mut state, Change::TransferPicks(due)).await {
             Ok(published) => tracing::info!(
                 serials = ?published.serials,
                 "shared-name transfer pick changed with health: serial raised"
@@ -382,26 +422,26 @@ impl Control {
     /// The one rebuild path: load (or reuse) the data, choose serials, build, publish. The
     /// caller holds `rebuilding` (so rebuilds never overlap, and each is reported before the
     /// next begins) and passes its contents; a failed rebuild changes nothing.
-    async fn rebuild(
-        &self,
-        bumps: &mut HashMap<Box<[u8]>, Instant>,
-        change: Change,
-    ) -> Result<Rebuilt, Vec<Diagnostic>> {
+    async fn rebuild(&self, state: &mut Rebuilding, change: Change) -> Result<Rebuilt, Vec<Diagnostic>> {
         let running = lock(&self.config).clone();
         let previous = self.shared.snapshot.load_full();
         let metrics = self.metrics.clone();
         let overrides = self.overrides.clone();
-        let (bumped, starting) = match &change {
-            Change::TransferPicks(due) => (due.clone(), false),
-            Change::Start(_) => (Vec::new(), true),
-            Change::Reload => (Vec::new(), false),
+        let (bumped, starting, reread) = match &change {
+            Change::TransferPicks(due) => (due.clone(), false, false),
+            Change::Dynamic(_) => (Vec::new(), false, false),
+            Change::Start(_) => (Vec::new(), true, true),
+            Change::Reload => (Vec::new(), false, true),
         };
         let (running_now, previous_now) = (running.clone(), previous.clone());
+        let mut challenges = state.challenges.clone();
+        let state_before = SerialState::of(&previous, &state.challenges);
         // Parsing and building are CPU and file work: off the async workers.
-        let (config, snapshot) = tokio::task::spawn_blocking(move || {
-            let (config, zones) = load_change(change, &running_now, &previous_now, &overrides)?;
+        let (config, snapshot, challenges) = tokio::task::spawn_blocking(move || {
+            let (config, zones) =
+                load_change(change, &running_now, &previous_now, &overrides, &mut challenges)?;
             let snapshot = build_snapshot(zones, &config, Some(&metrics));
-            Ok::<_, Vec<Diagnostic>>((config, snapshot))
+            Ok::<_, Vec<Diagnostic>>((config, snapshot, challenges))
         })
         .await
         .map_err(|join_error| {
@@ -416,14 +456,19 @@ impl Control {
         }
         // What needs a restart stays as it runs.
         let config = config.with_restart_settings_of(&running);
-        if let Some(watch) = self.watch.get().filter(|_| bumped.is_empty()) {
+        if let Some(watch) = self.watch.get().filter(|_| reread) {
             // New zones, members files or `$INCLUDE`s elsewhere: watch them from now on.
             watch.extend(watch::files_to_watch(&config, &snapshot));
         }
         for zone in bumped {
-            bumps.insert(zone, Instant::now());
+            state.bumps.insert(zone, Instant::now());
         }
-        let serials = self.publish(snapshot, &config, starting);
+        let state_after = SerialState::of(&snapshot, &challenges);
+        // Also when `state-file` was just set: the file exists from now on.
+        let new_file = config.live.state_file != running.live.state_file;
+        let changed_state = (starting || new_file || state_after != state_before).then_some(state_after);
+        state.challenges = challenges;
+        let serials = self.publish(snapshot, &config, starting, changed_state);
         *lock(&self.config) = config;
         // The previous snapshot and the load's scratch tables are free now.
         let _ = tokio::task::spawn_blocking(crate::memory::release_freed_memory).await;
@@ -436,7 +481,13 @@ impl Control {
     /// Publishes a built snapshot: health tables first (so nobody sees stale weights), then
     /// the transfer history, the serial state, the swap, the RRL rates, and NOTIFY for zones
     /// whose serial moved (not at start: see `announce_all`).
-    fn publish(&self, mut snapshot: Snapshot, config: &Config, starting: bool) -> BTreeMap<String, u32> {
+    fn publish(
+        &self,
+        mut snapshot: Snapshot,
+        config: &Config,
+        starting: bool,
+        state: Option<SerialState>,
+    ) -> BTreeMap<String, u32> {
         let previous = self.shared.snapshot.load_full();
         if starting {
             // The first version a secondary gets picks by configured weight, as the tables
@@ -448,7 +499,7 @@ impl Control {
             history::next(Some(&previous), &mut snapshot);
         }
         let serials = serials_of(&snapshot);
-        save_serial_state(config, &snapshot, &previous);
+        save_state(config, state);
         self.shared.snapshot.store(Arc::new(snapshot));
         self.shared.rrl.set_rates(config.live.rrl.clone());
         // Tables of the published snapshot, in case a probe flipped meanwhile.
@@ -463,6 +514,12 @@ impl Control {
                 .zone_serial
                 .with_label_values(&[zone])
                 .set(i64::from(*serial));
+        }
+        for zone in current.zones() {
+            self.metrics
+                .acme_challenge_values
+                .with_label_values(&[&zone.origin.to_string()])
+                .set(zone.dynamic.len() as i64);
         }
         serials
     }

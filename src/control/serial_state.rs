@@ -13,12 +13,16 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::Snapshot;
+use crate::update::store::{SavedChallenge, Store};
 use crate::zone::name::Name;
 
-/// What was last served: zone (lowercased, absolute) -> serial and content digest.
+/// What was last served: zone (lowercased, absolute) -> serial and content digest; and the
+/// ACME challenge values members added by UPDATE (a restart during an issuance keeps them).
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialState {
     zones: BTreeMap<String, ServedZone>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    challenges: Vec<SavedChallenge>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,9 +60,15 @@ impl SerialState {
         self.zones.get(&key(origin)).map(|z| (z.serial, z.digest))
     }
 
-    /// The state of a snapshot's zones.
-    pub fn of(snapshot: &Snapshot) -> SerialState {
+    /// The challenge values saved.
+    pub fn challenges(&self) -> Store {
+        Store::from_saved(&self.challenges)
+    }
+
+    /// The state of a snapshot's zones and the challenge values it serves.
+    pub fn of(snapshot: &Snapshot, challenges: &Store) -> SerialState {
         SerialState {
+            challenges: challenges.saved(),
             zones: snapshot
                 .zones()
                 .iter()

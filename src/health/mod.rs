@@ -538,6 +538,7 @@ mod tests {
                 .resolve()
                 .expect("valid"),
             ),
+            update_key: None,
             location: crate::zone::Location::new(std::path::Path::new("m").into(), 1),
         };
         let health = MemberHealth::new(&zone, &member);

@@ -11,13 +11,14 @@ mod udp;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::mpsc;
 
 use crate::config::{Limits, RestartSettings, RrlRates};
 use crate::metrics::Metrics;
@@ -38,7 +39,33 @@ pub struct Shared {
     pub query_log: QueryLog,
     /// UDP response rate limiting; its rates (and on/off) follow reloads.
     pub rrl: rrl::Limiter,
+    /// Where RFC 2136 UPDATE messages go: the control plane, once it serves them. Unset,
+    /// UPDATE gets NOTIMP like any opcode not implemented.
+    pub updates: OnceLock<mpsc::Sender<UpdateRequest>>,
 }
+
+/// An RFC 2136 UPDATE handed by a listener to the control plane, which owns the dynamic data
+/// and answers once the change is published (so an acknowledged value is served).
+pub struct UpdateRequest {
+    pub message: Vec<u8>,
+    pub client: SocketAddr,
+    pub transport: Transport,
+    /// Sends the answer (an empty one sends nothing).
+    pub reply: Box<dyn FnOnce(Vec<u8>) + Send>,
+}
+
+impl std::fmt::Debug for UpdateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateRequest")
+            .field("client", &self.client)
+            .field("transport", &self.transport)
+            .field("len", &self.message.len())
+            .finish()
+    }
+}
+
+/// Updates waiting for the control plane at most; more are dropped (UDP clients retry).
+pub const UPDATE_QUEUE: usize = 256;
 
 impl Shared {
     /// The shared state of a server with `settings`, serving `snapshot` until the control
@@ -56,7 +83,23 @@ impl Shared {
             count_queries: settings.query_metrics,
             query_log: QueryLog::every(settings.query_log_sample),
             rrl: rrl::Limiter::new(rrl_rates, settings.rrl_table_size),
+            updates: OnceLock::new(),
         }
+    }
+
+    /// Hands an UPDATE to the control plane. False when nobody serves updates (answer it as
+    /// an opcode not implemented); a full queue drops it, counted.
+    pub fn submit_update(&self, request: UpdateRequest) -> bool {
+        let Some(updates) = self.updates.get() else {
+            return false;
+        };
+        if updates.try_send(request).is_err() {
+            self.metrics
+                .updates
+                .with_label_values(&["-", "-", "dropped"])
+                .inc();
+        }
+        true
     }
 }
 

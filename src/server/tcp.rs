@@ -20,8 +20,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::Shared;
 use super::answer::{Outcome, answer};
+use super::{Shared, UpdateRequest};
 use crate::metrics::QueryCounters;
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
@@ -29,6 +29,9 @@ use crate::wire::{self, Rcode, Transport, rtype};
 
 /// A connection quiet this long publishes what it has counted.
 const QUIET_FLUSH: Duration = Duration::from_millis(50);
+/// How long a TCP client waits for the control plane to apply its UPDATE (a rebuild of a
+/// large zone takes a second or two).
+const UPDATE_WAIT: Duration = Duration::from_secs(30);
 
 /// Connections open per client address, for the per-client cap.
 type PerClient = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -232,6 +235,8 @@ async fn read_loop(
             open = connection.read_message(deadline).await
                 && if crate::transfer::is_transfer(&connection.query) {
                     connection.start_transfer(&mut frames).await
+                } else if wire::is_update(&connection.query) {
+                    connection.update(&mut frames).await
                 } else {
                     connection.answer_query(&mut frames)
                 };
@@ -334,6 +339,31 @@ impl Connection<'_> {
             self.counters.answered(rtype::AXFR, Rcode::NOERROR, false);
         }
         true
+    }
+
+    /// Hands the UPDATE in `query` to the control plane and waits for its answer (the answers
+    /// stay in order). Without an update service it is answered like any other opcode.
+    async fn update(&mut self, frames: &mut Vec<u8>) -> bool {
+        let (sender, answer) = tokio::sync::oneshot::channel();
+        let request = UpdateRequest {
+            message: self.query.clone(),
+            client: self.peer,
+            transport: Transport::Tcp,
+            reply: Box::new(move |answer: Vec<u8>| {
+                let _ = sender.send(answer);
+            }),
+        };
+        if !self.shared.submit_update(request) {
+            return self.answer_query(frames);
+        }
+        match tokio::time::timeout(UPDATE_WAIT, answer).await {
+            Ok(Ok(answer)) if !answer.is_empty() => {
+                push_frame(frames, &answer);
+                true
+            }
+            // Dropped (queue full), refused silence, or the control plane is stuck: close.
+            _ => false,
+        }
     }
 
     /// Answers the query in `query` into `frames`. False when it is not a query we answer:

@@ -13,12 +13,12 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmm
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use super::Shared;
 use super::answer::{Outcome, answer};
 use super::rrl::{self, Verdict};
+use super::{Shared, UpdateRequest};
 use crate::metrics::QueryCounters;
 use crate::shutdown::Shutdown;
-use crate::wire::Transport;
+use crate::wire::{self, Transport};
 
 /// Datagrams per system call.
 const BATCH: usize = 32;
@@ -39,6 +39,8 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &Shutdown) {
     let max_payload = shared.limits.udp_payload;
     let mut counters = QueryCounters::new(shared.metrics.clone(), Transport::Udp);
     let count = shared.count_queries;
+    // UPDATE answers are sent later, from the control plane, on this same socket.
+    let reply_socket = socket.try_clone().ok().map(std::sync::Arc::new);
     while !stop.is_triggered() {
         received.clear();
         {
@@ -84,6 +86,9 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &Shutdown) {
                 continue;
             }
             let query = &buffers[index][..len];
+            if wire::is_update(query) && submit_update(shared, &reply_socket, query, peer) {
+                continue;
+            }
             let out = &mut outs[index];
             let Outcome::Responded {
                 rcode,
@@ -124,6 +129,29 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &Shutdown) {
         send_batch(socket, fd, &mut send_headers, &outs, &to_send);
     }
     counters.flush();
+}
+
+/// Hands an UPDATE to the control plane, to be answered on `socket` when done. False when it
+/// is answered here (no update service, or no socket to answer on later).
+fn submit_update(
+    shared: &Shared,
+    socket: &Option<std::sync::Arc<UdpSocket>>,
+    query: &[u8],
+    peer: SocketAddr,
+) -> bool {
+    let Some(socket) = socket.clone() else {
+        return false;
+    };
+    shared.submit_update(UpdateRequest {
+        message: query.to_vec(),
+        client: peer,
+        transport: Transport::Udp,
+        reply: Box::new(move |answer: Vec<u8>| {
+            if !answer.is_empty() {
+                let _ = socket.send_to(&answer, peer);
+            }
+        }),
+    })
 }
 
 /// The answers of one batch to send: which buffer, to whom (in sendmmsg's form).

@@ -22,10 +22,15 @@ pub(super) fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
     let content_digest = data.content_digest();
     let ZoneData {
         origin,
-        records,
+        mut records,
         members,
         pools,
+        dynamic,
     } = data;
+    // The dynamic records are served like the files' (control checked that they own names of
+    // their own); they are kept apart again below.
+    let file_records = records.len();
+    records.extend(dynamic.iter().cloned());
     let owners = Owners::new(&records, &members);
     let bare = bare_names(&origin, &owners, &pools);
     let numbering = Numbering {
@@ -60,6 +65,7 @@ pub(super) fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
     } = tables;
     rrsets.shrink_to_fit();
     additionals.shrink_to_fit();
+    records.truncate(file_records);
     Zone {
         origin,
         serial,
@@ -72,6 +78,7 @@ pub(super) fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         pools,
         members,
         records,
+        dynamic,
         transfer: Default::default(),
     }
 }

@@ -77,6 +77,9 @@ pub struct Zone {
     /// The zone file's records as loaded (member CNAMEs are in `members`; `all_records` has
     /// both), for differential tests, transfers and `check`.
     pub records: Vec<Record>,
+    /// Records added by RFC 2136 UPDATE (`ZoneData::dynamic`), served and transferred with
+    /// the rest.
+    pub dynamic: Vec<Record>,
     /// Transfer ACL, NOTIFY targets and IXFR history (`transfer::history` fills the last).
     pub transfer: ZoneTransfer,
 }
@@ -347,6 +350,7 @@ impl Zone {
     pub fn all_records(&self) -> Vec<Record> {
         let mut records = self.records.clone();
         records.extend(self.members.iter().map(Member::cname_record));
+        records.extend(self.dynamic.iter().cloned());
         records
     }
 }

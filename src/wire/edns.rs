@@ -133,6 +133,22 @@ pub fn put_opt(out: &mut Vec<u8>, opt: &OptReply, rcode: Rcode) {
     }
 }
 
+/// Appends an OPT record carrying one Extended DNS Error with EXTRA-TEXT (RFC 8914 §2), for
+/// answers whose reason a person reads (an UPDATE refused by policy). At most 255 octets of
+/// text are sent. The caller counts the record in ARCOUNT.
+pub fn put_opt_with_text(out: &mut Vec<u8>, rcode: Rcode, info_code: u16, text: &str) {
+    let text = &text.as_bytes()[..text.len().min(255)];
+    let option_len = 2 + text.len();
+    out.extend_from_slice(&[0, 0, 41]);
+    out.extend_from_slice(&1232u16.to_be_bytes());
+    out.extend_from_slice(&[rcode.extended_bits(), 0, 0, 0]);
+    out.extend_from_slice(&((4 + option_len) as u16).to_be_bytes());
+    out.extend_from_slice(&EDE_OPTION.to_be_bytes());
+    out.extend_from_slice(&(option_len as u16).to_be_bytes());
+    out.extend_from_slice(&info_code.to_be_bytes());
+    out.extend_from_slice(text);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,9 @@
 mod edns;
 pub mod rtype;
 
-pub use edns::{Additional, EDE_OPTION, Ede, Edns, OPT_LEN, OptReply, parse_additional, put_opt};
+pub use edns::{
+    Additional, EDE_OPTION, Ede, Edns, OPT_LEN, OptReply, parse_additional, put_opt, put_opt_with_text,
+};
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -70,6 +72,11 @@ pub fn be32(bytes: &[u8], at: usize) -> u32 {
     }
 }
 
+/// True when `message` is an RFC 2136 UPDATE request (not a response).
+pub fn is_update(message: &[u8]) -> bool {
+    message.len() >= HEADER_LEN && be16(message, 2) & QR == 0 && opcode(be16(message, 2)) == OPCODE_UPDATE
+}
+
 /// The opcode of a message's header flags.
 #[inline]
 pub fn opcode(flags: u16) -> u16 {
@@ -88,7 +95,14 @@ impl Rcode {
     pub const NXDOMAIN: Rcode = Rcode(3);
     pub const NOTIMP: Rcode = Rcode(4);
     pub const REFUSED: Rcode = Rcode(5);
+    /// RFC 2136 §2.2: a name that should not exist does, an RRset that should not exist
+    /// does, one that should exist does not.
+    pub const YXDOMAIN: Rcode = Rcode(6);
+    pub const YXRRSET: Rcode = Rcode(7);
+    pub const NXRRSET: Rcode = Rcode(8);
     pub const NOTAUTH: Rcode = Rcode(9);
+    /// RFC 2136 §2.2: a name of the update is outside the zone it names.
+    pub const NOTZONE: Rcode = Rcode(10);
     /// Needs the OPT record (extended rcode 1, header 0).
     pub const BADVERS: Rcode = Rcode(16);
 

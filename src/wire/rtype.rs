@@ -3,6 +3,8 @@
 pub const CLASS_IN: u16 = 1;
 pub const CLASS_CH: u16 = 3;
 pub const CLASS_ANY: u16 = 255;
+/// RFC 2136 §2.4/§2.5: "delete this RR" and "RRset or name does not exist".
+pub const CLASS_NONE: u16 = 254;
 
 pub const A: u16 = 1;
 pub const NS: u16 = 2;

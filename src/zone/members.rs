@@ -74,6 +74,10 @@ struct MemberSection {
     /// Health-check settings over the config's `[health]` defaults.
     #[serde(default)]
     health: HealthSettings,
+    /// The config's `[[key]]` that may add and delete this member's ACME challenges (RFC
+    /// 2136 UPDATE, see `update`).
+    #[serde(default)]
+    update_key: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -104,6 +108,9 @@ pub struct Member {
     /// Shared between members with the same settings (most of them), to keep memory per
     /// member small.
     pub probe: Arc<ProbeSpec>,
+    /// The `[[key]]` (as named in the config) that may update this member's ACME challenge
+    /// names; most members have none.
+    pub update_key: Option<Box<str>>,
     pub location: Location,
 }
 
@@ -375,6 +382,7 @@ impl<'a> MemberList<'a> {
             weight: section.weight,
             ttl: section.ttl.unwrap_or(self.member_ttl),
             probe,
+            update_key: section.update_key.as_deref().map(Box::from),
             location,
         });
     }

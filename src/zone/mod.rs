@@ -50,6 +50,9 @@ pub struct ZoneData {
     pub records: Vec<Record>,
     pub members: Vec<Member>,
     pub pools: Vec<PoolDef>,
+    /// Records added by RFC 2136 UPDATE (ACME challenge TXT values), kept apart from the
+    /// files' records: they are never written into an operator's file.
+    pub dynamic: Vec<Record>,
 }
 
 impl ZoneData {
@@ -107,9 +110,17 @@ impl ZoneData {
             .members
             .iter()
             .map(|m| record_hash(&m.name, rtype::CNAME, m.ttl, m.target.wire()));
-        let sum = records.chain(member_cnames).fold(0u64, u64::wrapping_add);
+        let dynamic = self
+            .dynamic
+            .iter()
+            .map(|r| record_hash(&r.name, r.rtype, r.ttl, &r.rdata));
+        let sum = records
+            .chain(member_cnames)
+            .chain(dynamic)
+            .fold(0u64, u64::wrapping_add);
         let mut hasher = std::hash::DefaultHasher::new();
-        (sum, self.records.len() + self.members.len()).hash(&mut hasher);
+        let count = self.records.len() + self.members.len() + self.dynamic.len();
+        (sum, count).hash(&mut hasher);
         for pool in &self.pools {
             (pool.name.key(), pool.ttl, &pool.members).hash(&mut hasher);
         }
@@ -150,6 +161,7 @@ pub fn assemble(
             records,
             members,
             pools,
+            dynamic: Vec::new(),
         })
     } else {
         Err(errors)

@@ -1,0 +1,179 @@
+//! RFC 2136 UPDATE in the control plane: the queue listeners fill, the dynamic layer attached
+//! to every rebuild, and the values that expire.
+//!
+//! An update is applied under the rebuild lock and answered only once the snapshot that
+//! serves it is published (and saved in the state file): an acknowledged challenge is
+//! already visible to the CA and on its way to the secondaries by NOTIFY.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{Change, Control};
+use crate::config::Config;
+use crate::diag::Diagnostic;
+use crate::server::UpdateRequest;
+use crate::update::store::Store;
+use crate::update::{self, ZoneView};
+use crate::wire::{self, Rcode};
+use crate::zone::name::Name;
+use crate::zone::{Record, ZoneData};
+
+/// Every member's `update-key` names a `[[key]]` of the config.
+pub(super) fn check_update_keys(zone: &ZoneData, config: &Config) -> Vec<Diagnostic> {
+    zone.members
+        .iter()
+        .filter_map(|member| {
+            let wanted = member.update_key.as_deref()?;
+            let known = config.live.keys.iter().any(|key| {
+                key.name
+                    .to_string()
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(wanted.trim_end_matches('.'))
+            });
+            (!known).then(|| {
+                Diagnostic::at(
+                    member.location.clone(),
+                    format!(
+                        "member {:?}: update-key {wanted:?} names no [[key]] of the config",
+                        member.label()
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The challenge TXT records `origin` serves, at its configured TTL.
+pub(super) fn records_for(challenges: &Store, origin: &Name, config: &Config) -> Vec<Record> {
+    let ttl = config.zone(origin).map_or(0, |z| z.updates.ttl);
+    challenges.records(&origin.key(), ttl)
+}
+
+/// Gives freshly loaded zones the challenge values that may stay: a value whose member (or
+/// key) went away, or whose name the files now own, is dropped.
+pub(super) fn attach(zones: &mut [ZoneData], challenges: &mut Store, config: &Config) {
+    let dropped = challenges.retain(|zone_key, challenge| {
+        zones
+            .iter()
+            .find(|z| z.origin.key()[..] == *zone_key)
+            .is_some_and(|zone| ZoneView::of_data(zone).keeps(challenge))
+    });
+    for zone in dropped {
+        tracing::info!(zone = %Name::from_wire_unchecked(&zone), "challenge values dropped: their member, key or name changed in the files");
+    }
+    for zone in zones {
+        zone.dynamic = records_for(challenges, &zone.origin, config);
+    }
+}
+
+impl Control {
+    /// Serves the UPDATEs the listeners queue, one at a time, until the queue closes.
+    pub async fn serve_updates(self: Arc<Self>, mut incoming: mpsc::Receiver<UpdateRequest>) {
+        while let Some(UpdateRequest {
+            message,
+            client,
+            reply,
+            ..
+        }) = incoming.recv().await
+        {
+            let answer = self.update(&message, client).await;
+            reply(answer);
+        }
+    }
+
+    /// A queue for the listeners; `serve_updates` must then run on its other end.
+    pub fn accept_updates(&self) -> Option<mpsc::Receiver<UpdateRequest>> {
+        let (sender, incoming) = mpsc::channel(crate::server::UPDATE_QUEUE);
+        self.shared.updates.set(sender).ok()?;
+        Some(incoming)
+    }
+
+    /// Applies one UPDATE and answers it once the result is published.
+    async fn update(&self, message: &[u8], client: std::net::SocketAddr) -> Vec<u8> {
+        let mut guard = self.rebuilding.lock().await;
+        let state = &mut *guard;
+        let snapshot = self.shared.snapshot.load_full();
+        let config = self.config();
+        let policy = |origin: &Name| config.zone(origin).map(|z| z.updates.clone()).unwrap_or_default();
+        let before = state.challenges.clone();
+        let processed = update::process(
+            &snapshot,
+            &mut state.challenges,
+            &mut state.guard,
+            &policy,
+            message,
+            wire::unix_now(),
+        );
+        let zone = processed.zone.as_deref().unwrap_or("-");
+        let key = processed.key.as_deref().unwrap_or("-");
+        if let Some(changed) = &processed.changed {
+            if let Err(errors) = self.rebuild(state, Change::Dynamic(vec![changed.clone()])).await {
+                // Never expected (nothing is read from files); the update is undone.
+                tracing::error!(
+                    zone,
+                    key,
+                    ?errors,
+                    "publishing an update failed; answered SERVFAIL"
+                );
+                state.challenges = before;
+                self.count_update(zone, key, Rcode::SERVFAIL);
+                let mut answer = Vec::new();
+                wire::error_reply(message, &mut answer, None, Rcode::SERVFAIL, 0, None);
+                return answer;
+            }
+        }
+        self.count_update(zone, key, processed.rcode);
+        for (action, count) in [("added", processed.added), ("removed", processed.removed)] {
+            if count > 0 && processed.rcode == Rcode::NOERROR {
+                self.metrics
+                    .update_values
+                    .with_label_values(&[zone, key, action])
+                    .inc_by(count as u64);
+            }
+        }
+        // Key material is never logged: the key's name only.
+        if processed.rcode == Rcode::NOERROR {
+            tracing::info!(client = %client, zone, key, added = processed.added, removed = processed.removed, "update applied");
+        } else {
+            tracing::warn!(client = %client, zone, key, rcode = %processed.rcode, reason = processed.reason.as_deref().unwrap_or(""), "update refused");
+        }
+        processed.response
+    }
+
+    fn count_update(&self, zone: &str, key: &str, rcode: Rcode) {
+        self.metrics
+            .updates
+            .with_label_values(&[zone, key, rcode.label()])
+            .inc();
+    }
+
+    /// Removes the challenge values whose `acme-challenge-lifetime` has passed.
+    pub async fn expire_challenges(&self) {
+        let mut guard = self.rebuilding.lock().await;
+        let state = &mut *guard;
+        let before = state.challenges.clone();
+        let changed = state.challenges.expire(wire::unix_now());
+        if changed.is_empty() {
+            return;
+        }
+        for zone in &changed {
+            let zone_text = Name::from_wire_unchecked(zone).to_string();
+            for challenge in before.zone(zone) {
+                if !state.challenges.zone(zone).contains(challenge) {
+                    self.metrics
+                        .update_values
+                        .with_label_values(&[zone_text.as_str(), &challenge.key, "expired"])
+                        .inc();
+                }
+            }
+        }
+        match self.rebuild(state, Change::Dynamic(changed)).await {
+            Ok(rebuilt) => tracing::info!(serials = ?rebuilt.serials, "expired challenge values removed"),
+            Err(errors) => {
+                state.challenges = before;
+                tracing::error!(?errors, "removing expired challenge values failed");
+            }
+        }
+    }
+}
