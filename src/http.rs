@@ -73,6 +73,7 @@ async fn handle(
             }
         }
         (&Method::GET, "/status") => json(StatusCode::OK, &status(&control)),
+        (&Method::GET, "/secondaries") => secondaries(&control, request.uri().query().unwrap_or("")),
         (&Method::POST, "/reload") => {
             if let Some(reason) = from_a_web_page(request.headers()) {
                 tracing::warn!(reason, "POST /reload refused: sent by a web page");
@@ -99,7 +100,7 @@ async fn handle(
             };
             json(code, &report)
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload") => reply(
+        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/secondaries") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n".into(),
@@ -107,6 +108,52 @@ async fn handle(
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     Ok(response)
+}
+
+/// `GET /secondaries?zone=Z[&serial=S]`: whether every secondary of zone Z (its NOTIFY
+/// targets) serves serial S or later (default: the serial served here). 200 when all do, 503
+/// while some do not yet, so an ACME hook can wait with `until curl -fs ...; do sleep 1; done`.
+fn secondaries(control: &Control, query: &str) -> Response<Full<Bytes>> {
+    let mut zone = None;
+    let mut serial = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("zone", value)) => zone = Some(value.to_string()),
+            Some(("serial", value)) => match value.parse::<u32>() {
+                Ok(value) => serial = Some(value),
+                Err(_) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        "serial: not a number\n".into(),
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    let Some(zone) = zone else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "give ?zone=<origin>\n".into(),
+        );
+    };
+    match control.secondaries(&zone, serial) {
+        Some(report) => {
+            let code = if report.all_have_serial {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(code, &report)
+        }
+        None => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("zone {zone} is not served here\n"),
+        ),
+    }
 }
 
 /// Why a request looks sent by a web page of another origin, for a state-changing endpoint:

@@ -566,6 +566,7 @@ impl Control {
         let _one_at_a_time = lock(&self.scrape);
         self.health
             .refresh_gauges(&self.shared.snapshot.load(), &self.metrics);
+        self.refresh_secondary_gauges();
         self.metrics.encode()
     }
 }

@@ -17,6 +17,7 @@ use crate::update::store::Store;
 use crate::update::{self, ZoneView};
 use crate::wire::{self, Rcode};
 use crate::zone::name::Name;
+use crate::zone::serial::serial_gt;
 use crate::zone::{Record, ZoneData};
 
 /// Every member's `update-key` names a `[[key]]` of the config.
@@ -67,7 +68,74 @@ pub(super) fn attach(zones: &mut [ZoneData], challenges: &mut Store, config: &Co
     }
 }
 
+/// Whether the secondaries serve a serial (`GET /secondaries`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SecondariesReport {
+    pub zone: String,
+    /// The serial asked about.
+    pub serial: u32,
+    /// The serial served here now.
+    pub served: u32,
+    pub all_have_serial: bool,
+    pub secondaries: Vec<SecondaryState>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SecondaryState {
+    pub address: std::net::SocketAddr,
+    /// Its SOA serial when last asked (after a NOTIFY); none before the first answer.
+    pub serial: Option<u32>,
+    pub has_serial: bool,
+}
+
 impl Control {
+    /// Each NOTIFY target of `zone` with the serial it was last seen serving, against
+    /// `serial` (default: the one served here). None when the zone is not served.
+    pub fn secondaries(&self, zone: &str, serial: Option<u32>) -> Option<SecondariesReport> {
+        let origin = Name::parse(zone, None)
+            .or_else(|_| Name::parse(&format!("{zone}."), None))
+            .ok()?;
+        let snapshot = self.shared.snapshot.load();
+        let served = snapshot.zones().iter().find(|z| z.origin.key() == origin.key())?;
+        let wanted = serial.unwrap_or(served.serial);
+        let secondaries: Vec<SecondaryState> = served
+            .transfer
+            .notify
+            .iter()
+            .map(|target| {
+                let seen = self.notifier.secondary_serial(&origin.key(), target.address);
+                SecondaryState {
+                    address: target.address,
+                    serial: seen,
+                    has_serial: seen.is_some_and(|s| !serial_gt(wanted, s)),
+                }
+            })
+            .collect();
+        Some(SecondariesReport {
+            zone: served.origin.to_string(),
+            serial: wanted,
+            served: served.serial,
+            all_have_serial: secondaries.iter().all(|s| s.has_serial),
+            secondaries,
+        })
+    }
+
+    /// `consortium_dns_secondary_serial`, refreshed at each scrape.
+    pub(super) fn refresh_secondary_gauges(&self) {
+        self.metrics.secondary_serial.reset();
+        for zone in self.shared.snapshot.load().zones() {
+            let origin = zone.origin.to_string();
+            for target in &zone.transfer.notify {
+                if let Some(serial) = self.notifier.secondary_serial(&zone.origin.key(), target.address) {
+                    self.metrics
+                        .secondary_serial
+                        .with_label_values(&[origin.as_str(), &target.address.to_string()])
+                        .set(i64::from(serial));
+                }
+            }
+        }
+    }
+
     /// Serves the UPDATEs the listeners queue, one at a time, until the queue closes.
     pub async fn serve_updates(self: Arc<Self>, mut incoming: mpsc::Receiver<UpdateRequest>) {
         while let Some(UpdateRequest {

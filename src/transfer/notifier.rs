@@ -1,17 +1,23 @@
 //! NOTIFY bookkeeping: which serial each zone last announced, so that a newer serial stops
-//! the retries of an older one (`notify::spawn` does the sending).
+//! the retries of an older one (`notify::spawn` does the sending), and which serial each
+//! secondary was last seen serving (its SOA, asked after each NOTIFY).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::snapshot::{Snapshot, Zone};
 use crate::sync::lock;
 
+/// The serial each secondary last answered for a zone's SOA: (zone key, address) -> serial.
+pub type SecondarySerials = Arc<Mutex<BTreeMap<(Box<[u8]>, SocketAddr), u32>>>;
+
 /// Per zone: a generation bumped for each announced serial.
 #[derive(Debug, Default)]
 pub struct Notifier {
     generations: Mutex<HashMap<Box<[u8]>, Arc<AtomicU64>>>,
+    served: SecondarySerials,
 }
 
 impl Notifier {
@@ -36,7 +42,13 @@ impl Notifier {
             zone.transfer.notify.clone(),
             snapshot.tsig_keys.clone(),
             generation,
+            self.served.clone(),
         );
+    }
+
+    /// The serial `secondary` was last seen serving for the zone `zone` (a key), if any.
+    pub fn secondary_serial(&self, zone: &[u8], secondary: SocketAddr) -> Option<u32> {
+        lock(&self.served).get(&(zone.into(), secondary)).copied()
     }
 
     /// Announces every zone of `new` whose serial differs from `previous` (all of them when

@@ -11,16 +11,23 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
 
+use super::notifier::SecondarySerials;
 use crate::peers::NotifyTarget;
+use crate::sync::lock;
 use crate::tsig::{Signer, TsigKey};
 use crate::wire::{self, AA, HEADER_LEN, OPCODE_NOTIFY, OPCODE_SHIFT, QR, Rcode, be16, rtype};
 use crate::zone::name::Name;
+use crate::zone::serial::serial_gt;
 
 /// First wait between tries; each later wait doubles, up to `MAX_WAIT`.
 const FIRST_WAIT: Duration = Duration::from_secs(1);
 /// A secondary that is down for hours is still told within a minute of coming back.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// After an acknowledged NOTIFY, the secondary's SOA is asked this often until it serves the
+/// announced serial (RFC 1996 §3.11: it transfers soon after), for at most `FOLLOW_FOR`.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+const FOLLOW_FOR: Duration = Duration::from_secs(300);
 
 /// Sends NOTIFY for `zone` at `serial` to every target, in the background. `generation` is
 /// bumped by the caller for each newer serial; older tasks then stop retrying.
@@ -38,6 +45,7 @@ pub fn spawn(
     targets: Vec<NotifyTarget>,
     keys: Vec<TsigKey>,
     generation: Arc<AtomicU64>,
+    served: SecondarySerials,
 ) {
     let mine = generation.load(Ordering::Relaxed);
     for target in targets {
@@ -45,7 +53,7 @@ pub fn spawn(
             .key
             .as_ref()
             .and_then(|name| keys.iter().find(|k| k.name.key() == name.key()).cloned());
-        let (zone, soa, generation) = (zone.clone(), soa.clone(), generation.clone());
+        let (zone, soa, generation, served) = (zone.clone(), soa.clone(), generation.clone(), served.clone());
         tokio::spawn(async move {
             let mut wait = FIRST_WAIT;
             for attempt in 1u64.. {
@@ -55,6 +63,7 @@ pub fn spawn(
                 match notify_once(&zone, &soa, target.address, key.as_ref()).await {
                     Ok(()) => {
                         tracing::info!(zone = %zone, serial, secondary = %target.address, attempt, "NOTIFY acknowledged");
+                        follow(&zone, serial, target.address, &generation, mine, &served).await;
                         return;
                     }
                     // Warn once per serial and secondary: a secondary that is down would
@@ -71,6 +80,77 @@ pub fn spawn(
             }
         });
     }
+}
+
+/// Asks the secondary's SOA until it serves `serial` (or a newer serial is announced, or
+/// `FOLLOW_FOR` passes), recording each answer in `served`.
+async fn follow(
+    zone: &Name,
+    serial: u32,
+    address: SocketAddr,
+    generation: &AtomicU64,
+    mine: u64,
+    served: &SecondarySerials,
+) {
+    let until = tokio::time::Instant::now() + FOLLOW_FOR;
+    while tokio::time::Instant::now() < until && generation.load(Ordering::Relaxed) == mine {
+        if let Ok(seen) = soa_serial_of(zone, address).await {
+            lock(served).insert((zone.key(), address), seen);
+            if !serial_gt(serial, seen) {
+                tracing::info!(zone = %zone, serial = seen, secondary = %address, "secondary serves the announced serial");
+                return;
+            }
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+/// The serial in the secondary's answer to an SOA query for `zone`.
+async fn soa_serial_of(zone: &Name, address: SocketAddr) -> Result<u32, String> {
+    let socket = bind_for(address).await?;
+    let id: u16 = rand::rngs::SmallRng::from_os_rng().random();
+    let mut query = Vec::with_capacity(HEADER_LEN + zone.wire().len() + 4);
+    query.extend_from_slice(&id.to_be_bytes());
+    query.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    query.extend_from_slice(zone.wire());
+    query.extend_from_slice(&rtype::SOA.to_be_bytes());
+    query.extend_from_slice(&rtype::CLASS_IN.to_be_bytes());
+    socket
+        .send_to(&query, address)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let (n, from) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buffer))
+            .await
+            .map_err(|_| "no reply".to_string())?
+            .map_err(|e| format!("receive: {e}"))?;
+        let reply = &buffer[..n];
+        if from != address || n < HEADER_LEN || be16(reply, 0) != id || be16(reply, 6) == 0 {
+            continue;
+        }
+        // The first answer record: the question is echoed, then the SOA.
+        let answer_at = wire::parse_question(reply).ok_or("malformed reply")?.end;
+        let record = wire::read_record(reply, answer_at).ok_or("malformed reply")?;
+        if record.rtype != rtype::SOA {
+            return Err("no SOA in the answer".into());
+        }
+        let (_, after_mname) = wire::read_name(reply, record.rdata).ok_or("malformed SOA")?;
+        let (_, after_rname) = wire::read_name(reply, after_mname).ok_or("malformed SOA")?;
+        return reply
+            .get(after_rname..after_rname + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| "malformed SOA".into());
+    }
+}
+
+async fn bind_for(address: SocketAddr) -> Result<UdpSocket, String> {
+    let local: SocketAddr = match address {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    UdpSocket::bind(local).await.map_err(|e| format!("bind: {e}"))
 }
 
 /// Builds the NOTIFY message: opcode 4, AA, the zone's SOA question, the SOA as a hint.
@@ -93,11 +173,7 @@ async fn notify_once(
     address: SocketAddr,
     key: Option<&TsigKey>,
 ) -> Result<(), String> {
-    let local: SocketAddr = match address {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local).await.map_err(|e| format!("bind: {e}"))?;
+    let socket = bind_for(address).await?;
     let id: u16 = rand::rngs::SmallRng::from_os_rng().random();
     let mut query = message(id, zone, soa);
     if let Some(key) = key {

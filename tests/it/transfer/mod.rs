@@ -22,6 +22,11 @@
 //!   that refuses NOTIFYs is retried after 1, 2, 4 s until it acknowledges, then left alone;
 //!   a newer serial ends the older serial's retries.
 //!
+//! - `update`: RFC 2136 UPDATE scoped to members' ACME challenges (issue 18): nsupdate's
+//!   adds and deletes, every refusal leaving the answers as they were, replays and stale
+//!   requests, the values across reload, restart and lifetime, a flood within quota and rate,
+//!   and an NSD secondary serving the challenge before `GET /secondaries` says it does.
+//!
 //! This module holds what they share: TSIG keys and TSIG as RFC 8945 describes it, the zone
 //! file's records, transfer requests and a client that reads a whole transfer, members files,
 //! probe endpoints and the outside programs.
@@ -35,6 +40,7 @@ mod ixfr;
 mod notify;
 mod secondaries;
 mod tsig;
+mod update;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};

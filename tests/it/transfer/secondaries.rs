@@ -130,7 +130,7 @@ async fn relay_connection(mut client: TcpStream, upstream: SocketAddr, seen: Arc
 impl Nsd {
     /// Polls NSD until `check` holds for its answer to `qname`/`qtype`; returns how long that
     /// took, or an explanation with NSD's log.
-    async fn wait_for(
+    pub(super) async fn wait_for(
         &mut self,
         qname: &str,
         qtype: RecordType,
