@@ -30,6 +30,20 @@ pub struct ZoneStatus {
     pub zone: String,
     pub serial: u32,
     pub members: usize,
+    /// ACME challenge values members added by UPDATE.
+    #[serde(default)]
+    pub acme_challenges: Vec<ChallengeStatus>,
+    /// Each NOTIFY target and the serial it was last seen serving.
+    #[serde(default)]
+    pub secondaries: Vec<crate::control::SecondaryState>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChallengeStatus {
+    pub name: String,
+    /// The key that added it (its name; never its secret).
+    pub key: String,
+    pub expires_in_s: i64,
 }
 
 /// Serves HTTP/1.1 on `listener` until the task is aborted.
@@ -189,6 +203,9 @@ fn from_a_web_page(headers: &hyper::HeaderMap) -> Option<&'static str> {
 pub fn status(control: &Control) -> StatusDocument {
     let snapshot = control.shared.snapshot.load();
     let (last_reload, last_successful_reload) = control.reload_reports();
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     StatusDocument {
         ready: control.is_ready(),
         zones: snapshot
@@ -198,6 +215,19 @@ pub fn status(control: &Control) -> StatusDocument {
                 zone: z.origin.to_string(),
                 serial: z.serial,
                 members: z.members.len(),
+                acme_challenges: control
+                    .challenges_of(&z.origin)
+                    .into_iter()
+                    .map(|c| ChallengeStatus {
+                        name: c.name.to_string(),
+                        key: c.key.to_string(),
+                        expires_in_s: c.expires_unix as i64 - now_unix,
+                    })
+                    .collect(),
+                secondaries: control
+                    .secondaries(&z.origin.to_string(), None)
+                    .map(|r| r.secondaries)
+                    .unwrap_or_default(),
             })
             .collect(),
         last_reload,

@@ -62,6 +62,26 @@ fn render(document: &StatusDocument) -> String {
             "zone {}  serial {}  members {}\n",
             zone.zone, zone.serial, zone.members
         ));
+        for secondary in &zone.secondaries {
+            let serial = secondary
+                .serial
+                .map_or("not seen yet".to_string(), |s| s.to_string());
+            let state = if secondary.has_serial {
+                "up to date"
+            } else {
+                "behind"
+            };
+            out.push_str(&format!(
+                "  secondary {}  serial {serial}  {state}\n",
+                secondary.address
+            ));
+        }
+        for challenge in &zone.acme_challenges {
+            out.push_str(&format!(
+                "  acme challenge {}  key {}  expires in {} s\n",
+                challenge.name, challenge.key, challenge.expires_in_s
+            ));
+        }
     }
     if let Some(reload) = &document.last_reload {
         let outcome = if reload.ok { "ok" } else { "FAILED" };

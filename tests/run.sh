@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests and benches drive: dig/named-checkzone, NSD and Knot as reference
-# servers, kdig, dnsperf, systemd-analyze.
+# Debian packages the tests and benches drive: dig/nsupdate/named-checkzone, NSD and Knot as
+# reference servers, kdig, dnsperf, systemd-analyze, and the ACME software of issue 18.
 need_pkgs=()
 command -v dig >/dev/null || need_pkgs+=(bind9-dnsutils)
 command -v named-checkzone >/dev/null || need_pkgs+=(bind9-utils)
@@ -14,6 +14,13 @@ command -v knotd >/dev/null || [ -x /usr/sbin/knotd ] || need_pkgs+=(knot)
 command -v kdig >/dev/null || need_pkgs+=(knot-dnsutils)
 command -v dnsperf >/dev/null || need_pkgs+=(dnsperf)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+# The certificate test (issue 18): the ACME test CA, two ACME clients, openssl and curl.
+command -v pebble >/dev/null || need_pkgs+=(pebble)
+command -v certbot >/dev/null || need_pkgs+=(certbot)
+[ -d /usr/lib/python3/dist-packages/certbot_dns_rfc2136 ] || need_pkgs+=(python3-certbot-dns-rfc2136)
+command -v lego >/dev/null || need_pkgs+=(lego)
+command -v openssl >/dev/null || need_pkgs+=(openssl)
+command -v curl >/dev/null || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${need_pkgs[*]}" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -7,6 +7,7 @@
 
 pub mod serial_state;
 mod updates;
+pub use updates::{SecondariesReport, SecondaryState};
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -123,6 +124,9 @@ pub struct Control {
     scrape: Mutex<()>,
     /// Adds the files a reload read for the first time to the file watcher.
     watch: OnceLock<WatchHandle>,
+    /// The challenge values as last published, for status (the store itself is the
+    /// rebuild lock's).
+    challenges_published: Mutex<update::store::Store>,
 }
 
 /// Reads and validates every zone of the config; all errors of all files together.
@@ -313,6 +317,7 @@ impl Control {
             notifier: Notifier::default(),
             scrape: Mutex::default(),
             watch: OnceLock::new(),
+            challenges_published: Mutex::default(),
         }
     }
 
@@ -468,6 +473,7 @@ impl Control {
         let new_file = config.live.state_file != running.live.state_file;
         let changed_state = (starting || new_file || state_after != state_before).then_some(state_after);
         state.challenges = challenges;
+        lock(&self.challenges_published).clone_from(&state.challenges);
         let serials = self.publish(snapshot, &config, starting, changed_state);
         *lock(&self.config) = config;
         // The previous snapshot and the load's scratch tables are free now.

@@ -13,7 +13,7 @@ use super::{Change, Control};
 use crate::config::Config;
 use crate::diag::Diagnostic;
 use crate::server::UpdateRequest;
-use crate::update::store::Store;
+use crate::update::store::{Challenge, Store};
 use crate::update::{self, ZoneView};
 use crate::wire::{self, Rcode};
 use crate::zone::name::Name;
@@ -80,7 +80,7 @@ pub struct SecondariesReport {
     pub secondaries: Vec<SecondaryState>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SecondaryState {
     pub address: std::net::SocketAddr,
     /// Its SOA serial when last asked (after a NOTIFY); none before the first answer.
@@ -89,6 +89,13 @@ pub struct SecondaryState {
 }
 
 impl Control {
+    /// The challenge values `origin` holds now (as last published).
+    pub fn challenges_of(&self, origin: &Name) -> Vec<Challenge> {
+        crate::sync::lock(&self.challenges_published)
+            .zone(&origin.key())
+            .to_vec()
+    }
+
     /// Each NOTIFY target of `zone` with the serial it was last seen serving, against
     /// `serial` (default: the one served here). None when the zone is not served.
     pub fn secondaries(&self, zone: &str, serial: Option<u32>) -> Option<SecondariesReport> {

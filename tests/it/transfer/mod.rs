@@ -26,6 +26,9 @@
 //!   adds and deletes, every refusal leaving the answers as they were, replays and stale
 //!   requests, the values across reload, restart and lifetime, a flood within quota and rate,
 //!   and an NSD secondary serving the challenge before `GET /secondaries` says it does.
+//! - `acme`: pebble (the ACME test CA) issues certificates through certbot and lego with the
+//!   operators' own keys; the issued certificate, served over HTTPS, shows in node1's health
+//!   report as covering its node name and the shared name.
 //!
 //! This module holds what they share: TSIG keys and TSIG as RFC 8945 describes it, the zone
 //! file's records, transfer requests and a client that reads a whole transfer, members files,
@@ -35,6 +38,7 @@
 //! and from the members file as the test wrote it, never from our loader. The TSIG checks
 //! here are written from RFC 8945 with `ring`'s HMAC, independently of `src/transfer/tsig.rs`.
 
+mod acme;
 mod axfr;
 mod ixfr;
 mod notify;

@@ -21,7 +21,7 @@ const V3: &str = "Ex-op-b-challenge-value-for-the-shared-name";
 const V4: &str = "op-b-second-value-that-op-a-must-not-remove";
 const V5: &str = "part-of-a-batch-that-is-refused-as-a-whole0";
 
-fn op_a() -> Key {
+pub(super) fn op_a() -> Key {
     Key {
         name: "op-a",
         algorithm: Algorithm::HmacSha256,
@@ -29,7 +29,7 @@ fn op_a() -> Key {
     }
 }
 
-fn op_b() -> Key {
+pub(super) fn op_b() -> Key {
     Key {
         name: "op-b",
         algorithm: Algorithm::HmacSha512,
@@ -43,7 +43,7 @@ fn challenge(label: &str) -> String {
 
 /// The example tree where node1's operator holds `op-a` and node2's `op-b` (both members are
 /// in the pool `any`), with `zone_lines` added to the `[[zone]]` table.
-fn update_tree(zone_lines: &str, other_keys: &[&Key]) -> Tree {
+pub(super) fn update_tree(zone_lines: &str, other_keys: &[&Key]) -> Tree {
     let tree = Tree::example();
     let (a, b) = (op_a(), op_b());
     let mut keys = vec![&a, &b];
