@@ -248,6 +248,10 @@ struct ZoneSection {
     /// Updates per second one key may send (a burst of twice that). Default 5.
     #[serde(default = "default_update_rate")]
     update_rate: u32,
+    /// Other instances serving this zone from the same files, `IP:PORT`: an accepted UPDATE
+    /// is forwarded to each (still signed by its sender) so that every one serves it.
+    #[serde(default)]
+    update_peers: Vec<String>,
 }
 
 fn default_pick_refresh() -> Duration {
@@ -735,6 +739,20 @@ impl Parser<'_> {
                     quota: section.acme_challenge_quota,
                     any_value: section.acme_challenge_any_value,
                     rate: section.update_rate,
+                    peers: section
+                        .update_peers
+                        .iter()
+                        .filter_map(|peer| match peer.parse::<SocketAddr>() {
+                            Ok(address) => Some(address),
+                            Err(_) => {
+                                self.at(
+                                    &location,
+                                    format!("update-peers: bad address {peer:?} (want IP:PORT)"),
+                                );
+                                None
+                            }
+                        })
+                        .collect(),
                 },
                 location,
             });

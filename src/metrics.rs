@@ -39,6 +39,7 @@ pub const UPDATES_TOTAL: &str = "consortium_dns_updates_total";
 pub const UPDATE_VALUES_TOTAL: &str = "consortium_dns_update_values_total";
 pub const ACME_CHALLENGE_VALUES: &str = "consortium_dns_acme_challenge_values";
 pub const SECONDARY_SERIAL: &str = "consortium_dns_secondary_serial";
+pub const UPDATE_FORWARDS_TOTAL: &str = "consortium_dns_update_forwards_total";
 
 /// Pools with more members than this get no per-member series (state, weight, probe,
 /// certificate, picks): at 100,000 members those would cost hundreds of megabytes per scrape.
@@ -112,6 +113,8 @@ pub struct Metrics {
     pub acme_challenge_values: IntGaugeVec,
     /// The serial each secondary (NOTIFY target) last answered for the zone's SOA.
     pub secondary_serial: IntGaugeVec,
+    /// Updates forwarded to peer instances, by peer and outcome (its rcode, or unreachable).
+    pub update_forwards: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -241,6 +244,11 @@ impl Metrics {
                 SECONDARY_SERIAL,
                 "The SOA serial each secondary (NOTIFY target) last answered for the zone.",
                 &["zone", "secondary"],
+            ),
+            update_forwards: counter_vec(
+                UPDATE_FORWARDS_TOTAL,
+                "Updates forwarded to peer instances (update-peers), by peer and outcome.",
+                &["peer", "outcome"],
             ),
             registry,
         }

@@ -5,7 +5,11 @@
 //! serves it is published (and saved in the state file): an acknowledged challenge is
 //! already visible to the CA and on its way to the secondaries by NOTIFY.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tokio::sync::mpsc;
 
@@ -19,6 +23,31 @@ use crate::wire::{self, Rcode};
 use crate::zone::name::Name;
 use crate::zone::serial::serial_gt;
 use crate::zone::{Record, ZoneData};
+
+/// How long a peer instance has to answer a forwarded update.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends `message` to `peer` over TCP (RFC 7766 framing) and reads its answer's rcode.
+async fn forward_to(message: &[u8], peer: SocketAddr) -> Result<Rcode, String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(peer).await?;
+        let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(message);
+        stream.write_all(&framed).await?;
+        let len = usize::from(stream.read_u16().await?);
+        let mut answer = vec![0u8; len];
+        stream.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(FORWARD_TIMEOUT, exchange)
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    if answer.len() < wire::HEADER_LEN {
+        return Err("short answer".into());
+    }
+    Ok(Rcode::from_flags(wire::be16(&answer, 2)))
+}
 
 /// Every member's `update-key` names a `[[key]]` of the config.
 pub(super) fn check_update_keys(zone: &ZoneData, config: &Config) -> Vec<Diagnostic> {
@@ -82,7 +111,7 @@ pub struct SecondariesReport {
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SecondaryState {
-    pub address: std::net::SocketAddr,
+    pub address: SocketAddr,
     /// Its SOA serial when last asked (after a NOTIFY); none before the first answer.
     pub serial: Option<u32>,
     pub has_serial: bool,
@@ -152,8 +181,39 @@ impl Control {
             ..
         }) = incoming.recv().await
         {
-            let answer = self.update(&message, client).await;
+            let (answer, peers) = self.update(&message, client).await;
+            if !peers.is_empty() {
+                self.forward(&message, &peers).await;
+            }
             reply(answer);
+        }
+    }
+
+    /// Sends an accepted update on to the zone's other instances (over TCP, still signed by
+    /// its sender), so that every instance serves it before the client hears back.
+    async fn forward(&self, message: &[u8], peers: &[SocketAddr]) {
+        let Some(copy) = update::forward_copy(message) else {
+            return;
+        };
+        let sends = peers.iter().map(|&peer| {
+            let copy = copy.clone();
+            tokio::spawn(async move { (peer, forward_to(&copy, peer).await) })
+        });
+        for send in sends.collect::<Vec<_>>() {
+            let Ok((peer, outcome)) = send.await else { continue };
+            let label = match &outcome {
+                Ok(rcode) => rcode.label(),
+                Err(_) => "unreachable",
+            };
+            self.metrics
+                .update_forwards
+                .with_label_values(&[&peer.to_string(), label])
+                .inc();
+            match outcome {
+                Ok(Rcode::NOERROR) => tracing::debug!(%peer, "update forwarded"),
+                Ok(rcode) => tracing::warn!(%peer, %rcode, "a peer instance refused a forwarded update"),
+                Err(reason) => tracing::warn!(%peer, "cannot forward an update to a peer instance: {reason}"),
+            }
         }
     }
 
@@ -165,7 +225,8 @@ impl Control {
     }
 
     /// Applies one UPDATE and answers it once the result is published.
-    async fn update(&self, message: &[u8], client: std::net::SocketAddr) -> Vec<u8> {
+    /// Applies one UPDATE; returns the answer and the peers to forward it to.
+    async fn update(&self, message: &[u8], client: SocketAddr) -> (Vec<u8>, Vec<SocketAddr>) {
         let mut guard = self.rebuilding.lock().await;
         let state = &mut *guard;
         let snapshot = self.shared.snapshot.load_full();
@@ -195,7 +256,7 @@ impl Control {
                 self.count_update(zone, key, Rcode::SERVFAIL);
                 let mut answer = Vec::new();
                 wire::error_reply(message, &mut answer, None, Rcode::SERVFAIL, 0, None);
-                return answer;
+                return (answer, Vec::new());
             }
         }
         self.count_update(zone, key, processed.rcode);
@@ -213,7 +274,28 @@ impl Control {
         } else {
             tracing::warn!(client = %client, zone, key, rcode = %processed.rcode, reason = processed.reason.as_deref().unwrap_or(""), "update refused");
         }
-        processed.response
+        let peers = match (&processed.zone, processed.rcode) {
+            (Some(_), Rcode::NOERROR) if !processed.forwarded => {
+                // The list is the same file for every instance: each skips itself.
+                let own = &config.restart.listen;
+                snapshot
+                    .zones()
+                    .iter()
+                    .find(|z| Some(z.origin.to_string()) == processed.zone)
+                    .and_then(|z| config.zone(&z.origin))
+                    .map(|z| {
+                        z.updates
+                            .peers
+                            .iter()
+                            .filter(|peer| !own.contains(peer))
+                            .copied()
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        (processed.response, peers)
     }
 
     fn count_update(&self, zone: &str, key: &str, rcode: Rcode) {

@@ -36,6 +36,8 @@ pub struct Policy {
     pub any_value: bool,
     /// Updates per second per key (a burst of twice that); 0 = no limit.
     pub rate: u32,
+    /// Instances serving the zone from the same files, to forward accepted updates to.
+    pub peers: Vec<std::net::SocketAddr>,
 }
 
 impl Default for Policy {
@@ -46,6 +48,7 @@ impl Default for Policy {
             quota: 8,
             any_value: false,
             rate: 5,
+            peers: Vec::new(),
         }
     }
 }
@@ -155,6 +158,20 @@ pub struct Processed {
     pub removed: usize,
     /// Why it was refused, as the answer's EDE text says.
     pub reason: Option<String>,
+    /// Sent on by a peer instance (`forward_copy`): applied here, never forwarded again.
+    pub forwarded: bool,
+}
+
+/// The copy of a signed UPDATE that an instance forwards to its peers: the header ID is the
+/// complement of the TSIG's original ID, which the MAC does not cover (RFC 8945 §4.3.1: the
+/// original ID is what is signed), so the peer can tell a forwarded copy and does not send it
+/// on again. A client sets the header ID to the original ID.
+pub fn forward_copy(message: &[u8]) -> Option<Vec<u8>> {
+    let request = parse(message)?;
+    let record = tsig::find(message, request.zone_end).ok()??;
+    let mut copy = message.to_vec();
+    copy[0..2].copy_from_slice(&(!record.original_id).to_be_bytes());
+    Some(copy)
 }
 
 /// A refusal: the rcode, the EDE code and text when there is one.
@@ -269,6 +286,7 @@ pub fn process(
         added: 0,
         removed: 0,
         reason: None,
+        forwarded: false,
     };
     if message.len() < wire::HEADER_LEN || be16(message, 2) & wire::QR != 0 {
         return processed; // too short to answer, or a response: silence
@@ -291,6 +309,7 @@ pub fn process(
             return processed;
         }
     };
+    processed.forwarded = be16(message, 0) == !record.original_id;
     let (key, request_mac) = match tsig::verify(message, record, &snapshot.tsig_keys, now) {
         Verified::Valid { key, request_mac, .. } => (key, request_mac),
         Verified::Rejected { error, key, record } => {

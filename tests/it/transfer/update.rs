@@ -696,3 +696,80 @@ async fn an_nsd_secondary_serves_the_challenge_and_the_endpoint_says_when() {
     );
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Several instances serving the zone from the same files, as the README's setup describes:
+/// `update-peers` lists them all, each skips itself; an update sent to any one is forwarded
+/// to the others before it is answered, so every instance serves the challenge (a CA asks any
+/// NS), and a delete sent to another instance removes it everywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_to_one_instance_reaches_every_instance() {
+    let (port1, port2) = (free_port(), free_port());
+    let tree = update_tree(
+        &format!("update-peers = [\"127.0.0.1:{port1}\", \"127.0.0.1:{port2}\"]\n"),
+        &[],
+    );
+    edit(
+        &tree,
+        "config/consortium-dns.toml",
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:{port1}\"]"),
+    );
+    let first = tree.start().await;
+    let overrides = consortium_dns::app::Overrides {
+        listen: Some(vec![([127, 0, 0, 1], port2).into()]),
+        ..Default::default()
+    };
+    let second = consortium_dns::app::start_with(tree.config(), overrides)
+        .await
+        .unwrap_or_else(|e| panic!("second instance: {e}"));
+    let (dns1, dns2) = (first.dns_addrs[0], second.dns_addrs[0]);
+    assert_ne!(dns1, dns2);
+    let any = challenge("any");
+
+    let (ok, out) = nsupdate(
+        dns1,
+        Some(&op_a()),
+        &[&format!("update add {any} 60 TXT \"{V1}\"")],
+        false,
+    )
+    .await;
+    assert!(ok, "{out}");
+    // Answered only after the forward: both serve it at once.
+    assert_eq!(txt_values(dns1, &any).await, set(&[V1]));
+    assert_eq!(
+        txt_values(dns2, &any).await,
+        set(&[V1]),
+        "the peer instance serves it too"
+    );
+    let (ok, out) = nsupdate(
+        dns2,
+        Some(&op_b()),
+        &[&format!("update add {any} 60 TXT \"{V3}\"")],
+        true,
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(txt_values(dns1, &any).await, set(&[V1, V3]));
+    // A delete through the other instance removes op-a's value everywhere (and only it).
+    let (ok, out) = nsupdate(dns2, Some(&op_a()), &[&format!("update delete {any} TXT")], false).await;
+    assert!(ok, "{out}");
+    for dns in [dns1, dns2] {
+        assert_eq!(txt_values(dns, &any).await, set(&[V3]), "at {dns}");
+    }
+    for server in [&first, &second] {
+        let metrics = server.control.scrape();
+        let forwarded = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("consortium_dns_update_forwards_total") && l.contains("outcome=\"NOERROR\"")
+            })
+            .count();
+        let other = if server.dns_addrs[0] == dns1 { port2 } else { port1 };
+        assert!(
+            metrics.contains(&format!("peer=\"127.0.0.1:{other}\"")) && forwarded == 1,
+            "each instance forwarded to the other only, accepted:\n{metrics}"
+        );
+    }
+    first.shutdown(Duration::from_secs(1)).await;
+    second.shutdown(Duration::from_secs(1)).await;
+}
