@@ -266,6 +266,21 @@ pub fn response(query: &[u8], response: &[u8], transport: Transport) -> Result<(
     if walked.flags & OPCODE != query_flags & OPCODE {
         return Err("opcode not echoed".into());
     }
+    // RFC 2136 §3.8: an UPDATE's answer copies ID and opcode; the other header bits are Z
+    // under UPDATE, and this server does not echo the sections (their counts are zero; an
+    // OPT with an extended error and a TSIG may follow).
+    if query_flags & OPCODE == 5 << 11 {
+        if walked.flags & 0x07f0 != 0 {
+            return Err(format!(
+                "flags {:#06x} set in an UPDATE answer",
+                walked.flags & 0x07f0
+            ));
+        }
+        if walked.counts[..3] != [0, 0, 0] {
+            return Err(format!("UPDATE answer with section counts {:?}", walked.counts));
+        }
+        return Ok(());
+    }
     // The NOTIMP answer to an opcode other than QUERY echoes ID and opcode only: the flags
     // mean something else, or nothing, under other opcodes. Every other answer echoes RD.
     let notimp_to_other_opcode = query_flags & OPCODE != 0 && walked.flags & 0x000f == 4;

@@ -233,14 +233,30 @@ impl Control {
         let config = self.config();
         let policy = |origin: &Name| config.zone(origin).map(|z| z.updates.clone()).unwrap_or_default();
         let before = state.challenges.clone();
-        let processed = update::process(
-            &snapshot,
-            &mut state.challenges,
-            &mut state.guard,
-            &policy,
-            message,
-            wire::unix_now(),
-        );
+        // A bug in `process` must not end the update service: counted, answered SERVFAIL,
+        // nothing changed.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            update::process(
+                &snapshot,
+                &mut state.challenges,
+                &mut state.guard,
+                &policy,
+                message,
+                wire::unix_now(),
+            )
+        }));
+        let processed = match outcome {
+            Ok(processed) => processed,
+            Err(_) => {
+                state.challenges = before;
+                self.metrics.panics.with_label_values(&["update"]).inc();
+                tracing::error!(%client, "processing an UPDATE panicked; answered SERVFAIL (this is a bug: please report it)");
+                self.count_update("-", "-", Rcode::SERVFAIL);
+                let mut answer = Vec::new();
+                wire::error_reply(message, &mut answer, None, Rcode::SERVFAIL, 0, None);
+                return (answer, Vec::new());
+            }
+        };
         let zone = processed.zone.as_deref().unwrap_or("-");
         let key = processed.key.as_deref().unwrap_or("-");
         if let Some(changed) = &processed.changed {
