@@ -286,9 +286,9 @@ impl Control {
         }
         // Key material is never logged: the key's name only.
         if processed.rcode == Rcode::NOERROR {
-            tracing::info!(client = %client, zone, key, added = processed.added, removed = processed.removed, "update applied");
+            tracing::info!(client = %client, zone, key, names = ?processed.names, added = processed.added, removed = processed.removed, "update applied");
         } else {
-            tracing::warn!(client = %client, zone, key, rcode = %processed.rcode, reason = processed.reason.as_deref().unwrap_or(""), "update refused");
+            tracing::warn!(client = %client, zone, key, names = ?processed.names, rcode = %processed.rcode, reason = processed.reason.as_deref().unwrap_or(""), "update refused");
         }
         let peers = match (&processed.zone, processed.rcode) {
             (Some(_), Rcode::NOERROR) if !processed.forwarded => {

@@ -160,7 +160,12 @@ pub struct Processed {
     pub reason: Option<String>,
     /// Sent on by a peer instance (`forward_copy`): applied here, never forwarded again.
     pub forwarded: bool,
+    /// The owner names of the update section (for the log), at most `LOGGED_NAMES`.
+    pub names: Vec<String>,
 }
+
+/// Names of one update written in its log line, at most.
+const LOGGED_NAMES: usize = 4;
 
 /// The copy of a signed UPDATE that an instance forwards to its peers: the header ID is the
 /// complement of the TSIG's original ID, which the MAC does not cover (RFC 8945 §4.3.1: the
@@ -287,6 +292,7 @@ pub fn process(
         removed: 0,
         reason: None,
         forwarded: false,
+        names: Vec::new(),
     };
     if message.len() < wire::HEADER_LEN || be16(message, 2) & wire::QR != 0 {
         return processed; // too short to answer, or a response: silence
@@ -296,6 +302,12 @@ pub fn process(
         processed.response = header(message, Rcode::FORMERR);
         return processed;
     };
+    for rr in &request.updates {
+        let name = Name::from_wire_unchecked(&rr.name).to_string();
+        if processed.names.len() < LOGGED_NAMES && !processed.names.contains(&name) {
+            processed.names.push(name);
+        }
+    }
     // RFC 8945 §5.2: the signature is checked before anything else is looked at.
     let record = match tsig::find(message, request.zone_end) {
         Ok(Some(record)) => record,
