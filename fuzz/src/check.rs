@@ -268,8 +268,9 @@ pub fn response(query: &[u8], response: &[u8], transport: Transport) -> Result<(
     }
     // RFC 2136 §3.8: an UPDATE's answer copies ID and opcode; the other header bits are Z
     // under UPDATE, and this server does not echo the sections (their counts are zero; an
-    // OPT with an extended error and a TSIG may follow).
-    if query_flags & OPCODE == 5 << 11 {
+    // OPT with an extended error and a TSIG may follow). Without an update service (the
+    // request path alone) UPDATE gets the NOTIMP answer checked below.
+    if query_flags & OPCODE == 5 << 11 && walked.flags & 0x000f != 4 {
         if walked.flags & 0x07f0 != 0 {
             return Err(format!(
                 "flags {:#06x} set in an UPDATE answer",

@@ -107,7 +107,6 @@ async fn follow(
 
 /// The serial in the secondary's answer to an SOA query for `zone`.
 async fn soa_serial_of(zone: &Name, address: SocketAddr) -> Result<u32, String> {
-    let socket = bind_for(address).await?;
     let id: u16 = rand::rngs::SmallRng::from_os_rng().random();
     let mut query = Vec::with_capacity(HEADER_LEN + zone.wire().len() + 4);
     query.extend_from_slice(&id.to_be_bytes());
@@ -115,8 +114,30 @@ async fn soa_serial_of(zone: &Name, address: SocketAddr) -> Result<u32, String> 
     query.extend_from_slice(zone.wire());
     query.extend_from_slice(&rtype::SOA.to_be_bytes());
     query.extend_from_slice(&rtype::CLASS_IN.to_be_bytes());
+    let reply = exchange(&query, address).await?;
+    if be16(&reply, 6) == 0 {
+        return Err("no answer record".into());
+    }
+    // The first answer record: the question is echoed, then the SOA.
+    let answer_at = wire::parse_question(&reply).ok_or("malformed reply")?.end;
+    let record = wire::read_record(&reply, answer_at).ok_or("malformed reply")?;
+    if record.rtype != rtype::SOA {
+        return Err("no SOA in the answer".into());
+    }
+    let (_, after_mname) = wire::read_name(&reply, record.rdata).ok_or("malformed SOA")?;
+    let (_, after_rname) = wire::read_name(&reply, after_mname).ok_or("malformed SOA")?;
+    reply
+        .get(after_rname..after_rname + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| "malformed SOA".into())
+}
+
+/// Sends `query` to `address` over UDP and returns the first reply from there with its ID,
+/// within `REPLY_TIMEOUT`.
+async fn exchange(query: &[u8], address: SocketAddr) -> Result<Vec<u8>, String> {
+    let socket = bind_for(address).await?;
     socket
-        .send_to(&query, address)
+        .send_to(query, address)
         .await
         .map_err(|e| format!("send: {e}"))?;
     let mut buffer = [0u8; 4096];
@@ -126,22 +147,9 @@ async fn soa_serial_of(zone: &Name, address: SocketAddr) -> Result<u32, String> 
             .await
             .map_err(|_| "no reply".to_string())?
             .map_err(|e| format!("receive: {e}"))?;
-        let reply = &buffer[..n];
-        if from != address || n < HEADER_LEN || be16(reply, 0) != id || be16(reply, 6) == 0 {
-            continue;
+        if from == address && n >= HEADER_LEN && buffer[..2] == query[..2] {
+            return Ok(buffer[..n].to_vec());
         }
-        // The first answer record: the question is echoed, then the SOA.
-        let answer_at = wire::parse_question(reply).ok_or("malformed reply")?.end;
-        let record = wire::read_record(reply, answer_at).ok_or("malformed reply")?;
-        if record.rtype != rtype::SOA {
-            return Err("no SOA in the answer".into());
-        }
-        let (_, after_mname) = wire::read_name(reply, record.rdata).ok_or("malformed SOA")?;
-        let (_, after_rname) = wire::read_name(reply, after_mname).ok_or("malformed SOA")?;
-        return reply
-            .get(after_rname..after_rname + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| "malformed SOA".into());
     }
 }
 
@@ -173,35 +181,19 @@ async fn notify_once(
     address: SocketAddr,
     key: Option<&TsigKey>,
 ) -> Result<(), String> {
-    let socket = bind_for(address).await?;
     let id: u16 = rand::rngs::SmallRng::from_os_rng().random();
     let mut query = message(id, zone, soa);
     if let Some(key) = key {
         Signer::new(key, Vec::new()).sign(&mut query, 0, &[]);
     }
-    socket
-        .send_to(&query, address)
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    let mut buffer = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
-    loop {
-        let (n, from) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buffer))
-            .await
-            .map_err(|_| "no reply".to_string())?
-            .map_err(|e| format!("receive: {e}"))?;
-        let reply = &buffer[..n];
-        if from != address || n < HEADER_LEN || be16(reply, 0) != id {
-            continue;
-        }
-        let flags = be16(reply, 2);
-        let is_notify_response = flags & QR != 0 && wire::opcode(flags) == OPCODE_NOTIFY;
-        let rcode = Rcode::from_flags(flags);
-        return if is_notify_response && rcode == Rcode::NOERROR {
-            Ok(())
-        } else {
-            Err(format!("reply rcode {rcode}"))
-        };
+    let reply = exchange(&query, address).await?;
+    let flags = be16(&reply, 2);
+    let is_notify_response = flags & QR != 0 && wire::opcode(flags) == OPCODE_NOTIFY;
+    let rcode = Rcode::from_flags(flags);
+    if is_notify_response && rcode == Rcode::NOERROR {
+        Ok(())
+    } else {
+        Err(format!("reply rcode {rcode}"))
     }
 }
 
