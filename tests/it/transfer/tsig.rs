@@ -102,8 +102,8 @@ async fn signed_queries_get_signed_answers() {
 }
 
 /// Runs the real binary with a TSIG key at trace level through failing and succeeding
-/// transfers, a signed NOTIFY, a reload that fails on a damaged key file and `check` on it:
-/// the secret shows up nowhere in what it prints.
+/// transfers, refused UPDATEs, a signed NOTIFY, a reload that fails on a damaged key file and
+/// `check` on it: the secret shows up nowhere in what it prints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_material_never_logged() {
     let key = Key::transfer();
@@ -193,6 +193,30 @@ async fn key_material_never_logged() {
         let t = transfer(dns, &request, localhost).await;
         assert_eq!(t.form, Form::Error(ResponseCode::NotAuth), "request {id}");
     }
+    // UPDATEs: signed with the key (no member's update-key: refused, the key's name logged),
+    // with a wrong secret, and unsigned.
+    let node1 = format!("_acme-challenge.node1.{ORIGIN}");
+    let value = update::txt_rdata("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0");
+    for (id, signer) in [
+        (6, Some(key.clone())),
+        (
+            7,
+            Some(Key {
+                secret: b"not the consortium's secret, 32!".to_vec(),
+                ..key.clone()
+            }),
+        ),
+        (8, None),
+    ] {
+        let mut update = update::raw_update(id, &[(&node1, 16, 1, 60, value.clone())], true);
+        if let Some(signer) = &signer {
+            sign_request(&mut update, signer, unix_now());
+        }
+        let answer = common::udp_raw(dns, &update)
+            .await
+            .expect("the UPDATE is answered");
+        assert!(matches!(common::raw_rcode(&answer), 5 | 9), "update {id} refused");
+    }
     // A succeeding one.
     let mut request = axfr_request(5);
     let request_mac = sign_request(&mut request, &key, unix_now());
@@ -229,6 +253,12 @@ async fn key_material_never_logged() {
         .output()
         .expect("run check");
     assert!(!check.status.success(), "check fails on the damaged key file");
+    assert!(
+        std::fs::read_to_string(&stderr_path)
+            .unwrap_or_default()
+            .contains("update refused"),
+        "the refused UPDATEs are logged"
+    );
     // The NOTIFY nobody acknowledges is logged when its first attempt times out: wait for that
     // line, so the search below covers the NOTIFY path however fast the steps above ran.
     let started = Instant::now();

@@ -350,7 +350,7 @@ async fn each_operator_changes_only_its_own_challenges() {
 
 /// An UPDATE as nsupdate would send it: zone section, then `updates` (name, type, class, TTL,
 /// RDATA), then an OPT record when `edns`.
-fn raw_update(id: u16, updates: &[(&str, u16, u16, u32, Vec<u8>)], edns: bool) -> Vec<u8> {
+pub(super) fn raw_update(id: u16, updates: &[(&str, u16, u16, u32, Vec<u8>)], edns: bool) -> Vec<u8> {
     let mut message = common::raw_header(id, 5 << 11, [1, 0, updates.len() as u16, u16::from(edns)]);
     message.extend_from_slice(&common::raw_question(ORIGIN, 6, 1));
     for (name, rtype, class, ttl, rdata) in updates {
@@ -367,7 +367,7 @@ fn raw_update(id: u16, updates: &[(&str, u16, u16, u32, Vec<u8>)], edns: bool) -
     message
 }
 
-fn txt_rdata(value: &str) -> Vec<u8> {
+pub(super) fn txt_rdata(value: &str) -> Vec<u8> {
     let mut rdata = vec![value.len() as u8];
     rdata.extend_from_slice(value.as_bytes());
     rdata
