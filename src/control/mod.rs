@@ -224,38 +224,42 @@ fn load_change(
             Ok((config, zones))
         }
         Change::TransferPicks(due) => {
-            let mut zones = zones_of(previous);
-            for (zone, data) in previous.zones().iter().zip(&mut zones) {
-                if due.contains(&zone.origin.key()) {
-                    // The transferred content changed (the pick), whatever the digest says.
-                    data.set_serial(choose_serial(
-                        running.serial_policy(&zone.origin),
-                        Some((zone.serial, zone.content_digest)),
-                        zone.serial,
-                        !zone.content_digest,
-                        SystemTime::now(),
-                    ));
-                }
-            }
+            // The transferred content changed (the pick), whatever the digest says.
+            let zones = published_again(previous, running, &due, |zone, _| !zone.content_digest);
             Ok((running.clone(), zones))
         }
         Change::Dynamic(due) => {
-            let mut zones = zones_of(previous);
-            for (zone, data) in previous.zones().iter().zip(&mut zones) {
-                if due.contains(&zone.origin.key()) {
-                    data.dynamic = updates::records_for(challenges, &zone.origin, running);
-                    data.set_serial(choose_serial(
-                        running.serial_policy(&zone.origin),
-                        Some((zone.serial, zone.content_digest)),
-                        zone.serial,
-                        data.content_digest(),
-                        SystemTime::now(),
-                    ));
-                }
-            }
+            let zones = published_again(previous, running, &due, |zone, data| {
+                data.dynamic = updates::records_for(challenges, &zone.origin, running);
+                data.content_digest()
+            });
             Ok((running.clone(), zones))
         }
     }
+}
+
+/// The published zones as data again; each zone in `due` is changed by `change`, which returns
+/// the content digest to compare with the served one, and gets its next serial by policy.
+fn published_again(
+    previous: &Snapshot,
+    running: &Config,
+    due: &[Box<[u8]>],
+    mut change: impl FnMut(&crate::snapshot::Zone, &mut ZoneData) -> u64,
+) -> Vec<ZoneData> {
+    let mut zones = zones_of(previous);
+    for (zone, data) in previous.zones().iter().zip(&mut zones) {
+        if due.contains(&zone.origin.key()) {
+            let digest = change(zone, data);
+            data.set_serial(choose_serial(
+                running.serial_policy(&zone.origin),
+                Some((zone.serial, zone.content_digest)),
+                zone.serial,
+                digest,
+                SystemTime::now(),
+            ));
+        }
+    }
+    zones
 }
 
 /// The published zones as data again, for a rebuild that changes only serials.

@@ -55,12 +55,7 @@ pub(super) fn check_update_keys(zone: &ZoneData, config: &Config) -> Vec<Diagnos
         .iter()
         .filter_map(|member| {
             let wanted = member.update_key.as_deref()?;
-            let known = config.live.keys.iter().any(|key| {
-                key.name
-                    .to_string()
-                    .trim_end_matches('.')
-                    .eq_ignore_ascii_case(wanted.trim_end_matches('.'))
-            });
+            let known = config.live.keys.iter().any(|key| update::names_key(wanted, key));
             (!known).then(|| {
                 Diagnostic::at(
                     member.location.clone(),

@@ -397,6 +397,16 @@ fn key_text(key: &TsigKey) -> String {
     key.name.to_string().trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// True when a member's `update-key` (as written) names `key`.
+pub fn names_key(update_key: &str, key: &TsigKey) -> bool {
+    same_key(update_key, &key_text(key))
+}
+
+/// True when a member's `update-key` (as written) is the key `key_text` (see `key_text`).
+fn same_key(update_key: &str, key_text: &str) -> bool {
+    update_key.trim_end_matches('.').eq_ignore_ascii_case(key_text)
+}
+
 /// A header-only answer (RFC 2136 §3.8: the sections are not echoed, their counts are zero).
 fn header(message: &[u8], rcode: Rcode) -> Vec<u8> {
     let mut response = Vec::with_capacity(128);
@@ -444,7 +454,7 @@ fn granted_names(zone: &ZoneView<'_>, key: &str) -> Vec<Name> {
         let Some(member_key) = &member.update_key else {
             continue;
         };
-        if !member_key.trim_end_matches('.').eq_ignore_ascii_case(key) {
+        if !same_key(member_key, key) {
             continue;
         }
         let pools = zone.pools.iter().filter(|p| p.members.contains(&index));
