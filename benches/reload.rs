@@ -51,7 +51,7 @@ fn write_tree(dir: &Path, members: usize) -> PathBuf {
 
 fn load_and_build(config: &Config) -> Snapshot {
     let zones = control::load_zones(config).expect("loads");
-    control::build_snapshot(zones, config, None)
+    control::build_snapshot(zones, Default::default(), config, None)
 }
 
 fn timings(c: &mut Criterion, dirs: &[(usize, tempfile::TempDir, PathBuf)]) {

@@ -175,6 +175,7 @@ async fn every_second(control: std::sync::Weak<Control>) {
         };
         control.refresh_transfer_picks().await;
         control.expire_challenges().await;
+        control.resign_due().await;
     }
 }
 

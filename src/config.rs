@@ -252,6 +252,16 @@ struct ZoneSection {
     /// is forwarded to each (still signed by its sender) so that every one serves it.
     #[serde(default)]
     update_peers: Vec<String>,
+    /// Sign the zone (DNSSEC) with the key pairs in `keys`. Default false.
+    #[serde(default)]
+    dnssec: bool,
+    /// The zone's key directory (BIND-format pairs). Default `keys/<origin>/` beside the zone
+    /// file.
+    #[serde(default)]
+    keys: Option<PathBuf>,
+    /// When CDS/CDNSKEY are published: "none", "always", "rollover" (default).
+    #[serde(default)]
+    cds: crate::dnssec::CdsPolicy,
 }
 
 fn default_pick_refresh() -> Duration {
@@ -497,6 +507,10 @@ pub struct ZoneConfig {
     pub transfer_pick_refresh: Duration,
     /// What RFC 2136 UPDATE may do in this zone (members' ACME challenges).
     pub updates: UpdatePolicy,
+    /// DNSSEC signing settings; None for an unsigned zone.
+    pub signing: Option<crate::dnssec::SigningConfig>,
+    /// The zone's key directory (where `dnssec keygen` writes, signed or not yet).
+    pub keys_dir: PathBuf,
     pub location: Location,
 }
 
@@ -721,10 +735,21 @@ impl Parser<'_> {
                 allow_transfer: self.transfer_acls(&location, &section.allow_transfer, declared),
                 notify: self.notify_targets(&location, &section.notify, declared),
             };
+            let file = self.base.join(&section.file);
+            let keys_dir = match &section.keys {
+                Some(dir) => self.base.join(dir),
+                None => crate::dnssec::default_keys_dir(&file, &origin),
+            };
+            let signing = section.dnssec.then(|| crate::dnssec::SigningConfig {
+                keys_dir: keys_dir.clone(),
+                cds: section.cds,
+            });
             zones.push(ZoneConfig {
+                signing,
+                keys_dir,
                 source: Source {
                     origin,
-                    file: self.base.join(&section.file),
+                    file,
                     members: section.members.as_ref().map(|m| self.base.join(m)),
                 },
                 serial_policy: section.serial_policy,

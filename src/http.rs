@@ -36,6 +36,9 @@ pub struct ZoneStatus {
     /// Each NOTIFY target and the serial it was last seen serving.
     #[serde(default)]
     pub secondaries: Vec<crate::control::SecondaryState>,
+    /// Keys, signatures made and reused, earliest expiry: present for a signed zone.
+    #[serde(default)]
+    pub dnssec: Option<crate::dnssec::SigningReport>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -228,6 +231,7 @@ pub fn status(control: &Control) -> StatusDocument {
                     .secondaries(&z.origin.to_string(), None)
                     .map(|r| r.secondaries)
                     .unwrap_or_default(),
+                dnssec: z.dnssec.as_ref().map(|d| d.report.clone()),
             })
             .collect(),
         last_reload,

@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod diag;
+pub mod dnssec;
 pub mod duration;
 pub mod health;
 pub mod http;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use consortium_dns::config::{Config, DEFAULT_CONFIG_PATH};
 use consortium_dns::sd_notify;
 
+mod dnssec_cli;
 mod status;
 
 /// sysexits.h: bad command line or config.
@@ -55,6 +56,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// DNSSEC keys: create them, print the DS records for the parent, show their states.
+    #[command(subcommand)]
+    Dnssec(DnssecCommand),
+}
+
+#[derive(Subcommand)]
+enum DnssecCommand {
+    /// Write a new key pair into the zone's key directory (default: one CSK, ECDSAP256SHA256).
+    Keygen {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        zone: String,
+        #[arg(long, value_enum, default_value_t = dnssec_cli::Algorithm::Ecdsap256sha256)]
+        algorithm: dnssec_cli::Algorithm,
+        /// A key-signing key (flags 257): the default, which makes a CSK when it is alone.
+        #[arg(long, conflicts_with = "zsk")]
+        ksk: bool,
+        /// A zone-signing key (flags 256).
+        #[arg(long)]
+        zsk: bool,
+    },
+    /// Print the DS records (SHA-256) of the zone's active and published KSKs, for the parent.
+    Ds {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        zone: String,
+    },
+    /// Show each signed zone's keys and states and, from the running server, the earliest
+    /// signature expiry.
+    Status {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Only this zone.
+        #[arg(long)]
+        zone: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -89,6 +128,17 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check { config } => check(&config),
         Command::Status { http_listen, json } => status::run(http_listen, json),
+        Command::Dnssec(command) => match command {
+            DnssecCommand::Keygen {
+                config,
+                zone,
+                algorithm,
+                zsk,
+                ..
+            } => dnssec_cli::keygen(&config, &zone, algorithm, zsk),
+            DnssecCommand::Ds { config, zone } => dnssec_cli::ds(&config, &zone),
+            DnssecCommand::Status { config, zone } => dnssec_cli::status(&config, zone.as_deref()),
+        },
     }
 }
 

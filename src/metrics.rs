@@ -40,6 +40,9 @@ pub const UPDATE_VALUES_TOTAL: &str = "consortium_dns_update_values_total";
 pub const ACME_CHALLENGE_VALUES: &str = "consortium_dns_acme_challenge_values";
 pub const SECONDARY_SERIAL: &str = "consortium_dns_secondary_serial";
 pub const UPDATE_FORWARDS_TOTAL: &str = "consortium_dns_update_forwards_total";
+pub const DNSSEC_SIGNATURES_TOTAL: &str = "consortium_dns_dnssec_signatures_total";
+pub const DNSSEC_EARLIEST_EXPIRY: &str = "consortium_dns_dnssec_earliest_signature_expiry_timestamp_seconds";
+pub const DNSSEC_KEYS: &str = "consortium_dns_dnssec_keys";
 
 /// Pools with more members than this get no per-member series (state, weight, probe,
 /// certificate, picks): at 100,000 members those would cost hundreds of megabytes per scrape.
@@ -115,6 +118,12 @@ pub struct Metrics {
     pub secondary_serial: IntGaugeVec,
     /// Updates forwarded to peer instances, by peer and outcome (its rcode, or unreachable).
     pub update_forwards: IntCounterVec,
+    /// RRSIGs made (not taken from the cache), by zone.
+    pub dnssec_signatures: IntCounterVec,
+    /// The earliest RRSIG expiration of each signed zone.
+    pub dnssec_earliest_expiry: IntGaugeVec,
+    /// Keys of each signed zone by role and state.
+    pub dnssec_keys: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -244,6 +253,21 @@ impl Metrics {
                 SECONDARY_SERIAL,
                 "The SOA serial each secondary (NOTIFY target) last answered for the zone.",
                 &["zone", "secondary"],
+            ),
+            dnssec_signatures: counter_vec(
+                DNSSEC_SIGNATURES_TOTAL,
+                "RRSIGs made when building snapshots (signatures reused from the cache not counted), by zone.",
+                &["zone"],
+            ),
+            dnssec_earliest_expiry: gauge_vec(
+                DNSSEC_EARLIEST_EXPIRY,
+                "The earliest RRSIG expiration (unix time) served in each signed zone.",
+                &["zone"],
+            ),
+            dnssec_keys: gauge_vec(
+                DNSSEC_KEYS,
+                "DNSSEC keys of each signed zone by role (ksk, zsk) and state (future, published, active, retired, removed).",
+                &["zone", "role", "state"],
             ),
             update_forwards: counter_vec(
                 UPDATE_FORWARDS_TOTAL,

@@ -34,7 +34,7 @@ pub(crate) fn run(addr: SocketAddr, raw_json: bool) -> ExitCode {
     }
 }
 
-fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+pub(crate) fn fetch(addr: SocketAddr) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(

@@ -6,6 +6,7 @@
 //! and the served-serial state file; it must not answer queries or run probes.
 
 pub mod serial_state;
+mod signing;
 mod updates;
 pub use updates::{SecondariesReport, SecondaryState};
 pub mod watch;
@@ -80,6 +81,9 @@ enum Change {
     /// The published data again, with these zones' challenge values as the store now holds
     /// them (an UPDATE, or values whose lifetime ended).
     Dynamic(Vec<Box<[u8]>>),
+    /// The published data again, signed anew, with a new serial for these zones: signatures
+    /// near expiry, or a key changing state.
+    Resign(Vec<Box<[u8]>>),
 }
 
 /// What the rebuild lock guards: state that changes only inside a rebuild.
@@ -91,6 +95,12 @@ struct Rebuilding {
     challenges: update::store::Store,
     /// Per-key update rates and the request MACs already seen.
     guard: update::Guard,
+    /// The signed zones' key sets, as the last start or reload read them.
+    keys: signing::KeySets,
+    /// The signed zones' signatures of the last build, reused while they stay valid.
+    signatures: signing::Caches,
+    /// When re-signing last failed (it is retried a minute later).
+    resign_failed_at: Option<Instant>,
 }
 
 /// What a published rebuild reports.
@@ -145,8 +155,14 @@ pub fn load_zones(config: &Config) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
     if errors.is_empty() { Ok(zones) } else { Err(errors) }
 }
 
-/// Builds a snapshot of `zones` with everything `config` says about them.
-pub fn build_snapshot(zones: Vec<ZoneData>, config: &Config, metrics: Option<&Metrics>) -> Snapshot {
+/// Builds a snapshot of `zones` (signed as `signed` says) with everything `config` says
+/// about them.
+pub fn build_snapshot(
+    zones: Vec<ZoneData>,
+    signed: HashMap<Box<[u8]>, crate::dnssec::Signed>,
+    config: &Config,
+    metrics: Option<&Metrics>,
+) -> Snapshot {
     let options = BuildOptions {
         identity: config.live.identity.as_deref(),
         version: config.live.version.as_deref(),
@@ -158,13 +174,28 @@ pub fn build_snapshot(zones: Vec<ZoneData>, config: &Config, metrics: Option<&Me
             .map(|z| (z.origin().key(), z.peers.clone()))
             .collect(),
         metrics,
+        signed,
     };
     Snapshot::build(zones, &options)
 }
 
-/// Loads every zone of the config and builds a snapshot (what `check` validates).
+/// Loads every zone of the config, signs the signed ones and builds a snapshot (what `check`
+/// validates).
 pub fn load(config: &Config) -> Result<Snapshot, Vec<Diagnostic>> {
-    Ok(build_snapshot(load_zones(config)?, config, None))
+    let zones = load_zones(config);
+    let keys = signing::load_keys(config);
+    let (mut zones, keys) = match (zones, keys) {
+        (Ok(zones), Ok(keys)) => (zones, keys),
+        (zones, keys) => {
+            let mut errors = zones.err().unwrap_or_default();
+            errors.extend(keys.err().unwrap_or_default());
+            return Err(errors);
+        }
+    };
+    let now = wire::unix_now();
+    signing::set_digests(&mut zones, &keys, now);
+    let (signed, _) = signing::sign(&zones, &keys, &signing::Caches::new(), now)?;
+    Ok(build_snapshot(zones, signed, config, None))
 }
 
 /// Sets each zone's served serial by its policy, from what `previous` says was served.
@@ -192,10 +223,14 @@ fn load_change(
     previous: &Snapshot,
     overrides: &Overrides,
     challenges: &mut update::store::Store,
+    keys: &mut signing::KeySets,
 ) -> Result<(Config, Vec<ZoneData>), Vec<Diagnostic>> {
+    let now = wire::unix_now();
     match change {
         Change::Start(config) => {
             let mut zones = load_zones(&config)?;
+            *keys = signing::load_keys(&config)?;
+            signing::set_digests(&mut zones, keys, now);
             // What was served before the restart: the serial continues from there, and the
             // challenge values still alive are served again.
             let state = config.live.state_file.as_deref().map(SerialState::read);
@@ -213,6 +248,8 @@ fn load_change(
             let mut config = Config::load(&running.path)?;
             overrides.apply(&mut config);
             let mut zones = load_zones(&config)?;
+            *keys = signing::load_keys(&config)?;
+            signing::set_digests(&mut zones, keys, now);
             updates::attach(&mut zones, challenges, &config);
             apply_serial_policy(&mut zones, &config, |origin| {
                 previous
@@ -232,6 +269,14 @@ fn load_change(
             let zones = published_again(previous, running, &due, |zone, data| {
                 data.dynamic = updates::records_for(challenges, &zone.origin, running);
                 data.content_digest()
+            });
+            Ok((running.clone(), zones))
+        }
+        Change::Resign(due) => {
+            // New signatures (or key states) are new content, whatever the digest says.
+            let zones = published_again(previous, running, &due, |zone, data| {
+                signing::set_digests(std::slice::from_mut(data), keys, now);
+                !zone.content_digest
             });
             Ok((running.clone(), zones))
         }
@@ -274,6 +319,7 @@ fn zones_of(snapshot: &Snapshot) -> Vec<ZoneData> {
                 members: zone.members.clone(),
                 pools: zone.pools.iter().map(|p| p.def.clone()).collect(),
                 dynamic: zone.dynamic.clone(),
+                signing_digest: zone.dnssec.as_ref().map_or(0, |d| d.report.keys_digest),
             };
             data.set_serial(zone.serial);
             data
@@ -438,19 +484,35 @@ impl Control {
         let overrides = self.overrides.clone();
         let (bumped, starting, reread) = match &change {
             Change::TransferPicks(due) => (due.clone(), false, false),
-            Change::Dynamic(_) => (Vec::new(), false, false),
+            Change::Dynamic(_) | Change::Resign(_) => (Vec::new(), false, false),
             Change::Start(_) => (Vec::new(), true, true),
             Change::Reload => (Vec::new(), false, true),
         };
         let (running_now, previous_now) = (running.clone(), previous.clone());
         let mut challenges = state.challenges.clone();
+        let mut keys = state.keys.clone();
+        let caches = state.signatures.clone();
         let state_before = SerialState::of(&previous, &state.challenges);
-        // Parsing and building are CPU and file work: off the async workers.
-        let (config, snapshot, challenges) = tokio::task::spawn_blocking(move || {
-            let (config, zones) =
-                load_change(change, &running_now, &previous_now, &overrides, &mut challenges)?;
-            let snapshot = build_snapshot(zones, &config, Some(&metrics));
-            Ok::<_, Vec<Diagnostic>>((config, snapshot, challenges))
+        // Parsing, signing and building are CPU and file work: off the async workers.
+        let (config, snapshot, challenges, keys, caches) = tokio::task::spawn_blocking(move || {
+            let (config, zones) = load_change(
+                change,
+                &running_now,
+                &previous_now,
+                &overrides,
+                &mut challenges,
+                &mut keys,
+            )?;
+            let (signed, caches) = signing::sign(&zones, &keys, &caches, wire::unix_now())?;
+            for (zone, result) in &signed {
+                let zone = zone::name::Name::from_wire_unchecked(zone).to_string();
+                metrics
+                    .dnssec_signatures
+                    .with_label_values(&[zone.as_str()])
+                    .inc_by(result.report.signatures_made);
+            }
+            let snapshot = build_snapshot(zones, signed, &config, Some(&metrics));
+            Ok::<_, Vec<Diagnostic>>((config, snapshot, challenges, keys, caches))
         })
         .await
         .map_err(|join_error| {
@@ -477,6 +539,8 @@ impl Control {
         let new_file = config.live.state_file != running.live.state_file;
         let changed_state = (starting || new_file || state_after != state_before).then_some(state_after);
         state.challenges = challenges;
+        state.keys = keys;
+        state.signatures = caches;
         lock(&self.challenges_published).clone_from(&state.challenges);
         let serials = self.publish(snapshot, &config, starting, changed_state);
         *lock(&self.config) = config;
@@ -525,11 +589,26 @@ impl Control {
                 .with_label_values(&[zone])
                 .set(i64::from(*serial));
         }
+        self.metrics.dnssec_earliest_expiry.reset();
+        self.metrics.dnssec_keys.reset();
         for zone in current.zones() {
+            let label = zone.origin.to_string();
             self.metrics
                 .acme_challenge_values
-                .with_label_values(&[&zone.origin.to_string()])
+                .with_label_values(&[&label])
                 .set(zone.dynamic.len() as i64);
+            if let Some(dnssec) = &zone.dnssec {
+                self.metrics
+                    .dnssec_earliest_expiry
+                    .with_label_values(&[&label])
+                    .set(dnssec.report.earliest_expiry as i64);
+                for key in &dnssec.report.keys {
+                    self.metrics
+                        .dnssec_keys
+                        .with_label_values(&[label.as_str(), &key.role, &key.state])
+                        .inc();
+                }
+            }
         }
         serials
     }

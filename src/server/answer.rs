@@ -126,6 +126,7 @@ pub fn answer<R: Rng + ?Sized>(
     };
 
     let mut response = Response::start(query, out, &question);
+    response.dnssec = edns.is_some_and(|e| e.dnssec_ok);
     let pick = match question.qclass {
         rtype::CLASS_IN => resolve(snapshot, query, &question, &mut response, rng),
         rtype::CLASS_CH => {
@@ -213,6 +214,11 @@ struct Response<'o> {
     marks: usize,
     /// A referral whose glue is required (RFC 9471): losing it sets TC.
     glue_required: bool,
+    /// The query set DO (RFC 3225): signed zones add their RRSIGs and denial proofs.
+    dnssec: bool,
+    /// NSEC records to add to the authority section: (zone, node) pairs, without repeats.
+    proofs: [(u32, u32); 4],
+    proof_count: usize,
 }
 
 impl<'o> Response<'o> {
@@ -236,6 +242,46 @@ impl<'o> Response<'o> {
             additional_marks: [(0, 0); 16],
             marks: 0,
             glue_required: false,
+            dnssec: false,
+            proofs: [(0, 0); 4],
+            proof_count: 0,
+        }
+    }
+
+    /// Adds the NSEC owned by node `node` of zone `z` to the denial proofs (RFC 4035
+    /// §3.1.3), once.
+    fn prove(&mut self, z: u32, node: Option<u32>) {
+        let Some(node) = node.filter(|_| self.dnssec) else {
+            return;
+        };
+        if self.proofs[..self.proof_count].contains(&(z, node)) || self.proof_count == self.proofs.len() {
+            return;
+        }
+        self.proofs[self.proof_count] = (z, node);
+        self.proof_count += 1;
+    }
+
+    /// Writes the denial proofs into the authority section: each NSEC and its RRSIGs.
+    fn write_proofs(&mut self, snapshot: &Snapshot) {
+        for i in 0..std::mem::take(&mut self.proof_count) {
+            let (z, n) = self.proofs[i];
+            let Some(zone) = snapshot.zones.get(z as usize) else {
+                continue;
+            };
+            let Some(nsec) = zone.node(n).and_then(|node| rrset_of(zone, node, rtype::NSEC)) else {
+                continue;
+            };
+            self.authority_rrset(&Owner::Name(zone.node_name(n)), zone, nsec);
+        }
+    }
+
+    /// Writes an RRset and, to a DO query, its RRSIGs into the authority section.
+    fn authority_rrset(&mut self, owner: &Owner<'_>, zone: &Zone, rrset: &RRset) {
+        self.put_records(owner, rrset.count, zone.tails(rrset));
+        self.authority = self.authority.saturating_add(rrset.count);
+        if self.dnssec {
+            self.put_records(owner, rrset.sig_count, zone.sigs(rrset));
+            self.authority = self.authority.saturating_add(rrset.sig_count);
         }
     }
 
@@ -288,7 +334,18 @@ impl<'o> Response<'o> {
         // Saturating: counts never wrap (debug builds would panic); a response that large is
         // cut down by `finish` anyway.
         self.answers = self.answers.saturating_add(rrset.count);
-        self.put_records(owner, rrset.count, zone.tails(rrset))
+        let first_rdata = self.put_records(owner, rrset.count, zone.tails(rrset));
+        // RFC 4035 §3.1.1: a signed RRset goes with its RRSIGs.
+        self.answer_sigs(owner, rrset.sig_count, zone.sigs(rrset));
+        first_rdata
+    }
+
+    /// RRSIG tails into the answer section, to a DO query.
+    fn answer_sigs(&mut self, owner: &Owner<'_>, count: u16, tails: &[u8]) {
+        if self.dnssec {
+            self.put_records(owner, count, tails);
+            self.answers = self.answers.saturating_add(count);
+        }
     }
 
     /// Pointer to the suffix of the question name that is `name_len` octets long.
@@ -300,6 +357,10 @@ impl<'o> Response<'o> {
         let owner = self.question_suffix(zone.origin.wire().len());
         self.put_records(&owner, 1, &zone.negative_soa);
         self.authority += 1;
+        if let Some(dnssec) = zone.dnssec.as_ref().filter(|_| self.dnssec) {
+            self.put_records(&owner, dnssec.negative_soa_sig_count, &dnssec.negative_soa_sigs);
+            self.authority += dnssec.negative_soa_sig_count;
+        }
     }
 
     fn begin_additional(&mut self) {
@@ -313,6 +374,11 @@ impl<'o> Response<'o> {
             // Thousands of glue RRsets can add up past 65535 records; `finish` keeps at most
             // 64 KiB of them, far fewer, so the saturated value is never sent.
             self.additional = self.additional.saturating_add(extra.count);
+            // RFC 4035 §3.1.1: with its RRSIGs, which may be dropped with it (never TC).
+            if self.dnssec && extra.sig_count > 0 {
+                self.put_records(&Owner::Name(owner), extra.sig_count, zone.additional_sigs(extra));
+                self.additional = self.additional.saturating_add(extra.sig_count);
+            }
             if self.marks < self.additional_marks.len() {
                 self.additional_marks[self.marks] = (self.out.len(), self.additional);
                 self.marks += 1;
@@ -407,12 +473,14 @@ fn error_response(
 
 /// Where a name leads inside the snapshot.
 enum Found<'s> {
-    /// The name exists, or the wildcard of its closest encloser stands for it (RFC 4592 §3.3.1).
-    Node(u32, &'s Zone, &'s Node),
+    /// The name exists, or the wildcard of its closest encloser stands for it (RFC 4592 §3.3.1):
+    /// zone index, zone, node index, node, and whether the wildcard answers.
+    Node(u32, &'s Zone, u32, &'s Node, bool),
     /// The name is at or below a delegation: refer to the cut (its node index).
     Referral(u32, &'s Zone, u32),
-    /// The name does not exist in zone `.0`.
-    NxDomain(u32),
+    /// The name does not exist in zone `.0`; its closest encloser is the suffix of the name
+    /// from offset `.1`.
+    NxDomain(u32, usize),
     /// No zone served here encloses the name.
     NotOurs,
 }
@@ -426,7 +494,7 @@ fn find<'s>(snapshot: &'s Snapshot, key: &[u8], qtype: u16) -> Found<'s> {
                 return Found::Referral(z, zone, cut);
             }
         }
-        return Found::Node(z, zone, node);
+        return Found::Node(z, zone, n, node, false);
     }
     // The closest encloser: the longest existing ancestor.
     let mut pos = 0;
@@ -443,9 +511,9 @@ fn find<'s>(snapshot: &'s Snapshot, key: &[u8], qtype: u16) -> Found<'s> {
             if let Some(cut) = node.cut() {
                 return Found::Referral(z, zone, cut);
             }
-            return match node.wildcard().and_then(|w| zone.node(w)) {
-                Some(wildcard) => Found::Node(z, zone, wildcard),
-                None => Found::NxDomain(z),
+            return match node.wildcard().and_then(|w| Some((w, zone.node(w)?))) {
+                Some((w, wildcard)) => Found::Node(z, zone, w, wildcard, true),
+                None => Found::NxDomain(z, pos),
             };
         }
     }
@@ -497,23 +565,45 @@ fn resolve<R: Rng + ?Sized>(
                 }
                 break;
             }
-            Found::NxDomain(z) => {
+            Found::NxDomain(z, encloser_at) => {
                 response.aa = true;
                 // RFC 6604 §3: the rcode describes the last name of the chain.
                 response.rcode = NXDOMAIN;
                 if let Some(zone) = snapshot.zones.get(z as usize) {
                     response.negative_soa(zone);
+                    if response.dnssec {
+                        // RFC 4035 §3.1.3.2: the name does not exist, nor the wildcard that
+                        // could have stood for it.
+                        response.prove(z, zone.covering_nsec(current_key));
+                        let encloser = &current_key[encloser_at..];
+                        let mut wildcard = [0u8; wire::MAX_NAME_LEN + 2];
+                        wildcard[..2].copy_from_slice(b"\x01*");
+                        wildcard[2..2 + encloser.len()].copy_from_slice(encloser);
+                        response.prove(z, zone.covering_nsec(&wildcard[..2 + encloser.len()]));
+                    }
                 }
                 break;
             }
             Found::Referral(_, zone, cut) => {
+                response.write_proofs(snapshot);
                 refer(response, zone, cut, step == 0);
                 break;
             }
-            Found::Node(z, zone, node) => {
+            Found::Node(z, zone, n, node, wildcard) => {
                 response.aa = true;
                 chain_zone = Some(z);
-                match answer_node(response, (z, zone, node), qtype, &owner, rng, &mut pick) {
+                if wildcard {
+                    // RFC 4035 §3.1.3.3: the name itself does not exist.
+                    response.prove(z, zone.covering_nsec(current_key));
+                }
+                let at = Place {
+                    z,
+                    zone,
+                    n,
+                    node,
+                    key: current_key,
+                };
+                match answer_node(response, at, qtype, &owner, rng, &mut pick) {
                     Next::Done => break,
                     Next::Follow { target, rdata_at } => {
                         current_key = target;
@@ -527,14 +617,24 @@ fn resolve<R: Rng + ?Sized>(
             }
         }
     }
+    response.write_proofs(snapshot);
     pick
+}
+
+/// A name being answered: its zone, its node (or the wildcard's), and its lookup key.
+struct Place<'s, 'k> {
+    z: u32,
+    zone: &'s Zone,
+    n: u32,
+    node: &'s Node,
+    key: &'k [u8],
 }
 
 /// True when a CNAME chain that began in zone `chain_zone` has reached another zone: the
 /// answer stops there (resolvers follow it themselves).
 fn leaves_chain_zone(chain_zone: Option<u32>, found: &Found<'_>) -> bool {
     match (chain_zone, found) {
-        (Some(z), Found::Node(fz, ..) | Found::Referral(fz, ..) | Found::NxDomain(fz)) => z != *fz,
+        (Some(z), Found::Node(fz, ..) | Found::Referral(fz, ..) | Found::NxDomain(fz, _)) => z != *fz,
         _ => false,
     }
 }
@@ -554,6 +654,17 @@ fn refer(response: &mut Response<'_>, zone: &Zone, cut: u32, at_question: bool) 
     };
     response.put_records(&owner, ns.count, zone.tails(ns));
     response.authority = response.authority.saturating_add(ns.count);
+    if response.dnssec {
+        // RFC 4035 §3.1.4: a secure delegation's DS with its RRSIGs, or the NSEC proving
+        // there is none (insecure).
+        let node = zone.node(cut);
+        let proof = node
+            .and_then(|node| rrset_of(zone, node, rtype::DS))
+            .or_else(|| node.and_then(|node| rrset_of(zone, node, rtype::NSEC)));
+        if let Some(rrset) = proof {
+            response.authority_rrset(&owner, zone, rrset);
+        }
+    }
     response.begin_additional();
     response.glue_required = !zone.additional(ns).is_empty();
     response.additional_for(zone, ns);
@@ -573,7 +684,13 @@ enum Next<'s> {
 /// pick is recorded in `pick`.
 fn answer_node<'s, R: Rng + ?Sized>(
     response: &mut Response<'_>,
-    (z, zone, node): (u32, &'s Zone, &'s Node),
+    Place {
+        z,
+        zone,
+        n,
+        node,
+        key,
+    }: Place<'s, '_>,
     qtype: u16,
     owner: &Owner<'_>,
     rng: &mut R,
@@ -594,7 +711,22 @@ fn answer_node<'s, R: Rng + ?Sized>(
         *pick = Some((z, p, slot));
         let rdata_at = response.put_cname(owner, pool.def.ttl, zone.entry_target(entry));
         response.answers += 1;
+        // The pre-signed RRSIG of this very CNAME.
+        response.answer_sigs(owner, entry.sig_count, zone.entry_sigs(entry));
         (rdata_at, zone.entry_chase(entry))
+    } else if qtype == rtype::RRSIG && zone.dnssec.is_some() {
+        // Every signature at the name (RFC 4035 §3.1.5 leaves the choice; BIND and Knot do
+        // this).
+        let before = response.answers;
+        for rrset in zone.rrsets(node) {
+            response.put_records(owner, rrset.sig_count, zone.sigs(rrset));
+            response.answers = response.answers.saturating_add(rrset.sig_count);
+        }
+        if response.answers == before {
+            response.negative_soa(zone);
+            response.prove(z, Some(n));
+        }
+        return Next::Done;
     } else if let Some(rrset) = (qtype != rtype::ANY)
         .then(|| rrset_of(zone, node, qtype))
         .flatten()
@@ -610,8 +742,11 @@ fn answer_node<'s, R: Rng + ?Sized>(
         response.answer_rrset(owner, zone, first);
         return Next::Done;
     } else {
-        // NODATA, empty non-terminals included.
+        // NODATA, empty non-terminals included (RFC 4035 §3.1.3.1: the name's NSEC, or for
+        // an empty non-terminal the one that covers it).
         response.negative_soa(zone);
+        let own_nsec = rrset_of(zone, node, rtype::NSEC).map(|_| n);
+        response.prove(z, own_nsec.or_else(|| zone.covering_nsec(key)));
         return Next::Done;
     };
     match chase {

@@ -7,8 +7,10 @@ use std::collections::HashSet;
 use arc_swap::ArcSwap;
 
 use super::{
-    Additional, Arena, NO_INDEX, Node, Pool, PoolEntry, RRset, Span, Zone, encode_tail, key_is_subdomain,
+    Additional, Arena, NO_INDEX, Node, Pool, PoolEntry, RRset, Span, Zone, ZoneDnssec, encode_tail,
+    key_is_subdomain,
 };
+use crate::dnssec::Signed;
 use crate::metrics::Metrics;
 use crate::pick::{PickTable, WEIGHT_SCALE};
 use crate::wire;
@@ -17,8 +19,9 @@ use crate::zone::name::Name;
 use crate::zone::owners::{Owner, Owners, ancestors, compare_keys};
 use crate::zone::{ZoneData, rtype};
 
-/// Builds one zone; with `metrics`, its pools' picks are counted.
-pub(super) fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
+/// Builds one zone, with its signatures when `signed`; with `metrics`, its pools' picks are
+/// counted.
+pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Option<&Metrics>) -> Zone {
     let content_digest = data.content_digest();
     let ZoneData {
         origin,
@@ -26,11 +29,17 @@ pub(super) fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         members,
         pools,
         dynamic,
+        ..
     } = data;
     // The dynamic records are served like the files' (control checked that they own names of
     // their own); they are kept apart again below.
     let file_records = records.len();
     records.extend(dynamic.iter().cloned());
+    // DNSKEY, CDS, CDNSKEY and the NSEC chain are served like the rest; `Zone::all_records`
+    // reads them back from the tables.
+    if let Some(signed) = signed {
+        records.extend(signed.records.iter().cloned());
+    }
     let owners = Owners::new(&records, &members);
     let bare = bare_names(&origin, &owners, &pools);
     let numbering = Numbering {
@@ -47,12 +56,14 @@ pub(super) fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         nodes: Vec::with_capacity(owners.len() + bare.len()),
         origin_key: origin.key(),
         tails: Vec::new(),
+        signed,
     };
     for (owner, name) in numbering.in_order() {
         tables.push_node(&origin, &numbering, &pools, owner, name);
     }
     let (negative_soa, serial) = negative_soa_and_serial(&origin, &owners);
     let pools = tables.pools(&origin, &numbering, pools, &members, metrics);
+    let dnssec = signed.map(|signed| tables.dnssec(&origin, signed));
     if tables.arena.overflowed {
         tracing::error!(zone = %origin, "zone tables pass 4 GiB: some answers will be empty");
     }
@@ -80,6 +91,7 @@ pub(super) fn build_zone(data: ZoneData, metrics: Option<&Metrics>) -> Zone {
         records,
         dynamic,
         transfer: Default::default(),
+        dnssec,
     }
 }
 
@@ -187,7 +199,7 @@ fn expected_arena_bytes(
 }
 
 /// The tables being filled, node by node.
-struct Tables {
+struct Tables<'s> {
     arena: Arena,
     rrsets: Vec<RRset>,
     additionals: Vec<Additional>,
@@ -195,9 +207,10 @@ struct Tables {
     origin_key: Box<[u8]>,
     /// One encoding buffer, reused for every RRset.
     tails: Vec<u8>,
+    signed: Option<&'s Signed>,
 }
 
-impl Tables {
+impl Tables<'_> {
     /// Encodes one node: its name, its RRsets with their glue, and its links (cut, wildcard,
     /// pool).
     fn push_node(
@@ -259,6 +272,8 @@ impl Tables {
             .filter(|target| key_is_subdomain(target, &self.origin_key))
             .map_or(Span::default(), |target| self.arena.push(&target));
         let tails = self.arena.push(&self.tails);
+        let first = owners.item(items[0]);
+        let (sigs, sig_count) = self.signatures(first.name.wire(), t, first.ttl);
         self.rrsets.push(RRset {
             rtype: t,
             count: items.len() as u16,
@@ -266,7 +281,56 @@ impl Tables {
             chase,
             additional_start,
             additional_len: self.additionals.len() as u32 - additional_start,
+            sigs,
+            sig_count,
         });
+    }
+
+    /// The RRSIG tails of the RRset (`owner`, `t`) at `ttl`, when the zone is signed.
+    fn signatures(&mut self, owner: &[u8], t: u16, ttl: u32) -> (Span, u16) {
+        let Some(signed) = self.signed else {
+            return (Span::default(), 0);
+        };
+        let key = (owner.to_ascii_lowercase().into_boxed_slice(), t);
+        match signed.signatures.get(&key) {
+            Some(rdatas) => self.push_signatures(rdatas, ttl),
+            None => (Span::default(), 0),
+        }
+    }
+
+    fn push_signatures(&mut self, rdatas: &[Vec<u8>], ttl: u32) -> (Span, u16) {
+        let mut tails = Vec::new();
+        for rdata in rdatas {
+            encode_tail(&mut tails, rtype::RRSIG, rtype::CLASS_IN, ttl, rdata);
+        }
+        (self.arena.push(&tails), rdatas.len() as u16)
+    }
+
+    /// The signed zone's own tables: the NSEC owners in canonical order and the signed
+    /// negative-answer SOA.
+    fn dnssec(&mut self, origin: &Name, signed: &Signed) -> ZoneDnssec {
+        let mut nsec_order: Vec<u32> = (0..self.nodes.len() as u32)
+            .filter(|&n| {
+                let node = &self.nodes[n as usize];
+                node.rrsets_in(&self.rrsets)
+                    .iter()
+                    .any(|r| r.rtype == rtype::NSEC)
+            })
+            .collect();
+        let name_of = |n: u32| {
+            let span = self.nodes[n as usize].name;
+            &self.arena.bytes[span.start as usize..(span.start + span.len) as usize]
+        };
+        nsec_order.sort_by(|&a, &b| wire::canonical_cmp(name_of(a), name_of(b)));
+        let (span, negative_soa_sig_count) = self.signatures(origin.wire(), rtype::SOA, signed.negative_ttl);
+        let negative_soa_sigs =
+            self.arena.bytes[span.start as usize..(span.start + span.len) as usize].into();
+        ZoneDnssec {
+            nsec_order,
+            negative_soa_sigs,
+            negative_soa_sig_count,
+            report: signed.report.clone(),
+        }
     }
 
     /// The A and AAAA RRsets of `target` when it lies in the zone, as additional records.
@@ -277,16 +341,23 @@ impl Tables {
         let Some(glue_owner) = owners.find(target) else {
             return;
         };
-        for address in [rtype::A, rtype::AAAA].iter().filter_map(|&t| glue_owner.get(t)) {
+        for (t, address) in [rtype::A, rtype::AAAA]
+            .iter()
+            .filter_map(|&t| Some((t, glue_owner.get(t)?)))
+        {
             let mut glue = Vec::new();
             for &a in address {
                 let a = owners.item(a);
                 encode_tail(&mut glue, a.rtype, rtype::CLASS_IN, a.ttl, a.rdata);
             }
+            // Authoritative addresses carry their signatures; glue below a cut has none.
+            let (sigs, sig_count) = self.signatures(glue_owner.name().wire(), t, owners.item(address[0]).ttl);
             self.additionals.push(Additional {
                 owner: self.arena.push(glue_owner.name().wire()),
                 count: address.len() as u16,
                 tails: self.arena.push(&glue),
+                sigs,
+                sig_count,
             });
         }
     }
@@ -303,12 +374,12 @@ impl Tables {
     ) -> Vec<Pool> {
         let zone_label = origin.to_string();
         let mut built = Vec::with_capacity(pools.len());
-        for def in pools {
+        for (p, def) in pools.into_iter().enumerate() {
             let pool_label = def.name.to_string();
             // Large pools count picks per pool, not per member (see metrics).
             let per_member_series = def.members.len() <= crate::metrics::PER_MEMBER_SERIES_LIMIT;
             let mut entries = Vec::with_capacity(def.members.len());
-            for &m in &def.members {
+            for (slot, &m) in def.members.iter().enumerate() {
                 let member = &members[m];
                 let (target, chase) = self.member_target(origin, numbering, member);
                 let picks = metrics.map(|metrics| {
@@ -319,7 +390,17 @@ impl Tables {
                     };
                     metrics.pick_counter(&zone_label, &pool_label, &label)
                 });
-                entries.push(PoolEntry { target, chase, picks });
+                let (sigs, sig_count) = match self.signed.and_then(|s| s.pool_signatures.get(p)?.get(slot)) {
+                    Some(rdatas) => self.push_signatures(rdatas, def.ttl),
+                    None => (Span::default(), 0),
+                };
+                entries.push(PoolEntry {
+                    target,
+                    chase,
+                    picks,
+                    sigs,
+                    sig_count,
+                });
             }
             let pool = Pool {
                 def,

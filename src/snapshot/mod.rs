@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::dnssec::{Signed, SigningReport};
 use crate::metrics::Metrics;
 use crate::peers::ZonePeers;
 use crate::pick::PickTable;
@@ -56,6 +57,8 @@ pub struct BuildOptions<'a> {
     pub peers: HashMap<Box<[u8]>, ZonePeers>,
     /// Counts picks per pool member when given.
     pub metrics: Option<&'a Metrics>,
+    /// Signatures, NSEC chain and keys of the signed zones, by zone key.
+    pub signed: HashMap<Box<[u8]>, Signed>,
 }
 
 /// One zone's tables.
@@ -82,6 +85,20 @@ pub struct Zone {
     pub dynamic: Vec<Record>,
     /// Transfer ACL, NOTIFY targets and IXFR history (`transfer::history` fills the last).
     pub transfer: ZoneTransfer,
+    /// Present when the zone is signed.
+    pub dnssec: Option<ZoneDnssec>,
+}
+
+/// What a signed zone adds to its tables.
+#[derive(Debug)]
+pub struct ZoneDnssec {
+    /// Nodes that own an NSEC, in canonical order (RFC 4034 §6.1): the covering NSEC of a
+    /// name that does not exist is found by binary search.
+    pub(crate) nsec_order: Vec<u32>,
+    /// RRSIG tails of the negative-answer SOA, at its TTL.
+    pub(crate) negative_soa_sigs: Box<[u8]>,
+    pub(crate) negative_soa_sig_count: u16,
+    pub report: SigningReport,
 }
 
 /// The name index: lowercased wire name -> (zone index, node index). It holds only the
@@ -252,6 +269,9 @@ pub(crate) struct RRset {
     /// Address records of in-zone names this RRset refers to (NS, MX, SRV targets).
     additional_start: u32,
     additional_len: u32,
+    /// Its RRSIG record tails, `sig_count` of them (none in an unsigned zone).
+    sigs: Span,
+    pub(crate) sig_count: u16,
 }
 
 /// An address RRset to place in the additional section.
@@ -260,6 +280,9 @@ pub(crate) struct Additional {
     owner: Span,
     pub(crate) count: u16,
     tails: Span,
+    /// RRSIG tails of an authoritative address RRset (glue has none).
+    sigs: Span,
+    pub(crate) sig_count: u16,
 }
 
 /// A pool: its members' pre-encoded CNAME tails and the current pick table.
@@ -281,6 +304,9 @@ pub(crate) struct PoolEntry {
     chase: Span,
     /// This member's pick counter (same series across reloads: same labels).
     pub(crate) picks: Option<crate::metrics::PickCounter>,
+    /// The pre-signed RRSIG tails of the shared name's CNAME to this member.
+    sigs: Span,
+    pub(crate) sig_count: u16,
 }
 
 impl Zone {
@@ -319,6 +345,35 @@ impl Zone {
         self.slice(rrset.tails)
     }
 
+    /// RRSIG tails of an RRset.
+    #[inline]
+    pub(crate) fn sigs(&self, rrset: &RRset) -> &[u8] {
+        self.slice(rrset.sigs)
+    }
+
+    /// RRSIG tails of an additional RRset.
+    #[inline]
+    pub(crate) fn additional_sigs(&self, extra: &Additional) -> &[u8] {
+        self.slice(extra.sigs)
+    }
+
+    /// RRSIG tails of a pool entry's CNAME.
+    #[inline]
+    pub(crate) fn entry_sigs(&self, entry: &PoolEntry) -> &[u8] {
+        self.slice(entry.sigs)
+    }
+
+    /// The node that owns the NSEC covering `key`, a lowercased wire name inside the zone
+    /// that has no NSEC itself: its canonical predecessor (RFC 4035 §3.1.3.2), the last one
+    /// for names past the end of the chain.
+    pub(crate) fn covering_nsec(&self, key: &[u8]) -> Option<u32> {
+        let order = &self.dnssec.as_ref()?.nsec_order;
+        let after = order.partition_point(|&n| crate::wire::canonical_cmp(self.node_name(n), key).is_le());
+        order
+            .get(after.checked_sub(1).unwrap_or(order.len().checked_sub(1)?))
+            .copied()
+    }
+
     #[inline]
     pub(crate) fn rrset_chase(&self, rrset: &RRset) -> Option<&[u8]> {
         self.chase(rrset.chase)
@@ -346,12 +401,61 @@ impl Zone {
         self.chase(entry.chase)
     }
 
-    /// The zone's records, member CNAMEs included, as a transfer or `check` sees them.
+    /// The zone's records, member CNAMEs included, as a transfer or `check` sees them; for a
+    /// signed zone also DNSKEY, CDS, CDNSKEY, NSEC and every RRSIG but those of the shared
+    /// names' alternatives (a transfer carries the transfer pick's, `pool_pick_records`).
     pub fn all_records(&self) -> Vec<Record> {
         let mut records = self.records.clone();
         records.extend(self.members.iter().map(Member::cname_record));
         records.extend(self.dynamic.iter().cloned());
+        if self.dnssec.is_some() {
+            let location = crate::diag::Location::new(Arc::from(std::path::Path::new("dnssec")), 0);
+            for node in &self.nodes {
+                let name = Name::from_wire_unchecked(self.slice(node.name));
+                for rrset in self.rrsets(node) {
+                    let generated = matches!(
+                        rrset.rtype,
+                        rtype::NSEC | rtype::DNSKEY | rtype::CDS | rtype::CDNSKEY
+                    );
+                    let own = if generated { self.tails(rrset) } else { &[] };
+                    for tail in [own, self.sigs(rrset)] {
+                        records.extend(split_tails(tail).map(|(t, ttl, rdata)| Record {
+                            name: name.clone(),
+                            rtype: t,
+                            ttl,
+                            rdata: rdata.to_vec(),
+                            location: location.clone(),
+                        }));
+                    }
+                }
+            }
+        }
         records
+    }
+
+    /// The records of one shared-name answer in transfer form (owner, type, class, TTL,
+    /// RDATA): the CNAME to pool member `slot` and its pre-signed RRSIGs.
+    pub fn pool_pick_records(&self, pool: &Pool, slot: u32) -> Vec<Box<[u8]>> {
+        let Some(entry) = pool.entries.get(slot as usize) else {
+            return Vec::new();
+        };
+        let owner = pool.def.name.wire();
+        let mut out = Vec::with_capacity(1 + usize::from(entry.sig_count));
+        let mut cname = owner.to_vec();
+        encode_tail(
+            &mut cname,
+            rtype::CNAME,
+            rtype::CLASS_IN,
+            pool.def.ttl,
+            self.entry_target(entry),
+        );
+        out.push(cname.into_boxed_slice());
+        for (t, ttl, rdata) in split_tails(self.entry_sigs(entry)) {
+            let mut record = owner.to_vec();
+            encode_tail(&mut record, t, rtype::CLASS_IN, ttl, rdata);
+            out.push(record.into_boxed_slice());
+        }
+        out
     }
 }
 
@@ -365,6 +469,22 @@ impl Pool {
             .map(|(slot, &(eff, conf))| (slot as u32, eff, conf));
         self.table.store(Arc::new(PickTable::build(triples)));
     }
+}
+
+/// The (type, TTL, RDATA) of each record tail in `tails`.
+pub(crate) fn split_tails(tails: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let header = tails.get(pos..pos + 10)?;
+        let len = usize::from(u16::from_be_bytes([header[8], header[9]]));
+        let rdata = tails.get(pos + 10..pos + 10 + len)?;
+        pos += 10 + len;
+        Some((
+            u16::from_be_bytes([header[0], header[1]]),
+            u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+            rdata,
+        ))
+    })
 }
 
 /// Appends one record tail.
@@ -383,7 +503,8 @@ impl Snapshot {
             .into_iter()
             .map(|data| {
                 let peers = options.peers.get(&data.origin.key()).cloned().unwrap_or_default();
-                let mut zone = build::build_zone(data, options.metrics);
+                let signed = options.signed.get(&data.origin.key());
+                let mut zone = build::build_zone(data, signed, options.metrics);
                 zone.transfer.allow = peers.allow_transfer;
                 zone.transfer.notify = peers.notify;
                 zone

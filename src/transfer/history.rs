@@ -63,22 +63,10 @@ pub fn version_with_picks(zone: &Zone, picks: Vec<Option<u32>>) -> ZoneVersion {
         records.insert(wire.into_boxed_slice());
     }
     for (pool, pick) in zone.pools.iter().zip(&picks) {
-        let Some(member) = pick
-            .and_then(|slot| pool.def.members.get(slot as usize))
-            .and_then(|&m| zone.members.get(m))
-        else {
-            continue;
-        };
-        let mut wire = Vec::new();
-        wire.extend_from_slice(pool.def.name.wire());
-        encode_tail(
-            &mut wire,
-            rtype::CNAME,
-            rtype::CLASS_IN,
-            pool.def.ttl,
-            member.target.wire(),
-        );
-        records.insert(wire.into_boxed_slice());
+        // The CNAME to the picked member, with its pre-signed RRSIGs in a signed zone.
+        if let Some(slot) = *pick {
+            records.extend(zone.pool_pick_records(pool, slot));
+        }
     }
     ZoneVersion {
         serial: zone.serial,

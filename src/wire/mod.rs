@@ -410,6 +410,47 @@ pub fn set_soa_serial(rdata: &mut [u8], serial: u32) -> bool {
     }
 }
 
+/// Compares two uncompressed wire names in DNSSEC canonical order (RFC 4034 §6.1): label by
+/// label from the rightmost, each label as lowercased octets, a shorter label (or name) first.
+/// Allocation-free: the request path uses it to find the NSEC that covers a name.
+pub fn canonical_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let (mut a_starts, a_len) = label_starts(a);
+    let (mut b_starts, b_len) = label_starts(b);
+    let (a_starts, b_starts) = (&mut a_starts[..a_len], &mut b_starts[..b_len]);
+    for (&x, &y) in a_starts.iter().rev().zip(b_starts.iter().rev()) {
+        let order = label(a, x)
+            .iter()
+            .map(u8::to_ascii_lowercase)
+            .cmp(label(b, y).iter().map(u8::to_ascii_lowercase));
+        if order.is_ne() {
+            return order;
+        }
+    }
+    a_len.cmp(&b_len)
+}
+
+/// The label that starts at `at` of a wire name, without its length octet.
+fn label(name: &[u8], at: u8) -> &[u8] {
+    let at = usize::from(at);
+    let len = usize::from(name.get(at).copied().unwrap_or(0));
+    name.get(at + 1..at + 1 + len).unwrap_or_default()
+}
+
+/// Offsets of a wire name's labels (root excluded), at most 128 of them (255 octets).
+fn label_starts(name: &[u8]) -> ([u8; 128], usize) {
+    let mut starts = [0u8; 128];
+    let (mut pos, mut n) = (0usize, 0usize);
+    while let Some(&len) = name.get(pos) {
+        if len == 0 || n == starts.len() || pos > 255 {
+            break;
+        }
+        starts[n] = pos as u8;
+        n += 1;
+        pos += usize::from(len) + 1;
+    }
+    (starts, n)
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it): TSIG times (RFC 8945 §4.3.3)
 /// and timestamps.
 pub fn unix_now() -> u64 {
@@ -448,6 +489,27 @@ pub fn error_reply(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn canonical_order_is_rfc_4034s() {
+        use super::canonical_cmp;
+        // RFC 4034 §6.1's example, in order.
+        let names: [&[u8]; 8] = [
+            b"\x07example\x00",
+            b"\x01a\x07example\x00",
+            b"\x08yljkjljk\x01a\x07example\x00",
+            b"\x01Z\x01a\x07example\x00",
+            b"\x04zABC\x01a\x07EXAMPLE\x00",
+            b"\x01z\x07example\x00",
+            b"\x01\x01\x01z\x07example\x00",
+            b"\x01*\x01z\x07example\x00",
+        ];
+        for pair in names.windows(2) {
+            assert!(canonical_cmp(pair[0], pair[1]).is_lt(), "{pair:?}");
+            assert!(canonical_cmp(pair[1], pair[0]).is_gt());
+        }
+        assert!(canonical_cmp(b"\x01A\x00", b"\x01a\x00").is_eq());
+    }
+
     use super::*;
 
     fn query(name: &[u8]) -> Vec<u8> {

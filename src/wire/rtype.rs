@@ -20,6 +20,12 @@ pub const DNAME: u16 = 39;
 pub const OPT: u16 = 41;
 pub const DS: u16 = 43;
 pub const RRSIG: u16 = 46;
+pub const NSEC: u16 = 47;
+pub const DNSKEY: u16 = 48;
+pub const NSEC3: u16 = 50;
+pub const NSEC3PARAM: u16 = 51;
+pub const CDS: u16 = 59;
+pub const CDNSKEY: u16 = 60;
 pub const SPF: u16 = 99;
 pub const TSIG: u16 = 250;
 pub const IXFR: u16 = 251;
@@ -42,6 +48,12 @@ const NAMES: &[(u16, &str)] = &[
     (OPT, "OPT"),
     (DS, "DS"),
     (RRSIG, "RRSIG"),
+    (NSEC, "NSEC"),
+    (DNSKEY, "DNSKEY"),
+    (NSEC3, "NSEC3"),
+    (NSEC3PARAM, "NSEC3PARAM"),
+    (CDS, "CDS"),
+    (CDNSKEY, "CDNSKEY"),
     (SPF, "SPF"),
     (TSIG, "TSIG"),
     (IXFR, "IXFR"),

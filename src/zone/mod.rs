@@ -53,6 +53,9 @@ pub struct ZoneData {
     /// Records added by RFC 2136 UPDATE (ACME challenge TXT values), kept apart from the
     /// files' records: they are never written into an operator's file.
     pub dynamic: Vec<Record>,
+    /// What signing adds to the content (`dnssec::KeySet::digest`: the keys and their
+    /// states), set by the control plane before serials are chosen; 0 for an unsigned zone.
+    pub signing_digest: u64,
 }
 
 impl ZoneData {
@@ -121,6 +124,9 @@ impl ZoneData {
         let mut hasher = std::hash::DefaultHasher::new();
         let count = self.records.len() + self.members.len() + self.dynamic.len();
         (sum, count).hash(&mut hasher);
+        if self.signing_digest != 0 {
+            self.signing_digest.hash(&mut hasher);
+        }
         for pool in &self.pools {
             (pool.name.key(), pool.ttl, &pool.members).hash(&mut hasher);
         }
@@ -162,6 +168,7 @@ pub fn assemble(
             members,
             pools,
             dynamic: Vec::new(),
+            signing_digest: 0,
         })
     } else {
         Err(errors)
