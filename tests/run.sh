@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests and benches drive: dig/nsupdate/named-checkzone, NSD and Knot as
-# reference servers, kdig, dnsperf, systemd-analyze, and the ACME software of issue 18.
+# reference servers, kdig, dnsperf, systemd-analyze, the ACME software of issue 18 and the
+# DNSSEC validators of issue 17.
 need_pkgs=()
 command -v dig >/dev/null || need_pkgs+=(bind9-dnsutils)
 command -v named-checkzone >/dev/null || need_pkgs+=(bind9-utils)
@@ -21,6 +22,10 @@ command -v certbot >/dev/null || need_pkgs+=(certbot)
 command -v lego >/dev/null || need_pkgs+=(lego)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v curl >/dev/null || need_pkgs+=(curl)
+# DNSSEC (issue 17): Unbound as the validating resolver, ldns-verify-zone (delv and
+# dnssec-verify come with bind9-dnsutils and bind9-utils above).
+command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need_pkgs+=(unbound)
+command -v ldns-verify-zone >/dev/null || need_pkgs+=(ldnsutils)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${need_pkgs[*]}" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

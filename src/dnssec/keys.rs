@@ -189,8 +189,16 @@ pub fn algorithm_name(algorithm: u8) -> &'static str {
 /// Reads every key pair of `origin` in `dir`: each `K<origin>.+<alg>+<tag>.key` with its
 /// `.private`. Errors name the file and the reason, never key material.
 pub fn load_dir(dir: &Path, origin: &Name) -> Result<Vec<ZoneKey>, Vec<(PathBuf, String)>> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| vec![(dir.to_path_buf(), format!("cannot read the key directory: {e}"))])?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "the key directory does not exist (create a key pair with `consortium-dns dnssec keygen`)"
+                    .to_string()
+            }
+            _ => format!("cannot read the key directory: {e}"),
+        };
+        vec![(dir.to_path_buf(), reason)]
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())

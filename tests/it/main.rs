@@ -5,6 +5,7 @@ mod architecture;
 mod common;
 mod core;
 mod differential;
+mod dnssec;
 mod health;
 mod hostile;
 mod ops;
