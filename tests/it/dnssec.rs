@@ -15,7 +15,7 @@ use consortium_dns::wire::{be16, skip_name};
 
 use crate::common::{Tree, binary, edit, free_port, program, run_check};
 
-const ORIGIN: &str = "consortium.example";
+pub(crate) const ORIGIN: &str = "consortium.example";
 
 /// The example tree with `dnssec = true` (and `zone_lines`) in its `[[zone]]`, and no keys yet.
 fn signed_tree(zone_lines: &str) -> Tree {
@@ -32,13 +32,13 @@ fn signed_tree(zone_lines: &str) -> Tree {
     tree
 }
 
-fn keys_dir(tree: &Tree) -> PathBuf {
+pub(crate) fn keys_dir(tree: &Tree) -> PathBuf {
     tree.path("zones/keys/consortium.example")
 }
 
 /// A key pair made by BIND's `dnssec-keygen` (so the server reads BIND's files); with
 /// `-f KSK` and alone, a CSK.
-fn bind_keygen(tree: &Tree, algorithm: &str, args: &[&str]) {
+pub(crate) fn bind_keygen(tree: &Tree, algorithm: &str, args: &[&str]) {
     let keygen = program("dnssec-keygen", "bind9-utils", "it writes the DNSSEC key pairs");
     std::fs::create_dir_all(keys_dir(tree)).expect("key dir");
     let output = Command::new(keygen)
@@ -72,7 +72,7 @@ fn dnssec_command(tree: &Tree, args: &[&str]) -> (bool, String, String) {
 }
 
 /// The zone's DS records as `consortium-dns dnssec ds` prints them: (tag, alg, type, digest).
-fn ds_records(tree: &Tree) -> Vec<[String; 4]> {
+pub(crate) fn ds_records(tree: &Tree) -> Vec<[String; 4]> {
     let (ok, out, err) = dnssec_command(tree, &["ds", "--zone", ORIGIN]);
     assert!(ok, "dnssec ds: {err}");
     out.lines()
@@ -89,7 +89,7 @@ fn dns_addr(server: &ServerHandle) -> SocketAddr {
 }
 
 /// `delv` with the DS as its only trust anchor, asking `server`: its whole output.
-fn delv(anchor_file: &Path, server: SocketAddr, name: &str, qtype: &str) -> String {
+pub(crate) fn delv(anchor_file: &Path, server: SocketAddr, name: &str, qtype: &str) -> String {
     let delv = program("delv", "bind9-dnsutils", "it validates the signed answers");
     let output = Command::new(delv)
         .arg("-a")
@@ -107,7 +107,7 @@ fn delv(anchor_file: &Path, server: SocketAddr, name: &str, qtype: &str) -> Stri
     )
 }
 
-fn write_delv_anchor(tree: &Tree, ds: &[[String; 4]]) -> PathBuf {
+pub(crate) fn write_delv_anchor(tree: &Tree, ds: &[[String; 4]]) -> PathBuf {
     let lines: String = ds
         .iter()
         .map(|[tag, alg, kind, digest]| format!("  {ORIGIN}. static-ds {tag} {alg} {kind} \"{digest}\";\n"))
@@ -182,14 +182,14 @@ fn flip_answer_signatures(message: &mut [u8]) -> usize {
 
 /// An Unbound validating resolver on 127.0.0.1 with the zone's DS as trust anchor and the
 /// zone stubbed to `authority`.
-struct Unbound {
+pub(crate) struct Unbound {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Unbound {
-    fn start(ds: &[[String; 4]], authority: SocketAddr) -> Unbound {
+    pub(crate) fn start(ds: &[[String; 4]], authority: SocketAddr) -> Unbound {
         let unbound = program(
             "unbound",
             "unbound",
@@ -238,12 +238,12 @@ impl Unbound {
         unbound
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("unbound.log")).unwrap_or_default()
     }
 
     /// `dig +dnssec` through the resolver: (status, flags, answer lines).
-    fn ask(&self, name: &str, qtype: &str) -> (String, Vec<String>, Vec<String>) {
+    pub(crate) fn ask(&self, name: &str, qtype: &str) -> (String, Vec<String>, Vec<String>) {
         let dig = program("dig", "bind9-dnsutils", "it queries the validating resolver");
         let output = Command::new(dig)
             .args([

@@ -43,6 +43,7 @@ mod axfr;
 mod ixfr;
 mod notify;
 mod secondaries;
+mod signed;
 mod tsig;
 mod update;
 

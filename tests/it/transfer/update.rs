@@ -66,7 +66,12 @@ pub(super) fn update_tree(zone_lines: &str, other_keys: &[&Key]) -> Tree {
 
 /// Runs `nsupdate` (over TCP with `tcp`) with `commands` for the zone, signed with `key`:
 /// success and what it printed.
-async fn nsupdate(server: SocketAddr, key: Option<&Key>, commands: &[&str], tcp: bool) -> (bool, String) {
+pub(super) async fn nsupdate(
+    server: SocketAddr,
+    key: Option<&Key>,
+    commands: &[&str],
+    tcp: bool,
+) -> (bool, String) {
     let binary = program(
         "nsupdate",
         "bind9-dnsutils",
