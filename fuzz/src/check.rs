@@ -19,6 +19,9 @@ const SOA: u16 = 6;
 const PTR: u16 = 12;
 const MX: u16 = 15;
 const OPT: u16 = 41;
+const RRSIG: u16 = 46;
+const NSEC: u16 = 47;
+const ANY: u16 = 255;
 /// Smallest UDP payload every client accepts (RFC 1035 §2.3.4).
 pub const CLASSIC_UDP: usize = 512;
 
@@ -330,6 +333,15 @@ pub fn response(query: &[u8], response: &[u8], transport: Transport) -> Result<(
     };
     if response.len() > limit {
         return Err(format!("{} bytes over a limit of {limit}", response.len()));
+    }
+    // RFC 4035 §3.1: RRSIG and NSEC records only to a query with DO set, unless asked for.
+    // (A query the checker cannot walk whole, e.g. with trailing octets, is not judged here:
+    // the request path reads only what it needs.)
+    let dnssec_ok = walk(query).map_or(true, |q| q.opt_ttl.is_some_and(|ttl| ttl & 0x8000 != 0));
+    let asked = well_formed_question(query).and_then(|(_, end)| be16(query, end - 4).ok());
+    let dnssec_records = walked.records.iter().any(|&(t, _)| t == RRSIG || t == NSEC);
+    if dnssec_records && !dnssec_ok && !matches!(asked, Some(RRSIG | NSEC | ANY)) {
+        return Err("RRSIG or NSEC in the answer to a query without DO".into());
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use consortium_dns::dnssec::{self, CdsPolicy, KeySet, keys};
 use consortium_dns::health::spec::HealthSettings;
 use consortium_dns::server::answer::{self, Outcome};
 use consortium_dns::snapshot::{BuildOptions, Snapshot};
@@ -55,10 +56,16 @@ pub fn snapshot_from_text(zone_text: &str, members_text: Option<&str>) -> Result
     };
     match zone::assemble(&origin, zone_path, records, members, pools) {
         Ok(data) => {
-            let options = BuildOptions {
+            let mut options = BuildOptions {
                 identity: Some("ns1.fuzz"),
                 ..BuildOptions::default()
             };
+            // Signed as `dnssec = true` would: DO queries then take the DNSSEC paths. A zone
+            // signing refuses (one that brings its own RRSIG or NSEC records) is served
+            // unsigned, as an unsigned zone may hold them.
+            if let Ok(signed) = dnssec::sign_zone(&data, fuzz_keys(), 1_800_000_000, &Default::default()) {
+                options.signed.insert(data.origin.key(), signed);
+            }
             Ok(Some(Snapshot::build(vec![data], &options)))
         }
         Err(errors) => {
@@ -75,6 +82,19 @@ pub fn snapshot_from_text(zone_text: &str, members_text: Option<&str>) -> Result
             Ok(None)
         }
     }
+}
+
+/// One P-256 CSK made once per process, signing every fuzzed zone.
+fn fuzz_keys() -> &'static KeySet {
+    static KEYS: OnceLock<KeySet> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let (key, _) = keys::generate_pair(keys::ECDSAP256SHA256, keys::Role::Ksk, 0).expect("a key");
+        KeySet {
+            dir: "/nonexistent/fuzz/keys".into(),
+            keys: vec![key],
+            cds: CdsPolicy::Always,
+        }
+    })
 }
 
 /// The example consortium, built once.

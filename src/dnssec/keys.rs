@@ -479,17 +479,17 @@ pub fn encode_base64(data: &[u8]) -> String {
     out
 }
 
-/// Writes a new key pair for `origin` into `dir` (created if missing), published and active
-/// from `now`; returns the `.key` file. The `.private` file is readable by its owner only.
-pub fn generate(dir: &Path, origin: &Name, algorithm: u8, role: Role, now: u64) -> Result<PathBuf, String> {
+/// A new key pair in memory, published and active from `now`, with its private key octets
+/// (the P-256 scalar or the Ed25519 seed) for writing out.
+pub fn generate_pair(algorithm: u8, role: Role, now: u64) -> Result<(ZoneKey, Vec<u8>), String> {
     let rng = SystemRandom::new();
-    let (private_key, public) = match algorithm {
+    let failed = |_| "key generation failed".to_string();
+    let (private_key, public, pair) = match algorithm {
         ECDSAP256SHA256 => {
-            let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| "key generation failed")?;
+            let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(failed)?;
             let pair =
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                    .map_err(|_| "key generation failed")?;
+                EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).map_err(|_| "key generation failed")?;
             // ECPrivateKey (RFC 5915): version 1, then the 32-octet private key.
             let der = pkcs8.as_ref();
             let at = der
@@ -500,10 +500,11 @@ pub fn generate(dir: &Path, origin: &Name, algorithm: u8, role: Role, now: u64) 
                 .get(at + 5..at + 37)
                 .ok_or("unexpected PKCS#8 layout")?
                 .to_vec();
-            (private, pair.public_key().as_ref()[1..].to_vec())
+            let public = pair.public_key().as_ref()[1..].to_vec();
+            (private, public, Pair::Ecdsa(pair))
         }
         ED25519 => {
-            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "key generation failed")?;
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(failed)?;
             let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| "key generation failed")?;
             let der = pkcs8.as_ref();
             let at = der
@@ -514,12 +515,36 @@ pub fn generate(dir: &Path, origin: &Name, algorithm: u8, role: Role, now: u64) 
                 .get(at + 4..at + 36)
                 .ok_or("unexpected PKCS#8 layout")?
                 .to_vec();
-            (seed, pair.public_key().as_ref().to_vec())
+            let public = pair.public_key().as_ref().to_vec();
+            (seed, public, Pair::Ed25519(pair))
         }
         other => return Err(format!("unsupported algorithm {other}")),
     };
     let flags = if role == Role::Ksk { FLAGS_KSK } else { FLAGS_ZSK };
-    let tag = key_tag(&dnskey_rdata(flags, algorithm, &public));
+    let key = ZoneKey {
+        flags,
+        algorithm,
+        tag: key_tag(&dnskey_rdata(flags, algorithm, &public)),
+        public,
+        ttl: None,
+        timing: Timing {
+            created: Some(now),
+            publish: Some(now),
+            activate: Some(now),
+            inactive: None,
+            delete: None,
+        },
+        file: PathBuf::new(),
+        pair,
+    };
+    Ok((key, private_key))
+}
+
+/// Writes a new key pair for `origin` into `dir` (created if missing), published and active
+/// from `now`; returns the `.key` file. The `.private` file is readable by its owner only.
+pub fn generate(dir: &Path, origin: &Name, algorithm: u8, role: Role, now: u64) -> Result<PathBuf, String> {
+    let (key, private_key) = generate_pair(algorithm, role, now)?;
+    let (tag, flags) = (key.tag, key.flags);
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let stem = format!("K{origin}+{algorithm:03}+{tag:05}");
     let key_file = dir.join(format!("{stem}.key"));
@@ -538,7 +563,7 @@ pub fn generate(dir: &Path, origin: &Name, algorithm: u8, role: Role, now: u64) 
     let _ = writeln!(
         key_text,
         "{origin} IN DNSKEY {flags} 3 {algorithm} {}",
-        encode_base64(&public)
+        encode_base64(&key.public)
     );
     let mut private_text = String::from("Private-key-format: v1.3\n");
     let _ = writeln!(
