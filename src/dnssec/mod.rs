@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Location};
 use crate::wire::{self, rtype};
-use crate::zone::members::{Member, PoolDef};
 use crate::zone::name::Name;
 use crate::zone::owners::Owners;
 use crate::zone::{Record, ZoneData};
@@ -185,8 +184,11 @@ pub struct KeyReport {
     pub file: String,
 }
 
-/// An RRset's lowercased owner and type.
-pub type RRsetKey = (Box<[u8]>, u16);
+/// The RRSIG RDATAs of one RRset, one per signing key.
+pub type Signatures = Vec<Arc<[u8]>>;
+
+/// A hasher for the maps of a signing run (the keys are the zone's own data).
+type FastHash = foldhash::fast::RandomState;
 
 /// One signature: its cache digest, the RRSIG RDATA, and whether it was made now (not reused).
 type OneSignature = ([u8; 32], Arc<[u8]>, bool);
@@ -196,16 +198,34 @@ type OneSignature = ([u8; 32], Arc<[u8]>, bool);
 pub struct Signed {
     /// DNSKEY, CDS, CDNSKEY and NSEC records, served and transferred with the zone's own.
     pub records: Vec<Record>,
-    /// RRSIG RDATAs by (lowercased owner, type covered), for every signed RRset (those of
-    /// `records` included).
-    pub signatures: HashMap<RRsetKey, Vec<Vec<u8>>>,
+    /// RRSIG RDATAs of every signed RRset (those of `records` included), by `rrset_key`;
+    /// read with `signatures_of`.
+    signatures: HashMap<Box<[u8]>, Signatures, FastHash>,
     /// Per pool, per member slot: the RRSIGs of the shared name's CNAME to that member.
-    pub pool_signatures: Vec<Vec<Vec<Vec<u8>>>>,
+    pub pool_signatures: Vec<Vec<Vec<Arc<[u8]>>>>,
     /// TTL of NSEC records and of the negative-answer SOA: min(SOA TTL, MINIMUM) (RFC 9077).
     pub negative_ttl: u32,
+    /// Octets of all RRSIG records as tails (for sizing the answer tables up front).
+    pub signature_bytes: usize,
     pub report: SigningReport,
     /// The signatures used, for the next build's cache.
     pub cache: SignatureCache,
+}
+
+impl Signed {
+    /// The RRSIG RDATAs of the RRset (`owner`, any case; `t`), without allocating.
+    pub fn signatures_of(&self, owner: &[u8], t: u16) -> Option<&[Arc<[u8]>]> {
+        let mut key = [0u8; 257];
+        let len = owner.len();
+        if len > 255 {
+            return None;
+        }
+        for (k, c) in key.iter_mut().zip(owner) {
+            *k = c.to_ascii_lowercase();
+        }
+        key[len..len + 2].copy_from_slice(&t.to_be_bytes());
+        self.signatures.get(&key[..len + 2]).map(Vec::as_slice)
+    }
 }
 
 /// Status and metrics of one signing run.
@@ -226,7 +246,7 @@ pub struct SigningReport {
 /// signs except its times (key, RRset, TTL, labels).
 #[derive(Debug, Default, Clone)]
 pub struct SignatureCache {
-    entries: HashMap<[u8; 32], Arc<[u8]>>,
+    entries: HashMap<[u8; 32], Arc<[u8]>, FastHash>,
 }
 
 impl SignatureCache {
@@ -260,9 +280,19 @@ struct Job<'a> {
 }
 
 /// Where a job's signatures go.
-enum Slot {
-    RRset(Box<[u8]>, u16),
+enum Slot<'a> {
+    /// The RRset (owner as written, type).
+    RRset(&'a [u8], u16),
+    /// A shared name's alternative: (pool, member slot).
     Pool(usize, usize),
+}
+
+/// The key of an RRset's signatures: its lowercased owner, then its type.
+fn rrset_key(owner: &[u8], t: u16) -> Box<[u8]> {
+    let mut key = Vec::with_capacity(owner.len() + 2);
+    key.extend(owner.iter().map(u8::to_ascii_lowercase));
+    key.extend_from_slice(&t.to_be_bytes());
+    key.into_boxed_slice()
 }
 
 /// Signs `data` with `keys` at `now`. `previous` holds the signatures of the last build.
@@ -333,12 +363,11 @@ pub fn sign_zone(
 
     let mut all: Vec<Record> = data.records.iter().chain(&data.dynamic).cloned().collect();
     all.extend(generated.iter().cloned());
-    let nsec = nsec_chain(origin, &all, &data.members, &data.pools, negative_ttl, &location);
-    all.extend(nsec.iter().cloned());
-    generated.extend(nsec);
-
     let owners = Owners::new(&all, &data.members);
-    let mut jobs: Vec<(Slot, Job<'_>)> = Vec::new();
+    // One walk over the owners: the RRsets to sign, and the names of the NSEC chain with
+    // their types (RFC 4035 §2.3: authoritative names and delegation points; not glue).
+    let mut jobs: Vec<(Slot<'_>, Job<'_>)> = Vec::with_capacity(owners.len() * 2 + data.members.len());
+    let mut chain: Vec<(&Name, Vec<u16>)> = Vec::with_capacity(owners.len() + data.pools.len());
     for owner in owners.iter() {
         let name = owner.name().wire();
         if owners.cut_above(name, origin).is_some() {
@@ -346,23 +375,46 @@ pub fn sign_zone(
             continue;
         }
         let cut = owners.is_cut(name, origin);
+        let mut types = Vec::new();
         for (t, items) in owner.rrsets() {
-            // At a cut only DS and the NSEC are the parent's (RFC 4035 §2.2).
-            if cut && t != rtype::DS && t != rtype::NSEC {
+            // At a cut only DS (and the NSEC) are the parent's (RFC 4035 §2.2).
+            if cut && t != rtype::DS {
+                if t == rtype::NS {
+                    types.push(t);
+                }
                 continue;
             }
-            let first = owner.item(items[0]);
+            types.push(t);
             jobs.push((
-                Slot::RRset(name.to_ascii_lowercase().into_boxed_slice(), t),
+                Slot::RRset(name, t),
                 Job {
                     owner: name,
                     rtype: t,
-                    ttl: first.ttl,
+                    ttl: owner.item(items[0]).ttl,
                     rdatas: items.iter().map(|&i| owner.item(i).rdata).collect(),
                     key_rrset: matches!(t, rtype::DNSKEY | rtype::CDS | rtype::CDNSKEY),
                 },
             ));
         }
+        chain.push((owner.name(), types));
+    }
+    for pool in &data.pools {
+        if owners.find(pool.name.wire()).is_none() {
+            chain.push((&pool.name, vec![rtype::CNAME]));
+        }
+    }
+    let nsec = nsec_records(chain, negative_ttl, &location);
+    for record in &nsec {
+        jobs.push((
+            Slot::RRset(record.name.wire(), rtype::NSEC),
+            Job {
+                owner: record.name.wire(),
+                rtype: rtype::NSEC,
+                ttl: record.ttl,
+                rdatas: vec![&record.rdata],
+                key_rrset: false,
+            },
+        ));
     }
     for (p, pool) in data.pools.iter().enumerate() {
         for (slot, &m) in pool.members.iter().enumerate() {
@@ -393,6 +445,8 @@ pub fn sign_zone(
             .collect(),
         ..Signed::default()
     };
+    signed.signatures.reserve(jobs.len());
+    signed.cache.entries.reserve(jobs.len());
     let mut earliest = u64::MAX;
     for ((slot, _), outcome) in jobs.into_iter().zip(outcomes) {
         let sigs = outcome.map_err(|reason| vec![Diagnostic::file(&keys.dir, reason)])?;
@@ -404,16 +458,18 @@ pub fn sign_zone(
             } else {
                 signed.report.signatures_reused += 1;
             }
-            rdatas.push(rdata.to_vec());
+            signed.signature_bytes += 10 + rdata.len();
+            rdatas.push(rdata.clone());
             signed.cache.entries.insert(digest, rdata);
         }
         match slot {
             Slot::RRset(owner, t) => {
-                signed.signatures.insert((owner, t), rdatas);
+                signed.signatures.insert(rrset_key(owner, t), rdatas);
             }
             Slot::Pool(p, s) => signed.pool_signatures[p][s] = rdatas,
         }
     }
+    generated.extend(nsec);
     signed.records = generated;
     signed.report.earliest_expiry = if earliest == u64::MAX { 0 } else { earliest };
     let resign_at = signed.report.earliest_expiry.saturating_sub(REFRESH);
@@ -428,7 +484,7 @@ type JobSignatures = Result<Vec<OneSignature>, String>;
 
 /// Signs every job on all cores; results in job order.
 fn sign_all(
-    jobs: &[(Slot, Job<'_>)],
+    jobs: &[(Slot<'_>, Job<'_>)],
     roles: &Roles<'_>,
     signer_name: &[u8],
     now: u64,
@@ -582,55 +638,23 @@ fn canonical_rdata(t: u16, rdata: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The NSEC chain (RFC 4035 §2.3): one NSEC per authoritative name and delegation point, in
-/// canonical order, the last pointing back to the apex. Pool names own a CNAME; empty
-/// non-terminals and names below a cut have none.
-fn nsec_chain(
-    origin: &Name,
-    records: &[Record],
-    members: &[Member],
-    pools: &[PoolDef],
-    ttl: u32,
-    location: &Location,
-) -> Vec<Record> {
-    let owners = Owners::new(records, members);
-    // (name, types)
-    let mut names: Vec<(Name, Vec<u16>)> = Vec::with_capacity(owners.len() + pools.len());
-    for owner in owners.iter() {
-        let name = owner.name().wire();
-        if owners.cut_above(name, origin).is_some() {
-            continue;
-        }
-        let types: Vec<u16> = if owners.is_cut(name, origin) {
-            owner
-                .rrsets()
-                .map(|(t, _)| t)
-                .filter(|&t| t == rtype::NS || t == rtype::DS)
-                .collect()
-        } else {
-            owner.rrsets().map(|(t, _)| t).collect()
-        };
-        names.push((owner.name().clone(), types));
-    }
-    for pool in pools {
-        if owners.find(pool.name.wire()).is_none() {
-            names.push((pool.name.clone(), vec![rtype::CNAME]));
-        }
-    }
+/// The NSEC chain (RFC 4035 §2.3) over `names` (each with the types it owns): one NSEC per
+/// name in canonical order, the last pointing back to the apex, which comes first.
+fn nsec_records(mut names: Vec<(&Name, Vec<u16>)>, ttl: u32, location: &Location) -> Vec<Record> {
     names.sort_by(|a, b| wire::canonical_cmp(a.0.wire(), b.0.wire()));
     names.dedup_by(|a, b| a.0.wire().eq_ignore_ascii_case(b.0.wire()));
     let count = names.len();
     (0..count)
         .map(|i| {
             let (name, types) = &names[i];
-            let next = &names[(i + 1) % count].0;
+            let next = names[(i + 1) % count].0;
             let mut all = types.clone();
             all.extend([rtype::RRSIG, rtype::NSEC]);
             // The next name lowercased: its canonical form either way (RFC 6840 §5.1).
             let mut rdata = next.key().to_vec();
             rdata.extend_from_slice(&type_bitmap(&mut all));
             Record {
-                name: name.clone(),
+                name: (*name).clone(),
                 rtype: rtype::NSEC,
                 ttl,
                 rdata,

@@ -48,7 +48,10 @@ pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Optio
     };
     let mut tables = Tables {
         arena: Arena {
-            bytes: Vec::with_capacity(expected_arena_bytes(&owners, &bare, &records, &members)),
+            bytes: Vec::with_capacity(
+                expected_arena_bytes(&owners, &bare, &records, &members)
+                    + signed.map_or(0, |s| s.signature_bytes),
+            ),
             overflowed: false,
         },
         rrsets: Vec::with_capacity(owners.len()),
@@ -291,19 +294,25 @@ impl Tables<'_> {
         let Some(signed) = self.signed else {
             return (Span::default(), 0);
         };
-        let key = (owner.to_ascii_lowercase().into_boxed_slice(), t);
-        match signed.signatures.get(&key) {
+        match signed.signatures_of(owner, t) {
             Some(rdatas) => self.push_signatures(rdatas, ttl),
             None => (Span::default(), 0),
         }
     }
 
-    fn push_signatures(&mut self, rdatas: &[Vec<u8>], ttl: u32) -> (Span, u16) {
-        let mut tails = Vec::new();
+    fn push_signatures(&mut self, rdatas: &[std::sync::Arc<[u8]>], ttl: u32) -> (Span, u16) {
+        let start = self.arena.bytes.len();
         for rdata in rdatas {
-            encode_tail(&mut tails, rtype::RRSIG, rtype::CLASS_IN, ttl, rdata);
+            encode_tail(&mut self.arena.bytes, rtype::RRSIG, rtype::CLASS_IN, ttl, rdata);
         }
-        (self.arena.push(&tails), rdatas.len() as u16)
+        let len = self.arena.bytes.len() - start;
+        match (u32::try_from(start), u32::try_from(len)) {
+            (Ok(start), Ok(len)) => (Span { start, len }, rdatas.len() as u16),
+            _ => {
+                self.arena.overflowed = true;
+                (Span::default(), 0)
+            }
+        }
     }
 
     /// The signed zone's own tables: the NSEC owners in canonical order and the signed
