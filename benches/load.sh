@@ -13,6 +13,11 @@
 #   MAX_QPS []         dnsperf -Q: offer a fixed rate (e.g. 50000) instead of as much as dnsperf
 #                      can send, so that CPU per query compares servers at the same load
 #   BASE_PORT [25353]  ours, NSD and Knot on +0, +1, +2  STARTUP_TIMEOUT [1800] seconds
+#   DNSSEC [0]         1 = the zone signed and every query with DO set (dnsperf -D): ours with
+#                      `dnssec = true` and a P-256 CSK from `consortium-dns dnssec keygen`, NSD
+#                      and Knot the same zone pre-signed with that key by `dnssec-signzone`
+#                      (NSEC); their shared name is one pre-signed CNAME, ours picks among
+#                      pre-signed alternatives
 #   KEEP [0]           1 = keep the work directory (configs, zones, logs, raw results)
 #   BASELINE_BIN       another consortium-dns binary (say, a build of the previous commit) to run
 #                      as server "baseline" beside the others, same config, on BASE_PORT + 3
@@ -74,6 +79,8 @@ QUERY_LINES="${QUERY_LINES:-100000}"
 BASE_PORT="${BASE_PORT:-25353}"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-1800}"
 KEEP="${KEEP:-0}"
+DNSSEC="${DNSSEC:-0}"
+case $DNSSEC in 0 | 1) ;; *) echo "load.sh: DNSSEC must be 0 or 1" >&2; exit 1 ;; esac
 ORIGIN="consortium.example"
 if [ $# -gt 0 ]; then MEMBER_COUNTS=("$@"); else MEMBER_COUNTS=(10); fi
 
@@ -113,6 +120,7 @@ command -v dnsperf >/dev/null || need_pkgs+=(dnsperf)
 command -v nsd >/dev/null || need_pkgs+=(nsd)
 command -v knotd >/dev/null || need_pkgs+=(knot)
 command -v dig >/dev/null || need_pkgs+=(bind9-dnsutils)
+[ "$DNSSEC" = 0 ] || command -v dnssec-signzone >/dev/null || need_pkgs+=(bind9-utils)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
     note "installing ${need_pkgs[*]}"
@@ -313,6 +321,16 @@ zone:
   - domain: $ORIGIN
     file: "$ORIGIN.zone"
 EOF
+    if [ "$DNSSEC" = 1 ]; then
+        printf 'dnssec = true\nkeys = "keys"\n' >>"$d/ours/ours.toml"
+        "$OURS_BIN" dnssec keygen --config "$d/ours/ours.toml" --zone "$ORIGIN" >/dev/null ||
+            die "dnssec keygen failed"
+        # The reference servers serve the same zone pre-signed with the same key (-z: the
+        # one KSK signs everything, as our CSK does).
+        dnssec-signzone -q -S -z -K "$d/ours/keys" -o "$ORIGIN" -f "$d/ref/$ORIGIN.zone.signed" \
+            "$d/ref/$ORIGIN.zone" >/dev/null || die "dnssec-signzone failed"
+        mv "$d/ref/$ORIGIN.zone.signed" "$d/ref/$ORIGIN.zone"
+    fi
     sed -e "s/127.0.0.1:$((BASE_PORT))/127.0.0.1:$((BASE_PORT + 3))/" \
         -e "s/^udp-workers = 1$/udp-workers = 1\nquery-metrics = $BASELINE_QUERY_METRICS/" \
         "$d/ours/ours.toml" >"$d/ours/baseline.toml"
@@ -433,6 +451,7 @@ run_once() { # members set transport server round dir
     local args=(-s 127.0.0.1 -p "$port" -d "$d/queries/$set" -l "$DURATION" -c "$CLIENTS"
         -q "$OUTSTANDING" -m "$transport" -v)
     if [ "$EDNS" = 1 ]; then args+=(-e); fi
+    if [ "$DNSSEC" = 1 ]; then args+=(-D); fi
     if [ -n "$MAX_QPS" ]; then args+=(-Q "$MAX_QPS"); fi
     before=$(cpu_ticks "$pid")
     taskset -c "$CLIENT_CPU" dnsperf "${args[@]}" >"$out" 2>&1 || {
@@ -545,6 +564,7 @@ extra_env=
 [ -z "$BASELINE_BIN" ] || [ "$BASELINE_SAME" = 1 ] || extra_env+="BASELINE_BIN=$BASELINE_BIN "
 [ "$BASELINE_QUERY_METRICS" = true ] || extra_env+="BASELINE_QUERY_METRICS=false "
 [ -z "$MAX_QPS" ] || extra_env+="MAX_QPS=$MAX_QPS "
+[ "$DNSSEC" = 0 ] || extra_env+="DNSSEC=1 "
 echo "Command: \`${extra_env}DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING EDNS=$EDNS benches/load.sh ${MEMBER_COUNTS[*]}\`"
 echo
 echo "Servers: $(for s in "${server_list[@]}"; do printf '%s; ' "$(version_of "$s")"; done)dnsperf $(dnsperf -H 2>&1 | awk '/^Version/ { print $2 }' | head -1)."

@@ -5,8 +5,8 @@
 //!   `check` and a start do), against reading and building unsigned;
 //! - a one-member change (one weight edited) reloaded on a running server, whose signature
 //!   cache keeps every unchanged signature, against the same reload of an unsigned server;
-//! - resident memory of the served snapshot per member, signed and unsigned (this process's
-//!   RSS growth from 10 to N members, freed memory returned first).
+//! - resident memory of the served snapshot per member, signed and unsigned (RSS growth of a
+//!   fresh process holding it, from 10 to N members, freed memory returned first).
 //!
 //! `cargo bench --bench signing` (figures in benches/RESULTS.md). Wall-clock medians of a few
 //! rounds: these take milliseconds to seconds, so Criterion's sampling would take hours.
@@ -126,18 +126,36 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// RSS growth while holding the snapshot of `config`, freed memory returned first.
-fn held_kib(config: &Config) -> u64 {
+/// Set in a child process: the config whose snapshot it loads and holds.
+const CHILD_ENV: &str = "CONSORTIUM_DNS_SIGNING_BENCH_CONFIG";
+
+/// RSS growth of a fresh process while it holds the snapshot of `config` (freed memory
+/// returned first): each size and mode in its own process, so no allocator state carries over.
+fn held_kib(config: &Path) -> u64 {
+    let output = std::process::Command::new(std::env::current_exe().expect("bench binary"))
+        .env(CHILD_ENV, config)
+        .output()
+        .expect("child process");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("child said {:?}", String::from_utf8_lossy(&output.stderr)))
+}
+
+fn child(config_path: &Path) {
+    let config = Config::load(config_path).expect("config");
     consortium_dns::memory::release_freed_memory();
     let before = rss_kib();
-    let snapshot = control::load(config).expect("loads");
+    let snapshot = control::load(&config).expect("loads");
     consortium_dns::memory::release_freed_memory();
-    let held = rss_kib().saturating_sub(before);
+    println!("{}", rss_kib().saturating_sub(before));
     drop(snapshot);
-    held
 }
 
 fn main() {
+    if let Some(path) = std::env::var_os(CHILD_ENV) {
+        return child(Path::new(&path));
+    }
     // `cargo bench` passes `--bench`; nothing else to parse.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -160,7 +178,7 @@ fn main() {
                 from_scratch(&config, members),
                 one_member_change(&runtime, dir.path(), &config, members),
             ));
-            held[i] = held_kib(&config);
+            held[i] = held_kib(&path);
         }
         let ms = |d: Duration| d.as_secs_f64() * 1_000.0;
         println!(

@@ -21,11 +21,14 @@ pub(crate) const ORIGIN: &str = "consortium.example";
 fn signed_tree(zone_lines: &str) -> Tree {
     let tree = Tree::example();
     let mut config = tree.read("config/consortium-dns.toml");
+    let last = config
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .expect("config has lines");
     assert!(
-        config
-            .trim_end()
-            .ends_with("members = \"../zones/consortium.example.members.toml\""),
-        "the example config must end with its [[zone]] table"
+        last.starts_with("members ="),
+        "the example config must end with its [[zone]] table; its last line is {last:?}"
     );
     config.push_str(&format!("\ndnssec = true\n{zone_lines}"));
     tree.write("config/consortium-dns.toml", &config);
@@ -208,6 +211,7 @@ impl Unbound {
              username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"{dir}/unbound.pid\"\n  \
              use-syslog: no\n  logfile: \"{dir}/unbound.log\"\n  verbosity: 1\n  val-log-level: 2\n  \
              access-control: 127.0.0.0/8 allow\n  module-config: \"validator iterator\"\n  \
+             aggressive-nsec: no\n  \
              num-threads: 1\n  so-reuseport: no\n{anchors}\
              remote-control:\n  control-enable: no\n\
              stub-zone:\n  name: \"{ORIGIN}\"\n  stub-addr: {}@{}\n",
@@ -682,4 +686,166 @@ async fn bad_keys_are_refused_with_file_and_reason_and_the_signed_zone_keeps_ser
         !ok && err.contains("consortium.example.zone:") && err.contains("signs this zone itself"),
         "{err}"
     );
+}
+
+/// `dnssec-keygen` with timing options; returns the new key's tag.
+fn bind_keygen_tag(tree: &Tree, args: &[&str]) -> u16 {
+    let keygen = program("dnssec-keygen", "bind9-utils", "it writes the DNSSEC key pairs");
+    std::fs::create_dir_all(keys_dir(tree)).expect("key dir");
+    let output = Command::new(keygen)
+        .args(["-q", "-a", "ECDSAP256SHA256", "-K"])
+        .arg(keys_dir(tree))
+        .args(args)
+        .arg(ORIGIN)
+        .output()
+        .expect("run dnssec-keygen");
+    assert!(
+        output.status.success(),
+        "dnssec-keygen: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let name = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    name.rsplit('+')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("key name {name:?}"))
+}
+
+/// What the server publishes at one moment: DNSKEY tags, the tags signing the SOA, CDS tags.
+fn key_view(server: SocketAddr) -> (BTreeSet<u16>, BTreeSet<u16>, BTreeSet<u16>) {
+    let dig = program("dig", "bind9-dnsutils", "it reads the published keys");
+    let ask = |qtype: &str| {
+        let output = Command::new(&dig)
+            .args([
+                &format!("@{}", server.ip()),
+                "-p",
+                &server.port().to_string(),
+                "+norec",
+                "+dnssec",
+            ])
+            .args(["+noall", "+answer", ORIGIN, qtype])
+            .output()
+            .expect("dig");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let tags_of = |text: &str, rtype: &str, field: usize| -> BTreeSet<u16> {
+        text.lines()
+            .filter(|l| l.split_whitespace().nth(3) == Some(rtype))
+            .filter_map(|l| l.split_whitespace().nth(field).and_then(|t| t.parse().ok()))
+            .collect()
+    };
+    // DNSKEY tags are not in the record text: compute them (RFC 4034 Appendix B).
+    let dnskeys: BTreeSet<u16> = ask("DNSKEY")
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3) == Some("DNSKEY"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let public = consortium_dns::tsig::decode_base64(&f[7..].concat()).expect("base64");
+            let mut rdata = f[4].parse::<u16>().expect("flags").to_be_bytes().to_vec();
+            rdata.push(3);
+            rdata.push(f[6].parse().expect("algorithm"));
+            rdata.extend(public);
+            let mut sum: u32 = 0;
+            for (i, b) in rdata.iter().enumerate() {
+                sum += if i % 2 == 0 {
+                    u32::from(*b) << 8
+                } else {
+                    u32::from(*b)
+                };
+            }
+            ((sum + (sum >> 16)) & 0xFFFF) as u16
+        })
+        .collect();
+    let soa = ask("SOA");
+    (
+        dnskeys,
+        tags_of(&soa, "RRSIG", 10),
+        tags_of(&ask("CDS"), "CDS", 4),
+    )
+}
+
+/// A ZSK roll by pre-publication and a KSK roll by double signature, both driven by the keys'
+/// timing metadata only (set by `dnssec-keygen -P/-A/-I/-D` a few seconds ahead): the server
+/// moves through every step by itself, and `delv` (no cache) and Unbound (caching, the parent's
+/// two DS as anchors, as during a KSK roll) validate at every second of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollovers_from_timing_metadata_never_break_validation() {
+    let tree = signed_tree("");
+    // t = 0: KSK1 and ZSK1 sign; ZSK2 is published ahead. t = 6: ZSK2 signs, ZSK1 retires
+    // (still published), KSK2 joins and signs the DNSKEY RRset beside KSK1. t = 12: KSK1 and
+    // ZSK1 are gone.
+    let ksk1 = bind_keygen_tag(&tree, &["-f", "KSK", "-I", "+12", "-D", "+12"]);
+    let zsk1 = bind_keygen_tag(&tree, &["-I", "+6", "-D", "+12"]);
+    let zsk2 = bind_keygen_tag(&tree, &["-P", "now", "-A", "+6"]);
+    let ksk2 = bind_keygen_tag(&tree, &["-f", "KSK", "-P", "+6", "-A", "+6"]);
+    let started = Instant::now();
+    let server = tree.start().await;
+    let addr = dns_addr(&server);
+    // The parent's DS set during the roll: both KSKs (`dnssec ds` prints published KSKs only,
+    // so KSK2's DS is made from its file).
+    let mut ds = ds_records(&tree);
+    assert_eq!(ds.len(), 1, "only KSK1 is published at first: {ds:?}");
+    let ksk2_file = std::fs::read_dir(keys_dir(&tree))
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("+{ksk2:05}.key")))
+        .expect("KSK2 file");
+    let dsfromkey = program("dnssec-dsfromkey", "bind9-utils", "it computes KSK2's DS");
+    let out = Command::new(dsfromkey)
+        .args(["-2"])
+        .arg(&ksk2_file)
+        .output()
+        .expect("dnssec-dsfromkey");
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f.get(3).copied(), Some(&ksk2.to_string()[..]), "{line}");
+    ds.push([f[3], f[4], f[5], f[6]].map(String::from));
+    let anchor = write_delv_anchor(&tree, &ds);
+    let unbound = Unbound::start(&ds, addr);
+
+    let mut views = Vec::new();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(16) {
+        let view = key_view(addr);
+        let out = delv(&anchor, addr, ORIGIN, "SOA");
+        assert!(
+            out.contains("; fully validated"),
+            "at {:?} ({view:?}): {out}",
+            started.elapsed()
+        );
+        let (status, flags, _) = unbound.ask(&format!("roll-{i}.consortium.example"), "A");
+        assert!(
+            status == "NXDOMAIN" && flags.iter().any(|f| f == "ad"),
+            "Unbound at {:?} ({view:?}): {status} {flags:?}\n{}",
+            started.elapsed(),
+            unbound.log()
+        );
+        let (cname_status, cname_flags, _) = unbound.ask("node1.consortium.example", "CNAME");
+        assert!(
+            cname_status == "NOERROR" && cname_flags.iter().any(|f| f == "ad"),
+            "{cname_status} {cname_flags:?}"
+        );
+        views.push(view);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let set = |tags: &[u16]| tags.iter().copied().collect::<BTreeSet<u16>>();
+    let (first, last) = (views.first().expect("a view"), views.last().expect("a view"));
+    assert_eq!(
+        first.0,
+        set(&[ksk1, zsk1, zsk2]),
+        "DNSKEY at first (ZSK2 pre-published)"
+    );
+    assert_eq!(first.1, set(&[zsk1]), "ZSK1 signs at first");
+    assert!(
+        views
+            .iter()
+            .any(|v| v.0 == set(&[ksk1, ksk2, zsk1, zsk2]) && v.1 == set(&[zsk2]) && v.2 == set(&[ksk2])),
+        "a double-KSK step with ZSK2 signing and KSK2's CDS: {views:?}"
+    );
+    assert_eq!(last.0, set(&[ksk2, zsk2]), "DNSKEY at the end");
+    assert_eq!(last.1, set(&[zsk2]), "ZSK2 signs at the end");
+    assert!(last.2.is_empty(), "no CDS once one KSK is left: {last:?}");
+    drop(server);
 }
