@@ -25,8 +25,9 @@ use rand::rngs::SmallRng;
 const MAX_UDP_PAYLOAD: u16 = 1232;
 const TYPE_A: u16 = 1;
 
-/// A query as a resolver sends it: no RD, one question, an EDNS(0) OPT advertising 1232.
-fn query(name: &str, qtype: u16) -> Vec<u8> {
+/// A query as a resolver sends it: no RD, one question, an EDNS(0) OPT advertising 1232, with
+/// the DO bit (RFC 3225) when `dnssec_ok`: what a validating resolver sends.
+fn query_with_do(name: &str, qtype: u16, dnssec_ok: bool) -> Vec<u8> {
     let mut q = vec![0x4a, 0x17, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
     for label in name.trim_end_matches('.').split('.') {
         q.push(label.len() as u8);
@@ -36,7 +37,19 @@ fn query(name: &str, qtype: u16) -> Vec<u8> {
     q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&1u16.to_be_bytes());
     // OPT: root owner, type 41, class = UDP size, TTL = ext-rcode/version/DO, no options.
-    q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    q.extend_from_slice(&[
+        0,
+        0,
+        41,
+        0x04,
+        0xd0,
+        0,
+        0,
+        if dnssec_ok { 0x80 } else { 0 },
+        0,
+        0,
+        0,
+    ]);
     q
 }
 
@@ -48,6 +61,11 @@ struct Generated {
 }
 
 fn generate(members: usize) -> Generated {
+    generate_with(members, false)
+}
+
+/// As `generate`; `signed`: `dnssec = true` with one P-256 CSK.
+fn generate_with(members: usize, signed: bool) -> Generated {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let zone_text =
@@ -74,6 +92,20 @@ fn generate(members: usize) -> Generated {
          members = \"consortium.example.members.toml\"\n",
     )
     .expect("write config");
+    if signed {
+        let mut text = std::fs::read_to_string(&config).expect("config");
+        text.push_str("dnssec = true\nkeys = \"keys\"\n");
+        std::fs::write(&config, text).expect("write config");
+        let origin = zone::name::Name::parse("consortium.example.", None).expect("origin");
+        consortium_dns::dnssec::keys::generate(
+            &dir.path().join("keys"),
+            &origin,
+            consortium_dns::dnssec::keys::ECDSAP256SHA256,
+            consortium_dns::dnssec::keys::Role::Ksk,
+            consortium_dns::wire::unix_now(),
+        )
+        .expect("key");
+    }
     Generated { _dir: dir, config }
 }
 
@@ -93,12 +125,27 @@ fn response_code(outcome: Outcome) -> Rcode {
 /// (criterion calls a closure only if its id passes the filter), so `cargo bench -- pick` does
 /// not generate and load 10,000 members first.
 fn bench_answers(c: &mut Criterion, group_name: &str, load: impl Fn() -> Snapshot, node: &str) {
+    bench_answers_do(c, group_name, load, node, false)
+}
+
+/// As `bench_answers`, the queries with DO set when `dnssec_ok`.
+fn bench_answers_do(
+    c: &mut Criterion,
+    group_name: &str,
+    load: impl Fn() -> Snapshot,
+    node: &str,
+    dnssec_ok: bool,
+) {
     let cases = [
-        ("node_a", query(node, TYPE_A), NOERROR),
-        ("shared_any_a", query("any.consortium.example", TYPE_A), NOERROR),
+        ("node_a", query_with_do(node, TYPE_A, dnssec_ok), NOERROR),
+        (
+            "shared_any_a",
+            query_with_do("any.consortium.example", TYPE_A, dnssec_ok),
+            NOERROR,
+        ),
         (
             "nxdomain",
-            query("no-such-node.consortium.example", TYPE_A),
+            query_with_do("no-such-node.consortium.example", TYPE_A, dnssec_ok),
             NXDOMAIN,
         ),
     ];
@@ -148,6 +195,14 @@ fn request_path(c: &mut Criterion) {
         "answer/10000",
         || load_snapshot(&generate(10_000).config),
         "node5000.consortium.example",
+    );
+    // Signed, DO set: the answers carry pre-signed RRSIGs (and NSEC proofs for NXDOMAIN).
+    bench_answers_do(
+        c,
+        "answer/signed-do/10000",
+        || load_snapshot(&generate_with(10_000, true).config),
+        "node5000.consortium.example",
+        true,
     );
 }
 

@@ -641,7 +641,11 @@ fn canonical_rdata(t: u16, rdata: &[u8]) -> Vec<u8> {
 /// The NSEC chain (RFC 4035 §2.3) over `names` (each with the types it owns): one NSEC per
 /// name in canonical order, the last pointing back to the apex, which comes first.
 fn nsec_records(mut names: Vec<(&Name, Vec<u16>)>, ttl: u32, location: &Location) -> Vec<Record> {
-    names.sort_by(|a, b| wire::canonical_cmp(a.0.wire(), b.0.wire()));
+    names.sort_by_cached_key(|(name, _)| {
+        let mut key = [0u8; wire::CANONICAL_KEY_MAX];
+        let len = wire::canonical_key(name.wire(), &mut key);
+        key[..len].to_vec()
+    });
     names.dedup_by(|a, b| a.0.wire().eq_ignore_ascii_case(b.0.wire()));
     let count = names.len();
     (0..count)

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use arc_swap::ArcSwap;
 
 use super::{
-    Additional, Arena, NO_INDEX, Node, Pool, PoolEntry, RRset, Span, Zone, ZoneDnssec, encode_tail,
-    key_is_subdomain,
+    Additional, Arena, NO_INDEX, Node, NsecEntry, Pool, PoolEntry, RRset, Span, Zone, ZoneDnssec,
+    encode_tail, key_is_subdomain,
 };
 use crate::dnssec::Signed;
 use crate::metrics::Metrics;
@@ -318,24 +318,45 @@ impl Tables<'_> {
     /// The signed zone's own tables: the NSEC owners in canonical order and the signed
     /// negative-answer SOA.
     fn dnssec(&mut self, origin: &Name, signed: &Signed) -> ZoneDnssec {
-        let mut nsec_order: Vec<u32> = (0..self.nodes.len() as u32)
+        // Each NSEC owner's canonical key, sorted: the request path finds the covering NSEC
+        // by binary search over plain byte comparisons.
+        let mut entries: Vec<(Vec<u8>, u32)> = (0..self.nodes.len() as u32)
             .filter(|&n| {
                 let node = &self.nodes[n as usize];
                 node.rrsets_in(&self.rrsets)
                     .iter()
                     .any(|r| r.rtype == rtype::NSEC)
             })
+            .map(|n| {
+                let span = self.nodes[n as usize].name;
+                let name = &self.arena.bytes[span.start as usize..(span.start + span.len) as usize];
+                let mut buf = [0u8; wire::CANONICAL_KEY_MAX];
+                let len = wire::canonical_key(name, &mut buf);
+                (buf[..len].to_vec(), n)
+            })
             .collect();
-        let name_of = |n: u32| {
-            let span = self.nodes[n as usize].name;
-            &self.arena.bytes[span.start as usize..(span.start + span.len) as usize]
-        };
-        nsec_order.sort_by(|&a, &b| wire::canonical_cmp(name_of(a), name_of(b)));
+        entries.sort_unstable();
+        let mut nsec_keys = Vec::with_capacity(entries.iter().map(|(k, _)| k.len()).sum());
+        let nsec_order = entries
+            .into_iter()
+            .map(|(key, node)| {
+                let start = nsec_keys.len() as u32;
+                nsec_keys.extend_from_slice(&key);
+                NsecEntry {
+                    node,
+                    key: Span {
+                        start,
+                        len: key.len() as u32,
+                    },
+                }
+            })
+            .collect();
         let (span, negative_soa_sig_count) = self.signatures(origin.wire(), rtype::SOA, signed.negative_ttl);
         let negative_soa_sigs =
             self.arena.bytes[span.start as usize..(span.start + span.len) as usize].into();
         ZoneDnssec {
             nsec_order,
+            nsec_keys: nsec_keys.into_boxed_slice(),
             negative_soa_sigs,
             negative_soa_sig_count,
             report: signed.report.clone(),

@@ -89,12 +89,21 @@ pub struct Zone {
     pub dnssec: Option<ZoneDnssec>,
 }
 
+/// One NSEC owner in canonical order: its node and its canonical key in `nsec_keys`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NsecEntry {
+    pub(crate) node: u32,
+    pub(crate) key: Span,
+}
+
 /// What a signed zone adds to its tables.
 #[derive(Debug)]
 pub struct ZoneDnssec {
     /// Nodes that own an NSEC, in canonical order (RFC 4034 §6.1): the covering NSEC of a
     /// name that does not exist is found by binary search.
-    pub(crate) nsec_order: Vec<u32>,
+    pub(crate) nsec_order: Vec<NsecEntry>,
+    /// The `wire::canonical_key` of each of `nsec_order`'s names, back to back.
+    pub(crate) nsec_keys: Box<[u8]>,
     /// RRSIG tails of the negative-answer SOA, at its TTL.
     pub(crate) negative_soa_sigs: Box<[u8]>,
     pub(crate) negative_soa_sig_count: u16,
@@ -367,11 +376,19 @@ impl Zone {
     /// that has no NSEC itself: its canonical predecessor (RFC 4035 §3.1.3.2), the last one
     /// for names past the end of the chain.
     pub(crate) fn covering_nsec(&self, key: &[u8]) -> Option<u32> {
-        let order = &self.dnssec.as_ref()?.nsec_order;
-        let after = order.partition_point(|&n| crate::wire::canonical_cmp(self.node_name(n), key).is_le());
-        order
-            .get(after.checked_sub(1).unwrap_or(order.len().checked_sub(1)?))
-            .copied()
+        let dnssec = self.dnssec.as_ref()?;
+        let mut buf = [0u8; crate::wire::CANONICAL_KEY_MAX];
+        let len = crate::wire::canonical_key(key, &mut buf);
+        let wanted = &buf[..len];
+        let keys = &dnssec.nsec_keys;
+        let order = &dnssec.nsec_order;
+        let key_of = |e: &NsecEntry| {
+            let start = e.key.start as usize;
+            keys.get(start..start + e.key.len as usize).unwrap_or_default()
+        };
+        let after = order.partition_point(|e| key_of(e) <= wanted);
+        let at = after.checked_sub(1).or_else(|| order.len().checked_sub(1))?;
+        order.get(at).map(|e| e.node)
     }
 
     #[inline]

@@ -412,21 +412,37 @@ pub fn set_soa_serial(rdata: &mut [u8], serial: u32) -> bool {
 
 /// Compares two uncompressed wire names in DNSSEC canonical order (RFC 4034 §6.1): label by
 /// label from the rightmost, each label as lowercased octets, a shorter label (or name) first.
-/// Allocation-free: the request path uses it to find the NSEC that covers a name.
 pub fn canonical_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    let (mut a_starts, a_len) = label_starts(a);
-    let (mut b_starts, b_len) = label_starts(b);
-    let (a_starts, b_starts) = (&mut a_starts[..a_len], &mut b_starts[..b_len]);
-    for (&x, &y) in a_starts.iter().rev().zip(b_starts.iter().rev()) {
-        let order = label(a, x)
-            .iter()
-            .map(u8::to_ascii_lowercase)
-            .cmp(label(b, y).iter().map(u8::to_ascii_lowercase));
-        if order.is_ne() {
-            return order;
+    let (mut x, mut y) = ([0u8; CANONICAL_KEY_MAX], [0u8; CANONICAL_KEY_MAX]);
+    let (x_len, y_len) = (canonical_key(a, &mut x), canonical_key(b, &mut y));
+    x[..x_len].cmp(&y[..y_len])
+}
+
+/// Octets `canonical_key` may write for a name of at most 255 octets: every octet escaped
+/// (twice its length) and a terminator per label.
+pub const CANONICAL_KEY_MAX: usize = 2 * MAX_NAME_LEN + 128;
+
+/// Writes into `out` a key whose byte order is the canonical order of wire names (RFC 4034
+/// §6.1), so that a sorted table of keys is searched with plain slice comparisons: the labels
+/// from the rightmost, each lowercased, octets 0 and 1 escaped as `1, b`, each label ended by
+/// a 0 (which sorts a label before every longer one it begins). Returns the length.
+pub fn canonical_key(name: &[u8], out: &mut [u8; CANONICAL_KEY_MAX]) -> usize {
+    let (starts, count) = label_starts(name);
+    let mut len = 0;
+    for &at in starts[..count].iter().rev() {
+        for &b in label(name, at) {
+            let b = b.to_ascii_lowercase();
+            if b <= 1 {
+                out[len] = 1;
+                len += 1;
+            }
+            out[len] = b;
+            len += 1;
         }
+        out[len] = 0;
+        len += 1;
     }
-    a_len.cmp(&b_len)
+    len
 }
 
 /// The label that starts at `at` of a wire name, without its length octet.
@@ -491,7 +507,7 @@ pub fn error_reply(
 mod tests {
     #[test]
     fn canonical_order_is_rfc_4034s() {
-        use super::canonical_cmp;
+        use super::{CANONICAL_KEY_MAX, canonical_cmp, canonical_key};
         // RFC 4034 §6.1's example, in order.
         let names: [&[u8]; 8] = [
             b"\x07example\x00",
@@ -508,6 +524,18 @@ mod tests {
             assert!(canonical_cmp(pair[1], pair[0]).is_gt());
         }
         assert!(canonical_cmp(b"\x01A\x00", b"\x01a\x00").is_eq());
+        // The byte keys sort the same way, escaped octets included.
+        let key = |name: &[u8]| {
+            let mut out = [0u8; CANONICAL_KEY_MAX];
+            let len = canonical_key(name, &mut out);
+            out[..len].to_vec()
+        };
+        for pair in names.windows(2) {
+            assert!(key(pair[0]) < key(pair[1]), "{pair:?}");
+        }
+        assert!(key(b"\x01\x00\x00") < key(b"\x01\x01\x00"));
+        assert!(key(b"\x01\x01\x00") < key(b"\x01\x02\x00"));
+        assert!(key(b"\x01a\x00") < key(b"\x02a\x00\x00"));
     }
 
     use super::*;
