@@ -1,6 +1,32 @@
-//! Durations written as text in config files: `"500ms"`, `"10s"`, `"2m"`, `"1h"`, `"1d"`.
+//! Durations written as text in config files: `"500ms"`, `"10s"`, `"2m"`, `"1h"`, `"1d"`;
+//! and the one conversion between days since 1970-01-01 and civil (proleptic Gregorian, UTC)
+//! dates that date serials, certificate times and DNSSEC key times share.
 
 use std::time::Duration;
+
+/// Days since 1970-01-01 of a civil date (H. Hinnant's `days_from_civil`).
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil date (year, month, day) of a count of days since 1970-01-01.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
 
 /// Parses `<number><unit>` with unit one of ms, s, m, h, d.
 pub fn parse(text: &str) -> Result<Duration, String> {

@@ -93,18 +93,7 @@ fn parse_time(tag: u8, text: &[u8]) -> Option<i64> {
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Some(crate::duration::days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
 #[cfg(test)]
@@ -113,12 +102,12 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(crate::duration::days_from_civil(1970, 1, 1), 0);
+        assert_eq!(crate::duration::days_from_civil(2000, 3, 1), 11_017);
         assert_eq!(parse_time(0x17, b"491231235959Z"), Some(2_524_607_999));
         assert_eq!(
             parse_time(0x18, b"20261125000000Z"),
-            Some(days_from_civil(2026, 11, 25) * 86_400)
+            Some(crate::duration::days_from_civil(2026, 11, 25) * 86_400)
         );
         assert_eq!(parse_time(0x18, b"2026"), None);
     }

@@ -420,6 +420,26 @@ pub fn run_check(tree: &Tree) -> (bool, String, String) {
     )
 }
 
+/// Appends `lines` to the example config's `[[zone]]` table, which must be the config's last
+/// table (its last line, comments aside, is the zone's `members =`).
+pub fn append_to_zone_table(tree: &Tree, lines: &str) {
+    let mut config = tree.read("config/consortium-dns.toml");
+    let last = config
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .expect("config has lines");
+    assert!(
+        last.starts_with("members ="),
+        "the example config must end with its [[zone]] table; its last line is {last:?}"
+    );
+    if !config.ends_with('\n') {
+        config.push('\n');
+    }
+    config.push_str(lines);
+    tree.write("config/consortium-dns.toml", &config);
+}
+
 /// The 1-based line of the first line of `text` containing `needle`.
 pub fn line_of(text: &str, needle: &str) -> usize {
     text.lines()

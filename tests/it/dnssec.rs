@@ -20,18 +20,7 @@ pub(crate) const ORIGIN: &str = "consortium.example";
 /// The example tree with `dnssec = true` (and `zone_lines`) in its `[[zone]]`, and no keys yet.
 fn signed_tree(zone_lines: &str) -> Tree {
     let tree = Tree::example();
-    let mut config = tree.read("config/consortium-dns.toml");
-    let last = config
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .expect("config has lines");
-    assert!(
-        last.starts_with("members ="),
-        "the example config must end with its [[zone]] table; its last line is {last:?}"
-    );
-    config.push_str(&format!("\ndnssec = true\n{zone_lines}"));
-    tree.write("config/consortium-dns.toml", &config);
+    crate::common::append_to_zone_table(&tree, &format!("dnssec = true\n{zone_lines}"));
     tree
 }
 
@@ -40,8 +29,8 @@ pub(crate) fn keys_dir(tree: &Tree) -> PathBuf {
 }
 
 /// A key pair made by BIND's `dnssec-keygen` (so the server reads BIND's files); with
-/// `-f KSK` and alone, a CSK.
-pub(crate) fn bind_keygen(tree: &Tree, algorithm: &str, args: &[&str]) {
+/// `-f KSK` and alone, a CSK. Returns the key's tag.
+pub(crate) fn bind_keygen(tree: &Tree, algorithm: &str, args: &[&str]) -> u16 {
     let keygen = program("dnssec-keygen", "bind9-utils", "it writes the DNSSEC key pairs");
     std::fs::create_dir_all(keys_dir(tree)).expect("key dir");
     let output = Command::new(keygen)
@@ -56,6 +45,11 @@ pub(crate) fn bind_keygen(tree: &Tree, algorithm: &str, args: &[&str]) {
         "dnssec-keygen: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let name = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    name.rsplit('+')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("key name {name:?}"))
 }
 
 /// `consortium-dns dnssec <args> --config <tree>`: (success, stdout, stderr).
@@ -688,29 +682,6 @@ async fn bad_keys_are_refused_with_file_and_reason_and_the_signed_zone_keeps_ser
     );
 }
 
-/// `dnssec-keygen` with timing options; returns the new key's tag.
-fn bind_keygen_tag(tree: &Tree, args: &[&str]) -> u16 {
-    let keygen = program("dnssec-keygen", "bind9-utils", "it writes the DNSSEC key pairs");
-    std::fs::create_dir_all(keys_dir(tree)).expect("key dir");
-    let output = Command::new(keygen)
-        .args(["-q", "-a", "ECDSAP256SHA256", "-K"])
-        .arg(keys_dir(tree))
-        .args(args)
-        .arg(ORIGIN)
-        .output()
-        .expect("run dnssec-keygen");
-    assert!(
-        output.status.success(),
-        "dnssec-keygen: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let name = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    name.rsplit('+')
-        .next()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("key name {name:?}"))
-}
-
 /// What the server publishes at one moment: DNSKEY tags, the tags signing the SOA, CDS tags.
 fn key_view(server: SocketAddr) -> (BTreeSet<u16>, BTreeSet<u16>, BTreeSet<u16>) {
     let dig = program("dig", "bind9-dnsutils", "it reads the published keys");
@@ -774,10 +745,10 @@ async fn rollovers_from_timing_metadata_never_break_validation() {
     // t = 0: KSK1 and ZSK1 sign; ZSK2 is published ahead. t = 6: ZSK2 signs, ZSK1 retires
     // (still published), KSK2 joins and signs the DNSKEY RRset beside KSK1. t = 12: KSK1 and
     // ZSK1 are gone.
-    let ksk1 = bind_keygen_tag(&tree, &["-f", "KSK", "-I", "+12", "-D", "+12"]);
-    let zsk1 = bind_keygen_tag(&tree, &["-I", "+6", "-D", "+12"]);
-    let zsk2 = bind_keygen_tag(&tree, &["-P", "now", "-A", "+6"]);
-    let ksk2 = bind_keygen_tag(&tree, &["-f", "KSK", "-P", "+6", "-A", "+6"]);
+    let ksk1 = bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK", "-I", "+12", "-D", "+12"]);
+    let zsk1 = bind_keygen(&tree, "ECDSAP256SHA256", &["-I", "+6", "-D", "+12"]);
+    let zsk2 = bind_keygen(&tree, "ECDSAP256SHA256", &["-P", "now", "-A", "+6"]);
+    let ksk2 = bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK", "-P", "+6", "-A", "+6"]);
     let started = Instant::now();
     let server = tree.start().await;
     let addr = dns_addr(&server);

@@ -750,22 +750,9 @@ async fn transfer(server: SocketAddr, request: &[u8], source: Option<IpAddr>) ->
 /// Appends `zone_lines` to the example config's `[[zone]]` table and one `[[key]]` table per
 /// key, its secret (base64) in `config/<name>.key`.
 fn configure(tree: &Tree, zone_lines: &str, keys: &[&Key]) {
-    let mut config = tree.read("config/consortium-dns.toml");
-    let last = config
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .expect("config has lines");
-    assert!(
-        last.starts_with("members ="),
-        "the example config must end with its [[zone]] table; its last line is {last:?}"
-    );
-    if !config.ends_with('\n') {
-        config.push('\n');
-    }
-    config.push_str(zone_lines);
+    let mut lines = zone_lines.to_string();
     for key in keys {
-        config.push_str(&format!(
+        lines.push_str(&format!(
             "\n[[key]]\nname = \"{}\"\nalgorithm = \"{}\"\nsecret-file = \"{}.key\"\n",
             key.name,
             key.algorithm_text(),
@@ -776,7 +763,7 @@ fn configure(tree: &Tree, zone_lines: &str, keys: &[&Key]) {
             &format!("{}\n", key.base64()),
         );
     }
-    tree.write("config/consortium-dns.toml", &config);
+    common::append_to_zone_table(tree, &lines);
 }
 
 /// One `[[member]]` of a members file the test writes.
