@@ -76,6 +76,19 @@ fn render(document: &StatusDocument) -> String {
                 secondary.address
             ));
         }
+        if let Some(dnssec) = &zone.dnssec {
+            let keys: Vec<String> = dnssec
+                .keys
+                .iter()
+                .map(|k| format!("{} {} {}", k.tag, k.role, k.state))
+                .collect();
+            out.push_str(&format!(
+                "  dnssec  keys {}  earliest signature expiry unix {}  re-signing at unix {}\n",
+                keys.join(", "),
+                dnssec.earliest_expiry,
+                dnssec.refresh_at
+            ));
+        }
         for challenge in &zone.acme_challenges {
             out.push_str(&format!(
                 "  acme challenge {}  key {}  expires in {} s\n",

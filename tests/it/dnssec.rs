@@ -403,10 +403,12 @@ async fn validators_find_every_kind_of_answer_secure_and_a_tampered_signature_bo
     drop(server);
 }
 
-/// Without DO nothing changes: no RRSIG, no NSEC, same sizes as unsigned.
+/// Without DO nothing changes: no RRSIG, no NSEC. And operators see the keys and the earliest
+/// signature expiry in /status, the metrics and `dnssec status`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_without_do_carry_no_dnssec_records() {
     let tree = signed_tree("");
+    tree.enable_http();
     bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK"]);
     let server = tree.start().await;
     let dig = program("dig", "bind9-dnsutils", "it queries the server");
@@ -439,6 +441,39 @@ async fn answers_without_do_carry_no_dnssec_records() {
         let signed = ask("+dnssec");
         assert!(signed.contains("RRSIG"), "{name} with DO: {signed}");
     }
+
+    // What operators see: the key and the earliest expiry in /status and the metrics, the
+    // keys' states from `dnssec status`.
+    let (tag, now) = (ds_records(&tree)[0][0].clone(), crate::common::unix_now());
+    let http = server.http_addr.expect("http endpoint");
+    let (code, body) = crate::common::http_request(http, "GET", "/status").await;
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    let dnssec = &status["zones"][0]["dnssec"];
+    let expiry = dnssec["earliest_expiry"].as_u64().expect("earliest_expiry");
+    assert!(
+        expiry > now + 13 * 86_400 && expiry < now + 16 * 86_400,
+        "14 days plus jitter: {dnssec}"
+    );
+    assert_eq!(dnssec["keys"][0]["tag"].to_string(), tag, "{dnssec}");
+    assert_eq!(dnssec["keys"][0]["state"], "active", "{dnssec}");
+    let metrics = server.control.scrape();
+    for line in [
+        format!(
+            "consortium_dns_dnssec_earliest_signature_expiry_timestamp_seconds{{zone=\"consortium.example.\"}} {expiry}"
+        ),
+        "consortium_dns_dnssec_keys{role=\"ksk\",state=\"active\",zone=\"consortium.example.\"} 1"
+            .to_string(),
+    ] {
+        assert!(metrics.contains(&line), "{line} missing from the metrics");
+    }
+    assert!(metrics.contains("consortium_dns_dnssec_signatures_total{zone=\"consortium.example.\"}"));
+    let (ok, out, err) = dnssec_command(&tree, &["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&tag) && out.contains("active") && out.contains("signed"),
+        "{out}"
+    );
 }
 
 /// An AXFR of the signed zone (KSK and ZSK made by `consortium-dns dnssec keygen`, Ed25519)
