@@ -442,6 +442,36 @@ async fn answers_without_do_carry_no_dnssec_records() {
         assert!(signed.contains("RRSIG"), "{name} with DO: {signed}");
     }
 
+    // A signed answer too long for the client's 512 octets goes out with TC and no partial
+    // sections (RFC 4035 §3.1.1); over TCP it comes whole, denial proofs included.
+    let nxdomain = |transport: &str| {
+        let output = Command::new(&dig)
+            .args([
+                &format!("@{}", addr.ip()),
+                "-p",
+                &addr.port().to_string(),
+                "+norec",
+                "+dnssec",
+            ])
+            .args([
+                "+bufsize=512",
+                "+ignore",
+                transport,
+                "nope.consortium.example",
+                "A",
+            ])
+            .output()
+            .expect("dig");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let udp = nxdomain("+notcp");
+    assert!(udp.contains(" tc") && udp.contains("AUTHORITY: 0"), "{udp}");
+    let tcp = nxdomain("+tcp");
+    assert!(
+        !tcp.contains(" tc") && tcp.contains("\tNSEC\t") && tcp.contains("NXDOMAIN"),
+        "{tcp}"
+    );
+
     // What operators see: the key and the earliest expiry in /status and the metrics, the
     // keys' states from `dnssec status`.
     let (tag, now) = (ds_records(&tree)[0][0].clone(), crate::common::unix_now());
