@@ -807,13 +807,13 @@ fn key_view(server: SocketAddr) -> (BTreeSet<u16>, BTreeSet<u16>, BTreeSet<u16>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollovers_from_timing_metadata_never_break_validation() {
     let tree = signed_tree("");
-    // t = 0: KSK1 and ZSK1 sign; ZSK2 is published ahead. t = 6: ZSK2 signs, ZSK1 retires
-    // (still published), KSK2 joins and signs the DNSKEY RRset beside KSK1. t = 12: KSK1 and
+    // t = 0: KSK1 and ZSK1 sign; ZSK2 is published ahead. t = 8: ZSK2 signs, ZSK1 retires
+    // (still published), KSK2 joins and signs the DNSKEY RRset beside KSK1. t = 16: KSK1 and
     // ZSK1 are gone.
-    let ksk1 = bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK", "-I", "+12", "-D", "+12"]);
-    let zsk1 = bind_keygen(&tree, "ECDSAP256SHA256", &["-I", "+6", "-D", "+12"]);
-    let zsk2 = bind_keygen(&tree, "ECDSAP256SHA256", &["-P", "now", "-A", "+6"]);
-    let ksk2 = bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK", "-P", "+6", "-A", "+6"]);
+    let ksk1 = bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK", "-I", "+16", "-D", "+16"]);
+    let zsk1 = bind_keygen(&tree, "ECDSAP256SHA256", &["-I", "+8", "-D", "+16"]);
+    let zsk2 = bind_keygen(&tree, "ECDSAP256SHA256", &["-P", "now", "-A", "+8"]);
+    let ksk2 = bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK", "-P", "+8", "-A", "+8"]);
     let started = Instant::now();
     let server = tree.start().await;
     let addr = dns_addr(&server);
@@ -842,7 +842,7 @@ async fn rollovers_from_timing_metadata_never_break_validation() {
 
     let mut views = Vec::new();
     let mut i = 0;
-    while started.elapsed() < Duration::from_secs(16) {
+    while started.elapsed() < Duration::from_secs(21) {
         let view = key_view(addr);
         let out = delv(&anchor, addr, ORIGIN, "SOA");
         assert!(
