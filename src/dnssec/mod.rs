@@ -400,7 +400,13 @@ pub fn sign_zone(
     }
     for pool in &data.pools {
         if owners.find(pool.name.wire()).is_none() {
-            chain.push((&pool.name, vec![rtype::CNAME]));
+            // A pool with nobody to offer (no member of positive weight) answers NODATA: its
+            // NSEC must not claim a CNAME then, or validators would find the denial bogus.
+            let offers = pool
+                .members
+                .iter()
+                .any(|&m| data.members.get(m).is_some_and(|member| member.weight > 0));
+            chain.push((&pool.name, if offers { vec![rtype::CNAME] } else { Vec::new() }));
         }
     }
     let nsec = nsec_records(chain, negative_ttl, &location);

@@ -700,12 +700,14 @@ fn answer_node<'s, R: Rng + ?Sized>(
         let pool = &zone.pools[p as usize];
         let table = pool.table.load();
         // A pool with no member to offer (none with a positive weight): NODATA, as for a
-        // name without records of the type (RFC 2308 §2.2).
+        // name without records of the type (RFC 2308 §2.2), with the name's NSEC (which
+        // then lists no CNAME).
         let Some((slot, entry)) = table
             .pick(rng)
             .and_then(|slot| Some((slot, pool.entries.get(slot as usize)?)))
         else {
             response.negative_soa(zone);
+            response.prove(z, rrset_of(zone, node, rtype::NSEC).map(|_| n));
             return Next::Done;
         };
         *pick = Some((z, p, slot));

@@ -303,6 +303,15 @@ impl Drop for Unbound {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validators_find_every_kind_of_answer_secure_and_a_tampered_signature_bogus() {
     let tree = signed_tree("");
+    // A second shared name with nobody to offer (its one member weighs 0): NODATA.
+    let members = tree.read("zones/consortium.example.members.toml");
+    tree.write(
+        "zones/consortium.example.members.toml",
+        &format!(
+            "{members}\n[[member]]\nlabel = \"spare\"\ntarget = \"spare.operator-f.org\"\nweight = 0\n\n\
+             [[pool]]\nlabel = \"idle\"\nmembers = [\"spare\"]\n"
+        ),
+    );
     bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK"]);
     let server = tree.start().await;
     let ds = ds_records(&tree);
@@ -343,6 +352,12 @@ async fn validators_find_every_kind_of_answer_secure_and_a_tampered_signature_bo
         (
             "lab.consortium.example",
             "DS",
+            "; negative response, fully validated",
+        ),
+        // The shared name with nobody to offer: its NSEC lists no CNAME.
+        (
+            "idle.consortium.example",
+            "A",
             "; negative response, fully validated",
         ),
     ];
