@@ -249,16 +249,6 @@ pub struct SignatureCache {
     entries: HashMap<[u8; 32], Arc<[u8]>, FastHash>,
 }
 
-impl SignatureCache {
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
 /// The types the server makes itself in a signed zone; a zone file may not hold them.
 const GENERATED: [u16; 7] = [
     rtype::RRSIG,

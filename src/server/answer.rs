@@ -261,6 +261,16 @@ impl<'o> Response<'o> {
         self.proof_count += 1;
     }
 
+    /// The NODATA proof at node `n` (RFC 4035 §3.1.3.1): the name's own NSEC, or for an
+    /// empty non-terminal (which owns none) the NSEC that covers `key`.
+    fn prove_no_data(&mut self, (z, zone, node, n): (u32, &Zone, &Node, u32), key: &[u8]) {
+        if !self.dnssec {
+            return;
+        }
+        let own = rrset_of(zone, node, rtype::NSEC).map(|_| n);
+        self.prove(z, own.or_else(|| zone.covering_nsec(key)));
+    }
+
     /// Writes the denial proofs into the authority section: each NSEC and its RRSIGs.
     fn write_proofs(&mut self, snapshot: &Snapshot) {
         for i in 0..std::mem::take(&mut self.proof_count) {
@@ -707,7 +717,7 @@ fn answer_node<'s, R: Rng + ?Sized>(
             .and_then(|slot| Some((slot, pool.entries.get(slot as usize)?)))
         else {
             response.negative_soa(zone);
-            response.prove(z, rrset_of(zone, node, rtype::NSEC).map(|_| n));
+            response.prove_no_data((z, zone, node, n), key);
             return Next::Done;
         };
         *pick = Some((z, p, slot));
@@ -726,7 +736,7 @@ fn answer_node<'s, R: Rng + ?Sized>(
         }
         if response.answers == before {
             response.negative_soa(zone);
-            response.prove(z, Some(n));
+            response.prove_no_data((z, zone, node, n), key);
         }
         return Next::Done;
     } else if let Some(rrset) = (qtype != rtype::ANY)
@@ -744,11 +754,9 @@ fn answer_node<'s, R: Rng + ?Sized>(
         response.answer_rrset(owner, zone, first);
         return Next::Done;
     } else {
-        // NODATA, empty non-terminals included (RFC 4035 §3.1.3.1: the name's NSEC, or for
-        // an empty non-terminal the one that covers it).
+        // NODATA, empty non-terminals included.
         response.negative_soa(zone);
-        let own_nsec = rrset_of(zone, node, rtype::NSEC).map(|_| n);
-        response.prove(z, own_nsec.or_else(|| zone.covering_nsec(key)));
+        response.prove_no_data((z, zone, node, n), key);
         return Next::Done;
     };
     match chase {

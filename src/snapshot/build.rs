@@ -302,9 +302,7 @@ impl Tables<'_> {
 
     fn push_signatures(&mut self, rdatas: &[std::sync::Arc<[u8]>], ttl: u32) -> (Span, u16) {
         let start = self.arena.bytes.len();
-        for rdata in rdatas {
-            encode_tail(&mut self.arena.bytes, rtype::RRSIG, rtype::CLASS_IN, ttl, rdata);
-        }
+        encode_signatures(&mut self.arena.bytes, rdatas, ttl);
         let len = self.arena.bytes.len() - start;
         match (u32::try_from(start), u32::try_from(len)) {
             (Ok(start), Ok(len)) => (Span { start, len }, rdatas.len() as u16),
@@ -351,14 +349,17 @@ impl Tables<'_> {
                 }
             })
             .collect();
-        let (span, negative_soa_sig_count) = self.signatures(origin.wire(), rtype::SOA, signed.negative_ttl);
-        let negative_soa_sigs =
-            self.arena.bytes[span.start as usize..(span.start + span.len) as usize].into();
+        // The SOA's signatures again at the negative TTL, kept apart like `negative_soa`.
+        let soa_sigs = signed
+            .signatures_of(origin.wire(), rtype::SOA)
+            .unwrap_or_default();
+        let mut negative_soa_sigs = Vec::new();
+        encode_signatures(&mut negative_soa_sigs, soa_sigs, signed.negative_ttl);
         ZoneDnssec {
             nsec_order,
             nsec_keys: nsec_keys.into_boxed_slice(),
-            negative_soa_sigs,
-            negative_soa_sig_count,
+            negative_soa_sigs: negative_soa_sigs.into_boxed_slice(),
+            negative_soa_sig_count: soa_sigs.len() as u16,
             report: signed.report.clone(),
         }
     }
@@ -488,6 +489,13 @@ impl Tables<'_> {
                 },
             ),
         }
+    }
+}
+
+/// Appends one RRSIG record tail per RDATA, at `ttl` (the covered RRset's).
+fn encode_signatures(out: &mut Vec<u8>, rdatas: &[std::sync::Arc<[u8]>], ttl: u32) {
+    for rdata in rdatas {
+        encode_tail(out, rtype::RRSIG, rtype::CLASS_IN, ttl, rdata);
     }
 }
 
