@@ -18,7 +18,7 @@ use crate::diag::{Diagnostic, Location};
 use crate::wire::{self, rtype};
 use crate::zone::name::Name;
 use crate::zone::owners::Owners;
-use crate::zone::{Record, ZoneData};
+use crate::zone::{Record, ZoneData, carrier};
 use keys::{Role, ZoneKey};
 
 /// Signatures are valid from an hour in the past (clock skew of validators) ...
@@ -213,6 +213,29 @@ pub struct Signed {
 }
 
 impl Signed {
+    /// Takes one job's signatures into the report, the cache and the size count.
+    fn absorb(
+        &mut self,
+        outcome: JobSignatures,
+        earliest: &mut u64,
+        dir: &Path,
+    ) -> Result<Vec<Arc<[u8]>>, Vec<Diagnostic>> {
+        let sigs = outcome.map_err(|reason| vec![Diagnostic::file(dir, reason)])?;
+        let mut rdatas = Vec::with_capacity(sigs.len());
+        for (digest, rdata, made) in sigs {
+            *earliest = (*earliest).min(u64::from(wire::be32(&rdata, 8)));
+            if made {
+                self.report.signatures_made += 1;
+            } else {
+                self.report.signatures_reused += 1;
+            }
+            self.signature_bytes += 10 + rdata.len();
+            rdatas.push(rdata.clone());
+            self.cache.entries.insert(digest, rdata);
+        }
+        Ok(rdatas)
+    }
+
     /// The RRSIG RDATAs of the RRset (`owner`, any case; `t`), without allocating.
     pub fn signatures_of(&self, owner: &[u8], t: u16) -> Option<&[Arc<[u8]>]> {
         let mut key = [0u8; 257];
@@ -351,6 +374,50 @@ pub fn sign_zone(
         }
     }
 
+    // The shared names' alternatives first: their RRSIGs go into the pool records
+    // (`zone::carrier`), which are then signed like any RRset.
+    let mut pool_jobs: Vec<(Slot<'_>, Job<'_>)> = Vec::with_capacity(data.members.len());
+    for (p, pool) in data.pools.iter().enumerate() {
+        for (slot, &m) in pool.members.iter().enumerate() {
+            let Some(member) = data.members.get(m) else {
+                continue;
+            };
+            pool_jobs.push((
+                Slot::Pool(p, slot),
+                Job {
+                    owner: pool.name.wire(),
+                    rtype: rtype::CNAME,
+                    ttl: pool.ttl,
+                    rdatas: vec![member.target.wire()],
+                    key_rrset: false,
+                },
+            ));
+        }
+    }
+    let signer_name = origin.key();
+    let mut signed = Signed {
+        negative_ttl,
+        pool_signatures: data
+            .pools
+            .iter()
+            .map(|p| vec![Vec::new(); p.members.len()])
+            .collect(),
+        ..Signed::default()
+    };
+    let mut earliest = u64::MAX;
+    let outcomes = sign_all(&pool_jobs, &roles, &signer_name, now, previous);
+    for ((slot, _), outcome) in pool_jobs.into_iter().zip(outcomes) {
+        let rdatas = signed.absorb(outcome, &mut earliest, &keys.dir)?;
+        if let Slot::Pool(p, s) = slot {
+            signed.pool_signatures[p][s] = rdatas;
+        }
+    }
+    generated.extend(carrier::records(
+        &data.members,
+        &data.pools,
+        Some(&signed.pool_signatures),
+    ));
+
     let mut all: Vec<Record> = data.records.iter().chain(&data.dynamic).cloned().collect();
     all.extend(generated.iter().cloned());
     let owners = Owners::new(&all, &data.members);
@@ -412,57 +479,13 @@ pub fn sign_zone(
             },
         ));
     }
-    for (p, pool) in data.pools.iter().enumerate() {
-        for (slot, &m) in pool.members.iter().enumerate() {
-            let Some(member) = data.members.get(m) else {
-                continue;
-            };
-            jobs.push((
-                Slot::Pool(p, slot),
-                Job {
-                    owner: pool.name.wire(),
-                    rtype: rtype::CNAME,
-                    ttl: pool.ttl,
-                    rdatas: vec![member.target.wire()],
-                    key_rrset: false,
-                },
-            ));
-        }
-    }
-
-    let signer_name = origin.key();
     let outcomes = sign_all(&jobs, &roles, &signer_name, now, previous);
-    let mut signed = Signed {
-        negative_ttl,
-        pool_signatures: data
-            .pools
-            .iter()
-            .map(|p| vec![Vec::new(); p.members.len()])
-            .collect(),
-        ..Signed::default()
-    };
     signed.signatures.reserve(jobs.len());
     signed.cache.entries.reserve(jobs.len());
-    let mut earliest = u64::MAX;
     for ((slot, _), outcome) in jobs.into_iter().zip(outcomes) {
-        let sigs = outcome.map_err(|reason| vec![Diagnostic::file(&keys.dir, reason)])?;
-        let mut rdatas = Vec::with_capacity(sigs.len());
-        for (digest, rdata, made) in sigs {
-            earliest = earliest.min(u64::from(wire::be32(&rdata, 8)));
-            if made {
-                signed.report.signatures_made += 1;
-            } else {
-                signed.report.signatures_reused += 1;
-            }
-            signed.signature_bytes += 10 + rdata.len();
-            rdatas.push(rdata.clone());
-            signed.cache.entries.insert(digest, rdata);
-        }
-        match slot {
-            Slot::RRset(owner, t) => {
-                signed.signatures.insert(rrset_key(owner, t), rdatas);
-            }
-            Slot::Pool(p, s) => signed.pool_signatures[p][s] = rdatas,
+        let rdatas = signed.absorb(outcome, &mut earliest, &keys.dir)?;
+        if let Slot::RRset(owner, t) = slot {
+            signed.signatures.insert(rrset_key(owner, t), rdatas);
         }
     }
     generated.extend(nsec);

@@ -17,7 +17,7 @@ use crate::wire;
 use crate::zone::members::{Member, PoolDef};
 use crate::zone::name::Name;
 use crate::zone::owners::{Owner, Owners, ancestors, compare_keys};
-use crate::zone::{ZoneData, rtype};
+use crate::zone::{ZoneData, carrier, rtype};
 
 /// Builds one zone, with its signatures when `signed`; with `metrics`, its pools' picks are
 /// counted.
@@ -37,8 +37,11 @@ pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Optio
     records.extend(dynamic.iter().cloned());
     // DNSKEY, CDS, CDNSKEY and the NSEC chain are served like the rest; `Zone::all_records`
     // reads them back from the tables.
-    if let Some(signed) = signed {
-        records.extend(signed.records.iter().cloned());
+    // So are the pool records (`zone::carrier`): signing makes them in a signed zone, with
+    // each alternative's RRSIGs inside.
+    match signed {
+        Some(signed) => records.extend(signed.records.iter().cloned()),
+        None => records.extend(carrier::records(&members, &pools, None)),
     }
     let owners = Owners::new(&records, &members);
     let bare = bare_names(&origin, &owners, &pools);

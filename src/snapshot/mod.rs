@@ -425,14 +425,21 @@ impl Zone {
         let mut records = self.records.clone();
         records.extend(self.members.iter().map(Member::cname_record));
         records.extend(self.dynamic.iter().cloned());
-        if self.dnssec.is_some() {
+        if self.dnssec.is_none() {
+            let defs: Vec<PoolDef> = self.pools.iter().map(|p| p.def.clone()).collect();
+            records.extend(crate::zone::carrier::records(&self.members, &defs, None));
+        } else {
             let location = crate::diag::Location::new(Arc::from(std::path::Path::new("dnssec")), 0);
             for node in &self.nodes {
                 let name = Name::from_wire_unchecked(self.slice(node.name));
                 for rrset in self.rrsets(node) {
                     let generated = matches!(
                         rrset.rtype,
-                        rtype::NSEC | rtype::DNSKEY | rtype::CDS | rtype::CDNSKEY
+                        rtype::NSEC
+                            | rtype::DNSKEY
+                            | rtype::CDS
+                            | rtype::CDNSKEY
+                            | crate::zone::carrier::POOL_MEMBER
                     );
                     let own = if generated { self.tails(rrset) } else { &[] };
                     for tail in [own, self.sigs(rrset)] {

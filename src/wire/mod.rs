@@ -295,6 +295,15 @@ pub fn skip_name(message: &[u8], start: usize) -> Option<usize> {
 /// the offset just past it in place. Each pointer must point before the label that holds it,
 /// so following them ends; the name is at most 255 octets.
 pub fn read_name(message: &[u8], start: usize) -> Option<(Vec<u8>, usize)> {
+    read_name_cased(message, start, true)
+}
+
+/// As `read_name`, keeping the case of the labels as sent (for data a secondary stores).
+pub fn read_name_as_sent(message: &[u8], start: usize) -> Option<(Vec<u8>, usize)> {
+    read_name_cased(message, start, false)
+}
+
+fn read_name_cased(message: &[u8], start: usize, lowercase: bool) -> Option<(Vec<u8>, usize)> {
     let mut name = Vec::new();
     let mut end = None;
     let mut pos = start;
@@ -309,7 +318,11 @@ pub fn read_name(message: &[u8], start: usize) -> Option<(Vec<u8>, usize)> {
             1..=63 => {
                 let label = message.get(pos + 1..pos + 1 + usize::from(len))?;
                 name.push(len);
-                name.extend(label.iter().map(u8::to_ascii_lowercase));
+                if lowercase {
+                    name.extend(label.iter().map(u8::to_ascii_lowercase));
+                } else {
+                    name.extend_from_slice(label);
+                }
                 if name.len() > MAX_NAME_LEN {
                     return None;
                 }

@@ -4,6 +4,7 @@
 //! file and, where it has one, the line. It must not know about wire responses; the snapshot
 //! builder turns `ZoneData` into answer tables.
 
+pub mod carrier;
 pub mod master;
 pub mod members;
 pub mod name;
@@ -127,11 +128,12 @@ impl ZoneData {
         if self.signing_digest != 0 {
             self.signing_digest.hash(&mut hasher);
         }
+        // The pool records (`carrier`) carry cert policies and probe settings too.
         for pool in &self.pools {
-            (pool.name.key(), pool.ttl, &pool.members).hash(&mut hasher);
+            (pool.name.key(), pool.ttl, &pool.members, pool.cert_policy).hash(&mut hasher);
         }
         for member in &self.members {
-            (member.name.key(), member.weight).hash(&mut hasher);
+            (member.name.key(), member.weight, &*member.probe).hash(&mut hasher);
         }
         hasher.finish()
     }
@@ -160,6 +162,7 @@ pub fn assemble(
     let mut errors = Vec::new();
     check_member_names(&records, &members, &pools, &mut errors);
     check_pool_targets(origin, &members, &pools, &mut errors);
+    check_pool_record_owners(&records, &pools, &mut errors);
     validate(origin, &mut records, &members, &pools, file, &mut errors);
     if errors.is_empty() {
         Ok(ZoneData {
@@ -172,6 +175,29 @@ pub fn assemble(
         })
     } else {
         Err(errors)
+    }
+}
+
+/// `_pool.<pool>` holds the pool's records (`carrier`): the files may not use that name.
+fn check_pool_record_owners(records: &[Record], pools: &[PoolDef], errors: &mut Vec<Diagnostic>) {
+    let owners: HashSet<Box<[u8]>> = pools
+        .iter()
+        .filter_map(|p| carrier::owner(&p.name))
+        .map(|n| n.key())
+        .collect();
+    if owners.is_empty() {
+        return;
+    }
+    for r in records {
+        if owners.contains(&r.name.key()) {
+            errors.push(Diagnostic::at(
+                r.location.clone(),
+                format!(
+                    "{}: this name holds the pool's records for secondaries; use another",
+                    r.name
+                ),
+            ));
+        }
     }
 }
 
@@ -403,7 +429,17 @@ fn validate(
     errors: &mut Vec<Diagnostic>,
 ) {
     records.retain(|r| {
-        if r.name.is_subdomain_of(origin) {
+        if carrier::is_pool_record(&r.name, r.rtype) {
+            errors.push(Diagnostic::at(
+                r.location.clone(),
+                format!(
+                    "{} {}: at a `_pool` name this type carries the pools to secondaries; the server writes it itself",
+                    r.name,
+                    rtype::mnemonic(r.rtype)
+                ),
+            ));
+            false
+        } else if r.name.is_subdomain_of(origin) {
             true
         } else {
             errors.push(Diagnostic::at(

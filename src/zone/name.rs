@@ -40,6 +40,26 @@ impl Name {
         Name(wire.into())
     }
 
+    /// Reads an uncompressed wire name at `at` (as RDATA that must not be compressed holds
+    /// it): the name and the offset past it; None for a pointer, a bad label or a name past
+    /// 255 octets.
+    pub fn read_uncompressed(bytes: &[u8], at: usize) -> Option<(Name, usize)> {
+        let mut pos = at;
+        loop {
+            let len = usize::from(*bytes.get(pos)?);
+            if len > MAX_LABEL_LEN {
+                return None;
+            }
+            pos += len + 1;
+            if pos - at > 255 || pos > bytes.len() {
+                return None;
+            }
+            if len == 0 {
+                return Some((Name(bytes[at..pos].into()), pos));
+            }
+        }
+    }
+
     /// Parses zone-file text (RFC 1035 §5.1: `\X` and `\DDD` escapes). A name without a trailing
     /// dot is relative to `origin`; `@` is the origin itself.
     pub fn parse(text: &str, origin: Option<&Name>) -> Result<Name, NameError> {

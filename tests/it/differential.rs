@@ -342,6 +342,22 @@ fn zone_facts(server: &ServerHandle) -> ZoneFacts {
         )
         .expect("write");
     }
+    // The pool records the server publishes for its secondaries (RFC 3597 form for NSD).
+    nsd_zone.push_str("\n; pool records\n");
+    for record in zone.all_records() {
+        if consortium_dns::zone::carrier::is_pool_record(&record.name, record.rtype) {
+            let hex: String = record.rdata.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(
+                nsd_zone,
+                "{} {} IN TYPE{} \\# {} {hex}",
+                record.name,
+                record.ttl,
+                record.rtype,
+                record.rdata.len()
+            )
+            .expect("write");
+        }
+    }
 
     let pools: BTreeSet<String> = zone
         .pools

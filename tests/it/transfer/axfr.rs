@@ -159,6 +159,12 @@ async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
     assert!(t.form == Form::Full, "127.0.0.0/30 with {}: allowed", key512.name);
     verify_response(&t.messages, &key512, &request_mac).unwrap_or_else(|e| panic!("HMAC-SHA512: {e}"));
     let (_, _, records) = t.zone();
+    let (records, pools) = split_pools(&records);
+    assert_eq!(
+        pools,
+        pool_entries(&members),
+        "the pool records list every member"
+    );
     assert!(
         records == expected,
         "{}",
@@ -180,6 +186,12 @@ async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
     assert_eq!(tsig.error, 0);
     assert!(tsig.time.abs_diff(unix_now()) <= 5, "signed now");
     let (_, _, records) = t.zone();
+    let (records, pools) = split_pools(&records);
+    assert_eq!(
+        pools,
+        pool_entries(&members),
+        "the pool records list every member"
+    );
     assert!(
         records == expected,
         "{}",
@@ -194,7 +206,7 @@ async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
     let summary: Vec<&str> = text.lines().filter(|l| l.starts_with(';')).collect();
     let size_line = format!(
         ";; XFR size: {} records (messages {},",
-        expected.len() + 2,
+        expected.len() + members.len() + 2,
         t.messages.len()
     );
     assert!(
@@ -245,6 +257,12 @@ async fn hundred_thousand_members_transfer_record_for_record() {
         Rr::of(&soa),
         Rr::of(&file_soa),
         "the file's SOA, served as written"
+    );
+    let (records, pools) = split_pools(&records);
+    assert_eq!(
+        pools,
+        pool_entries(&members),
+        "the pool records list every member"
     );
     assert!(
         records == expected,

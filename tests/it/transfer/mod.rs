@@ -833,6 +833,42 @@ fn member_records(members: &[MemberSpec], picked: &MemberSpec) -> BTreeSet<Rr> {
     records
 }
 
+/// The records apart from the pool records (`zone::carrier`), and what those say about each
+/// member: (member name, target, weight), decoded by the server's own reader.
+fn split_pools(records: &BTreeSet<Rr>) -> (BTreeSet<Rr>, BTreeSet<(String, String, u32)>) {
+    let (pools, rest): (BTreeSet<Rr>, BTreeSet<Rr>) = records.iter().cloned().partition(|r| {
+        r.rtype == consortium_dns::zone::carrier::POOL_MEMBER && r.owner.starts_with("_pool.")
+    });
+    let entries = pools
+        .iter()
+        .map(|r| {
+            assert_eq!(r.owner, format!("_pool.any.{ORIGIN}"), "the pool's records");
+            let member = consortium_dns::zone::carrier::parse(&r.rdata)
+                .unwrap_or_else(|e| panic!("pool record {r}: {e}"));
+            (
+                member.name.to_string().to_ascii_lowercase(),
+                member.target.to_string().to_ascii_lowercase(),
+                member.weight,
+            )
+        })
+        .collect();
+    (rest, entries)
+}
+
+/// What the pool records of `members` (all in the pool `any`) should say.
+fn pool_entries(members: &[MemberSpec]) -> BTreeSet<(String, String, u32)> {
+    members
+        .iter()
+        .map(|m| {
+            (
+                m.owner().to_ascii_lowercase(),
+                m.target.to_ascii_lowercase(),
+                m.weight,
+            )
+        })
+        .collect()
+}
+
 fn pool_record(picked: &MemberSpec) -> Rr {
     Rr::cname(&format!("any.{ORIGIN}"), POOL_TTL, &picked.target)
 }

@@ -336,10 +336,16 @@ async fn nsd_secondary_follows_edits_and_health() {
     assert_eq!(step.len(), 1, "one step: {step:?}");
     assert_eq!((step[0].from, step[0].to), (serial, added_serial));
     assert!(step[0].deleted.is_empty(), "nothing deleted: {step:?}");
+    let (added, pools) = split_pools(&step[0].added);
     assert_eq!(
-        step[0].added,
+        added,
         BTreeSet::from([node6]),
         "only the new member's CNAME added"
+    );
+    assert_eq!(
+        pools,
+        pool_entries(&members[members.len() - 1..]),
+        "and its pool record"
     );
     eprintln!("member added: NSD answered for it {took:?} after the edit");
 
