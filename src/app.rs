@@ -82,6 +82,13 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
             control.clone().serve_updates(updates),
         )));
     }
+    let notifies = control.accept_notifies();
+    if control.config().live.zones.iter().any(|z| z.is_secondary()) {
+        background.push(tokio::spawn(until(
+            shutdown.clone(),
+            control.clone().run_secondaries(notifies),
+        )));
+    }
     let running = server::start(listeners, control.shared.clone(), &shutdown).map_err(StartError::Bind)?;
     for addr in &dns_addrs {
         tracing::info!(%addr, "serving DNS over UDP and TCP");

@@ -77,6 +77,16 @@ struct NotifySection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct PrimarySection {
+    /// The primary, `IP:PORT`.
+    address: String,
+    /// Sign SOA queries and transfer requests with this TSIG key; check the answers with it.
+    #[serde(default)]
+    key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ServerSection {
     /// DNS listen addresses, UDP and TCP on each. Default `["127.0.0.1:5300"]`.
     #[serde(default = "default_listen")]
@@ -209,8 +219,21 @@ fn default_tcp_pipeline() -> usize {
 struct ZoneSection {
     /// The zone's apex, e.g. `consortium.example`.
     origin: String,
-    /// RFC 1035 master file.
-    file: PathBuf,
+    /// RFC 1035 master file (a primary zone; a secondary has `primaries` instead).
+    #[serde(default)]
+    file: Option<PathBuf>,
+    /// The zone is a secondary of these primaries (`{ address = "IP:PORT", key = "NAME" }`):
+    /// transferred in by AXFR/IXFR, never read from a file.
+    #[serde(default)]
+    primaries: Vec<PrimarySection>,
+    /// A secondary's copy of the transferred zone. Default `secondary/<origin>zone` beside the
+    /// `[server] state-file`, or beside this config without one.
+    #[serde(default)]
+    store: Option<PathBuf>,
+    /// A secondary's own probe address per member label (`{ node1 = "IP[:PORT]" }`): from its
+    /// own vantage point a member may be reached elsewhere than the primary's settings say.
+    #[serde(default)]
+    probe_addresses: std::collections::BTreeMap<String, String>,
     /// Members file (TOML) adding one CNAME per member and the pools.
     #[serde(default)]
     members: Option<PathBuf>,
@@ -511,12 +534,36 @@ pub struct ZoneConfig {
     pub signing: Option<crate::dnssec::SigningConfig>,
     /// The zone's key directory (where `dnssec keygen` writes, signed or not yet).
     pub keys_dir: PathBuf,
+    /// Set for a secondary zone: where it is transferred from.
+    pub secondary: Option<SecondarySettings>,
     pub location: Location,
+}
+
+/// A secondary zone's settings (`[[zone]] primaries`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecondarySettings {
+    pub primaries: Vec<Primary>,
+    /// The on-disk copy of the transferred zone.
+    pub store: PathBuf,
+    /// Member label (lowercase) -> this instance's own probe address for it.
+    pub probe_addresses: Vec<(String, String)>,
+}
+
+/// One primary of a secondary zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Primary {
+    pub address: SocketAddr,
+    /// Lowercased TSIG key name, as declared in a `[[key]]`.
+    pub key: Option<Name>,
 }
 
 impl ZoneConfig {
     pub fn origin(&self) -> &Name {
         &self.source.origin
+    }
+
+    pub fn is_secondary(&self) -> bool {
+        self.secondary.is_some()
     }
 }
 
@@ -567,7 +614,16 @@ impl Config {
         let keys = parser.keys(&file.keys);
         // A reference to a key whose secret failed to load is that key's error, not its own.
         let declared: Vec<&str> = file.keys.iter().map(|k| k.get_ref().name.as_str()).collect();
-        let zones = parser.zones(&file.zones, &declared);
+        // A secondary's copy defaults to the state file's directory (writable under systemd).
+        let state_dir = file.server.state_file.as_ref().map(|f| {
+            parser
+                .base
+                .join(f)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        });
+        let zones = parser.zones(&file.zones, &declared, state_dir.as_deref());
         if !parser.errors.is_empty() {
             return Err(parser.errors);
         }
@@ -712,7 +768,12 @@ impl Parser<'_> {
         keys
     }
 
-    fn zones(&mut self, sections: &[toml::Spanned<ZoneSection>], declared: &[&str]) -> Vec<ZoneConfig> {
+    fn zones(
+        &mut self,
+        sections: &[toml::Spanned<ZoneSection>],
+        declared: &[&str],
+        state_dir: Option<&Path>,
+    ) -> Vec<ZoneConfig> {
         let mut zones: Vec<ZoneConfig> = Vec::new();
         if sections.is_empty() {
             self.whole("no [[zone]] configured".into());
@@ -735,7 +796,25 @@ impl Parser<'_> {
                 allow_transfer: self.transfer_acls(&location, &section.allow_transfer, declared),
                 notify: self.notify_targets(&location, &section.notify, declared),
             };
-            let file = self.base.join(&section.file);
+            let secondary = self.secondary(&location, section, &origin, declared, state_dir);
+            let file = match (&section.file, &secondary) {
+                (Some(file), None) => self.base.join(file),
+                (None, Some(settings)) => settings.store.clone(),
+                (Some(_), Some(_)) => {
+                    self.at(
+                        &location,
+                        format!("zone {origin}: a secondary (primaries) reads no file; remove `file`"),
+                    );
+                    continue;
+                }
+                (None, None) => {
+                    self.at(
+                        &location,
+                        format!("zone {origin}: set `file` (a primary zone) or `primaries` (a secondary)"),
+                    );
+                    continue;
+                }
+            };
             let keys_dir = match &section.keys {
                 Some(dir) => self.base.join(dir),
                 None => crate::dnssec::default_keys_dir(&file, &origin),
@@ -747,6 +826,7 @@ impl Parser<'_> {
             zones.push(ZoneConfig {
                 signing,
                 keys_dir,
+                secondary,
                 source: Source {
                     origin,
                     file,
@@ -783,6 +863,66 @@ impl Parser<'_> {
             });
         }
         zones
+    }
+
+    /// A `[[zone]]`'s secondary settings, when it has `primaries`.
+    fn secondary(
+        &mut self,
+        location: &Location,
+        section: &ZoneSection,
+        origin: &Name,
+        declared: &[&str],
+        state_dir: Option<&Path>,
+    ) -> Option<SecondarySettings> {
+        if section.primaries.is_empty() {
+            if section.store.is_some() || !section.probe_addresses.is_empty() {
+                self.at(
+                    location,
+                    "store and probe-addresses apply to a secondary (primaries)".into(),
+                );
+            }
+            return None;
+        }
+        if section.members.is_some() || section.dnssec {
+            self.at(
+                location,
+                format!(
+                    "zone {origin}: a secondary takes its members and signatures from the primary; \
+                     remove `members` and `dnssec`"
+                ),
+            );
+        }
+        let mut primaries = Vec::new();
+        for primary in &section.primaries {
+            let Ok(address) = primary.address.parse::<SocketAddr>() else {
+                self.at(
+                    location,
+                    format!("primaries: bad address {:?} (want IP:PORT)", primary.address),
+                );
+                continue;
+            };
+            match key_ref(&primary.key, declared) {
+                Ok(key) => primaries.push(Primary { address, key }),
+                Err(reason) => self.at(location, format!("primaries: {reason}")),
+            }
+        }
+        let store = match &section.store {
+            Some(path) => self.base.join(path),
+            None => {
+                let mut name = origin.to_string().to_ascii_lowercase();
+                name.push_str("zone");
+                state_dir.unwrap_or(self.base).join("secondary").join(name)
+            }
+        };
+        Some(SecondarySettings {
+            primaries,
+            store,
+            probe_addresses: section
+                .probe_addresses
+                .iter()
+                .map(|(label, address)| (label.to_ascii_lowercase(), address.clone()))
+                .collect(),
+        })
     }
 
     fn transfer_acls(

@@ -20,6 +20,9 @@ use crate::health::StatusReport;
 pub struct StatusDocument {
     pub ready: bool,
     pub zones: Vec<ZoneStatus>,
+    /// The zones this instance is a secondary for: primaries, serials, transfers, expiry.
+    #[serde(default)]
+    pub secondary_zones: Vec<crate::control::SecondaryZoneStatus>,
     pub last_reload: Option<ReloadReport>,
     pub last_successful_reload: Option<ReloadReport>,
     pub health: StatusReport,
@@ -234,6 +237,7 @@ pub fn status(control: &Control) -> StatusDocument {
                 dnssec: z.dnssec.as_ref().map(|d| d.report.clone()),
             })
             .collect(),
+        secondary_zones: control.secondary_status(),
         last_reload,
         last_successful_reload,
         health: control.health.report(&snapshot),

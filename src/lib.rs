@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod peers;
 pub mod pick;
 pub mod sd_notify;
+pub mod secondary;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;

@@ -96,6 +96,35 @@ fn render(document: &StatusDocument) -> String {
             ));
         }
     }
+    for zone in &document.secondary_zones {
+        let serial = zone.serial.map_or("none yet".to_string(), |s| s.to_string());
+        let primary_serial = zone.primary_serial.map_or("-".to_string(), |s| s.to_string());
+        let state = if zone.expired {
+            "EXPIRED (SERVFAIL)"
+        } else if zone.serial.is_none() {
+            "not transferred yet"
+        } else {
+            "serving"
+        };
+        out.push_str(&format!(
+            "secondary zone {}  primaries {}  serial {serial}  primary serial {primary_serial}  {state}\n",
+            zone.zone,
+            zone.primaries.join(", ")
+        ));
+        let unix = |t: Option<u64>| t.map_or("never".to_string(), |t| format!("unix {t}"));
+        out.push_str(&format!(
+            "  last transfer {}  last contact {}  expires {}\n",
+            unix(zone.last_transfer),
+            unix(zone.last_contact),
+            unix(zone.expires_at)
+        ));
+        if let Some(error) = &zone.last_error {
+            out.push_str(&format!("  last error: {error}\n"));
+        }
+        for refused in &zone.refused_alternatives {
+            out.push_str(&format!("  alternative not offered: {refused}\n"));
+        }
+    }
     if let Some(reload) = &document.last_reload {
         let outcome = if reload.ok { "ok" } else { "FAILED" };
         out.push_str(&format!(

@@ -353,6 +353,11 @@ impl<'k> Signer<'k> {
         self.key.record_len()
     }
 
+    /// The MAC of the last message signed (a request's, to check its answers with).
+    pub fn last_mac(&self) -> &[u8] {
+        &self.prior_mac
+    }
+
     /// Appends a TSIG RR to `message` (and counts it in ARCOUNT), signed now.
     pub fn sign(&mut self, message: &mut Vec<u8>, error: u16, other: &[u8]) {
         self.sign_at(message, error, other, unix_now());
@@ -387,6 +392,97 @@ impl<'k> Signer<'k> {
             error,
             other,
         );
+    }
+}
+
+/// Checks the answers to a request we signed, message by message (RFC 8945 §5.3.1): the first
+/// covers the request MAC, each later signed one the previous MAC and every message since;
+/// up to 99 unsigned messages may come between, and the last must be signed.
+#[derive(Debug)]
+pub struct ResponseVerifier<'k> {
+    key: &'k TsigKey,
+    prior_mac: Vec<u8>,
+    first: bool,
+    /// Unsigned messages since the last signed one, as they count in the next MAC.
+    pending: Vec<u8>,
+    unsigned_run: usize,
+}
+
+impl<'k> ResponseVerifier<'k> {
+    pub fn new(key: &'k TsigKey, request_mac: &[u8]) -> ResponseVerifier<'k> {
+        ResponseVerifier {
+            key,
+            prior_mac: request_mac.to_vec(),
+            first: true,
+            pending: Vec::new(),
+            unsigned_run: 0,
+        }
+    }
+
+    /// Checks one answer message (`records_start`: the offset after its question).
+    pub fn check(&mut self, message: &[u8], records_start: usize, now: u64) -> Result<(), String> {
+        let record =
+            find(message, records_start).map_err(|_| "an answer's records cannot be read".to_string())?;
+        let Some(record) = record else {
+            if self.first {
+                return Err("the first answer is not signed (TSIG missing)".into());
+            }
+            self.unsigned_run += 1;
+            if self.unsigned_run > 99 {
+                return Err("more than 99 answers in a row without TSIG".into());
+            }
+            self.pending.extend_from_slice(message);
+            return Ok(());
+        };
+        if record.key_name != self.key.name.wire() || record.algorithm != self.key.algorithm.wire_name() {
+            return Err("an answer is signed with another key".into());
+        }
+        if record.error != 0 {
+            return Err(format!(
+                "the primary rejected our signature (TSIG error {})",
+                record.error
+            ));
+        }
+        let mut context = hmac::Context::with_key(&self.key.key);
+        context.update(&(self.prior_mac.len() as u16).to_be_bytes());
+        context.update(&self.prior_mac);
+        context.update(&self.pending);
+        let mut unsigned = message[..record.start].to_vec();
+        unsigned[0..2].copy_from_slice(&record.original_id.to_be_bytes());
+        let arcount = u16::from_be_bytes([unsigned[10], unsigned[11]]).saturating_sub(1);
+        unsigned[10..12].copy_from_slice(&arcount.to_be_bytes());
+        context.update(&unsigned);
+        if self.first {
+            // The other data of a signed answer is empty unless BADTIME, refused above.
+            update_variables(
+                &mut context,
+                self.key,
+                record.time_signed,
+                record.fudge,
+                record.error,
+                &[],
+            );
+        } else {
+            context.update(&record.time_signed.to_be_bytes()[2..]);
+            context.update(&record.fudge.to_be_bytes());
+        }
+        let expected = context.sign();
+        if !constant_time_eq(expected.as_ref(), &record.mac) {
+            return Err("an answer's TSIG does not verify (BADSIG)".into());
+        }
+        if now.abs_diff(record.time_signed) > u64::from(record.fudge.min(MAX_FUDGE)) {
+            return Err("an answer's TSIG time is outside the fudge (BADTIME)".into());
+        }
+        self.prior_mac = record.mac;
+        self.first = false;
+        self.pending.clear();
+        self.unsigned_run = 0;
+        Ok(())
+    }
+
+    /// True when the last message checked was signed, as the last of an exchange must be.
+    pub fn ends_signed(&self) -> bool {
+        !self.first && self.pending.is_empty()
     }
 }
 

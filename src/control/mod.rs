@@ -5,9 +5,11 @@
 //! It is the one place a Snapshot is stored. It owns the running config, the reload reports
 //! and the served-serial state file; it must not answer queries or run probes.
 
+mod secondary;
 pub mod serial_state;
 mod signing;
 mod updates;
+pub use secondary::SecondaryZoneStatus;
 pub use updates::{SecondariesReport, SecondaryState};
 pub mod watch;
 
@@ -84,6 +86,9 @@ enum Change {
     /// The published data again, signed anew, with a new serial for these zones: signatures
     /// near expiry, or a key changing state.
     Resign(Vec<Box<[u8]>>),
+    /// The published data again, with the secondary zones' copies as they now stand (a
+    /// transfer, or a copy expiring).
+    Transferred,
 }
 
 /// What the rebuild lock guards: state that changes only inside a rebuild.
@@ -137,13 +142,16 @@ pub struct Control {
     /// The challenge values as last published, for status (the store itself is the
     /// rebuild lock's).
     challenges_published: Mutex<update::store::Store>,
+    /// The secondary zones' copies and transfer state.
+    secondaries: secondary::Secondaries,
 }
 
 /// Reads and validates every zone of the config; all errors of all files together.
 pub fn load_zones(config: &Config) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
     let mut zones = Vec::new();
     let mut errors = Vec::new();
-    for zone_config in &config.live.zones {
+    // A secondary's data comes from its primaries (`control::secondary`), not from files.
+    for zone_config in config.live.zones.iter().filter(|z| !z.is_secondary()) {
         match zone::load(&zone_config.source, &config.live.health_defaults) {
             Ok(data) => {
                 errors.extend(updates::check_update_keys(&data, config));
@@ -175,6 +183,26 @@ pub fn build_snapshot(
             .collect(),
         metrics,
         signed,
+        primaries: config
+            .live
+            .zones
+            .iter()
+            .filter_map(|z| {
+                let settings = z.secondary.as_ref()?;
+                Some((
+                    z.origin().key(),
+                    settings.primaries.iter().map(|p| p.address.ip()).collect(),
+                ))
+            })
+            .collect(),
+        unavailable: config
+            .live
+            .zones
+            .iter()
+            .filter(|z| z.is_secondary())
+            .map(|z| z.origin().key())
+            .filter(|key| !zones.iter().any(|d| d.origin.key() == *key))
+            .collect(),
     };
     Snapshot::build(zones, &options)
 }
@@ -196,6 +224,27 @@ pub fn load(config: &Config) -> Result<Snapshot, Vec<Diagnostic>> {
     signing::set_digests(&mut zones, &keys, now);
     let (signed, _) = signing::sign(&zones, &keys, &signing::Caches::new(), now)?;
     Ok(build_snapshot(zones, signed, config, None))
+}
+
+/// `zones` with every secondary zone as its held copy (none when nothing is held or the copy
+/// expired), and those copies' signatures.
+fn with_secondaries(
+    mut zones: Vec<ZoneData>,
+    config: &Config,
+    serving: &HashMap<Box<[u8]>, secondary::Held>,
+) -> (Vec<ZoneData>, HashMap<Box<[u8]>, crate::dnssec::Signed>) {
+    zones.retain(|z| !config.zone(&z.origin).is_some_and(|c| c.is_secondary()));
+    let mut signed = HashMap::new();
+    for zone in config.live.zones.iter().filter(|z| z.is_secondary()) {
+        let key = zone.origin().key();
+        if let Some(held) = serving.get(&key) {
+            zones.push(held.assembled.data.clone());
+            if let Some(s) = &held.assembled.signed {
+                signed.insert(key, s.clone());
+            }
+        }
+    }
+    (zones, signed)
 }
 
 /// Sets each zone's served serial by its policy, from what `previous` says was served.
@@ -272,6 +321,7 @@ fn load_change(
             });
             Ok((running.clone(), zones))
         }
+        Change::Transferred => Ok((running.clone(), zones_of(previous))),
         Change::Resign(due) => {
             // New signatures (or key states) are new content, whatever the digest says.
             let zones = published_again(previous, running, &due, |zone, data| {
@@ -320,6 +370,7 @@ fn zones_of(snapshot: &Snapshot) -> Vec<ZoneData> {
                 pools: zone.pools.iter().map(|p| p.def.clone()).collect(),
                 dynamic: zone.dynamic.clone(),
                 signing_digest: zone.dnssec.as_ref().map_or(0, |d| d.report.keys_digest),
+                transferred: zone.transferred,
             };
             data.set_serial(zone.serial);
             data
@@ -368,6 +419,7 @@ impl Control {
             scrape: Mutex::default(),
             watch: OnceLock::new(),
             challenges_published: Mutex::default(),
+            secondaries: secondary::Secondaries::default(),
         }
     }
 
@@ -377,6 +429,7 @@ impl Control {
         let mut state = self.rebuilding.lock().await;
         let config = lock(&self.config).clone();
         let started = Instant::now();
+        self.secondaries.load_stores(&config);
         let published = self.rebuild(&mut state, Change::Start(Box::new(config))).await?;
         let report = self.report("start", started, Ok(published));
         self.record(&report);
@@ -458,6 +511,8 @@ impl Control {
             .zones()
             .iter()
             .filter(|zone| !zone.transfer.allow.is_empty() && !zone.pools.is_empty())
+            // A secondary serves its primary's serials.
+            .filter(|zone| !zone.transferred)
             // Under `keep` the serial is the operator's to move: secondaries follow a pick
             // change only with the next serial the operator sets.
             .filter(|zone| config.serial_policy(&zone.origin) != SerialPolicy::Keep)
@@ -484,7 +539,7 @@ impl Control {
         let overrides = self.overrides.clone();
         let (bumped, starting, reread) = match &change {
             Change::TransferPicks(due) => (due.clone(), false, false),
-            Change::Dynamic(_) | Change::Resign(_) => (Vec::new(), false, false),
+            Change::Dynamic(_) | Change::Resign(_) | Change::Transferred => (Vec::new(), false, false),
             Change::Start(_) => (Vec::new(), true, true),
             Change::Reload => (Vec::new(), false, true),
         };
@@ -493,6 +548,7 @@ impl Control {
         let mut keys = state.keys.clone();
         let caches = state.signatures.clone();
         let state_before = SerialState::of(&previous, &state.challenges);
+        let serving = self.secondaries.serving();
         // Parsing, signing and building are CPU and file work: off the async workers.
         let (config, snapshot, challenges, keys, caches) = tokio::task::spawn_blocking(move || {
             let (config, zones) = load_change(
@@ -503,7 +559,16 @@ impl Control {
                 &mut challenges,
                 &mut keys,
             )?;
-            let (signed, caches) = signing::sign(&zones, &keys, &caches, wire::unix_now())?;
+            let (mut zones, transferred) = with_secondaries(zones, &config, &serving);
+            let (mut signed, caches) = signing::sign(&zones, &keys, &caches, wire::unix_now())?;
+            signed.extend(transferred);
+            zones.sort_by_key(|z| {
+                config
+                    .live
+                    .zones
+                    .iter()
+                    .position(|c| c.origin().key() == z.origin.key())
+            });
             for (zone, result) in &signed {
                 let zone = zone::name::Name::from_wire_unchecked(zone).to_string();
                 metrics

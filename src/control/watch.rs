@@ -22,7 +22,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 fn watched_files(config: &Config) -> HashSet<PathBuf> {
     let mut files = HashSet::new();
     files.insert(absolute(&config.path));
-    for zone in &config.live.zones {
+    // A secondary's copy is the server's own file, not an operator's.
+    for zone in config.live.zones.iter().filter(|z| !z.is_secondary()) {
         files.insert(absolute(&zone.source.file));
         if let Some(members) = &zone.source.members {
             files.insert(absolute(members));
@@ -37,7 +38,7 @@ fn watched_files(config: &Config) -> HashSet<PathBuf> {
 pub fn files_to_watch(config: &Config, snapshot: &crate::snapshot::Snapshot) -> HashSet<PathBuf> {
     let mut files = watched_files(config);
     let mut last: Option<&Path> = None;
-    for zone in snapshot.zones() {
+    for zone in snapshot.zones().iter().filter(|z| !z.transferred) {
         for record in &zone.records {
             let file: &Path = &record.location.file;
             // Records of one file come together: skip the set lookup for runs of them.

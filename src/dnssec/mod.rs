@@ -9,6 +9,8 @@
 //! the cache instead of being made again, so a one-member change signs a handful of RRsets.
 
 pub mod keys;
+mod transferred;
+pub use transferred::{FromTransfer, from_transfer, verify_rrsig};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -194,7 +196,7 @@ type FastHash = foldhash::fast::RandomState;
 type OneSignature = ([u8; 32], Arc<[u8]>, bool);
 
 /// What signing a zone produced, for `Snapshot::build`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Signed {
     /// DNSKEY, CDS, CDNSKEY and NSEC records, served and transferred with the zone's own.
     pub records: Vec<Record>,
@@ -573,21 +575,8 @@ fn sign_rrset(
     previous: &SignatureCache,
     scratch: &mut Vec<u8>,
 ) -> Result<OneSignature, String> {
-    // The RRset in canonical form (RFC 4034 §6.2, §6.3): owner lowercased, RDATA with its
-    // names lowercased, records sorted by RDATA, duplicates removed.
     let owner = job.owner.to_ascii_lowercase();
-    let mut rdatas: Vec<Vec<u8>> = job.rdatas.iter().map(|r| canonical_rdata(job.rtype, r)).collect();
-    rdatas.sort();
-    rdatas.dedup();
-    scratch.clear();
-    for rdata in &rdatas {
-        scratch.extend_from_slice(&owner);
-        scratch.extend_from_slice(&job.rtype.to_be_bytes());
-        scratch.extend_from_slice(&rtype::CLASS_IN.to_be_bytes());
-        scratch.extend_from_slice(&job.ttl.to_be_bytes());
-        scratch.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-        scratch.extend_from_slice(rdata);
-    }
+    canonical_rrset(&owner, job.rtype, job.ttl, &job.rdatas, scratch);
     let labels = rrsig_labels(&owner);
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     context.update(&[key.algorithm, labels]);
@@ -623,6 +612,23 @@ fn sign_rrset(
     data.extend_from_slice(scratch);
     rdata.extend_from_slice(&key.sign(&data)?);
     Ok((digest, Arc::from(rdata), true))
+}
+
+/// The RRset in canonical form (RFC 4034 §6.2, §6.3) into `out`: owner (already lowercased),
+/// RDATA with its names lowercased, records sorted by RDATA, duplicates removed.
+fn canonical_rrset(owner: &[u8], t: u16, ttl: u32, rdatas: &[&[u8]], out: &mut Vec<u8>) {
+    let mut rdatas: Vec<Vec<u8>> = rdatas.iter().map(|r| canonical_rdata(t, r)).collect();
+    rdatas.sort();
+    rdatas.dedup();
+    out.clear();
+    for rdata in &rdatas {
+        out.extend_from_slice(owner);
+        out.extend_from_slice(&t.to_be_bytes());
+        out.extend_from_slice(&rtype::CLASS_IN.to_be_bytes());
+        out.extend_from_slice(&ttl.to_be_bytes());
+        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        out.extend_from_slice(rdata);
+    }
 }
 
 /// RDATA in canonical form: the embedded names of the types RFC 4034 §6.2 lists lowercased

@@ -568,7 +568,12 @@ fn resolve<R: Rng + ?Sized>(
         }
         match found {
             Found::NotOurs => {
-                if step == 0 {
+                if step == 0 && snapshot.is_unavailable(current_key) {
+                    // A secondary zone with no current copy (RFC 1035 §3.3.13: past EXPIRE
+                    // it is no longer authoritative data): SERVFAIL, as BIND and NSD answer.
+                    response.rcode = Rcode::SERVFAIL;
+                    response.ede = Some(Ede::NOT_READY);
+                } else if step == 0 {
                     // RFC 1035 §4.1.1 (REFUSED) with Not Authoritative (RFC 8914 §4.21), as
                     // NSD answers. A chain leaving our zones just ends, its CNAMEs the answer.
                     response.refuse(Ede::NOT_AUTHORITATIVE);

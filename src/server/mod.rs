@@ -4,6 +4,7 @@
 //! `answer::answer`. They own sockets and connection limits, never zone data.
 
 pub mod answer;
+pub mod notify_in;
 pub mod rrl;
 mod tcp;
 mod udp;
@@ -42,6 +43,9 @@ pub struct Shared {
     /// Where RFC 2136 UPDATE messages go: the control plane, once it serves them. Unset,
     /// UPDATE gets NOTIMP like any opcode not implemented.
     pub updates: OnceLock<mpsc::Sender<UpdateRequest>>,
+    /// Where NOTIFYs from a secondary zone's primaries go (the zone's key): the control plane
+    /// checks that zone at once. Unset when no zone is a secondary.
+    pub notifies: OnceLock<mpsc::Sender<Box<[u8]>>>,
 }
 
 /// An RFC 2136 UPDATE handed by a listener to the control plane, which owns the dynamic data
@@ -84,6 +88,7 @@ impl Shared {
             query_log: QueryLog::every(settings.query_log_sample),
             rrl: rrl::Limiter::new(rrl_rates, settings.rrl_table_size),
             updates: OnceLock::new(),
+            notifies: OnceLock::new(),
         }
     }
 

@@ -372,14 +372,24 @@ impl Connection<'_> {
         let shared = self.shared;
         let outcome = {
             let snapshot = shared.snapshot.load();
-            let outcome = answer(
-                &snapshot,
-                &self.query,
-                &mut self.out,
-                Transport::Tcp,
-                shared.limits.udp_payload,
-                &mut self.rng,
-            );
+            let outcome = if super::notify_in::is_notify(&self.query) {
+                super::notify_in::respond(
+                    &snapshot,
+                    &self.query,
+                    &mut self.out,
+                    self.peer.ip(),
+                    shared.notifies.get(),
+                )
+            } else {
+                answer(
+                    &snapshot,
+                    &self.query,
+                    &mut self.out,
+                    Transport::Tcp,
+                    shared.limits.udp_payload,
+                    &mut self.rng,
+                )
+            };
             if let (true, Outcome::Responded { pick: Some(pick), .. }) = (shared.count_queries, &outcome) {
                 snapshot.count_pick(*pick);
             }

@@ -15,7 +15,7 @@ use rand::rngs::SmallRng;
 
 use super::answer::{Outcome, answer};
 use super::rrl::{self, Verdict};
-use super::{Shared, UpdateRequest};
+use super::{Shared, UpdateRequest, notify_in};
 use crate::metrics::QueryCounters;
 use crate::shutdown::Shutdown;
 use crate::wire::{self, Transport};
@@ -90,12 +90,17 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &Shutdown) {
                 continue;
             }
             let out = &mut outs[index];
+            let outcome = if notify_in::is_notify(query) {
+                notify_in::respond(&snapshot, query, out, peer.ip(), shared.notifies.get())
+            } else {
+                answer(&snapshot, query, out, Transport::Udp, max_payload, &mut rng)
+            };
             let Outcome::Responded {
                 rcode,
                 qtype,
                 truncated,
                 pick,
-            } = answer(&snapshot, query, out, Transport::Udp, max_payload, &mut rng)
+            } = outcome
             else {
                 counters.dropped();
                 continue;

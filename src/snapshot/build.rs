@@ -29,6 +29,7 @@ pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Optio
         members,
         pools,
         dynamic,
+        transferred,
         ..
     } = data;
     // The dynamic records are served like the files' (control checked that they own names of
@@ -39,9 +40,11 @@ pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Optio
     // reads them back from the tables.
     // So are the pool records (`zone::carrier`): signing makes them in a signed zone, with
     // each alternative's RRSIGs inside.
+    // A secondary's come as transferred, among `records`.
     match signed {
         Some(signed) => records.extend(signed.records.iter().cloned()),
-        None => records.extend(carrier::records(&members, &pools, None)),
+        None if !transferred => records.extend(carrier::records(&members, &pools, None)),
+        None => {}
     }
     let owners = Owners::new(&records, &members);
     let bare = bare_names(&origin, &owners, &pools);
@@ -98,6 +101,7 @@ pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Optio
         dynamic,
         transfer: Default::default(),
         dnssec,
+        transferred,
     }
 }
 

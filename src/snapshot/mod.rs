@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub(crate) chaos_version: Option<Box<[u8]>>,
     /// TSIG keys that signed queries, transfers and NOTIFYs are checked against.
     pub tsig_keys: Vec<TsigKey>,
+    /// `BuildOptions::primaries`.
+    pub primaries: Vec<(Box<[u8]>, Vec<std::net::IpAddr>)>,
+    /// `BuildOptions::unavailable`.
+    pub unavailable: Vec<Box<[u8]>>,
 }
 
 /// What a snapshot is built with besides the zones: all of it comes from the config, passed
@@ -59,6 +63,11 @@ pub struct BuildOptions<'a> {
     pub metrics: Option<&'a Metrics>,
     /// Signatures, NSEC chain and keys of the signed zones, by zone key.
     pub signed: HashMap<Box<[u8]>, Signed>,
+    /// Secondary zones (by key) and the addresses of their primaries, whose NOTIFYs count.
+    pub primaries: Vec<(Box<[u8]>, Vec<std::net::IpAddr>)>,
+    /// Configured zones with no data to serve (a secondary before its first transfer or past
+    /// its SOA expire): answered SERVFAIL, by key.
+    pub unavailable: Vec<Box<[u8]>>,
 }
 
 /// One zone's tables.
@@ -87,6 +96,8 @@ pub struct Zone {
     pub transfer: ZoneTransfer,
     /// Present when the zone is signed.
     pub dnssec: Option<ZoneDnssec>,
+    /// A secondary's zone (`ZoneData::transferred`).
+    pub transferred: bool,
 }
 
 /// One NSEC owner in canonical order: its node and its canonical key in `nsec_keys`.
@@ -425,7 +436,7 @@ impl Zone {
         let mut records = self.records.clone();
         records.extend(self.members.iter().map(Member::cname_record));
         records.extend(self.dynamic.iter().cloned());
-        if self.dnssec.is_none() {
+        if self.dnssec.is_none() && !self.transferred {
             let defs: Vec<PoolDef> = self.pools.iter().map(|p| p.def.clone()).collect();
             records.extend(crate::zone::carrier::records(&self.members, &defs, None));
         } else {
@@ -433,14 +444,12 @@ impl Zone {
             for node in &self.nodes {
                 let name = Name::from_wire_unchecked(self.slice(node.name));
                 for rrset in self.rrsets(node) {
+                    // Pool records are signing's output too, except on a secondary.
                     let generated = matches!(
                         rrset.rtype,
-                        rtype::NSEC
-                            | rtype::DNSKEY
-                            | rtype::CDS
-                            | rtype::CDNSKEY
-                            | crate::zone::carrier::POOL_MEMBER
-                    );
+                        rtype::NSEC | rtype::DNSKEY | rtype::CDS | rtype::CDNSKEY
+                    ) || (!self.transferred
+                        && crate::zone::carrier::is_pool_record(&name, rrset.rtype));
                     let own = if generated { self.tails(rrset) } else { &[] };
                     for tail in [own, self.sigs(rrset)] {
                         records.extend(split_tails(tail).map(|(t, ttl, rdata)| Record {
@@ -551,7 +560,14 @@ impl Snapshot {
             chaos_identity: options.identity.map(chaos_tail),
             chaos_version: options.version.map(chaos_tail),
             tsig_keys: options.keys.to_vec(),
+            primaries: options.primaries.clone(),
+            unavailable: options.unavailable.clone(),
         }
+    }
+
+    /// Whether `key` (a lowercased wire name) falls in a configured zone that has no data now.
+    pub fn is_unavailable(&self, key: &[u8]) -> bool {
+        self.unavailable.iter().any(|zone| key_is_subdomain(key, zone))
     }
 
     /// The node named `key` (a lowercased wire name): (zone index, zone, node index, node).

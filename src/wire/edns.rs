@@ -70,6 +70,8 @@ pub fn parse_additional(message: &[u8], mut pos: usize, count: u16) -> Result<Ad
 pub struct Ede(u16);
 
 impl Ede {
+    /// 14 Not Ready (RFC 8914 §4.15): a secondary zone not yet transferred, or expired.
+    pub const NOT_READY: Ede = Ede(14);
     /// 18 Prohibited (RFC 8914 §4.19): the requester is not allowed this, e.g. a zone
     /// transfer that allow-transfer does not grant.
     pub const PROHIBITED: Ede = Ede(18);

@@ -57,6 +57,9 @@ pub struct ZoneData {
     /// What signing adds to the content (`dnssec::KeySet::digest`: the keys and their
     /// states), set by the control plane before serials are chosen; 0 for an unsigned zone.
     pub signing_digest: u64,
+    /// A secondary's zone as transferred: its pool records (`carrier`) are among `records`,
+    /// kept exactly as the primary wrote (and signed) them, not written again.
+    pub transferred: bool,
 }
 
 impl ZoneData {
@@ -172,6 +175,7 @@ pub fn assemble(
             pools,
             dynamic: Vec::new(),
             signing_digest: 0,
+            transferred: false,
         })
     } else {
         Err(errors)

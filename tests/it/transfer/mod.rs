@@ -42,6 +42,7 @@ mod acme;
 mod axfr;
 mod ixfr;
 mod notify;
+mod ours;
 mod secondaries;
 mod signed;
 mod tsig;
