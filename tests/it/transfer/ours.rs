@@ -281,3 +281,184 @@ async fn two_secondaries_pick_by_their_own_probes_and_follow_the_primary() {
     again.shutdown(Duration::from_millis(200)).await;
     first.shutdown(Duration::from_millis(200)).await;
 }
+
+/// Every file under `dir` that holds a DNSSEC private key (BIND's format names it).
+fn private_key_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read dir") {
+                stack.push(entry.expect("entry").path());
+            }
+        } else if std::fs::read(&path).is_ok_and(|b| {
+            String::from_utf8_lossy(&b).contains("Private-key-format")
+                || path.extension().is_some_and(|e| e == "private")
+        }) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_secondaries_serve_only_pre_signed_picks_that_validate_and_hold_no_key() {
+    use crate::dnssec::{Unbound, bind_keygen, delv, ds_records, write_delv_anchor};
+    let key = Key::transfer();
+    let members: Vec<MemberSpec> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|label| {
+            MemberSpec::new(
+                label,
+                &format!("{label}.operator.example."),
+                1,
+                "kind = \"none\"\n",
+            )
+        })
+        .collect();
+    let tree = Tree::example();
+    // TTL 0 at the shared name: the resolver asks afresh each time, so each answer is a pick.
+    tree.write(
+        MEMBERS_FILE,
+        &members_file(&members).replace(&format!("\nttl = {POOL_TTL}\n"), "\nttl = 0\n"),
+    );
+    let primary_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let one = SecondaryTree::new(primary_addr, Some(&key), "");
+    let two = SecondaryTree::new(primary_addr, Some(&key), "");
+    configure(
+        &tree,
+        &format!(
+            "dnssec = true\nallow-transfer = [{{ network = \"127.0.0.1\", key = \"{0}\" }}]\n\
+             notify = [{{ address = \"{1}\", key = \"{0}\" }}, {{ address = \"{2}\", key = \"{0}\" }}]\n",
+            key.name,
+            one.addr(),
+            two.addr()
+        ),
+        &[&key],
+    );
+    let config = tree.read("config/consortium-dns.toml").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"{primary_addr}\"]"),
+    );
+    tree.write("config/consortium-dns.toml", &config);
+    bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK"]);
+    let ds = ds_records(&tree);
+    let anchor = write_delv_anchor(&tree, &ds);
+    let primary = tree.start().await;
+    let serial = served_serial(primary_addr).await.expect("the primary serves");
+    let first = one.start().await;
+    let second = two.start().await;
+    for s in [&one, &two] {
+        wait_for_serial(s.addr(), serial, Duration::from_secs(10)).await;
+    }
+
+    // Unbound, trusting only the zone's DS, asks each secondary: every answer is secure,
+    // 30 at the shared name among them. Unbound keeps a TTL-0 answer for the rest of its
+    // second, so that delv (no cache) also validates 30 picks asked straight of the
+    // secondary, which must differ.
+    let targets_of = |answers: &[String]| -> Vec<String> {
+        answers
+            .iter()
+            .filter(|l| l.contains("\tCNAME\t") || l.split_whitespace().nth(3) == Some("CNAME"))
+            .filter_map(|l| l.split_whitespace().last().map(str::to_ascii_lowercase))
+            .collect()
+    };
+    for secondary in [one.addr(), two.addr()] {
+        let (ds, anchor) = (ds.clone(), anchor.clone());
+        let seen = tokio::task::spawn_blocking(move || {
+            let unbound = Unbound::start(&ds, secondary);
+            for (qname, qtype, status) in [
+                ("node1.consortium.example", "CNAME", "NOERROR"),
+                ("consortium.example", "SOA", "NOERROR"),
+                ("nope.consortium.example", "A", "NXDOMAIN"),
+                ("_pool.any.consortium.example", "TYPE65280", "NOERROR"),
+            ] {
+                let (got, flags, _) = unbound.ask(qname, qtype);
+                assert_eq!(got, status, "{qname} {qtype} via {secondary}\n{}", unbound.log());
+                assert!(
+                    flags.iter().any(|f| f == "ad"),
+                    "{qname} {qtype} via {secondary} not secure: {flags:?}"
+                );
+            }
+            let mut seen = BTreeSet::new();
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(100));
+                let (got, flags, answers) = unbound.ask("any.consortium.example", "CNAME");
+                assert_eq!(
+                    got,
+                    "NOERROR",
+                    "the shared name via {secondary}\n{}",
+                    unbound.log()
+                );
+                assert!(
+                    flags.iter().any(|f| f == "ad"),
+                    "a pick via {secondary} not secure: {flags:?} {answers:?}\n{}",
+                    unbound.log()
+                );
+                assert_eq!(targets_of(&answers).len(), 1, "one CNAME: {answers:?}");
+            }
+            for _ in 0..30 {
+                let verdict = delv(&anchor, secondary, "any.consortium.example", "CNAME");
+                assert!(
+                    verdict.contains("; fully validated"),
+                    "a pick via {secondary}: {verdict}"
+                );
+                let lines: Vec<String> = verdict.lines().map(String::from).collect();
+                seen.extend(targets_of(&lines));
+            }
+            seen
+        })
+        .await
+        .expect("validation via the secondary");
+        assert!(
+            seen.len() >= 2,
+            "30 validated answers at the shared name are picks: {seen:?}"
+        );
+        eprintln!("via secondary {secondary}: 30 secure picks among {seen:?}");
+    }
+    for s in [&one, &two] {
+        assert_eq!(
+            private_key_files(s.dir.path()),
+            Vec::<std::path::PathBuf>::new(),
+            "a secondary holds no DNSSEC private key"
+        );
+    }
+    assert!(
+        !private_key_files(tree.dir.path()).is_empty(),
+        "the check can see a private key: the primary's is found"
+    );
+
+    // Negative control: an alternative whose signature does not verify is never offered.
+    primary.shutdown(Duration::from_millis(200)).await;
+    second.shutdown(Duration::from_millis(200)).await;
+    let store = two.dir.path().join("copy/consortium.example.zone");
+    let (mut records, _) = consortium_dns::secondary::store::load(&store)
+        .expect("the copy reads")
+        .expect("the copy exists");
+    let tampered = records
+        .iter_mut()
+        .find(|r| {
+            consortium_dns::zone::carrier::is_pool_record(&r.name, r.rtype)
+                && consortium_dns::zone::carrier::parse(&r.rdata)
+                    .is_ok_and(|m| m.target.to_string().starts_with("node1."))
+        })
+        .expect("node1's pool record");
+    let last = tampered.rdata.len() - 1;
+    tampered.rdata[last] ^= 0x01; // the last octet of its RRSIG's signature
+    consortium_dns::secondary::store::save(&store, &records).expect("write the tampered copy");
+    let again = two.start().await;
+    let refused = again.control.secondary_status()[0].refused_alternatives.clone();
+    assert_eq!(refused.len(), 1, "one alternative refused: {refused:?}");
+    assert!(refused[0].contains("node1.operator.example"), "{refused:?}");
+    let offered = picks(two.addr(), 60).await;
+    assert_eq!(
+        offered,
+        BTreeSet::from([
+            "node2.operator.example.".to_string(),
+            "node3.operator.example.".to_string()
+        ]),
+        "the tampered alternative is never served"
+    );
+    again.shutdown(Duration::from_millis(200)).await;
+    first.shutdown(Duration::from_millis(200)).await;
+}
