@@ -13,7 +13,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
 use super::*;
-use crate::common::free_port;
+use crate::common::{edit, free_port};
 
 /// A consortium-dns secondary's own directory and config.
 struct SecondaryTree {
@@ -461,4 +461,274 @@ async fn signed_secondaries_serve_only_pre_signed_picks_that_validate_and_hold_n
     );
     again.shutdown(Duration::from_millis(200)).await;
     first.shutdown(Duration::from_millis(200)).await;
+}
+
+/// A TCP gate in front of the primary: open, it passes bytes both ways; closed, nothing
+/// listens on its port (the primary is unreachable, yet keeps its history).
+struct Gate {
+    port: u16,
+    upstream: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Gate {
+    async fn open(port: u16, upstream: SocketAddr) -> Gate {
+        let mut gate = Gate {
+            port,
+            upstream,
+            task: None,
+        };
+        gate.reopen().await;
+        gate
+    }
+
+    async fn reopen(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind gate");
+        let upstream = self.upstream;
+        self.task = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                if let Ok((mut client, _)) = listener.accept().await {
+                    connections.spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            }
+        }));
+    }
+
+    async fn close(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+/// How the fake primary misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Its serial is behind the secondary's.
+    SerialBehind,
+    /// The IXFR (and then the AXFR) stops in the middle.
+    Truncated,
+    /// The IXFR deletes what the secondary does not hold; the AXFR brings an older serial.
+    Inconsistent,
+}
+
+fn soa_of(serial: u32) -> Record {
+    let soa = SOA::new(
+        common::name("ns1.consortium.example."),
+        common::name("hostmaster.consortium.example."),
+        serial,
+        1,
+        1,
+        5,
+        300,
+    );
+    Record::from_rdata(common::name(ORIGIN), 300, RData::SOA(soa))
+}
+
+/// A primary that answers SOA queries and transfers wrongly, as `fault` says.
+async fn fake_primary(serial: u32, fault: Fault) -> (SocketAddr, JoinHandle<()>) {
+    use hickory_proto::rr::rdata::A;
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake primary");
+    let addr = listener.local_addr().expect("address");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(request) = read_frame(&mut stream).await else {
+                    return;
+                };
+                let Ok(query) = Message::from_vec(&request) else {
+                    return;
+                };
+                let qtype = query.queries.first().map(|q| q.query_type());
+                let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+                answer.metadata.authoritative = true;
+                answer.add_queries(query.queries.clone());
+                let ghost = Record::from_rdata(
+                    common::name(&format!("ghost.{ORIGIN}")),
+                    300,
+                    RData::A(A::new(192, 0, 2, 99)),
+                );
+                let newer = serial.wrapping_add(1);
+                let (records, cut) = match (qtype, fault) {
+                    (Some(RecordType::SOA), Fault::SerialBehind) => {
+                        (vec![soa_of(serial.wrapping_sub(1))], false)
+                    }
+                    (Some(RecordType::SOA), _) => (vec![soa_of(newer)], false),
+                    (Some(RecordType::IXFR), Fault::Truncated) => (vec![soa_of(newer), soa_of(serial)], true),
+                    (Some(RecordType::AXFR), Fault::Truncated) => (vec![soa_of(newer), ghost], true),
+                    (Some(RecordType::IXFR), _) => (
+                        vec![soa_of(newer), soa_of(serial), ghost, soa_of(newer), soa_of(newer)],
+                        false,
+                    ),
+                    _ => (vec![soa_of(serial), ghost, soa_of(serial)], false),
+                };
+                answer.add_answers(records);
+                let bytes = answer.to_vec().expect("encodes");
+                let _ = write_frame(&mut stream, &bytes).await;
+                if cut {
+                    // The rest never comes: the connection closes mid-transfer.
+                    let _ = stream.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondaries_serve_until_expire_catch_up_by_ixfr_and_refuse_bad_transfers() {
+    let tree = Tree::example();
+    // REFRESH 1 s, RETRY 1 s, EXPIRE 5 s: the secondary polls every second, gives up after 5.
+    for (from, to) in [
+        ("7200       ; refresh", "1 ; refresh"),
+        ("3600       ; retry", "1 ; retry"),
+        ("1209600    ; expire", "5 ; expire"),
+    ] {
+        edit(&tree, ZONE_FILE, from, to);
+    }
+    configure(&tree, "allow-transfer = [{ network = \"127.0.0.1\" }]\n", &[]);
+    let primary = tree.start().await;
+    let dns = primary.dns_addrs[0];
+    let mut gate = Gate::open(free_port(), dns).await;
+    let secondary = SecondaryTree::new(gate.addr(), None, "");
+    let handle = secondary.start().await;
+    let serial = served_serial(dns).await.expect("serial");
+    wait_for_serial(secondary.addr(), serial, Duration::from_secs(10)).await;
+
+    // The primary unreachable: served until EXPIRE, then SERVFAIL.
+    gate.close().await;
+    let closed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        served_serial(secondary.addr()).await,
+        Some(serial),
+        "still served 2 s in"
+    );
+    let expired = loop {
+        let (rcode, _) = answer_of(secondary.addr(), &format!("node1.{ORIGIN}"), RecordType::CNAME)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if rcode == ResponseCode::ServFail {
+            break closed_at.elapsed();
+        }
+        assert_eq!(rcode, ResponseCode::NoError);
+        assert!(
+            closed_at.elapsed() < Duration::from_secs(12),
+            "the zone never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        expired >= Duration::from_secs(4),
+        "expired after {expired:?}, before EXPIRE"
+    );
+    let status = handle.control.secondary_status();
+    assert!(status[0].expired && status[0].last_error.is_some(), "{status:?}");
+    eprintln!("expired {expired:?} after the primary became unreachable (EXPIRE 5 s)");
+
+    // Meanwhile the primary changed; back, the secondary catches up by IXFR.
+    edit(
+        &tree,
+        MEMBERS_FILE,
+        "[[member]]\nlabel = \"node1\"",
+        "[[member]]\nlabel = \"node9\"\ntarget = \"node9.operator.example\"\nweight = 1\n\n[[member]]\nlabel = \"node1\"",
+    );
+    let started = Instant::now();
+    let newer = loop {
+        match served_serial(dns).await {
+            Some(s) if s != serial => break s,
+            _ => {
+                assert!(started.elapsed() < Duration::from_secs(5), "the primary reloads");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    gate.reopen().await;
+    wait_for_serial(secondary.addr(), newer, Duration::from_secs(5)).await;
+    let status = handle.control.secondary_status();
+    assert!(!status[0].expired, "{status:?}");
+    assert_eq!(
+        status[0].last_transfer_kind.as_deref(),
+        Some("IXFR"),
+        "{status:?}"
+    );
+
+    // Bad transfers are refused and the copy held keeps being served: a key the primary
+    // does not accept, a primary whose serial went back, a transfer cut short, an IXFR that
+    // does not apply followed by an AXFR of an older serial.
+    let wrong = Key {
+        secret: b"not the consortium's secret at all".to_vec(),
+        ..Key::transfer()
+    };
+    let (behind, _behind_task) = fake_primary(newer, Fault::SerialBehind).await;
+    let (truncated, _truncated_task) = fake_primary(newer, Fault::Truncated).await;
+    let (inconsistent, _inconsistent_task) = fake_primary(newer, Fault::Inconsistent).await;
+    let bad_cases = [
+        (gate.addr(), Some(&wrong), "rejected our signature"),
+        (behind, None, "behind ours"),
+        (truncated, None, "ended early"),
+        (inconsistent, None, "not newer than ours"),
+    ];
+    for (fake, key, expected) in bad_cases {
+        secondary.write_config(fake, key, "");
+        let report = handle.control.reload("test").await;
+        assert!(report.ok, "{report:?}");
+        let started = Instant::now();
+        loop {
+            let status = handle.control.secondary_status();
+            if status[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(expected))
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(6),
+                "no '{expected}' refusal from {fake}: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            served_serial(secondary.addr()).await,
+            Some(newer),
+            "after '{expected}', the copy held is still served"
+        );
+        let (rcode, answer) = answer_of(secondary.addr(), &format!("ghost.{ORIGIN}"), RecordType::A)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            rcode == ResponseCode::NXDomain && answer.is_empty(),
+            "nothing of the bad transfer is served"
+        );
+        // Back to the real primary before EXPIRE (contact with a bad one is no contact).
+        secondary.write_config(gate.addr(), None, "");
+        assert!(handle.control.reload("test").await.ok);
+        let started = Instant::now();
+        while handle.control.secondary_status()[0].last_error.is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "the real primary answers again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    handle.shutdown(Duration::from_millis(200)).await;
+    primary.shutdown(Duration::from_millis(200)).await;
 }
