@@ -327,7 +327,7 @@ EOF
             die "dnssec keygen failed"
         # The reference servers serve the same zone pre-signed with the same key (-z: the
         # one KSK signs everything, as our CSK does).
-        dnssec-signzone -q -S -z -K "$d/ours/keys" -o "$ORIGIN" -f "$d/ref/$ORIGIN.zone.signed" \
+        dnssec-signzone -q -S -z -d "$d/ref" -K "$d/ours/keys" -o "$ORIGIN" -f "$d/ref/$ORIGIN.zone.signed" \
             "$d/ref/$ORIGIN.zone" >/dev/null || die "dnssec-signzone failed"
         mv "$d/ref/$ORIGIN.zone.signed" "$d/ref/$ORIGIN.zone"
     fi
