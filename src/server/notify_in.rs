@@ -11,9 +11,11 @@ use crate::snapshot::Snapshot;
 use crate::tsig::{self, Signer, Verified};
 use crate::wire::{self, AA, Rcode, parse_question, rtype};
 
-/// True for a message with opcode NOTIFY that is not a response.
-pub fn is_notify(message: &[u8]) -> bool {
-    message.len() >= 12
+/// True for a NOTIFY (not a response) to a server with secondary zones; without any, NOTIFY
+/// is an opcode the request path does not implement (NOTIMP).
+pub fn is_notify_for_us(snapshot: &Snapshot, message: &[u8]) -> bool {
+    !snapshot.primaries.is_empty()
+        && message.len() >= 12
         && wire::opcode(wire::be16(message, 2)) == wire::OPCODE_NOTIFY
         && wire::be16(message, 2) & wire::QR == 0
 }
@@ -30,7 +32,8 @@ pub fn respond(
         .then(|| parse_question(query))
         .flatten();
     let reply = |out: &mut Vec<u8>, rcode: Rcode, question: Option<&wire::Question>| {
-        wire::error_reply(query, out, question, rcode, 0, None);
+        // RFC 1996 §3.5: the header is QUERY's; RD is echoed as to a query.
+        wire::error_reply(query, out, question, rcode, wire::RD, None);
         if rcode == Rcode::NOERROR {
             // RFC 1996 §4.7: the answer carries AA, as any authoritative answer.
             out[2] |= (AA >> 8) as u8;
@@ -80,4 +83,56 @@ pub fn respond(
         }
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::BuildOptions;
+
+    fn notify(qtype: u16) -> Vec<u8> {
+        let mut m = vec![0x12, 0x34, 0x21, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(b"\x07example\x00");
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&[0, 1]);
+        m
+    }
+
+    #[test]
+    fn only_a_primary_gets_noerror_and_the_zone_is_handed_on() {
+        let primary: IpAddr = "192.0.2.1".parse().expect("ip");
+        let options = BuildOptions {
+            primaries: vec![(b"\x07example\x00".to_vec().into_boxed_slice(), vec![primary])],
+            ..BuildOptions::default()
+        };
+        let snapshot = Snapshot::build(Vec::new(), &options);
+        let (sender, mut receiver) = mpsc::channel(4);
+        let mut out = Vec::new();
+        let query = notify(rtype::SOA);
+        assert!(is_notify_for_us(&snapshot, &query));
+        respond(&snapshot, &query, &mut out, primary, Some(&sender));
+        assert_eq!(&out[..2], &[0x12, 0x34], "ID echoed");
+        assert_eq!(
+            wire::be16(&out, 2),
+            wire::QR | (4 << 11) | AA | wire::RD,
+            "NOERROR, AA, RD echoed"
+        );
+        assert_eq!(receiver.try_recv().ok().as_deref(), Some(&b"\x07example\x00"[..]));
+        for (query, from) in [
+            (notify(rtype::SOA), "192.0.2.9".parse().expect("ip")),
+            (notify(rtype::A), primary),
+        ] {
+            respond(&snapshot, &query, &mut out, from, Some(&sender));
+            assert_eq!(Rcode::from_flags(wire::be16(&out, 2)), Rcode::REFUSED);
+            assert!(receiver.try_recv().is_err(), "nothing handed on");
+        }
+        for cut in 0..query.len() {
+            respond(&snapshot, &query[..cut.max(12)], &mut out, primary, Some(&sender));
+        }
+        let nobody = Snapshot::build(Vec::new(), &BuildOptions::default());
+        assert!(
+            !is_notify_for_us(&nobody, &query),
+            "without secondary zones NOTIFY is NOTIMP"
+        );
+    }
 }

@@ -372,7 +372,7 @@ impl Connection<'_> {
         let shared = self.shared;
         let outcome = {
             let snapshot = shared.snapshot.load();
-            let outcome = if super::notify_in::is_notify(&self.query) {
+            let outcome = if super::notify_in::is_notify_for_us(&snapshot, &self.query) {
                 super::notify_in::respond(
                     &snapshot,
                     &self.query,

@@ -90,7 +90,7 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &Shutdown) {
                 continue;
             }
             let out = &mut outs[index];
-            let outcome = if notify_in::is_notify(query) {
+            let outcome = if notify_in::is_notify_for_us(&snapshot, query) {
                 notify_in::respond(&snapshot, query, out, peer.ip(), shared.notifies.get())
             } else {
                 answer(&snapshot, query, out, Transport::Udp, max_payload, &mut rng)
