@@ -35,7 +35,7 @@ impl SecondaryTree {
     fn write_config(&self, primary: SocketAddr, key: Option<&Key>, extra: &str) {
         let key_ref = key.map_or(String::new(), |k| format!(", key = \"{}\"", k.name));
         let mut text = format!(
-            "[server]\nlisten = [\"127.0.0.1:{}\"]\nhttp-listen = \"\"\n\n[rrl]\nenabled = false\n\n\
+            "[server]\nlisten = [\"127.0.0.1:{}\"]\nhttp-listen = \"127.0.0.1:0\"\n\n[rrl]\nenabled = false\n\n\
              [health]\nkind = \"none\"\n\n[[zone]]\norigin = \"consortium.example\"\n\
              primaries = [{{ address = \"{primary}\"{key_ref} }}]\nstore = \"copy/consortium.example.zone\"\n{extra}",
             self.port
@@ -212,6 +212,34 @@ async fn two_secondaries_pick_by_their_own_probes_and_follow_the_primary() {
             .any(|m| m.label == "node1" && m.state == "down"),
         "the first secondary's own health view has node1 down"
     );
+
+    // `consortium-dns status` on a secondary: primary, serial, transfer, expiry, its own view.
+    let http = first.http_addr.expect("the secondary's admin endpoint");
+    let output = Command::new(common::binary())
+        .args(["status", "--http-listen", &http.to_string()])
+        .output()
+        .expect("run status");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for wanted in [
+        format!(
+            "secondary zone {ORIGIN}  primaries {primary_addr}  serial {serial}  primary serial {serial}  serving"
+        ),
+        "last transfer unix".to_string(),
+        "expires unix".to_string(),
+        "pool any.consortium.example.".to_string(),
+    ] {
+        assert!(text.contains(&wanted), "status lacks {wanted:?}:\n{text}");
+    }
+    let node1 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("node1 "))
+        .unwrap_or_else(|| panic!("status lists node1:\n{text}"));
+    assert!(node1.contains(" down "), "node1 is down from here: {node1}");
 
     // A member added on the primary reaches both by NOTIFY and IXFR within seconds.
     let fourth = Endpoint::start().await;
