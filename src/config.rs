@@ -42,6 +42,16 @@ struct ConfigFile {
     keys: Vec<toml::Spanned<KeySection>>,
     #[serde(default, rename = "zone")]
     zones: Vec<toml::Spanned<ZoneSection>>,
+    /// The GeoIP database for the geographic pick policies.
+    #[serde(default)]
+    geoip: GeoipSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct GeoipSection {
+    /// A MaxMind DB file (GeoLite2-City or DB-IP City Lite layout).
+    database: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -367,6 +377,8 @@ pub struct LiveSettings {
     pub version: Option<String>,
     /// Where served serials are kept across restarts (`control::serial_state`).
     pub state_file: Option<PathBuf>,
+    /// `[geoip] database`, opened (read again by every reload).
+    pub geo: Option<std::sync::Arc<crate::geo::GeoDb>>,
     /// Response rate limiting: on/off, rates, slip and netblocks.
     pub rrl: RrlRates,
     pub health_defaults: HealthSettings,
@@ -624,6 +636,16 @@ impl Config {
                 .unwrap_or_default()
         });
         let zones = parser.zones(&file.zones, &declared, state_dir.as_deref());
+        let geo = match &file.geoip.database {
+            None => None,
+            Some(path) => match crate::geo::GeoDb::open(&parser.base.join(path)) {
+                Ok(db) => Some(std::sync::Arc::new(db)),
+                Err(reason) => {
+                    parser.whole(format!("[geoip] database: {reason}"));
+                    None
+                }
+            },
+        };
         if !parser.errors.is_empty() {
             return Err(parser.errors);
         }
@@ -643,6 +665,7 @@ impl Config {
                 identity: file.server.identity,
                 version: file.server.version,
                 state_file: file.server.state_file.map(|f| parser.base.join(f)),
+                geo,
                 rrl,
                 health_defaults: file.health,
                 keys,

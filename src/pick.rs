@@ -69,6 +69,36 @@ impl PickTable {
         self.candidates.get(slot).copied()
     }
 
+    /// The candidates with their weights, in table order.
+    pub fn candidates(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let mut previous = 0;
+        self.candidates
+            .iter()
+            .zip(&self.cumulative)
+            .map(move |(&c, &cumulative)| {
+                let weight = cumulative - previous;
+                previous = cumulative;
+                (c, weight)
+            })
+    }
+
+    /// The unbiased weighted draw among the candidates `keep` accepts; `None` when it accepts
+    /// none. Two passes over the candidates, no allocation.
+    pub fn pick_among<R: Rng + ?Sized>(&self, rng: &mut R, keep: impl Fn(u32) -> bool) -> Option<u32> {
+        let total: u64 = self.candidates().filter(|&(c, _)| keep(c)).map(|(_, w)| w).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut point = rng.random_range(0..total);
+        for (candidate, weight) in self.candidates().filter(|&(c, _)| keep(c)) {
+            if point < weight {
+                return Some(candidate);
+            }
+            point -= weight;
+        }
+        None
+    }
+
     /// True when the table offers members regardless of health.
     pub fn is_fail_open(&self) -> bool {
         self.fail_open

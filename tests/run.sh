@@ -42,4 +42,19 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# The GeoIP tests (issue 20) write their MaxMind DB files with PyPI's mmdb-writer, in a
+# virtualenv of its own under target/ (Debian's Python refuses system-wide pip installs).
+venv=target/test-python
+if ! "$venv/bin/python" -c 'import mmdb_writer' 2>/dev/null; then
+    echo "tests/run.sh: installing mmdb-writer into $venv" >&2
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install --quiet mmdb-writer
+fi
+export CONSORTIUM_DNS_TEST_PYTHON="$PWD/$venv/bin/python"
+
 cargo test --locked --profile ci "$@"

@@ -195,6 +195,7 @@ pub fn build_snapshot(
                 ))
             })
             .collect(),
+        geo: config.live.geo.clone(),
         unavailable: config
             .live
             .zones

@@ -22,6 +22,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 fn watched_files(config: &Config) -> HashSet<PathBuf> {
     let mut files = HashSet::new();
     files.insert(absolute(&config.path));
+    if let Some(geo) = &config.live.geo {
+        files.insert(absolute(&geo.path));
+    }
     // A secondary's copy is the server's own file, not an operator's.
     for zone in config.live.zones.iter().filter(|z| !z.is_secondary()) {
         files.insert(absolute(&zone.source.file));

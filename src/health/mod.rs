@@ -539,6 +539,7 @@ mod tests {
                 .expect("valid"),
             ),
             update_key: None,
+            place: None,
             location: crate::zone::Location::new(std::path::Path::new("m").into(), 1),
         };
         let health = MemberHealth::new(&zone, &member);

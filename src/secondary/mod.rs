@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::dnssec::{self, Signed};
 use crate::wire::{self, rtype};
 use crate::zone::carrier;
-use crate::zone::members::{CertPolicy, Member, PoolDef};
+use crate::zone::members::{CertPolicy, Member, PickPolicy, PoolDef};
 use crate::zone::name::Name;
 use crate::zone::probe_spec::{HealthSettings, ProbeKind, ProbeSpec};
 use crate::zone::{self, Location, Record, ZoneData};
@@ -200,6 +200,8 @@ fn pools_of(
         let mut slots = Vec::with_capacity(entries.len());
         let mut sigs = Vec::with_capacity(entries.len());
         let strict = entries.iter().any(|e| e.strict);
+        let policy = entries.first().map_or(PickPolicy::Weighted, |e| e.policy);
+        let nearest_k = entries.first().map_or(1, |e| e.nearest_k.max(1));
         let ttl = entries.iter().map(|e| e.ttl).min().unwrap_or(0);
         for entry in entries {
             if !entry.name.is_subdomain_of(origin) || entry.name.key() == origin.key() {
@@ -235,6 +237,7 @@ fn pools_of(
                             .or_insert_with(|| Arc::new(spec))
                             .clone(),
                         update_key: None,
+                        place: entry.place.clone().map(Box::new),
                         location: location.clone(),
                     };
                     members.push(member);
@@ -251,6 +254,8 @@ fn pools_of(
             name: pool_name,
             ttl,
             members: slots,
+            policy,
+            nearest_k,
             cert_policy: if strict {
                 CertPolicy::Strict
             } else {

@@ -7,15 +7,20 @@
 //! input and, once `out` has grown to its working size, never allocates (a TSIG-signed query,
 //! verified and answered signed, is the exception).
 
+use std::net::IpAddr;
+
 use rand::Rng;
 
-use crate::snapshot::{Node, RRset, Snapshot, Zone};
+use crate::geo::{ClientPlace, GeoDb};
+use crate::pick::PickTable;
+use crate::snapshot::{Node, Pool, RRset, Snapshot, Zone};
 use crate::tsig::{self, Signer, Verified};
 use crate::wire::{
-    self, AA, CLASSIC_UDP_LIMIT, ECHOED_FLAGS, Ede, Edns, HEADER_LEN, OPCODE_QUERY, OptReply, QR, Question,
-    TC, be16, parse_additional, parse_question, rtype,
+    self, AA, CLASSIC_UDP_LIMIT, ClientSubnet, ECHOED_FLAGS, Ede, Edns, HEADER_LEN, OPCODE_QUERY, OptReply,
+    QR, Question, TC, be16, parse_additional, parse_question, rtype,
 };
 pub use crate::wire::{Rcode, Transport};
+use crate::zone::members::PickPolicy;
 
 /// The response codes under their old names here (benches and tests import them).
 pub const NOERROR: Rcode = Rcode::NOERROR;
@@ -60,6 +65,21 @@ pub fn answer<R: Rng + ?Sized>(
     out: &mut Vec<u8>,
     transport: Transport,
     max_udp_payload: u16,
+    rng: &mut R,
+) -> Outcome {
+    let unknown = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    answer_from(snapshot, query, out, transport, max_udp_payload, unknown, rng)
+}
+
+/// `answer`, for a query from `client` (where the geographic pools look the client up when
+/// the query carries no client subnet).
+pub fn answer_from<R: Rng + ?Sized>(
+    snapshot: &Snapshot,
+    query: &[u8],
+    out: &mut Vec<u8>,
+    transport: Transport,
+    max_udp_payload: u16,
+    client: IpAddr,
     rng: &mut R,
 ) -> Outcome {
     out.clear();
@@ -127,6 +147,8 @@ pub fn answer<R: Rng + ?Sized>(
 
     let mut response = Response::start(query, out, &question);
     response.dnssec = edns.is_some_and(|e| e.dnssec_ok);
+    response.client = client;
+    response.client_subnet = edns.and_then(|e| e.client_subnet);
     let pick = match question.qclass {
         rtype::CLASS_IN => resolve(snapshot, query, &question, &mut response, rng),
         rtype::CLASS_CH => {
@@ -219,6 +241,12 @@ struct Response<'o> {
     /// NSEC records to add to the authority section: (zone, node) pairs, without repeats.
     proofs: [(u32, u32); 4],
     proof_count: usize,
+    /// Who asked: the source address, and the query's client subnet (RFC 7871).
+    client: IpAddr,
+    client_subnet: Option<ClientSubnet>,
+    /// The ECS SCOPE PREFIX-LENGTH of the answer: 0 unless a geographic pool used the
+    /// client's address.
+    client_scope: u8,
 }
 
 impl<'o> Response<'o> {
@@ -245,7 +273,25 @@ impl<'o> Response<'o> {
             dnssec: false,
             proofs: [(0, 0); 4],
             proof_count: 0,
+            client: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            client_subnet: None,
+            client_scope: 0,
         }
+    }
+
+    /// Where the client is, for a geographic pool: the query's client subnet, else the
+    /// source address. A source prefix of 0 asks that no address be used (RFC 7871 §7.1.2):
+    /// then nowhere. Records the scope the answer then depends on.
+    fn client_place(&mut self, geo: Option<&GeoDb>) -> Option<ClientPlace> {
+        let geo = geo?;
+        let (address, source) = match self.client_subnet {
+            Some(subnet) if subnet.source_prefix == 0 => return None,
+            Some(subnet) => (subnet.ip(), subnet.source_prefix),
+            None => (self.client, u8::MAX),
+        };
+        let place = geo.locate(address)?;
+        self.client_scope = place.prefix.min(source);
+        Some(place)
     }
 
     /// Adds the NSEC owned by node `node` of zone `z` to the denial proofs (RFC 4035
@@ -405,6 +451,11 @@ impl<'o> Response<'o> {
             udp_size: advertised.max(CLASSIC_UDP_LIMIT as u16),
             dnssec_ok: e.dnssec_ok,
             ede: self.ede,
+            // RFC 7871 §7.2.1: echoed only when the query carried it; the scope never longer
+            // than the source prefix.
+            client_subnet: e
+                .client_subnet
+                .map(|s| (s, self.client_scope.min(s.source_prefix))),
         });
         let budget = limit.saturating_sub(opt.as_ref().map_or(0, OptReply::record_len));
         let mut truncated = false;
@@ -471,6 +522,7 @@ fn error_response(
         udp_size: CLASSIC_UDP_LIMIT as u16,
         dnssec_ok: e.dnssec_ok,
         ede: None,
+        client_subnet: e.client_subnet.map(|s| (s, 0)),
     });
     wire::error_reply(query, out, question.as_ref(), rcode, echoed, opt.as_ref());
     Outcome::Responded {
@@ -618,7 +670,15 @@ fn resolve<R: Rng + ?Sized>(
                     node,
                     key: current_key,
                 };
-                match answer_node(response, at, qtype, &owner, rng, &mut pick) {
+                match answer_node(
+                    response,
+                    at,
+                    qtype,
+                    &owner,
+                    snapshot.geo.as_deref(),
+                    rng,
+                    &mut pick,
+                ) {
                     Next::Done => break,
                     Next::Follow { target, rdata_at } => {
                         current_key = target;
@@ -643,6 +703,93 @@ struct Place<'s, 'k> {
     n: u32,
     node: &'s Node,
     key: &'k [u8],
+}
+
+/// The member a pool answers this query with: the weighted draw, within the client's nearest
+/// or regional members for the geographic policies. A CAA query always gets the heaviest
+/// eligible member, so that a CA checking CAA through the CNAME (RFC 8659 §3) sees one
+/// operator's policy from one query to the next.
+fn choose_member<R: Rng + ?Sized>(
+    response: &mut Response<'_>,
+    pool: &Pool,
+    table: &PickTable,
+    qtype: u16,
+    geo: Option<&GeoDb>,
+    rng: &mut R,
+) -> Option<u32> {
+    if qtype == rtype::CAA {
+        return table.heaviest();
+    }
+    let policy = pool.def.policy;
+    if !policy.is_geographic() || pool.places.is_empty() {
+        return table.pick(rng);
+    }
+    let Some(place) = response.client_place(geo) else {
+        return table.pick(rng);
+    };
+    let k = usize::from(pool.def.nearest_k);
+    let chosen = match policy {
+        PickPolicy::Region => {
+            let regional = |slot: u32| {
+                let region = pool.places.get(slot as usize).map_or(0, |p| p.1);
+                region != 0 && (region == place.country || region == place.continent)
+            };
+            table
+                .pick_among(rng, regional)
+                .or_else(|| nearest(pool, table, &place, k, rng))
+        }
+        _ => nearest(pool, table, &place, k, rng),
+    };
+    chosen.or_else(|| table.pick(rng))
+}
+
+/// The weighted draw among the `k` candidates nearest the client (great-circle distance:
+/// the largest dot products of unit vectors); None when the client or no candidate has a
+/// location.
+fn nearest<R: Rng + ?Sized>(
+    pool: &Pool,
+    table: &PickTable,
+    place: &ClientPlace,
+    k: usize,
+    rng: &mut R,
+) -> Option<u32> {
+    let client = place.point?;
+    let mut best = [(f32::NEG_INFINITY, 0u32, 0u64); crate::zone::members::MAX_NEAREST_K as usize];
+    let k = k.clamp(1, best.len());
+    let mut found = 0;
+    for (slot, weight) in table.candidates() {
+        let Some(&(point, _)) = pool.places.get(slot as usize) else {
+            continue;
+        };
+        let closeness = point[0] * client[0] + point[1] * client[1] + point[2] * client[2];
+        if closeness.is_nan() {
+            continue; // no location
+        }
+        // Insertion into the k best so far, nearest first.
+        let mut at = found.min(k);
+        while at > 0 && best[at - 1].0 < closeness {
+            at -= 1;
+        }
+        if at < k {
+            let end = found.min(k - 1);
+            best.copy_within(at..end, at + 1);
+            best[at] = (closeness, slot, weight);
+            found = (found + 1).min(k);
+        }
+    }
+    let chosen = &best[..found];
+    let total: u64 = chosen.iter().map(|c| c.2).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = rng.random_range(0..total);
+    for &(_, slot, weight) in chosen {
+        if point < weight {
+            return Some(slot);
+        }
+        point -= weight;
+    }
+    None
 }
 
 /// True when a CNAME chain that began in zone `chain_zone` has reached another zone: the
@@ -708,18 +855,18 @@ fn answer_node<'s, R: Rng + ?Sized>(
     }: Place<'s, '_>,
     qtype: u16,
     owner: &Owner<'_>,
+    geo: Option<&GeoDb>,
     rng: &mut R,
     pick: &mut Option<(u32, u32, u32)>,
 ) -> Next<'s> {
     let (rdata_at, chase) = if let Some(p) = node.pool() {
         let pool = &zone.pools[p as usize];
         let table = pool.table.load();
+        let chosen = choose_member(response, pool, &table, qtype, geo, rng);
         // A pool with no member to offer (none with a positive weight): NODATA, as for a
         // name without records of the type (RFC 2308 §2.2), with the name's NSEC (which
         // then lists no CNAME).
-        let Some((slot, entry)) = table
-            .pick(rng)
-            .and_then(|slot| Some((slot, pool.entries.get(slot as usize)?)))
+        let Some((slot, entry)) = chosen.and_then(|slot| Some((slot, pool.entries.get(slot as usize)?)))
         else {
             response.negative_soa(zone);
             response.prove_no_data((z, zone, node, n), key);

@@ -20,7 +20,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::answer::{Outcome, answer};
+use super::answer::{Outcome, answer_from};
 use super::{Shared, UpdateRequest};
 use crate::metrics::QueryCounters;
 use crate::shutdown::Shutdown;
@@ -381,12 +381,13 @@ impl Connection<'_> {
                     shared.notifies.get(),
                 )
             } else {
-                answer(
+                answer_from(
                     &snapshot,
                     &self.query,
                     &mut self.out,
                     Transport::Tcp,
                     shared.limits.udp_payload,
+                    self.peer.ip(),
                     &mut self.rng,
                 )
             };

@@ -13,7 +13,7 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmm
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use super::answer::{Outcome, answer};
+use super::answer::{Outcome, answer_from};
 use super::rrl::{self, Verdict};
 use super::{Shared, UpdateRequest, notify_in};
 use crate::metrics::QueryCounters;
@@ -93,7 +93,15 @@ pub(super) fn worker(socket: &UdpSocket, shared: &Shared, stop: &Shutdown) {
             let outcome = if notify_in::is_notify_for_us(&snapshot, query) {
                 notify_in::respond(&snapshot, query, out, peer.ip(), shared.notifies.get())
             } else {
-                answer(&snapshot, query, out, Transport::Udp, max_payload, &mut rng)
+                answer_from(
+                    &snapshot,
+                    query,
+                    out,
+                    Transport::Udp,
+                    max_payload,
+                    peer.ip(),
+                    &mut rng,
+                )
             };
             let Outcome::Responded {
                 rcode,

@@ -440,9 +440,27 @@ impl Tables<'_> {
                     sig_count,
                 });
             }
+            // Where each member is, for the geographic policies only.
+            let geographic = def.policy.is_geographic();
+            let places = def
+                .members
+                .iter()
+                .filter(|_| geographic)
+                .map(|&m| {
+                    let place = members[m].place.as_deref();
+                    let point = place.filter(|p| !p.latitude.is_nan()).map_or([f32::NAN; 3], |p| {
+                        crate::geo::unit_vector(p.latitude, p.longitude)
+                    });
+                    let region = place
+                        .and_then(|p| p.region.as_deref())
+                        .map_or(0, crate::geo::region_code);
+                    (point, region)
+                })
+                .collect();
             let pool = Pool {
                 def,
                 entries,
+                places,
                 table: ArcSwap::from_pointee(PickTable::default()),
             };
             // Until the health checker has a say, every member counts at its configured weight.

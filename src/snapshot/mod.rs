@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub primaries: Vec<(Box<[u8]>, Vec<std::net::IpAddr>)>,
     /// `BuildOptions::unavailable`.
     pub unavailable: Vec<Box<[u8]>>,
+    /// `BuildOptions::geo`.
+    pub geo: Option<Arc<crate::geo::GeoDb>>,
 }
 
 /// What a snapshot is built with besides the zones: all of it comes from the config, passed
@@ -68,6 +70,8 @@ pub struct BuildOptions<'a> {
     /// Configured zones with no data to serve (a secondary before its first transfer or past
     /// its SOA expire): answered SERVFAIL, by key.
     pub unavailable: Vec<Box<[u8]>>,
+    /// The GeoIP database the geographic pools locate clients with (`[geoip] database`).
+    pub geo: Option<Arc<crate::geo::GeoDb>>,
 }
 
 /// One zone's tables.
@@ -311,6 +315,9 @@ pub struct Pool {
     pub def: PoolDef,
     /// Indexed like `def.members`.
     pub(crate) entries: Vec<PoolEntry>,
+    /// Per member slot, for the geographic policies (empty otherwise): the unit vector of its
+    /// location (NaN without one) and its region code (`geo::region_code`, 0 without one).
+    pub places: Box<[([f32; 3], u32)]>,
     /// Rebuilt by the health checker whenever an effective weight changes.
     pub table: ArcSwap<PickTable>,
 }
@@ -562,6 +569,7 @@ impl Snapshot {
             tsig_keys: options.keys.to_vec(),
             primaries: options.primaries.clone(),
             unavailable: options.unavailable.clone(),
+            geo: options.geo.clone(),
         }
     }
 

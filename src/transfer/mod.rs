@@ -64,6 +64,7 @@ fn error_message(
         udp_size: CLASSIC_UDP_LIMIT as u16,
         dnssec_ok: e.dnssec_ok,
         ede,
+        client_subnet: None,
     });
     let mut message = Vec::with_capacity(64);
     wire::error_reply(query, &mut message, question, rcode, ECHOED_FLAGS, opt.as_ref());

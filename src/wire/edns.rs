@@ -12,6 +12,9 @@ pub const EDE_OPTION: u16 = 15;
 /// Octets an EDE option without EXTRA-TEXT adds: OPTION-CODE, OPTION-LENGTH, INFO-CODE.
 const EDE_LEN: usize = 6;
 
+/// The option code of EDNS Client Subnet (RFC 7871 §6).
+pub const ECS_OPTION: u16 = 8;
+
 /// EDNS(0) as sent by the client (RFC 6891 §6.1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edns {
@@ -20,6 +23,66 @@ pub struct Edns {
     pub version: u8,
     /// The DO bit (RFC 3225 §3).
     pub dnssec_ok: bool,
+    /// The EDNS Client Subnet option, when the query carried a well-formed one.
+    pub client_subnet: Option<ClientSubnet>,
+}
+
+/// An EDNS Client Subnet option (RFC 7871 §6): the client's network as the resolver gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSubnet {
+    /// 1 IPv4, 2 IPv6.
+    pub family: u16,
+    pub source_prefix: u8,
+    /// The address, zero beyond the source prefix (4 or 16 octets used).
+    pub address: [u8; 16],
+}
+
+impl ClientSubnet {
+    /// The client's address (its network, zero-filled).
+    pub fn ip(&self) -> std::net::IpAddr {
+        match self.family {
+            1 => std::net::IpAddr::from([self.address[0], self.address[1], self.address[2], self.address[3]]),
+            _ => std::net::IpAddr::from(self.address),
+        }
+    }
+
+    /// Reads the option's data; None when RFC 7871 §7.1.2 says FORMERR: an unknown family, a
+    /// source prefix longer than the address, an address longer than the prefix needs, or
+    /// bits set beyond the prefix.
+    fn parse(data: &[u8]) -> Option<ClientSubnet> {
+        let family = be16(data.get(..2)?, 0);
+        let max = match family {
+            1 => 32,
+            2 => 128,
+            _ => return None,
+        };
+        let source_prefix = *data.get(2)?;
+        if source_prefix > max {
+            return None;
+        }
+        let bytes = &data[4.min(data.len())..];
+        if data.len() < 4 || bytes.len() != usize::from(source_prefix).div_ceil(8) {
+            return None;
+        }
+        if let Some(&last) = bytes.last() {
+            let used = source_prefix % 8;
+            if used != 0 && last & (0xff >> used) != 0 {
+                return None;
+            }
+        }
+        let mut address = [0u8; 16];
+        address[..bytes.len()].copy_from_slice(bytes);
+        Some(ClientSubnet {
+            family,
+            source_prefix,
+            address,
+        })
+    }
+
+    /// Octets of the option in a reply: code, length, family, prefixes, address.
+    const fn reply_len(&self) -> usize {
+        8 + (self.source_prefix as usize).div_ceil(8)
+    }
 }
 
 /// What the additional section of a request holds.
@@ -49,13 +112,28 @@ pub fn parse_additional(message: &[u8], mut pos: usize, count: u16) -> Result<Ad
                 udp_size: record.class,
                 version: (record.ttl >> 16) as u8,
                 dnssec_ok: record.ttl & 0x8000 != 0,
+                client_subnet: None,
             });
             let rdata = message.get(record.rdata..record.end).ok_or(edns)?;
             let mut o = 0;
             while o < rdata.len() {
+                if o + 4 > rdata.len() {
+                    return Err(edns);
+                }
                 let option_len = usize::from(be16(rdata, o + 2));
                 if o + 4 + option_len > rdata.len() {
                     return Err(edns);
+                }
+                if be16(rdata, o) == ECS_OPTION {
+                    let subnet = ClientSubnet::parse(&rdata[o + 4..o + 4 + option_len]);
+                    // Malformed, or a second one: FORMERR (RFC 7871 §7.1.2), OPT echoed.
+                    let Some(e) = edns.as_mut().filter(|e| e.client_subnet.is_none()) else {
+                        return Err(edns);
+                    };
+                    match subnet {
+                        Some(subnet) => e.client_subnet = Some(subnet),
+                        None => return Err(edns),
+                    }
                 }
                 o += 4 + option_len;
             }
@@ -92,13 +170,21 @@ pub struct OptReply {
     pub udp_size: u16,
     pub dnssec_ok: bool,
     pub ede: Option<Ede>,
+    /// The query's client subnet, echoed with this SCOPE PREFIX-LENGTH (RFC 7871 §7.2.1):
+    /// 0 when the answer did not depend on the client.
+    pub client_subnet: Option<(ClientSubnet, u8)>,
 }
 
 impl OptReply {
     /// Octets the record takes in the message (what a size limit must keep free for it).
     #[inline]
     pub const fn record_len(&self) -> usize {
-        OPT_LEN + if self.ede.is_some() { EDE_LEN } else { 0 }
+        OPT_LEN
+            + if self.ede.is_some() { EDE_LEN } else { 0 }
+            + match &self.client_subnet {
+                Some((subnet, _)) => subnet.reply_len(),
+                None => 0,
+            }
     }
 }
 
@@ -123,15 +209,23 @@ pub fn put_opt(out: &mut Vec<u8>, opt: &OptReply, rcode: Rcode) {
         0,
         0,
     ];
-    match opt.ede {
-        None => out.extend_from_slice(&record),
-        Some(ede) => {
-            record[10] = EDE_LEN as u8;
-            out.extend_from_slice(&record);
-            let [option_high, option_low] = EDE_OPTION.to_be_bytes();
-            let [code_high, code_low] = ede.info_code().to_be_bytes();
-            out.extend_from_slice(&[option_high, option_low, 0, 2, code_high, code_low]);
-        }
+    let rdlen = opt.record_len() - OPT_LEN;
+    record[9] = (rdlen >> 8) as u8;
+    record[10] = rdlen as u8;
+    out.extend_from_slice(&record);
+    if let Some(ede) = opt.ede {
+        let [option_high, option_low] = EDE_OPTION.to_be_bytes();
+        let [code_high, code_low] = ede.info_code().to_be_bytes();
+        out.extend_from_slice(&[option_high, option_low, 0, 2, code_high, code_low]);
+    }
+    if let Some((subnet, scope)) = &opt.client_subnet {
+        // RFC 7871 §7.2.1: FAMILY, SOURCE PREFIX-LENGTH and ADDRESS as the query sent them.
+        let address_len = usize::from(subnet.source_prefix).div_ceil(8);
+        out.extend_from_slice(&ECS_OPTION.to_be_bytes());
+        out.extend_from_slice(&((4 + address_len) as u16).to_be_bytes());
+        out.extend_from_slice(&subnet.family.to_be_bytes());
+        out.extend_from_slice(&[subnet.source_prefix, *scope]);
+        out.extend_from_slice(&subnet.address[..address_len]);
     }
 }
 
@@ -173,7 +267,8 @@ mod tests {
             Some(Edns {
                 udp_size: 1232,
                 version: 0,
-                dnssec_ok: true
+                dnssec_ok: true,
+                client_subnet: None,
             })
         );
         let mut two = one.clone();
@@ -195,6 +290,7 @@ mod tests {
             udp_size: 1232,
             dnssec_ok: true,
             ede: None,
+            client_subnet: None,
         };
         put_opt(&mut out, &plain, Rcode::BADVERS);
         assert_eq!(out, [0, 0, 41, 0x04, 0xd0, 1, 0, 0x80, 0, 0, 0]);
@@ -209,5 +305,48 @@ mod tests {
         assert_eq!(&out[9..], &[0, 6, 0, 15, 0, 2, 0, 20]);
         // It reads back as one well-formed OPT.
         assert!(parse_additional(&out, 0, 1).is_ok_and(|a| a.edns.is_some()));
+    }
+
+    #[test]
+    fn client_subnet_is_read_echoed_with_its_scope_and_malformed_ones_refused() {
+        let ecs = |family: u16, source: u8, address: &[u8]| {
+            let mut data = family.to_be_bytes().to_vec();
+            data.extend_from_slice(&[source, 0]);
+            data.extend_from_slice(address);
+            let mut option = ECS_OPTION.to_be_bytes().to_vec();
+            option.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            option.extend_from_slice(&data);
+            opt(1232, 0, &option)
+        };
+        let parsed = parse_additional(&ecs(1, 24, &[198, 51, 100]), 0, 1).expect("well formed");
+        let subnet = parsed.edns.and_then(|e| e.client_subnet).expect("the subnet");
+        assert_eq!(
+            subnet.ip(),
+            "198.51.100.0".parse::<std::net::IpAddr>().expect("ip")
+        );
+        let reply = OptReply {
+            udp_size: 1232,
+            dnssec_ok: false,
+            ede: None,
+            client_subnet: Some((subnet, 16)),
+        };
+        let mut out = Vec::new();
+        put_opt(&mut out, &reply, Rcode::NOERROR);
+        assert_eq!(out.len(), reply.record_len());
+        assert_eq!(&out[9..], &[0, 11, 0, 8, 0, 7, 0, 1, 24, 16, 198, 51, 100]);
+        assert!(parse_additional(&ecs(2, 56, &[0x20, 1, 0xd, 0xb8, 0, 0, 0x12]), 0, 1).is_ok());
+        assert!(
+            parse_additional(&ecs(1, 0, &[]), 0, 1).is_ok(),
+            "source 0 is allowed"
+        );
+        for (what, bad) in [
+            ("unknown family", ecs(3, 8, &[1])),
+            ("prefix longer than the address", ecs(1, 33, &[1, 2, 3, 4, 5])),
+            ("bits beyond the prefix", ecs(1, 23, &[198, 51, 101])),
+            ("address longer than the prefix", ecs(1, 8, &[10, 0])),
+            ("address shorter than the prefix", ecs(2, 64, &[0x20, 1])),
+        ] {
+            assert!(parse_additional(&bad, 0, 1).is_err(), "{what}: FORMERR");
+        }
     }
 }

@@ -15,7 +15,8 @@ mod edns;
 pub mod rtype;
 
 pub use edns::{
-    Additional, EDE_OPTION, Ede, Edns, OPT_LEN, OptReply, parse_additional, put_opt, put_opt_with_text,
+    Additional, ClientSubnet, ECS_OPTION, EDE_OPTION, Ede, Edns, OPT_LEN, OptReply, parse_additional,
+    put_opt, put_opt_with_text,
 };
 
 use std::fmt;

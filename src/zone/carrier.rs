@@ -13,13 +13,15 @@
 //! u8 version = 1 | u8 flags (bit 0: cert-policy strict) | u32 weight | u32 member TTL
 //! member name (uncompressed) | target name (uncompressed)
 //! u16 length, probe settings as TOML text (the `[member.health]` keys, every one set)
+//! u8 pool policy (0 weighted, 1 nearest, 2 region, 3 latency) | u8 nearest-k
+//! u8 place flags (bit 0: location, bit 1: region) [f32 latitude, f32 longitude] [u8 length, region]
 //! u8 count, then per signature: u16 length, RRSIG RDATA
 //! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::members::{CertPolicy, Member, PoolDef};
+use super::members::{CertPolicy, Member, PickPolicy, Place, PoolDef};
 use super::name::Name;
 use super::probe_spec::{HealthSettings, InitialState, ProbeKind, ProbeSpec};
 use super::{Location, Record};
@@ -80,7 +82,7 @@ pub fn records(
                 name: owner.clone(),
                 rtype: POOL_MEMBER,
                 ttl: pool.ttl,
-                rdata: encode(member, pool.cert_policy, sigs),
+                rdata: encode(member, pool, sigs),
                 location: location.clone(),
             });
         }
@@ -88,7 +90,8 @@ pub fn records(
     out
 }
 
-fn encode(member: &Member, policy: CertPolicy, sigs: &[Arc<[u8]>]) -> Vec<u8> {
+fn encode(member: &Member, pool: &PoolDef, sigs: &[Arc<[u8]>]) -> Vec<u8> {
+    let policy = pool.cert_policy;
     let probe = probe_text(&member.probe);
     let mut rdata = Vec::with_capacity(64 + probe.len() + sigs.iter().map(|s| s.len() + 2).sum::<usize>());
     rdata.push(VERSION);
@@ -103,6 +106,28 @@ fn encode(member: &Member, policy: CertPolicy, sigs: &[Arc<[u8]>]) -> Vec<u8> {
     rdata.extend_from_slice(member.target.wire());
     rdata.extend_from_slice(&(probe.len() as u16).to_be_bytes());
     rdata.extend_from_slice(probe.as_bytes());
+    rdata.push(match pool.policy {
+        PickPolicy::Weighted => 0,
+        PickPolicy::Nearest => 1,
+        PickPolicy::Region => 2,
+        PickPolicy::Latency => 3,
+    });
+    rdata.push(pool.nearest_k);
+    match member.place.as_deref() {
+        None => rdata.push(0),
+        Some(place) => {
+            let located = !place.latitude.is_nan();
+            rdata.push(u8::from(located) | (u8::from(place.region.is_some()) << 1));
+            if located {
+                rdata.extend_from_slice(&place.latitude.to_be_bytes());
+                rdata.extend_from_slice(&place.longitude.to_be_bytes());
+            }
+            if let Some(region) = &place.region {
+                rdata.push(region.len() as u8);
+                rdata.extend_from_slice(region.as_bytes());
+            }
+        }
+    }
     rdata.push(sigs.len().min(255) as u8);
     for sig in sigs.iter().take(255) {
         rdata.extend_from_slice(&(sig.len() as u16).to_be_bytes());
@@ -165,6 +190,9 @@ pub struct PoolMember {
     pub name: Name,
     pub target: Name,
     pub probe: HealthSettings,
+    pub policy: PickPolicy,
+    pub nearest_k: u8,
+    pub place: Option<Place>,
     /// RRSIG RDATAs of the shared name's CNAME to `target`.
     pub signatures: Vec<Vec<u8>>,
 }
@@ -195,6 +223,49 @@ pub fn parse(rdata: &[u8]) -> Result<PoolMember, String> {
     let probe: HealthSettings =
         toml::from_str(probe_text).map_err(|e| format!("pool record probe settings: {}", e.message()))?;
     let mut at = at + 2 + probe_len;
+    let policy = match *rdata.get(at).ok_or_else(short)? {
+        0 => PickPolicy::Weighted,
+        1 => PickPolicy::Nearest,
+        2 => PickPolicy::Region,
+        3 => PickPolicy::Latency,
+        other => return Err(format!("pool record policy {other} is not known")),
+    };
+    let nearest_k = *rdata.get(at + 1).ok_or_else(short)?;
+    let place_flags = *rdata.get(at + 2).ok_or_else(short)?;
+    at += 3;
+    let place = if place_flags == 0 {
+        None
+    } else {
+        let (mut latitude, mut longitude) = (f32::NAN, f32::NAN);
+        if place_flags & 1 != 0 {
+            let bytes = rdata.get(at..at + 8).ok_or_else(short)?;
+            latitude = f32::from_bits(wire::be32(bytes, 0));
+            longitude = f32::from_bits(wire::be32(bytes, 4));
+            if !(-90.0..=90.0).contains(&latitude) || !(-180.0..=180.0).contains(&longitude) {
+                return Err("pool record location out of range".into());
+            }
+            at += 8;
+        }
+        let mut region = None;
+        if place_flags & 2 != 0 {
+            let len = usize::from(*rdata.get(at).ok_or_else(short)?);
+            let text = rdata.get(at + 1..at + 1 + len).ok_or_else(short)?;
+            if !(2..=3).contains(&len) || !text.iter().all(u8::is_ascii_alphabetic) {
+                return Err("pool record region is not a code".into());
+            }
+            region = Some(
+                String::from_utf8_lossy(text)
+                    .to_ascii_uppercase()
+                    .into_boxed_str(),
+            );
+            at += 1 + len;
+        }
+        Some(Place {
+            latitude,
+            longitude,
+            region,
+        })
+    };
     let count = *rdata.get(at).ok_or_else(short)?;
     at += 1;
     let mut signatures = Vec::with_capacity(usize::from(count));
@@ -213,6 +284,9 @@ pub fn parse(rdata: &[u8]) -> Result<PoolMember, String> {
         name,
         target,
         probe,
+        policy,
+        nearest_k,
+        place,
         signatures,
     })
 }
@@ -231,6 +305,11 @@ mod tests {
             ttl: 300,
             probe: Arc::new(spec),
             update_key: None,
+            place: Some(Box::new(Place {
+                latitude: 52.37,
+                longitude: 4.9,
+                region: Some("EU".into()),
+            })),
             location: Location::new(Arc::from(std::path::Path::new("m")), 1),
         }
     }
@@ -248,13 +327,30 @@ mod tests {
         .resolve()
         .expect("valid");
         let sig: Arc<[u8]> = Arc::from(&[1u8, 2, 3][..]);
-        let rdata = encode(&member(spec.clone()), CertPolicy::Strict, &[sig]);
+        let location = Location::new(Arc::from(std::path::Path::new("m")), 1);
+        let pool = PoolDef {
+            label: "any".into(),
+            name: Name::parse("any.consortium.example.", None).expect("name"),
+            ttl: 30,
+            members: vec![0],
+            cert_policy: CertPolicy::Strict,
+            policy: PickPolicy::Nearest,
+            nearest_k: 2,
+            location,
+        };
+        let rdata = encode(&member(spec.clone()), &pool, &[sig]);
         let back = parse(&rdata).expect("parses");
         assert!(back.strict);
         assert_eq!((back.weight, back.ttl), (7, 300));
         assert_eq!(back.target.to_string(), "node1.Operator-A.com.");
         assert_eq!(back.probe.resolve().expect("valid"), spec);
         assert_eq!(back.signatures, vec![vec![1, 2, 3]]);
+        assert_eq!((back.policy, back.nearest_k), (PickPolicy::Nearest, 2));
+        let place = back.place.expect("the place");
+        assert_eq!(
+            (place.latitude, place.longitude, place.region.as_deref()),
+            (52.37, 4.9, Some("EU"))
+        );
         for cut in 0..rdata.len() {
             assert!(parse(&rdata[..cut]).is_err(), "cut at {cut}");
         }

@@ -56,7 +56,69 @@ struct PoolSection {
     /// reported) or `strict` (the member is not picked for this pool). Default `report`.
     #[serde(default)]
     cert_policy: CertPolicy,
+    /// How a member is chosen for a query: `weighted` (default), `nearest`, `region`,
+    /// `latency`.
+    #[serde(default)]
+    policy: PickPolicy,
+    /// Under `nearest` (and `region`'s fallback): how many of the closest healthy members the
+    /// weighted draw is among. Default 3.
+    #[serde(default)]
+    nearest_k: Option<u8>,
 }
+
+/// How a pool chooses for one query (`[[pool]] policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PickPolicy {
+    /// The weighted draw among the healthy members (the client does not matter).
+    #[default]
+    Weighted,
+    /// The weighted draw among the `nearest-k` healthy members closest to the client.
+    Nearest,
+    /// The weighted draw among the healthy members of the client's region (country or
+    /// continent), else as `nearest`, else among all.
+    Region,
+    /// Weights scaled by the inverse of this instance's probe round-trip time to each member.
+    Latency,
+}
+
+impl PickPolicy {
+    pub fn label(self) -> &'static str {
+        match self {
+            PickPolicy::Weighted => "weighted",
+            PickPolicy::Nearest => "nearest",
+            PickPolicy::Region => "region",
+            PickPolicy::Latency => "latency",
+        }
+    }
+
+    /// True for the policies that depend on where the client is.
+    pub fn is_geographic(self) -> bool {
+        matches!(self, PickPolicy::Nearest | PickPolicy::Region)
+    }
+}
+
+/// Where a member is: for the geographic policies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Place {
+    /// Degrees.
+    pub latitude: f32,
+    pub longitude: f32,
+    /// Continent or country code, uppercase (`EU`, `DE`), as the GeoIP database names them.
+    pub region: Option<Box<str>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationSection {
+    latitude: f64,
+    longitude: f64,
+}
+
+/// Default `nearest-k`.
+pub const DEFAULT_NEAREST_K: u8 = 3;
+/// Largest `nearest-k`: the request path keeps the nearest members in a fixed array.
+pub const MAX_NEAREST_K: u8 = 16;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -78,6 +140,12 @@ struct MemberSection {
     /// 2136 UPDATE, see `update`).
     #[serde(default)]
     update_key: Option<String>,
+    /// Where the node is, for `nearest` pools: `{ latitude = 52.37, longitude = 4.90 }`.
+    #[serde(default)]
+    location: Option<LocationSection>,
+    /// The node's region for `region` pools: a continent (`eu`) or country (`de`) code.
+    #[serde(default)]
+    region: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -111,6 +179,8 @@ pub struct Member {
     /// The `[[key]]` (as named in the config) that may update this member's ACME challenge
     /// names; most members have none.
     pub update_key: Option<Box<str>>,
+    /// Where the node is (`location`, `region`); most members of a weighted pool have none.
+    pub place: Option<Box<Place>>,
     pub location: Location,
 }
 
@@ -144,6 +214,8 @@ pub struct PoolDef {
     /// Indexes into the zone's member list.
     pub members: Vec<usize>,
     pub cert_policy: CertPolicy,
+    pub policy: PickPolicy,
+    pub nearest_k: u8,
     pub location: Location,
 }
 
@@ -280,12 +352,34 @@ pub fn parse(
                 indexes
             }
         };
+        let nearest_k = section.nearest_k.unwrap_or(DEFAULT_NEAREST_K);
+        if !(1..=MAX_NEAREST_K).contains(&nearest_k) {
+            fail(format!(
+                "pool {:?}: nearest-k must be from 1 to {MAX_NEAREST_K}",
+                section.label
+            ));
+        }
+        if section.policy.is_geographic() {
+            let placed = indexes
+                .iter()
+                .filter(|&&i| members.get(i).is_some_and(|m| m.place.is_some()))
+                .count();
+            if placed == 0 {
+                fail(format!(
+                    "pool {:?}: policy {:?} needs members with a location or region",
+                    section.label,
+                    section.policy.label()
+                ));
+            }
+        }
         pool_defs.push(PoolDef {
             label: section.label,
             name,
             ttl: section.ttl.unwrap_or(DEFAULT_POOL_TTL),
             members: indexes,
             cert_policy: section.cert_policy,
+            policy: section.policy,
+            nearest_k,
             location,
         });
     }
@@ -365,6 +459,10 @@ impl<'a> MemberList<'a> {
         if let Some(ca) = probe.ca_file.as_mut().filter(|ca| ca.is_relative()) {
             *ca = self.path.parent().unwrap_or(Path::new(".")).join(&*ca);
         }
+        let place = match place_of(section) {
+            Ok(place) => place,
+            Err(reason) => return fail(format!("member {:?}: {reason}", section.label)),
+        };
         self.by_name.insert(name.key(), self.members.len());
         let probe = match self.specs.get(&probe) {
             Some(shared) => shared.clone(),
@@ -383,9 +481,45 @@ impl<'a> MemberList<'a> {
             ttl: section.ttl.unwrap_or(self.member_ttl),
             probe,
             update_key: section.update_key.as_deref().map(Box::from),
+            place,
             location,
         });
     }
+}
+
+/// A member's `location` and `region`, checked.
+fn place_of(section: &MemberSection) -> Result<Option<Box<Place>>, String> {
+    let region = match &section.region {
+        None => None,
+        Some(code) if (2..=3).contains(&code.len()) && code.bytes().all(|c| c.is_ascii_alphabetic()) => {
+            Some(code.to_ascii_uppercase().into_boxed_str())
+        }
+        Some(code) => {
+            return Err(format!(
+                "region {code:?} is not a continent or country code (like \"eu\" or \"de\")"
+            ));
+        }
+    };
+    let (latitude, longitude) = match &section.location {
+        None => (f32::NAN, f32::NAN),
+        Some(l) if (-90.0..=90.0).contains(&l.latitude) && (-180.0..=180.0).contains(&l.longitude) => {
+            (l.latitude as f32, l.longitude as f32)
+        }
+        Some(l) => {
+            return Err(format!(
+                "location {{ latitude = {}, longitude = {} }} is outside -90..90, -180..180",
+                l.latitude, l.longitude
+            ));
+        }
+    };
+    if section.location.is_none() && region.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(Place {
+        latitude,
+        longitude,
+        region,
+    })))
 }
 
 /// A members file cut into what can be parsed piece by piece.

@@ -134,9 +134,13 @@ impl ZoneData {
         // The pool records (`carrier`) carry cert policies and probe settings too.
         for pool in &self.pools {
             (pool.name.key(), pool.ttl, &pool.members, pool.cert_policy).hash(&mut hasher);
+            (pool.policy, pool.nearest_k).hash(&mut hasher);
         }
         for member in &self.members {
             (member.name.key(), member.weight, &*member.probe).hash(&mut hasher);
+            if let Some(place) = &member.place {
+                (place.latitude.to_bits(), place.longitude.to_bits(), &place.region).hash(&mut hasher);
+            }
         }
         hasher.finish()
     }

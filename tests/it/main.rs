@@ -6,6 +6,7 @@ mod common;
 mod core;
 mod differential;
 mod dnssec;
+mod geo;
 mod health;
 mod hostile;
 mod ops;
