@@ -12,6 +12,7 @@ pub mod probe;
 pub use crate::zone::probe_spec as spec;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::snapshot::{Published, Snapshot};
 use crate::sync::lock;
-use crate::zone::members::{CertPolicy, Member};
+use crate::zone::members::{CertPolicy, Member, PickPolicy};
 use crate::zone::name::Name;
 use probe::{ProbeResult, TlsConfigs};
 use spec::{InitialState, ProbeKind, ProbeSpec};
@@ -74,6 +75,9 @@ pub struct HealthState {
     /// Leaf certificate of the last https probe that completed a handshake.
     pub certificate: Option<Arc<[u8]>>,
     pub cert_not_after: Option<i64>,
+    /// Round-trip time of the successful probes, smoothed (weight 1/4 to each new one): what
+    /// a `latency` pool scales weights by.
+    pub rtt: Option<Duration>,
 }
 
 /// One member's health, shared between its probe task, the table builder and status.
@@ -103,6 +107,7 @@ impl MemberHealth {
                 last: None,
                 certificate: None,
                 cert_not_after: None,
+                rtt: None,
             }),
         }
     }
@@ -127,6 +132,10 @@ impl MemberHealth {
             state.certificate = Some(der.clone());
         }
         if result.ok {
+            state.rtt = Some(match state.rtt {
+                Some(old) => (old * 3 + result.latency) / 4,
+                None => result.latency,
+            });
             state.consecutive_ok += 1;
             state.consecutive_fail = 0;
             if !state.up && state.consecutive_ok >= self.probe.rise {
@@ -145,6 +154,35 @@ impl MemberHealth {
         }
         None
     }
+}
+
+/// A `latency` pool's weights: each effective weight times (fastest round trip / this
+/// member's), so picks go in inverse proportion to the round-trip time this instance
+/// measures. A member not measured (yet, or without a probe) counts as the fastest; members
+/// that are down do not set the pace.
+fn scale_by_latency(weights: &[(u64, u64)], rtts: &[Option<Duration>]) -> Vec<(u64, u64)> {
+    // Below 50 µs a loopback round trip is noise.
+    let micros = |d: Duration| (d.as_micros() as u64).max(50);
+    let Some(fastest) = rtts
+        .iter()
+        .zip(weights)
+        .filter(|(_, (effective, _))| *effective > 0)
+        .filter_map(|(rtt, _)| rtt.map(micros))
+        .min()
+    else {
+        return weights.to_vec();
+    };
+    weights
+        .iter()
+        .zip(rtts)
+        .map(|(&(effective, configured), rtt)| match rtt {
+            Some(rtt) => (
+                (effective.saturating_mul(fastest) / micros(*rtt)).max(u64::from(effective > 0)),
+                configured,
+            ),
+            None => (effective, configured),
+        })
+        .collect()
 }
 
 /// Configured weight x health: 0 when down; ramping linearly from 1/1000 to full over
@@ -197,6 +235,10 @@ pub struct HealthManager {
     members: Mutex<HashMap<MemberKey, Tracked>>,
     fail_open: Mutex<HashMap<(String, String), bool>>,
     wake: Arc<Notify>,
+    /// A ramp is running or a `latency` pool exists: the tables are republished every
+    /// `RAMP_TICK` (set by whoever publishes last, so a snapshot published from outside the
+    /// refresh task starts the ticking too).
+    ticking: AtomicBool,
     tls: Arc<TlsConfigs>,
 }
 
@@ -215,13 +257,14 @@ impl HealthManager {
             fail_open: Mutex::default(),
             wake: Arc::new(Notify::new()),
             tls: Arc::default(),
+            ticking: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&manager);
         let wake = manager.wake.clone();
         tokio::spawn(async move {
-            let mut ramping = false;
             loop {
-                let wait = if ramping {
+                let ticking = weak.upgrade().is_some_and(|m| m.ticking.load(Ordering::Relaxed));
+                let wait = if ticking {
                     RAMP_TICK
                 } else {
                     Duration::from_secs(60)
@@ -232,7 +275,7 @@ impl HealthManager {
                 }
                 let Some(manager) = weak.upgrade() else { return };
                 let snapshot = manager.snapshot.load();
-                ramping = manager.publish_tables(&snapshot);
+                manager.publish_tables(&snapshot);
             }
         });
         manager
@@ -305,6 +348,22 @@ impl HealthManager {
                         (effective, configured)
                     })
                     .collect();
+                let weights = if pool.def.policy == PickPolicy::Latency {
+                    // Round-trip times move with every probe: republish on the ramp tick.
+                    ramping = true;
+                    let rtts: Vec<Option<Duration>> = pool
+                        .def
+                        .members
+                        .iter()
+                        .map(|&m| {
+                            let tracked = members.get(&MemberKey::of(&zone.origin, &zone.members[m]))?;
+                            tracked.health.state().rtt
+                        })
+                        .collect();
+                    scale_by_latency(&weights, &rtts)
+                } else {
+                    weights
+                };
                 pool.publish(&weights);
                 let is_open = pool.table.load().is_fail_open();
                 let key = (zone.origin.to_string(), pool.def.label.clone());
@@ -315,6 +374,11 @@ impl HealthManager {
                     tracing::info!(pool = %pool.def.name, "pool has healthy members again: no longer failing open");
                 }
             }
+        }
+        if ramping && !self.ticking.swap(true, Ordering::Relaxed) {
+            self.wake.notify_one();
+        } else if !ramping {
+            self.ticking.store(false, Ordering::Relaxed);
         }
         ramping
     }
@@ -498,7 +562,19 @@ mod tests {
             last: None,
             certificate: None,
             cert_not_after: None,
+            rtt: None,
         }
+    }
+
+    #[test]
+    fn latency_scales_weights_by_the_inverse_round_trip() {
+        let ms = Duration::from_millis;
+        let weights = [(1000, 1000), (1000, 1000), (1000, 1000), (0, 1000)];
+        let rtts = [Some(ms(10)), Some(ms(40)), None, Some(ms(1))];
+        let scaled = scale_by_latency(&weights, &rtts);
+        // Against the fastest member that is up (10 ms; the down one does not count).
+        assert_eq!(scaled, vec![(1000, 1000), (250, 1000), (1000, 1000), (0, 1000)]);
+        assert_eq!(scale_by_latency(&weights, &[None; 4]), weights.to_vec());
     }
 
     #[test]

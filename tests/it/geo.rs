@@ -293,3 +293,74 @@ async fn check_names_a_broken_database_and_bad_places() {
         "{text}"
     );
 }
+
+/// An HTTP health endpoint that answers 200 after `delay`.
+async fn slow_endpoint(delay: std::time::Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latency_pool_picks_in_inverse_proportion_to_the_round_trip() {
+    let fast = slow_endpoint(std::time::Duration::from_millis(4)).await;
+    let slow = slow_endpoint(std::time::Duration::from_millis(40)).await;
+    let tree = Tree::example();
+    let probe = |addr: SocketAddr| {
+        format!(
+            "[member.health]\nkind = \"http\"\naddress = \"{addr}\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\n\
+             jitter = \"20ms\"\nrise = 1\nfall = 3\nslow-start = \"0s\"\n"
+        )
+    };
+    tree.write(
+        "zones/consortium.example.members.toml",
+        &format!(
+            "[[pool]]\nlabel = \"any\"\nttl = 30\npolicy = \"latency\"\n\n\
+             [[member]]\nlabel = \"fast\"\ntarget = \"fast.operator.example\"\n{}\n\
+             [[member]]\nlabel = \"slow\"\ntarget = \"slow.operator.example\"\n{}",
+            probe(fast),
+            probe(slow)
+        ),
+    );
+    let server = tree.start().await;
+    let dns = server.dns_addrs[0];
+    // Ten probes each: the smoothed round trips have settled.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (counts, scopes) = tally(dns, "any", Some((1, 24, &[198, 51, 100])), 600).await;
+    assert_eq!(
+        scopes,
+        [(24, 0)],
+        "latency does not depend on the client: scope 0"
+    );
+    let share = *counts.get("fast").unwrap_or(&0) as f64 / 600.0;
+    // Round trips of about 4.2 and 40.2 ms: the fast member's share is about 0.9. Binomial
+    // noise at n = 600 is 0.012 (5σ = 0.06); the rest of the margin is for a busy machine's
+    // timing.
+    assert!(
+        (0.78..=0.98).contains(&share),
+        "fast member's share {share:.3}: {counts:?}\n{:?}",
+        server.control.health.report(&server.shared.snapshot.load())
+    );
+    assert!(
+        counts.get("slow").is_some_and(|&n| n > 0),
+        "the slow member is still picked: {counts:?}"
+    );
+    eprintln!("latency pool: {counts:?}");
+    server.shutdown(std::time::Duration::from_millis(200)).await;
+}
