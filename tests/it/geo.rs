@@ -37,6 +37,8 @@ place(["198.51.100.0/24"], 52.37, 4.90, "NL", "EU")     # Amsterdam
 place(["203.0.113.0/24"], -33.87, 151.21, "AU", "OC")   # Sydney
 place(["192.0.2.0/24"], 35.68, 139.69, "JP", "AS")      # Tokyo
 place(["2001:db8:aa00::/40"], 40.71, -74.01, "US", "NA") # New York
+place(["127.0.1.0/24"], 52.37, 4.90, "NL", "EU")        # loopback clients of the resolver test
+place(["127.0.2.0/24"], -33.87, 151.21, "AU", "OC")
 w.to_db_file("{}")
 "#,
         path.display()
@@ -362,5 +364,97 @@ async fn a_latency_pool_picks_in_inverse_proportion_to_the_round_trip() {
         "the slow member is still picked: {counts:?}"
     );
     eprintln!("latency pool: {counts:?}");
+    server.shutdown(std::time::Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbound_sending_client_subnets_gets_each_client_a_near_pick() {
+    let unbound = common::program(
+        "unbound",
+        "unbound",
+        "it is the ECS-sending resolver of the geo test",
+    );
+    let dig = common::program(
+        "dig",
+        "bind9-dnsutils",
+        "it asks the resolver from two client addresses",
+    );
+    let tree = geo_tree();
+    let server = tree.start().await;
+    let dns = server.dns_addrs[0];
+    let dir = tempfile::tempdir().expect("unbound dir");
+    let port = common::free_port();
+    let config = format!(
+        "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-not-query-localhost: no\n  \
+         username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  \
+         use-syslog: no\n  logfile: \"{d}/unbound.log\"\n  verbosity: 1\n  \
+         access-control: 127.0.0.0/8 allow\n  module-config: \"subnetcache iterator\"\n  \
+         send-client-subnet: {ip}\n  max-client-subnet-ipv4: 24\n  \
+         num-threads: 1\n  so-reuseport: no\n\
+         remote-control:\n  control-enable: no\n\
+         stub-zone:\n  name: \"{ORIGIN}\"\n  stub-addr: {ip}@{dns_port}\n",
+        d = dir.path().display(),
+        ip = dns.ip(),
+        dns_port = dns.port(),
+    );
+    std::fs::write(dir.path().join("unbound.conf"), config).expect("unbound.conf");
+    let mut child = Command::new(unbound)
+        .args(["-d", "-c"])
+        .arg(dir.path().join("unbound.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start unbound");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "unbound did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Each client address asks several times: Unbound caches per client subnet (scope /24).
+    let ask_from = move |source: &str| -> std::collections::BTreeSet<String> {
+        (0..6)
+            .map(|_| {
+                let output = Command::new(&dig)
+                    .args([
+                        "-b",
+                        source,
+                        "@127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "+short",
+                        "+tries=1",
+                        "+time=5",
+                    ])
+                    .arg(format!("near.{ORIGIN}"))
+                    .arg("CNAME")
+                    .output()
+                    .expect("run dig");
+                String::from_utf8_lossy(&output.stdout)
+                    .trim()
+                    .split('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    let from_amsterdam = tokio::task::spawn_blocking(move || (ask_from("127.0.1.1"), ask_from("127.0.2.1")))
+        .await
+        .expect("dig");
+    let log = std::fs::read_to_string(dir.path().join("unbound.log")).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let (amsterdam, sydney) = from_amsterdam;
+    assert!(
+        !amsterdam.is_empty() && amsterdam.iter().all(|t| t == "eu1" || t == "eu2"),
+        "a client in 127.0.1.0/24 (Amsterdam) gets Amsterdam or Frankfurt via Unbound: {amsterdam:?}\n{log}"
+    );
+    assert!(
+        !sydney.is_empty() && sydney.iter().all(|t| t == "ap1" || t == "us2"),
+        "a client in 127.0.2.0/24 (Sydney) gets Sydney or San Francisco: {sydney:?}\n{log}"
+    );
     server.shutdown(std::time::Duration::from_millis(200)).await;
 }
