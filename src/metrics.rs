@@ -43,6 +43,7 @@ pub const UPDATE_FORWARDS_TOTAL: &str = "consortium_dns_update_forwards_total";
 pub const DNSSEC_SIGNATURES_TOTAL: &str = "consortium_dns_dnssec_signatures_total";
 pub const DNSSEC_EARLIEST_EXPIRY: &str = "consortium_dns_dnssec_earliest_signature_expiry_timestamp_seconds";
 pub const DNSSEC_KEYS: &str = "consortium_dns_dnssec_keys";
+pub const POOL_POLICY: &str = "consortium_dns_pool_policy";
 
 /// Pools with more members than this get no per-member series (state, weight, probe,
 /// certificate, picks): at 100,000 members those would cost hundreds of megabytes per scrape.
@@ -114,6 +115,8 @@ pub struct Metrics {
     pub update_values: IntCounterVec,
     /// Challenge values held now, by zone.
     pub acme_challenge_values: IntGaugeVec,
+    /// 1 per pool, labelled with its pick policy: joins `pool_picks` by policy.
+    pub pool_policy: IntGaugeVec,
     /// The serial each secondary (NOTIFY target) last answered for the zone's SOA.
     pub secondary_serial: IntGaugeVec,
     /// Updates forwarded to peer instances, by peer and outcome (its rcode, or unreachable).
@@ -243,6 +246,11 @@ impl Metrics {
                 UPDATE_VALUES_TOTAL,
                 "ACME challenge values by zone, key and action (added, removed, expired).",
                 &["zone", "key", "action"],
+            ),
+            pool_policy: gauge_vec(
+                POOL_POLICY,
+                "1 for each pool, labelled with its pick policy (weighted, nearest, region, latency).",
+                &["zone", "pool", "policy"],
             ),
             acme_challenge_values: gauge_vec(
                 ACME_CHALLENGE_VALUES,

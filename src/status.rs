@@ -145,8 +145,8 @@ fn render(document: &StatusDocument) -> String {
             ""
         };
         out.push_str(&format!(
-            "\npool {}  ttl {}  cert-policy {}{open}\n",
-            pool.name, pool.ttl, pool.cert_policy
+            "\npool {}  ttl {}  policy {}  cert-policy {}{open}\n",
+            pool.name, pool.ttl, pool.policy, pool.cert_policy
         ));
         out.push_str(&format!(
             "  {:<12} {:<32} {:<6} {:<5} {:>8} {:<24} {:>9} {:<18}\n",

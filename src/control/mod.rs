@@ -655,10 +655,21 @@ impl Control {
                 .with_label_values(&[zone])
                 .set(i64::from(*serial));
         }
+        self.metrics.pool_policy.reset();
         self.metrics.dnssec_earliest_expiry.reset();
         self.metrics.dnssec_keys.reset();
         for zone in current.zones() {
             let label = zone.origin.to_string();
+            for pool in &zone.pools {
+                self.metrics
+                    .pool_policy
+                    .with_label_values(&[
+                        label.as_str(),
+                        &pool.def.name.to_string(),
+                        pool.def.policy.label(),
+                    ])
+                    .set(1);
+            }
             self.metrics
                 .acme_challenge_values
                 .with_label_values(&[&label])

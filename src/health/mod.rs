@@ -453,6 +453,7 @@ impl HealthManager {
                     name: pool.def.name.to_string(),
                     ttl: pool.def.ttl,
                     cert_policy: format!("{:?}", pool.def.cert_policy).to_ascii_lowercase(),
+                    policy: pool.def.policy.label().to_string(),
                     fail_open: table.is_fail_open(),
                     members,
                 });
@@ -517,6 +518,9 @@ pub struct PoolReport {
     pub name: String,
     pub ttl: u32,
     pub cert_policy: String,
+    /// weighted | nearest | region | latency
+    #[serde(default)]
+    pub policy: String,
     pub fail_open: bool,
     pub members: Vec<MemberReport>,
 }

@@ -259,6 +259,32 @@ async fn ecs_clients_land_near_with_the_database_scope() {
         seen.insert(target.expect("the CNAME"));
     }
     assert_eq!(seen.len(), 1, "CAA gets one member: {seen:?}");
+
+    // /metrics names each pool's policy (joined with the pick counters by pool).
+    let scrape = server.control.scrape();
+    for (pool, policy) in [("near", "nearest"), ("regional", "region"), ("any", "weighted")] {
+        assert!(
+            scrape
+                .lines()
+                .any(|l| l.starts_with("consortium_dns_pool_policy{")
+                    && l.contains(&format!("pool=\"{pool}.{ORIGIN}.\""))
+                    && l.contains(&format!("policy=\"{policy}\""))
+                    && l.ends_with(" 1")),
+            "no policy series for {pool}:\n{}",
+            scrape
+                .lines()
+                .filter(|l| l.contains("pool_policy"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let report = server.control.health.report(&server.shared.snapshot.load());
+    assert!(
+        report
+            .pools
+            .iter()
+            .any(|p| p.name == format!("near.{ORIGIN}.") && p.policy == "nearest")
+    );
     server.shutdown(std::time::Duration::from_millis(200)).await;
 }
 
