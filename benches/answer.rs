@@ -206,6 +206,77 @@ fn request_path(c: &mut Criterion) {
     );
 }
 
+/// A query for `name` A with an EDNS Client Subnet option for 198.51.100.0/24 (RFC 7871).
+fn ecs_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11]);
+    q.extend_from_slice(&[0, 8, 0, 7, 0, 1, 24, 0, 198, 51, 100]);
+    q
+}
+
+/// The shared name's answer to an ECS query, by policy: `weighted` (the client does not
+/// matter) against `nearest` (a GeoIP lookup and the 3 nearest of 10 located members).
+/// Issue 20 asks the nearest pool to stay within 1.2x a weighted one.
+fn geo(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("zones/consortium.example.zone"),
+        dir.path().join("z.zone"),
+    )
+    .expect("zone");
+    std::fs::copy(
+        root.join("benches/data/bench-city.mmdb"),
+        dir.path().join("city.mmdb"),
+    )
+    .expect("database");
+    let mut text =
+        String::from("[[pool]]\nlabel = \"any\"\n\n[[pool]]\nlabel = \"near\"\npolicy = \"nearest\"\n");
+    for i in 0..10 {
+        let _ = write!(
+            text,
+            "\n[[member]]\nlabel = \"node{i}\"\ntarget = \"node{i}.operator.example\"\n\
+             location = {{ latitude = {}, longitude = {} }}\n",
+            -60 + 12 * i,
+            -170 + 34 * i
+        );
+    }
+    std::fs::write(dir.path().join("m.toml"), text).expect("members");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[geoip]\ndatabase = \"city.mmdb\"\n\n[health]\nkind = \"none\"\n\n\
+         [[zone]]\norigin = \"consortium.example\"\nfile = \"z.zone\"\nmembers = \"m.toml\"\n",
+    )
+    .expect("config");
+    let snapshot = load_snapshot(&config);
+    let mut group = c.benchmark_group("answer/ecs");
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut out = Vec::with_capacity(4096);
+    for pool in ["any", "near"] {
+        let query = ecs_query(&format!("{pool}.consortium.example"));
+        group.bench_function(pool, |b| {
+            b.iter(|| {
+                let outcome = answer(
+                    &snapshot,
+                    black_box(&query),
+                    &mut out,
+                    Transport::Udp,
+                    1232,
+                    &mut rng,
+                );
+                black_box(outcome)
+            })
+        });
+    }
+    group.finish();
+}
+
 fn weights(members: u32) -> Vec<(u32, u64, u64)> {
     (0..members)
         .map(|i| {
@@ -285,6 +356,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = benches;
     config = short();
-    targets = request_path, pick, snapshot_build
+    targets = request_path, geo, pick, snapshot_build
 }
 criterion_main!(benches);
