@@ -274,8 +274,9 @@ pub struct SignatureCache {
     entries: HashMap<[u8; 32], Arc<[u8]>, FastHash>,
 }
 
-/// The types the server makes itself in a signed zone; a zone file may not hold them.
-const GENERATED: [u16; 7] = [
+/// The types the server makes itself in a signed zone; a zone file may not hold them (and a
+/// secondary takes them from the transfer).
+pub const GENERATED: [u16; 7] = [
     rtype::RRSIG,
     rtype::NSEC,
     rtype::DNSKEY,

@@ -20,17 +20,6 @@ use crate::zone::probe_spec::{HealthSettings, ProbeKind, ProbeSpec};
 use crate::zone::{self, Location, Record, ZoneData};
 use client::Step;
 
-/// The types signing makes: on a secondary they come with the transfer.
-const DNSSEC_TYPES: [u16; 7] = [
-    rtype::RRSIG,
-    rtype::NSEC,
-    rtype::DNSKEY,
-    rtype::NSEC3,
-    rtype::NSEC3PARAM,
-    rtype::CDS,
-    rtype::CDNSKEY,
-];
-
 /// A transferred zone ready to build: its data, its signatures when signed, and the
 /// alternatives that failed their signature check (not offered).
 #[derive(Debug, Clone)]
@@ -114,7 +103,7 @@ pub fn assemble(
         if !r.name.is_subdomain_of(origin) {
             return Err(format!("{} is outside the zone {origin}", r.name));
         }
-        if DNSSEC_TYPES.contains(&r.rtype) {
+        if dnssec::GENERATED.contains(&r.rtype) {
             signing.push(r.clone());
         } else if carrier::is_pool_record(&r.name, r.rtype) {
             let pool = r.name.parent().ok_or("a pool record at the root")?;

@@ -72,6 +72,32 @@ impl SecondaryTree {
     }
 }
 
+/// Makes `tree` the primary at `address` (with `extra` zone lines) for `secondaries`: transfers
+/// and NOTIFY with `key`.
+fn serve_secondaries(
+    tree: &Tree,
+    address: SocketAddr,
+    key: &Key,
+    secondaries: [&SecondaryTree; 2],
+    extra: &str,
+) {
+    configure(
+        tree,
+        &format!(
+            "{extra}allow-transfer = [{{ network = \"127.0.0.1\", key = \"{0}\" }}]\n\
+             notify = [{{ address = \"{1}\", key = \"{0}\" }}, {{ address = \"{2}\", key = \"{0}\" }}]\n",
+            key.name,
+            secondaries[0].addr(),
+            secondaries[1].addr()
+        ),
+        &[key],
+    );
+    let config = tree
+        .read("config/consortium-dns.toml")
+        .replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"{address}\"]"));
+    tree.write("config/consortium-dns.toml", &config);
+}
+
 /// Waits until `server` serves the zone at `serial`.
 async fn wait_for_serial(server: SocketAddr, serial: u32, within: Duration) -> Duration {
     let started = Instant::now();
@@ -146,22 +172,7 @@ async fn two_secondaries_pick_by_their_own_probes_and_follow_the_primary() {
         Some(&key),
         &format!("probe-addresses = {{ node2 = \"127.0.0.1:{closed}\" }}\n"),
     );
-    configure(
-        &tree,
-        &format!(
-            "allow-transfer = [{{ network = \"127.0.0.1\", key = \"{0}\" }}]\n\
-             notify = [{{ address = \"{1}\", key = \"{0}\" }}, {{ address = \"{2}\", key = \"{0}\" }}]\n",
-            key.name,
-            one.addr(),
-            two.addr()
-        ),
-        &[&key],
-    );
-    let config = tree.read("config/consortium-dns.toml").replace(
-        "listen = [\"127.0.0.1:0\"]",
-        &format!("listen = [\"{primary_addr}\"]"),
-    );
-    tree.write("config/consortium-dns.toml", &config);
+    serve_secondaries(&tree, primary_addr, &key, [&one, &two], "");
     let primary = tree.start().await;
     let serial = served_serial(primary_addr).await.expect("the primary serves");
     let first = one.start().await;
@@ -353,22 +364,7 @@ async fn signed_secondaries_serve_only_pre_signed_picks_that_validate_and_hold_n
     let primary_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let one = SecondaryTree::new(primary_addr, Some(&key), "");
     let two = SecondaryTree::new(primary_addr, Some(&key), "");
-    configure(
-        &tree,
-        &format!(
-            "dnssec = true\nallow-transfer = [{{ network = \"127.0.0.1\", key = \"{0}\" }}]\n\
-             notify = [{{ address = \"{1}\", key = \"{0}\" }}, {{ address = \"{2}\", key = \"{0}\" }}]\n",
-            key.name,
-            one.addr(),
-            two.addr()
-        ),
-        &[&key],
-    );
-    let config = tree.read("config/consortium-dns.toml").replace(
-        "listen = [\"127.0.0.1:0\"]",
-        &format!("listen = [\"{primary_addr}\"]"),
-    );
-    tree.write("config/consortium-dns.toml", &config);
+    serve_secondaries(&tree, primary_addr, &key, [&one, &two], "dnssec = true\n");
     bind_keygen(&tree, "ECDSAP256SHA256", &["-f", "KSK"]);
     let ds = ds_records(&tree);
     let anchor = write_delv_anchor(&tree, &ds);
