@@ -147,6 +147,19 @@ pub async fn udp(addr: SocketAddr, message: &Message) -> Message {
     Message::from_vec(&answer).expect("answer parses")
 }
 
+/// One query over UDP as a resolver sends it: resent after each timeout, up to `attempts`
+/// times (a datagram the kernel dropped while a socket buffer was full is UDP's normal loss,
+/// not a server fault). Panics naming the attempts when none is answered.
+pub async fn udp_retrying(addr: SocketAddr, message: &Message, attempts: usize) -> Message {
+    let bytes = message.to_vec().expect("encode query");
+    for _ in 0..attempts {
+        if let Some(answer) = udp_raw(addr, &bytes).await {
+            return Message::from_vec(&answer).expect("answer parses");
+        }
+    }
+    panic!("no UDP answer in {attempts} attempts of {TIMEOUT:?}");
+}
+
 /// Sends length-prefixed messages on one TCP connection and reads `expect` answers.
 pub async fn tcp_raw(addr: SocketAddr, messages: &[Vec<u8>], expect: usize) -> Vec<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await.expect("connect");

@@ -25,7 +25,7 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 use crate::common::{
     Tree, edit, frame, http_request, line_of, query, raw_header, raw_id, raw_name, raw_question, raw_rcode,
-    read_frame, recv_within, repo_root, run_check, tcp, udp,
+    read_frame, recv_within, repo_root, run_check, tcp, udp, udp_retrying,
 };
 
 /// The independent response check shared with the fuzz targets.
@@ -521,7 +521,9 @@ async fn malformed_udp_packets_never_hurt_the_next_query() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    let final_answer = udp(a, &query("ns1.consortium.example.", RecordType::A, None)).await;
+    // The storm may still fill the workers' socket buffers for a moment on a loaded machine;
+    // the server must answer a resolver's retry, not necessarily the first datagram.
+    let final_answer = udp_retrying(a, &query("ns1.consortium.example.", RecordType::A, None), 5).await;
     assert_probe_answer(&final_answer);
     let m = tcp(a, &query("node2.consortium.example.", RecordType::CNAME, None)).await;
     assert_eq!(m.answers.len(), 1, "{m}");
