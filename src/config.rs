@@ -15,10 +15,10 @@ use crate::diag::{Diagnostic, Location, line_of};
 use crate::peers::{NotifyTarget, TransferAcl, ZonePeers};
 use crate::tsig::{Algorithm, TsigKey};
 use crate::update::Policy as UpdatePolicy;
-use crate::zone::Source;
 use crate::zone::name::Name;
 use crate::zone::probe_spec::HealthSettings;
 pub use crate::zone::serial::SerialPolicy;
+use crate::zone::{FileLimits, Source};
 
 /// Where `consortium-dns serve` looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/consortium-dns.toml";
@@ -186,6 +186,32 @@ struct LimitsSection {
     /// write. Default 32.
     #[serde(default = "default_tcp_pipeline")]
     tcp_max_in_flight: usize,
+    /// Records one zone may have, counting every `$INCLUDE` expansion and every member.
+    /// Default 10,000,000. Applied by every reload.
+    #[serde(default = "default_zone_records")]
+    zone_records: usize,
+    /// Bytes read for one zone, counting every `$INCLUDE` expansion. Default 1 GiB.
+    #[serde(default = "default_zone_bytes")]
+    zone_bytes: u64,
+    /// `$INCLUDE` directives followed for one zone, counting repeats. Default 1,000.
+    #[serde(default = "default_zone_includes")]
+    zone_includes: usize,
+    /// Errors reported per file; the rest are counted in one line. Default 50.
+    #[serde(default = "default_errors_per_file")]
+    errors_per_file: usize,
+}
+
+fn default_zone_records() -> usize {
+    FileLimits::default().zone_records
+}
+fn default_zone_bytes() -> u64 {
+    FileLimits::default().zone_bytes
+}
+fn default_zone_includes() -> usize {
+    FileLimits::default().zone_includes
+}
+fn default_errors_per_file() -> usize {
+    FileLimits::default().errors_per_file
 }
 
 impl Default for LimitsSection {
@@ -198,6 +224,10 @@ impl Default for LimitsSection {
             tcp_read_timeout: default_tcp_read_timeout(),
             max_message_size: default_max_message_size(),
             tcp_max_in_flight: default_tcp_pipeline(),
+            zone_records: default_zone_records(),
+            zone_bytes: default_zone_bytes(),
+            zone_includes: default_zone_includes(),
+            errors_per_file: default_errors_per_file(),
         }
     }
 }
@@ -295,6 +325,10 @@ struct ZoneSection {
     /// When CDS/CDNSKEY are published: "none", "always", "rollover" (default).
     #[serde(default)]
     cds: crate::dnssec::CdsPolicy,
+    /// Directories `$INCLUDE` may read besides the zone file's own (and those below it).
+    /// Relative to the config file. Default none.
+    #[serde(default)]
+    include_roots: Vec<PathBuf>,
 }
 
 fn default_pick_refresh() -> Duration {
@@ -635,7 +669,18 @@ impl Config {
                 .map(Path::to_path_buf)
                 .unwrap_or_default()
         });
-        let zones = parser.zones(&file.zones, &declared, state_dir.as_deref());
+        let file_limits = parser.file_limits(&file.limits);
+        let key_files: Vec<PathBuf> = file
+            .keys
+            .iter()
+            .map(|k| parser.base.join(&k.get_ref().secret_file))
+            .collect();
+        let zones = parser.zones(
+            &file.zones,
+            &declared,
+            state_dir.as_deref(),
+            (file_limits, &key_files),
+        );
         let geo = match &file.geoip.database {
             None => None,
             Some(path) => match crate::geo::GeoDb::open(&parser.base.join(path)) {
@@ -756,6 +801,20 @@ impl Parser<'_> {
         limits
     }
 
+    /// The `[limits]` keys bounding what reading one zone's files may cost.
+    fn file_limits(&mut self, section: &LimitsSection) -> FileLimits {
+        let limits = FileLimits {
+            zone_records: section.zone_records,
+            zone_bytes: section.zone_bytes,
+            zone_includes: section.zone_includes,
+            errors_per_file: section.errors_per_file,
+        };
+        if limits.zone_records == 0 || limits.zone_bytes == 0 || limits.errors_per_file == 0 {
+            self.whole("limits: zone-records, zone-bytes and errors-per-file must be at least 1".into());
+        }
+        limits
+    }
+
     /// The `[[key]]` tables, their secret files read.
     fn keys(&mut self, sections: &[toml::Spanned<KeySection>]) -> Vec<TsigKey> {
         let mut keys: Vec<TsigKey> = Vec::new();
@@ -796,6 +855,7 @@ impl Parser<'_> {
         sections: &[toml::Spanned<ZoneSection>],
         declared: &[&str],
         state_dir: Option<&Path>,
+        (file_limits, key_files): (FileLimits, &[PathBuf]),
     ) -> Vec<ZoneConfig> {
         let mut zones: Vec<ZoneConfig> = Vec::new();
         if sections.is_empty() {
@@ -854,6 +914,9 @@ impl Parser<'_> {
                     origin,
                     file,
                     members: section.members.as_ref().map(|m| self.base.join(m)),
+                    limits: file_limits,
+                    include_roots: section.include_roots.iter().map(|d| self.base.join(d)).collect(),
+                    never_include: key_files.to_vec(),
                 },
                 serial_policy: section.serial_policy,
                 peers,

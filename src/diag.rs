@@ -71,6 +71,54 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Characters of offending text an error message quotes at most: enough to find the spot,
+/// too few to carry a secret out of a file that should never have been read as zone text.
+pub const QUOTE_PREFIX_CHARS: usize = 16;
+
+/// `text` quoted for an error message: at most `QUOTE_PREFIX_CHARS` characters, escaped as
+/// Rust's `{:?}` does, and `…` with the full length when cut.
+pub fn quoted(text: &str) -> String {
+    let count = text.chars().count();
+    if count <= QUOTE_PREFIX_CHARS {
+        return format!("{text:?}");
+    }
+    let prefix: String = text.chars().take(QUOTE_PREFIX_CHARS).collect();
+    format!("{prefix:?}… ({count} characters)")
+}
+
+/// Keeps the first `per_file` diagnostics of each file and replaces the rest by one line per
+/// file saying how many more there were: a file of a million bad lines must not make a
+/// million log lines, nor a reload report of hundreds of megabytes.
+pub fn cap_per_file(diagnostics: Vec<Diagnostic>, per_file: usize) -> Vec<Diagnostic> {
+    let mut seen: Vec<(Arc<Path>, usize)> = Vec::new();
+    let mut kept = Vec::with_capacity(diagnostics.len().min(per_file.saturating_mul(4)));
+    for diagnostic in diagnostics {
+        let index = match seen.iter().position(|(file, _)| *file == diagnostic.file) {
+            Some(index) => index,
+            None => {
+                seen.push((diagnostic.file.clone(), 0));
+                seen.len() - 1
+            }
+        };
+        seen[index].1 += 1;
+        if seen[index].1 <= per_file {
+            kept.push(diagnostic);
+        }
+    }
+    for (file, count) in seen {
+        if count > per_file {
+            kept.push(Diagnostic::file(
+                &file,
+                format!(
+                    "{} more errors not shown (limits.errors-per-file = {per_file})",
+                    count - per_file
+                ),
+            ));
+        }
+    }
+    kept
+}
+
 /// The 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
     LineIndex::new(text).line(offset)
@@ -103,6 +151,33 @@ impl LineIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotes_only_a_prefix_of_long_text() {
+        assert_eq!(quoted("short"), "\"short\"");
+        let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
+        let shown = quoted(secret);
+        assert!(shown.starts_with("\"c2VjcmV0LXNlY3Jl\"…"), "{shown}");
+        assert!(!shown.contains("LXNlY3JldC1zZWNyZXQt"), "{shown}");
+    }
+
+    #[test]
+    fn caps_errors_per_file_with_a_count() {
+        let at = |file: &str, line| Diagnostic::at(Location::new(Arc::from(Path::new(file)), line), "bad");
+        let many: Vec<Diagnostic> = (1..=10).map(|l| at("a", l)).chain([at("b", 1)]).collect();
+        let capped = cap_per_file(many, 3);
+        let lines: Vec<String> = capped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "a:1: bad",
+                "a:2: bad",
+                "a:3: bad",
+                "b:1: bad",
+                "a: 7 more errors not shown (limits.errors-per-file = 3)"
+            ]
+        );
+    }
 
     #[test]
     fn offsets_map_to_lines() {

@@ -22,6 +22,8 @@ command -v certbot >/dev/null || need_pkgs+=(certbot)
 command -v lego >/dev/null || need_pkgs+=(lego)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v curl >/dev/null || need_pkgs+=(curl)
+# GNU time: the peak memory of `check` on hostile files (issue 22).
+[ -x /usr/bin/time ] || need_pkgs+=(time)
 # DNSSEC (issue 17): Unbound as the validating resolver, ldns-verify-zone (delv and
 # dnssec-verify come with bind9-dnsutils and bind9-utils above).
 command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need_pkgs+=(unbound)

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::name::{Name, NameError};
-use super::{Diagnostic, Location, Record, rtype};
+use super::{Diagnostic, FileLimits, Location, Record, Source, rtype};
+use crate::diag;
+use crate::diag::quoted;
 
 /// Deepest `$INCLUDE` nesting accepted.
 const MAX_INCLUDE_DEPTH: usize = 8;
@@ -19,39 +21,46 @@ pub const MAX_ZONE_FILE_BYTES: u64 = 1 << 30;
 /// Longest TTL accepted (RFC 2181 §8).
 const MAX_TTL: u32 = 0x7fff_ffff;
 
-/// Parses `path` with `origin` as the initial `$ORIGIN`. Returns every record, or every error
-/// found (parsing continues past a bad entry so `check` can report them all).
+/// Parses the zone file of `source` with its origin as the initial `$ORIGIN`, within its
+/// limits and include roots. Returns every record, or the errors found (parsing continues
+/// past a bad entry so `check` can report them all, and stops at the first limit reached).
+pub fn parse_source(source: &Source) -> Result<Vec<Record>, Vec<Diagnostic>> {
+    let mut parser = Parser::new(source.limits, include_roots(&source.file, &source.include_roots));
+    parser.never_include = source
+        .never_include
+        .iter()
+        .map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()))
+        .collect();
+    parser.parse_path(&source.file, source.origin.clone(), None);
+    parser.finish()
+}
+
+/// Parses `path` with `origin` as the initial `$ORIGIN` and the default limits.
 pub fn parse_file(path: &Path, origin: &Name) -> Result<Vec<Record>, Vec<Diagnostic>> {
-    let mut parser = Parser {
-        records: Vec::new(),
-        errors: Vec::new(),
-        include_stack: Vec::new(),
-        default_ttl: None,
-        last_ttl: None,
-    };
-    parser.parse_path(path, origin.clone(), None);
-    if parser.errors.is_empty() {
-        Ok(parser.records)
-    } else {
-        Err(parser.errors)
-    }
+    parse_source(&Source::new(origin.clone(), path.to_path_buf(), None))
 }
 
 /// Parses zone text held in memory (used by tests and the fuzz targets).
 pub fn parse_str(text: &str, file: &Path, origin: &Name) -> Result<Vec<Record>, Vec<Diagnostic>> {
-    let mut parser = Parser {
-        records: Vec::new(),
-        errors: Vec::new(),
-        include_stack: vec![file.to_path_buf()],
-        default_ttl: None,
-        last_ttl: None,
-    };
+    let mut parser = Parser::new(FileLimits::default(), include_roots(file, &[]));
+    parser.include_stack.push(file.to_path_buf());
     parser.parse_bytes(text.as_bytes(), Arc::from(file), origin.clone());
-    if parser.errors.is_empty() {
-        Ok(parser.records)
+    parser.finish()
+}
+
+/// The directories `$INCLUDE` may read below: the zone file's own and the configured roots,
+/// resolved (so `..` and symbolic links cannot step out).
+fn include_roots(zone_file: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
+    let own = zone_file.parent().unwrap_or(Path::new("."));
+    let own = if own.as_os_str().is_empty() {
+        Path::new(".")
     } else {
-        Err(parser.errors)
-    }
+        own
+    };
+    std::iter::once(own)
+        .chain(extra.iter().map(PathBuf::as_path))
+        .map(|dir| dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
+        .collect()
 }
 
 struct Parser {
@@ -60,8 +69,17 @@ struct Parser {
     include_stack: Vec<PathBuf>,
     default_ttl: Option<u32>,
     last_ttl: Option<u32>,
+    limits: FileLimits,
+    include_roots: Vec<PathBuf>,
+    never_include: Vec<PathBuf>,
+    /// Bytes read and `$INCLUDE`s followed so far, across every expansion.
+    bytes_read: u64,
+    includes_followed: usize,
+    /// Errors seen (stored or not: only the first `errors_per_file` per file are kept).
+    errors_seen: usize,
+    /// A limit was reached: nothing more is read.
+    stopped: bool,
 }
-
 #[derive(Debug)]
 struct Token {
     text: Vec<u8>,
@@ -75,33 +93,113 @@ struct Entry {
 }
 
 impl Parser {
+    fn new(limits: FileLimits, include_roots: Vec<PathBuf>) -> Parser {
+        Parser {
+            records: Vec::new(),
+            errors: Vec::new(),
+            include_stack: Vec::new(),
+            default_ttl: None,
+            last_ttl: None,
+            limits,
+            include_roots,
+            never_include: Vec::new(),
+            bytes_read: 0,
+            includes_followed: 0,
+            errors_seen: 0,
+            stopped: false,
+        }
+    }
+
+    fn finish(self) -> Result<Vec<Record>, Vec<Diagnostic>> {
+        if self.errors.is_empty() {
+            Ok(self.records)
+        } else {
+            Err(diag::cap_per_file(self.errors, self.limits.errors_per_file))
+        }
+    }
+
+    fn error(&mut self, diagnostic: Diagnostic) {
+        // Bounded as `finish` reports them: keep a margin over the per-file cap, count the rest.
+        self.errors_seen += 1;
+        if self.errors.len() < self.limits.errors_per_file.saturating_mul(8).max(64) {
+            self.errors.push(diagnostic);
+        } else if self.errors_seen == self.errors.len() + 1 {
+            self.errors.push(Diagnostic::file(
+                &diagnostic.file,
+                "too many errors: reading stopped here (fix the ones above first)",
+            ));
+            self.stopped = true;
+        }
+    }
+
+    /// Reports that `limit` was reached and stops reading.
+    fn stop_at_limit(&mut self, diagnostic: Diagnostic) {
+        self.errors.push(diagnostic);
+        self.stopped = true;
+    }
+
     fn parse_path(&mut self, path: &Path, origin: Name, included_from: Option<Location>) {
         let error_at = |message: String| match &included_from {
             Some(loc) => Diagnostic::at(loc.clone(), message),
             None => Diagnostic::file(path, message),
         };
+        if self.stopped {
+            return;
+        }
         let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         if self.include_stack.contains(&canonical) {
-            self.errors.push(error_at(format!(
+            self.error(error_at(format!(
                 "$INCLUDE loop: {} includes itself",
                 path.display()
             )));
             return;
         }
         if self.include_stack.len() >= MAX_INCLUDE_DEPTH {
-            self.errors.push(error_at(format!(
+            self.error(error_at(format!(
                 "$INCLUDE nested deeper than {MAX_INCLUDE_DEPTH} files at {}",
                 path.display()
             )));
             return;
         }
+        if included_from.is_some() {
+            self.includes_followed += 1;
+            if self.includes_followed > self.limits.zone_includes {
+                let limit = self.limits.zone_includes;
+                self.stop_at_limit(error_at(format!(
+                    "more than {limit} $INCLUDEs followed for this zone (limits.zone-includes = {limit}): reading stopped"
+                )));
+                return;
+            }
+            if self.never_include.contains(&canonical) {
+                self.error(error_at(format!(
+                    "$INCLUDE of {}: that is a TSIG key file, never read as zone text",
+                    path.display()
+                )));
+                return;
+            }
+            if !self.include_roots.iter().any(|root| canonical.starts_with(root)) {
+                self.error(error_at(format!(
+                    "$INCLUDE of {}: outside the zone file's directory (list other directories in the zone's include-roots)",
+                    path.display()
+                )));
+                return;
+            }
+        }
         let bytes = match super::read_file(path) {
             Ok(bytes) => bytes,
             Err(message) => {
-                self.errors.push(error_at(message));
+                self.error(error_at(message));
                 return;
             }
         };
+        self.bytes_read += bytes.len() as u64;
+        if self.bytes_read > self.limits.zone_bytes {
+            let limit = self.limits.zone_bytes;
+            self.stop_at_limit(error_at(format!(
+                "more than {limit} bytes read for this zone, counting every $INCLUDE (limits.zone-bytes = {limit}): reading stopped"
+            )));
+            return;
+        }
         self.include_stack.push(canonical);
         self.parse_bytes(&bytes, Arc::from(path), origin);
         self.include_stack.pop();
@@ -110,19 +208,18 @@ impl Parser {
     fn parse_bytes(&mut self, src: &[u8], file: Arc<Path>, mut origin: Name) {
         let mut lexer = Lexer { src, pos: 0, line: 1 };
         let mut last_owner: Option<Name> = None;
-        loop {
+        while !self.stopped {
             let entry = match lexer.next_entry() {
                 None => break,
                 Some(Ok(entry)) => entry,
                 Some(Err((line, message))) => {
-                    self.errors
-                        .push(Diagnostic::at(Location::new(file.clone(), line), message));
+                    self.error(Diagnostic::at(Location::new(file.clone(), line), message));
                     continue;
                 }
             };
             let loc = Location::new(file.clone(), entry.line);
             if let Err(message) = self.parse_entry(entry, &loc, &mut origin, &mut last_owner) {
-                self.errors.push(Diagnostic::at(loc, message));
+                self.error(Diagnostic::at(loc, message));
             }
         }
     }
@@ -161,7 +258,10 @@ impl Parser {
                 class = parse_class(word);
             } else {
                 break rtype::from_mnemonic(word).ok_or_else(|| {
-                    format!("unknown record type {word:?} (write it as TYPEnnn \\# len hex per RFC 3597)")
+                    format!(
+                        "unknown record type {} (write it as TYPEnnn \\# len hex per RFC 3597)",
+                        quoted(word)
+                    )
                 })?;
             }
         };
@@ -178,6 +278,16 @@ impl Parser {
             None => return Err("no TTL given and no $TTL in effect".into()),
         };
         self.last_ttl = Some(ttl);
+        if self.records.len() >= self.limits.zone_records {
+            let limit = self.limits.zone_records;
+            self.stop_at_limit(Diagnostic::at(
+                loc.clone(),
+                format!(
+                    "more than {limit} records in this zone, counting every $INCLUDE (limits.zone-records = {limit}): reading stopped"
+                ),
+            ));
+            return Ok(());
+        }
         self.records.push(Record {
             name: owner,
             rtype,
@@ -250,7 +360,7 @@ fn parse_class(word: &str) -> Option<u16> {
 
 /// A TTL in seconds or with BIND units (`1w2d3h4m5s`).
 pub(crate) fn parse_ttl(word: &str) -> Result<u32, String> {
-    let bad = || format!("bad TTL {word:?}");
+    let bad = || format!("bad TTL {}", quoted(word));
     if word.is_empty() {
         return Err(bad());
     }
@@ -276,7 +386,10 @@ pub(crate) fn parse_ttl(word: &str) -> Result<u32, String> {
     }
     total += number.unwrap_or(0);
     if total > u64::from(MAX_TTL) {
-        return Err(format!("TTL {word:?} is above the RFC 2181 limit of {MAX_TTL}"));
+        return Err(format!(
+            "TTL {} is above the RFC 2181 limit of {MAX_TTL}",
+            quoted(word)
+        ));
     }
     Ok(total as u32)
 }
@@ -290,14 +403,14 @@ fn parse_u16(token: Option<&Token>, what: &str) -> Result<u16, String> {
     let token = token.ok_or_else(|| format!("missing {what}"))?;
     text_of(token)?
         .parse()
-        .map_err(|_| format!("bad {what} {:?}", String::from_utf8_lossy(&token.text)))
+        .map_err(|_| format!("bad {what} {}", quoted(&String::from_utf8_lossy(&token.text))))
 }
 
 fn parse_u8(token: Option<&Token>, what: &str) -> Result<u8, String> {
     let token = token.ok_or_else(|| format!("missing {what}"))?;
     text_of(token)?
         .parse()
-        .map_err(|_| format!("bad {what} {:?}", String::from_utf8_lossy(&token.text)))
+        .map_err(|_| format!("bad {what} {}", quoted(&String::from_utf8_lossy(&token.text))))
 }
 
 fn parse_name(token: Option<&Token>, origin: &Name, what: &str) -> Result<Name, String> {
@@ -325,16 +438,22 @@ fn parse_rdata(rtype: u16, tokens: &[Token], origin: &Name) -> Result<Vec<u8>, S
     match rtype {
         rtype::A => {
             expect_count(tokens, 1, rtype)?;
-            let addr: Ipv4Addr = text_of(&tokens[0])?
-                .parse()
-                .map_err(|_| format!("bad IPv4 address {:?}", String::from_utf8_lossy(&tokens[0].text)))?;
+            let addr: Ipv4Addr = text_of(&tokens[0])?.parse().map_err(|_| {
+                format!(
+                    "bad IPv4 address {}",
+                    quoted(&String::from_utf8_lossy(&tokens[0].text))
+                )
+            })?;
             out.extend_from_slice(&addr.octets());
         }
         rtype::AAAA => {
             expect_count(tokens, 1, rtype)?;
-            let addr: Ipv6Addr = text_of(&tokens[0])?
-                .parse()
-                .map_err(|_| format!("bad IPv6 address {:?}", String::from_utf8_lossy(&tokens[0].text)))?;
+            let addr: Ipv6Addr = text_of(&tokens[0])?.parse().map_err(|_| {
+                format!(
+                    "bad IPv6 address {}",
+                    quoted(&String::from_utf8_lossy(&tokens[0].text))
+                )
+            })?;
             out.extend_from_slice(&addr.octets());
         }
         rtype::NS | rtype::CNAME | rtype::PTR | rtype::DNAME => {
@@ -371,7 +490,7 @@ fn parse_rdata(rtype: u16, tokens: &[Token], origin: &Name) -> Result<Vec<u8>, S
             let flags = parse_u8(tokens.first(), "CAA flags")?;
             let tag = text_of(&tokens[1])?;
             if tag.is_empty() || tag.len() > 255 || !tag.bytes().all(|c| c.is_ascii_alphanumeric()) {
-                return Err(format!("bad CAA tag {tag:?}"));
+                return Err(format!("bad CAA tag {}", quoted(tag)));
             }
             let value = unescape(&tokens[2].text)?;
             out.push(flags);
@@ -383,9 +502,12 @@ fn parse_rdata(rtype: u16, tokens: &[Token], origin: &Name) -> Result<Vec<u8>, S
             expect_count(tokens, 7, rtype)?;
             out.extend_from_slice(parse_name(tokens.first(), origin, "SOA MNAME")?.wire());
             out.extend_from_slice(parse_name(tokens.get(1), origin, "SOA RNAME")?.wire());
-            let serial: u32 = text_of(&tokens[2])?
-                .parse()
-                .map_err(|_| format!("bad SOA serial {:?}", String::from_utf8_lossy(&tokens[2].text)))?;
+            let serial: u32 = text_of(&tokens[2])?.parse().map_err(|_| {
+                format!(
+                    "bad SOA serial {}",
+                    quoted(&String::from_utf8_lossy(&tokens[2].text))
+                )
+            })?;
             out.extend_from_slice(&serial.to_be_bytes());
             for token in &tokens[3..] {
                 out.extend_from_slice(&parse_ttl(text_of(token)?)?.to_be_bytes());
@@ -442,7 +564,7 @@ fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
         .map(|i| {
             hex.get(i..i + 2)
                 .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| format!("bad hex {hex:?}"))
+                .ok_or_else(|| format!("bad hex {}", quoted(hex)))
         })
         .collect()
 }

@@ -11,8 +11,8 @@ pub mod name;
 pub(crate) mod owners;
 pub mod probe_spec;
 pub mod serial;
-use crate::wire;
 pub use crate::wire::rtype;
+use crate::{diag, wire};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +31,52 @@ pub struct Source {
     pub file: PathBuf,
     /// Members file (TOML): one CNAME per member, and the pools.
     pub members: Option<PathBuf>,
+    /// What reading the files may cost at most.
+    pub limits: FileLimits,
+    /// Directories besides the zone file's own (and those below it) that `$INCLUDE` may read.
+    pub include_roots: Vec<PathBuf>,
+    /// Files `$INCLUDE` must never read, whatever the roots say: the TSIG key files, so no
+    /// zone edit can bring a secret into an error message.
+    pub never_include: Vec<PathBuf>,
+}
+
+impl Source {
+    /// A zone read from `file` (and `members`) with the default limits and no extra roots.
+    pub fn new(origin: Name, file: PathBuf, members: Option<PathBuf>) -> Source {
+        Source {
+            origin,
+            file,
+            members,
+            limits: FileLimits::default(),
+            include_roots: Vec::new(),
+            never_include: Vec::new(),
+        }
+    }
+}
+
+/// Bounds on what one zone's files can make a load do (`[limits]`): a few kilobytes of
+/// files `$INCLUDE`ing each other can otherwise ask for billions of records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimits {
+    /// Records in the zone, counting every `$INCLUDE` expansion and every member.
+    pub zone_records: usize,
+    /// Bytes read for the zone, counting every `$INCLUDE` expansion.
+    pub zone_bytes: u64,
+    /// `$INCLUDE` directives followed for one zone, counting repeats.
+    pub zone_includes: usize,
+    /// Errors reported per file; the rest are counted in one line.
+    pub errors_per_file: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            zone_records: 10_000_000,
+            zone_bytes: 1 << 30,
+            zone_includes: 1_000,
+            errors_per_file: 50,
+        }
+    }
 }
 
 /// One resource record as loaded: RDATA in uncompressed wire form.
@@ -148,12 +194,26 @@ impl ZoneData {
 
 /// Loads and validates one configured zone.
 pub fn load(zone: &Source, health_defaults: &HealthSettings) -> Result<ZoneData, Vec<Diagnostic>> {
-    let records = master::parse_file(&zone.file, &zone.origin)?;
+    let cap = |errors| diag::cap_per_file(errors, zone.limits.errors_per_file);
+    let records = master::parse_source(zone).map_err(cap)?;
     let (members, pools) = match &zone.members {
-        Some(path) => members::load(path, &zone.origin, health_defaults)?,
+        Some(path) => members::load(path, &zone.origin, health_defaults).map_err(cap)?,
         None => (Vec::new(), Vec::new()),
     };
-    assemble(&zone.origin, &zone.file, records, members, pools)
+    if records.len() + members.len() > zone.limits.zone_records {
+        let path = zone.members.as_deref().unwrap_or(&zone.file);
+        return Err(vec![Diagnostic::file(
+            path,
+            format!(
+                "zone {}: {} records and {} members, above limits.zone-records = {}",
+                zone.origin,
+                records.len(),
+                members.len(),
+                zone.limits.zone_records
+            ),
+        )]);
+    }
+    assemble(&zone.origin, &zone.file, records, members, pools).map_err(cap)
 }
 
 /// The zone-level checks of `load`, on records and members already parsed (`file` is the zone

@@ -17,15 +17,15 @@ pub struct Name(Box<[u8]>);
 /// Why a text name was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("empty label in name {0:?}")]
+    #[error("empty label in name {}", crate::diag::quoted(.0))]
     EmptyLabel(String),
-    #[error("label longer than 63 octets in name {0:?}")]
+    #[error("label longer than 63 octets in name {}", crate::diag::quoted(.0))]
     LabelTooLong(String),
-    #[error("name longer than 255 octets: {0:?}")]
+    #[error("name longer than 255 octets: {}", crate::diag::quoted(.0))]
     NameTooLong(String),
-    #[error("bad escape sequence in name {0:?}")]
+    #[error("bad escape sequence in name {}", crate::diag::quoted(.0))]
     BadEscape(String),
-    #[error("relative name {0:?} with no origin to complete it")]
+    #[error("relative name {} with no origin to complete it", crate::diag::quoted(.0))]
     NoOrigin(String),
 }
 

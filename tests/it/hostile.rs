@@ -969,7 +969,7 @@ fn bad_file_cases(tree: &Tree) -> Vec<BadFiles> {
     });
 
     // A device as an included file: /dev/zero reports length 0 and never ends (this used to
-    // read until memory ran out).
+    // read until memory ran out). Now refused before it is opened: outside the zone's tree.
     cases.push(BadFiles {
         what: "$INCLUDE of a device",
         files: vec![(
@@ -978,7 +978,7 @@ fn bad_file_cases(tree: &Tree) -> Vec<BadFiles> {
         )],
         blamed_file: "consortium.example.zone".into(),
         blamed_line: zone_lines + 1,
-        message: "not a regular file",
+        message: "outside the zone file's directory",
     });
 
     // Invalid UTF-8 in an owner name.

@@ -9,6 +9,7 @@ mod dnssec;
 mod geo;
 mod health;
 mod hostile;
+mod limits;
 mod ops;
 mod protocol;
 mod reload;

@@ -349,6 +349,13 @@ async fn included_files_and_new_zone_directories_are_watched() {
     tree.write("shared/hosts.inc", "extra 300 IN A 192.0.2.200\n");
     let zone = tree.read(ZONE);
     tree.write(ZONE, &format!("{zone}\n$INCLUDE ../shared/hosts.inc\n"));
+    // $INCLUDE reads outside the zone file's directory only where the config allows it.
+    edit(
+        &tree,
+        CONFIG,
+        "file = \"../zones/consortium.example.zone\"\n",
+        "file = \"../zones/consortium.example.zone\"\ninclude-roots = [\"../shared\"]\n",
+    );
     let server = tree.start().await;
     answers_become(
         &server,
