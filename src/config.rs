@@ -329,6 +329,16 @@ struct ZoneSection {
     /// Relative to the config file. Default none.
     #[serde(default)]
     include_roots: Vec<PathBuf>,
+    /// A reload that would remove more than this share of the zone's members, or of its
+    /// zone-file records, is held back until forced (`ctl reload --force`): an emptied or
+    /// truncated file is what an editor writing in place leaves for a moment. 0.5 by default;
+    /// 1 never holds back.
+    #[serde(default = "default_hold_back_removal")]
+    hold_back_removal: f64,
+}
+
+fn default_hold_back_removal() -> f64 {
+    0.5
 }
 
 fn default_pick_refresh() -> Duration {
@@ -582,6 +592,8 @@ pub struct ZoneConfig {
     pub keys_dir: PathBuf,
     /// Set for a secondary zone: where it is transferred from.
     pub secondary: Option<SecondarySettings>,
+    /// Share of members or records a reload may remove before it is held back (0..=1).
+    pub hold_back_removal: f64,
     pub location: Location,
 }
 
@@ -613,6 +625,29 @@ impl ZoneConfig {
     }
 }
 
+/// The admin endpoint a config names (`[server] http-listen`, its default when absent; None
+/// when set to ""), read without the rest of the config: `ctl` must find a running server even
+/// while the config on disk is being edited or is broken.
+pub fn admin_address(path: &Path) -> Result<Option<SocketAddr>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+    let listen = match table.get("server").and_then(|s| s.get("http-listen")) {
+        None => default_http_listen(),
+        Some(value) => value
+            .as_str()
+            .ok_or_else(|| format!("{}: server.http-listen is not a string", path.display()))?
+            .to_string(),
+    };
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    listen
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("{}: server.http-listen: bad address {listen:?}", path.display()))
+}
+
 impl Config {
     /// The settings of the zone `origin`, if it is configured.
     pub fn zone(&self, origin: &Name) -> Option<&ZoneConfig> {
@@ -633,8 +668,15 @@ impl Config {
 
     /// Reads and validates the config file.
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![Diagnostic::file(path, format!("cannot read config: {e}"))])?;
+        // Noted for a reload's consistency check (`file_set`); a config is small.
+        let bytes = crate::file_set::read(path, 64 << 20)
+            .map_err(|reason| vec![Diagnostic::file(path, format!("config: {reason}"))])?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            vec![Diagnostic::file(
+                path,
+                "config: invalid UTF-8 (a config is UTF-8 text)",
+            )]
+        })?;
         Config::parse(&text, path)
     }
 
@@ -906,10 +948,17 @@ impl Parser<'_> {
                 keys_dir: keys_dir.clone(),
                 cds: section.cds,
             });
+            if !(0.0..=1.0).contains(&section.hold_back_removal) {
+                self.at(
+                    &location,
+                    format!("zone {origin}: hold-back-removal must be from 0 to 1 (a share of the zone)"),
+                );
+            }
             zones.push(ZoneConfig {
                 signing,
                 keys_dir,
                 secondary,
+                hold_back_removal: section.hold_back_removal,
                 source: Source {
                     origin,
                     file,

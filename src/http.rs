@@ -105,7 +105,14 @@ async fn handle(
             }
             // Run to the end whatever the client does: a client that disconnects (or the
             // connection's time limit) must not cancel a reload half-way, unreported.
-            let reload = tokio::spawn(async move { control.reload("http").await });
+            // `?force=1`: the operator confirms a change the hold-back guard keeps.
+            let force = request
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .any(|pair| matches!(pair, "force" | "force=1" | "force=true"));
+            let reload = tokio::spawn(async move { control.reload_with("http", force).await });
             let Ok(report) = reload.await else {
                 return Ok(reply(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,6 +9,7 @@ pub mod control;
 pub mod diag;
 pub mod dnssec;
 pub mod duration;
+pub mod file_set;
 pub mod geo;
 pub mod health;
 pub mod http;

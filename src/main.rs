@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use consortium_dns::config::{Config, DEFAULT_CONFIG_PATH};
 use consortium_dns::sd_notify;
 
+mod ctl;
 mod dnssec_cli;
 mod status;
 
@@ -59,6 +60,26 @@ enum Command {
     /// DNSSEC keys: create them, print the DS records for the parent, show their states.
     #[command(subcommand)]
     Dnssec(DnssecCommand),
+    /// Commands to a running server, through its admin endpoint (the config's
+    /// `[server] http-listen`).
+    #[command(subcommand)]
+    Ctl(CtlCommand),
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Read the config and every zone file again and print the outcome; exit 0 when the new
+    /// data is served, 1 when the server keeps the previous data.
+    Reload {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The admin address, instead of the config's `[server] http-listen`.
+        #[arg(long = "http-listen", value_name = "ADDR:PORT")]
+        http_listen: Option<SocketAddr>,
+        /// Publish even a change that removes most of a zone (held back otherwise).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +160,11 @@ fn main() -> ExitCode {
             DnssecCommand::Ds { config, zone } => dnssec_cli::ds(&config, &zone),
             DnssecCommand::Status { config, zone } => dnssec_cli::status(&config, zone.as_deref()),
         },
+        Command::Ctl(CtlCommand::Reload {
+            config,
+            http_listen,
+            force,
+        }) => ctl::reload(&config, http_listen, force),
     }
 }
 

@@ -35,11 +35,26 @@ pub(crate) fn run(addr: SocketAddr, raw_json: bool) -> ExitCode {
 }
 
 pub(crate) fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+    let (code, head, body) = admin_request(addr, "GET", "/status", Duration::from_secs(10))?;
+    if code != 200 {
+        return Err(std::io::Error::other(head));
+    }
+    Ok(body)
+}
+
+/// One request to the admin endpoint at `addr`: the status code, status line and body.
+/// `wait` bounds the answer (a reload of a large zone takes as long as it takes).
+pub(crate) fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    wait: Duration,
+) -> std::io::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(wait))?;
     write!(
         stream,
-        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
@@ -47,12 +62,13 @@ pub(crate) fn fetch(addr: SocketAddr) -> std::io::Result<String> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(
-            head.lines().next().unwrap_or("no status line").to_string(),
-        ));
-    }
-    Ok(body.to_string())
+    let status_line = head.lines().next().unwrap_or("no status line").to_string();
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("malformed status line {status_line:?}")))?;
+    Ok((code, status_line, body.to_string()))
 }
 
 fn render(document: &StatusDocument) -> String {

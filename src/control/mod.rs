@@ -75,8 +75,9 @@ impl Overrides {
 enum Change {
     /// The first load: this config, serials continuing from the state file.
     Start(Box<Config>),
-    /// The config file and every zone file read again.
-    Reload,
+    /// The config file and every zone file read again; `force` publishes even what the
+    /// hold-back guard (`held_back`) would keep.
+    Reload { force: bool },
     /// The published data again, with a new serial for these zones (lowercased origins):
     /// health moved their transfer pick.
     TransferPicks(Vec<Box<[u8]>>),
@@ -248,6 +249,93 @@ fn with_secondaries(
     (zones, signed)
 }
 
+/// Reads before a reload gives up on files that keep changing under it.
+const READ_ATTEMPTS: usize = 5;
+
+/// Runs `load` until it read one settled version of every file it read (`file_set`): none
+/// replaced or written while it read, and none written within the watcher's debounce before
+/// that (waited for). Errors found in files that were changing are not reported: the files
+/// are read again. Gives up after `READ_ATTEMPTS`, naming the files.
+fn read_consistently<T>(
+    config_path: &std::path::Path,
+    mut load: impl FnMut() -> Result<T, Vec<Diagnostic>>,
+) -> Result<T, Vec<Diagnostic>> {
+    let mut unsettled = Vec::new();
+    for attempt in 0..READ_ATTEMPTS {
+        if attempt > 0 {
+            // Let the writer finish before reading again.
+            std::thread::sleep(watch::DEBOUNCE);
+        }
+        let (outcome, reads) = crate::file_set::track(&mut load);
+        match crate::file_set::settle(&reads, watch::DEBOUNCE) {
+            Ok(()) => return outcome,
+            Err(changed) => unsettled = changed,
+        }
+    }
+    let names: Vec<String> = unsettled.iter().map(|p| p.display().to_string()).collect();
+    Err(vec![Diagnostic::file(
+        config_path,
+        format!(
+            "files kept changing while being read ({READ_ATTEMPTS} attempts): {}; the previous data keeps serving, and the next change of them reloads again",
+            names.join(", ")
+        ),
+    )])
+}
+
+/// Why each zone of `zones` would be held back: a reload that removes more than the zone's
+/// `hold-back-removal` share of its members or of its zone-file records. An emptied members
+/// file or a zone file cut short (what `>` or an in-place write leaves for a moment) would
+/// otherwise be served, and resolvers would cache the NXDOMAINs for the negative TTL.
+fn held_back(previous: &Snapshot, zones: &[ZoneData], config: &Config) -> Vec<Diagnostic> {
+    let mut held = Vec::new();
+    for zone in zones {
+        let (Some(settings), Some(before)) = (
+            config.zone(&zone.origin),
+            previous
+                .zones()
+                .iter()
+                .find(|z| z.origin.key() == zone.origin.key()),
+        ) else {
+            continue;
+        };
+        let share = settings.hold_back_removal;
+        let removes_too_much =
+            |before: usize, after: usize| after < before && (before - after) as f64 > before as f64 * share;
+        let file_records = |records: &[zone::Record]| {
+            records
+                .iter()
+                .filter(|r| !zone::carrier::is_pool_record(&r.name, r.rtype))
+                .count()
+        };
+        let (members_before, members_after) = (before.members.len(), zone.members.len());
+        if removes_too_much(members_before, members_after) {
+            let file = settings
+                .source
+                .members
+                .as_deref()
+                .unwrap_or(&settings.source.file);
+            held.push(Diagnostic::file(
+                file,
+                format!(
+                    "held back: this reload would take zone {} from {members_before} members to {members_after} (hold-back-removal = {share}); the previous data keeps serving. If that is intended, confirm with `consortium-dns ctl reload --force`",
+                    zone.origin
+                ),
+            ));
+        }
+        let (records_before, records_after) = (file_records(&before.records), file_records(&zone.records));
+        if removes_too_much(records_before, records_after) {
+            held.push(Diagnostic::file(
+                &settings.source.file,
+                format!(
+                    "held back: this reload would take zone {} from {records_before} zone-file records to {records_after} (hold-back-removal = {share}); the previous data keeps serving. If that is intended, confirm with `consortium-dns ctl reload --force`",
+                    zone.origin
+                ),
+            ));
+        }
+    }
+    held
+}
+
 /// Sets each zone's served serial by its policy, from what `previous` says was served.
 fn apply_serial_policy(
     zones: &mut [ZoneData],
@@ -294,10 +382,17 @@ fn load_change(
             });
             Ok((*config, zones))
         }
-        Change::Reload => {
-            let mut config = Config::load(&running.path)?;
-            overrides.apply(&mut config);
-            let mut zones = load_zones(&config)?;
+        Change::Reload { force } => {
+            let (config, mut zones) = read_consistently(&running.path, || {
+                let mut config = Config::load(&running.path)?;
+                overrides.apply(&mut config);
+                let zones = load_zones(&config)?;
+                Ok((config, zones))
+            })?;
+            let held = held_back(previous, &zones, &config);
+            if !force && !held.is_empty() {
+                return Err(held);
+            }
             *keys = signing::load_keys(&config)?;
             signing::set_digests(&mut zones, keys, now);
             updates::attach(&mut zones, challenges, &config);
@@ -470,9 +565,15 @@ impl Control {
     /// Reads the config and every zone again; on success swaps the new Snapshot in at once,
     /// on failure keeps serving the old one. Reloads never overlap.
     pub async fn reload(&self, trigger: &str) -> ReloadReport {
+        self.reload_with(trigger, false).await
+    }
+
+    /// `reload`, and with `force` also a change the hold-back guard would keep (an operator
+    /// confirming that most of a zone is to go).
+    pub async fn reload_with(&self, trigger: &str, force: bool) -> ReloadReport {
         let mut state = self.rebuilding.lock().await;
         let started = Instant::now();
-        let outcome = self.rebuild(&mut state, Change::Reload).await;
+        let outcome = self.rebuild(&mut state, Change::Reload { force }).await;
         if let Err(errors) = &outcome {
             for e in errors {
                 tracing::error!(trigger, "reload failed, still serving the previous data: {e}");
@@ -542,7 +643,7 @@ impl Control {
             Change::TransferPicks(due) => (due.clone(), false, false),
             Change::Dynamic(_) | Change::Resign(_) | Change::Transferred => (Vec::new(), false, false),
             Change::Start(_) => (Vec::new(), true, true),
-            Change::Reload => (Vec::new(), false, true),
+            Change::Reload { .. } => (Vec::new(), false, true),
         };
         let (running_now, previous_now) = (running.clone(), previous.clone());
         let mut challenges = state.challenges.clone();

@@ -17,6 +17,8 @@ use crate::sync::{lock, read, write};
 /// Quiet period after the last file event before reloading: long enough for a git checkout or
 /// an editor's write + rename to finish, short enough to feel immediate.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Longest a burst of events can postpone its reload.
+const MAX_POSTPONE: Duration = Duration::from_secs(2);
 
 /// The files a config reads: itself, every zone file and members file.
 fn watched_files(config: &Config) -> HashSet<PathBuf> {
@@ -210,9 +212,16 @@ impl FileWatcher {
                     }
                 };
                 let mut rearm = first == Change::Directory;
-                // Debounce: wait until the files have been quiet for DEBOUNCE.
-                while let Ok(Some(change)) = tokio::time::timeout(DEBOUNCE, raw.recv()).await {
-                    rearm |= change == Change::Directory;
+                // Debounce: wait until the files have been quiet for DEBOUNCE, but never
+                // longer than MAX_POSTPONE in all (steady writes must not postpone a reload
+                // without bound; the reload itself waits for a settled set of files).
+                let deadline = tokio::time::Instant::now() + MAX_POSTPONE;
+                loop {
+                    let wait = DEBOUNCE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                    match tokio::time::timeout(wait, raw.recv()).await {
+                        Ok(Some(change)) if !wait.is_zero() => rearm |= change == Change::Directory,
+                        _ => break,
+                    }
                 }
                 if rearm {
                     let Some(watcher) = weak.upgrade() else { return };

@@ -273,31 +273,7 @@ fn check_pool_record_owners(records: &[Record], pools: &[PoolDef], errors: &mut 
 /// Anything else is refused before it is opened: `/dev/zero` reports length 0 yet never ends,
 /// and opening a FIFO blocks the reload until someone writes to it.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let limit = master::MAX_ZONE_FILE_BYTES;
-    let too_big = |len: u64| {
-        format!(
-            "{} is {len} bytes or more, above the {limit} byte limit",
-            path.display()
-        )
-    };
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
-    }
-    if meta.len() > limit {
-        return Err(too_big(meta.len()));
-    }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    // The file may grow between the check and the read: never read past the limit.
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.len() as u64 > limit {
-        return Err(too_big(bytes.len() as u64));
-    }
-    Ok(bytes)
+    crate::file_set::read(path, master::MAX_ZONE_FILE_BYTES)
 }
 
 /// A member or pool label must not name anything the zone file already defines.

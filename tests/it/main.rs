@@ -7,6 +7,7 @@ mod core;
 mod differential;
 mod dnssec;
 mod geo;
+mod guard;
 mod health;
 mod hostile;
 mod limits;
