@@ -90,30 +90,35 @@ pub fn quoted(text: &str) -> String {
 /// file saying how many more there were: a file of a million bad lines must not make a
 /// million log lines, nor a reload report of hundreds of megabytes.
 pub fn cap_per_file(diagnostics: Vec<Diagnostic>, per_file: usize) -> Vec<Diagnostic> {
-    let mut seen: Vec<(Arc<Path>, usize)> = Vec::new();
+    // Per file: how many, and where the first one left out is (the count is reported there).
+    let mut seen: Vec<(Arc<Path>, usize, Option<usize>)> = Vec::new();
     let mut kept = Vec::with_capacity(diagnostics.len().min(per_file.saturating_mul(4)));
     for diagnostic in diagnostics {
-        let index = match seen.iter().position(|(file, _)| *file == diagnostic.file) {
+        let index = match seen.iter().position(|(file, ..)| *file == diagnostic.file) {
             Some(index) => index,
             None => {
-                seen.push((diagnostic.file.clone(), 0));
+                seen.push((diagnostic.file.clone(), 0, None));
                 seen.len() - 1
             }
         };
-        seen[index].1 += 1;
-        if seen[index].1 <= per_file {
+        let entry = &mut seen[index];
+        entry.1 += 1;
+        if entry.1 <= per_file {
             kept.push(diagnostic);
+        } else if entry.1 == per_file + 1 {
+            entry.2 = diagnostic.line;
         }
     }
-    for (file, count) in seen {
+    for (file, count, first_left_out) in seen {
         if count > per_file {
-            kept.push(Diagnostic::file(
-                &file,
-                format!(
-                    "{} more errors not shown (limits.errors-per-file = {per_file})",
+            kept.push(Diagnostic {
+                file,
+                line: first_left_out,
+                message: format!(
+                    "{} more errors not shown, from here on (limits.errors-per-file = {per_file})",
                     count - per_file
                 ),
-            ));
+            });
         }
     }
     kept
@@ -174,7 +179,7 @@ mod tests {
                 "a:2: bad",
                 "a:3: bad",
                 "b:1: bad",
-                "a: 7 more errors not shown (limits.errors-per-file = 3)"
+                "a:4: 7 more errors not shown, from here on (limits.errors-per-file = 3)"
             ]
         );
     }

@@ -33,12 +33,74 @@ const QUIET_FLUSH: Duration = Duration::from_millis(50);
 /// large zone takes a second or two).
 const UPDATE_WAIT: Duration = Duration::from_secs(30);
 
+/// A write that makes no progress for this long (the client does not read its answers)
+/// closes the connection; a slow reader that keeps taking bytes is never cut.
+const WRITE_STALL: Duration = Duration::from_secs(5);
+/// How long a connection over the cap waits for the idlest one to make room.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
+
 /// Connections open per client address, for the per-client cap.
 type PerClient = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// What the accept loop knows of each open connection: when it went idle, and how to ask it
+/// to close. RFC 7766 §6.2.3: under pressure a server may close idle connections, so when
+/// the cap is reached the idlest makes room for the newcomer; holding the cap with slow
+/// periodic queries no longer locks everyone else out.
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    open: HashMap<u64, Arc<Activity>>,
+}
+
+/// One connection's activity, shared between it and the accept loop.
+struct Activity {
+    /// Milliseconds since `base` when the connection last went idle between messages;
+    /// `BUSY` while a message is read or answered.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+    base: tokio::time::Instant,
+    evict: tokio::sync::Notify,
+}
+
+const BUSY: u64 = u64::MAX;
+
+impl Activity {
+    fn set_idle(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.idle_since_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn set_busy(&self) {
+        self.idle_since_ms
+            .store(BUSY, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Asks the connection idle the longest to close; false when none is idle.
+fn evict_idlest(registry: &Mutex<Registry>) -> bool {
+    let registry = lock(registry);
+    let idlest = registry
+        .open
+        .values()
+        .map(|a| (a.idle_since_ms.load(std::sync::atomic::Ordering::Relaxed), a))
+        .filter(|(since, _)| *since != BUSY)
+        .min_by_key(|(since, _)| *since);
+    match idlest {
+        Some((_, activity)) => {
+            // Marked busy so the next eviction picks another one.
+            activity.set_busy();
+            activity.evict.notify_one();
+            true
+        }
+        None => false,
+    }
+}
 
 pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Shutdown) {
     let limit = Arc::new(Semaphore::new(shared.limits.tcp_max_connections));
     let per_client: PerClient = Arc::default();
+    let registry: Arc<Mutex<Registry>> = Arc::default();
+    let base = tokio::time::Instant::now();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -55,10 +117,23 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            // Over the total cap: close at once rather than queue (RFC 7766 §6.2.2).
-            drop(stream);
-            continue;
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Over the total cap: the idlest connection makes room (RFC 7766 §6.2.3); with
+            // none idle, the newcomer is closed at once rather than queued (§6.2.2).
+            Err(_) if evict_idlest(&registry) => {
+                match tokio::time::timeout(EVICTION_WAIT, limit.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
+            Err(_) => {
+                drop(stream);
+                continue;
+            }
         };
         if !claim_client_slot(
             &per_client,
@@ -71,10 +146,17 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
         // The slot, the permit and the gauge are released by `Open`'s drop, so a connection
         // that panics gives them back too.
         let open = Open::new(&shared, &per_client, peer.ip(), permit);
+        let activity = Arc::new(Activity {
+            idle_since_ms: std::sync::atomic::AtomicU64::new(BUSY),
+            base,
+            evict: tokio::sync::Notify::new(),
+        });
+        let registered = Registered::new(&registry, activity.clone());
         let stop = stop.clone();
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
-            serve_connection(stream, peer, &open.shared, stop).await;
+            serve_connection(stream, peer, &open.shared, stop, &activity).await;
+            drop(registered);
             drop(open);
         });
         reap(&mut connections, &shared);
@@ -101,6 +183,31 @@ fn count_panic(finished: Result<(), tokio::task::JoinError>, shared: &Shared) {
             shared.metrics.panics.with_label_values(&["tcp"]).inc();
             tracing::error!("a TCP connection panicked; it was closed (this is a bug: please report it)");
         }
+    }
+}
+
+/// A connection's entry in the registry, removed when it closes (or panics).
+struct Registered {
+    registry: Arc<Mutex<Registry>>,
+    id: u64,
+}
+
+impl Registered {
+    fn new(registry: &Arc<Mutex<Registry>>, activity: Arc<Activity>) -> Registered {
+        let mut r = lock(registry);
+        let id = r.next;
+        r.next += 1;
+        r.open.insert(id, activity);
+        Registered {
+            registry: registry.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.registry).open.remove(&self.id);
     }
 }
 
@@ -171,33 +278,75 @@ fn push_frame(frames: &mut Vec<u8>, message: &[u8]) {
 }
 
 /// Writes each chunk of answers as it comes, until the reader and every transfer are done
-/// or the client stops reading (a write must finish within the idle timeout).
+/// or the client stops reading. The timeout is on progress, not on the whole chunk: a
+/// secondary reading a large AXFR slowly finishes it, while a client that reads nothing is
+/// closed after `stall`. Progress is what the client takes from the kernel's send queue:
+/// `write` readiness alone is too coarse (the kernel wakes a writer only once a large part of
+/// a full send buffer has drained, which at 300 KB/s takes longer than any sensible stall).
 async fn write_loop(
     mut writer: OwnedWriteHalf,
     mut chunks: mpsc::Receiver<Vec<u8>>,
-    idle: Duration,
+    stall: Duration,
     peer: SocketAddr,
 ) {
+    // Bytes handed to the kernel on this connection, and of them the client had taken
+    // (acknowledged) at the last stall check.
+    let mut sent_total: u64 = 0;
+    let mut taken: u64 = 0;
     while let Some(chunk) = chunks.recv().await {
-        match tokio::time::timeout(idle, writer.write_all(&chunk)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!("tcp write to {peer} failed: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("tcp write to {peer} timed out");
-                return;
+        let mut written = 0;
+        while written < chunk.len() {
+            match tokio::time::timeout(stall, writer.write(&chunk[written..])).await {
+                Ok(Ok(0)) => return,
+                Ok(Ok(n)) => {
+                    written += n;
+                    sent_total += n as u64;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!("tcp write to {peer} failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    // Sent minus still queued: what the client has taken so far.
+                    let taken_now = unsent_bytes(&writer).map(|queued| sent_total.saturating_sub(queued));
+                    if let Some(now) = taken_now.filter(|now| *now > taken) {
+                        // The client is reading, slowly: keep going.
+                        taken = now;
+                        continue;
+                    }
+                    tracing::debug!("tcp write to {peer} made no progress for {stall:?}: closed");
+                    return;
+                }
             }
         }
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, stop: Shutdown) {
+/// Bytes written to the socket that the client has not acknowledged yet (SIOCOUTQ, which
+/// Linux numbers as TIOCOUTQ), or None where the kernel does not say.
+#[allow(unsafe_code)]
+fn unsent_bytes(writer: &OwnedWriteHalf) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let fd = writer.as_ref().as_raw_fd();
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at a live c_int; the
+    // descriptor is the connection's own socket, open for as long as `writer` lives.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
+    (rc == 0).then(|| u64::try_from(queued).unwrap_or(0))
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    stop: Shutdown,
+    activity: &Activity,
+) {
     let (reader, writer) = stream.into_split();
     let (chunks, to_write) = mpsc::channel(shared.limits.tcp_max_in_flight.max(1));
-    let writing = tokio::spawn(write_loop(writer, to_write, shared.limits.tcp_idle_timeout, peer));
-    read_loop(BufReader::new(reader), peer, shared, stop, chunks).await;
+    let stall = shared.limits.tcp_idle_timeout.min(WRITE_STALL);
+    let writing = tokio::spawn(write_loop(writer, to_write, stall, peer));
+    read_loop(BufReader::new(reader), peer, shared, stop, chunks, activity).await;
     // The answers owed (and a transfer under way) are still written; the writer ends when the
     // last sender is gone.
     let _ = writing.await;
@@ -211,6 +360,7 @@ async fn read_loop(
     shared: &Arc<Shared>,
     stop: Shutdown,
     chunks: mpsc::Sender<Vec<u8>>,
+    activity: &Activity,
 ) {
     let mut connection = Connection {
         reader,
@@ -218,6 +368,7 @@ async fn read_loop(
         shared,
         stop,
         chunks,
+        activity,
         rng: SmallRng::from_os_rng(),
         query: vec![0u8; 512],
         out: Vec::with_capacity(4096),
@@ -260,6 +411,8 @@ struct Connection<'s> {
     stop: Shutdown,
     /// To the writer task.
     chunks: mpsc::Sender<Vec<u8>>,
+    /// Idle or busy, for the accept loop's eviction of the idlest connection.
+    activity: &'s Activity,
     rng: SmallRng,
     query: Vec<u8>,
     out: Vec<u8>,
@@ -276,6 +429,11 @@ impl Connection<'_> {
         if self.stop.is_triggered() {
             return false;
         }
+        // A connection with a transfer under way is never the idlest, whatever its reader
+        // does. (Answers already queued are still written when an idle one is closed.)
+        if self.transfer.as_ref().is_none_or(|t| t.is_finished()) {
+            self.activity.set_idle();
+        }
         let idle_until = tokio::time::Instant::now() + self.shared.limits.tcp_idle_timeout;
         loop {
             // Counts are published by the batch (as on UDP), and once the connection has been
@@ -289,13 +447,18 @@ impl Connection<'_> {
             tokio::select! {
                 biased;
                 buffered = tokio::time::timeout_at(wake_at, self.reader.fill_buf()) => match buffered {
-                    Ok(Ok(bytes)) if !bytes.is_empty() => return true,
+                    Ok(Ok(bytes)) if !bytes.is_empty() => {
+                        self.activity.set_busy();
+                        return true;
+                    }
                     Ok(_) => return false,
                     Err(_) if wake_at >= idle_until => return false,
                     Err(_) => self.counters.flush(),
                 },
                 _ = self.stop.triggered() => return false,
                 _ = self.chunks.closed() => return false,
+                // Closed to make room for a new connection (the cap is reached).
+                _ = self.activity.evict.notified() => return false,
             }
         }
     }

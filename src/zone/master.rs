@@ -124,10 +124,10 @@ impl Parser {
         if self.errors.len() < self.limits.errors_per_file.saturating_mul(8).max(64) {
             self.errors.push(diagnostic);
         } else if self.errors_seen == self.errors.len() + 1 {
-            self.errors.push(Diagnostic::file(
-                &diagnostic.file,
-                "too many errors: reading stopped here (fix the ones above first)",
-            ));
+            self.errors.push(Diagnostic {
+                message: "too many errors: reading stopped here (fix the ones above first)".into(),
+                ..diagnostic
+            });
             self.stopped = true;
         }
     }

@@ -136,7 +136,7 @@ async fn a_file_of_endless_errors_reports_the_first_fifty_and_a_count() {
     );
     let last = report.errors.last().expect("errors");
     assert!(
-        last.contains("more errors not shown (limits.errors-per-file = 50)"),
+        last.contains("more errors not shown, from here on (limits.errors-per-file = 50)"),
         "{last}"
     );
     assert!(

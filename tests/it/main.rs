@@ -12,6 +12,7 @@ mod health;
 mod hostile;
 mod limits;
 mod ops;
+mod pressure;
 mod protocol;
 mod reload;
 mod transfer;
