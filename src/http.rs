@@ -52,8 +52,13 @@ pub struct ChallengeStatus {
     pub expires_in_s: i64,
 }
 
+/// Admin connections served at once; more are closed at once (scrapers and the status
+/// command need a handful; an endless stream of connections must not pile up tasks).
+const MAX_ADMIN_CONNECTIONS: usize = 16;
+
 /// Serves HTTP/1.1 on `listener` until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, control: Arc<Control>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -63,8 +68,13 @@ pub async fn serve(listener: tokio::net::TcpListener, control: Arc<Control>) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let control = control.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| handle(request, control.clone()));
             let connection =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -78,8 +88,28 @@ async fn handle(
     request: Request<Incoming>,
     control: Arc<Control>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(reason) = foreign_host(request.headers()) {
+        tracing::warn!(reason, "admin request refused");
+        return Ok(reply(
+            StatusCode::MISDIRECTED_REQUEST,
+            "text/plain",
+            format!("refused: {reason}\n"),
+        ));
+    }
     let response = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", control.scrape()),
+        // Scrapes and status documents of a large zone take many milliseconds of CPU: on a
+        // blocking thread, never on the async workers that answer DNS over TCP.
+        (&Method::GET, "/metrics") => {
+            let control = control.clone();
+            match tokio::task::spawn_blocking(move || control.scrape()).await {
+                Ok(text) => reply(StatusCode::OK, "text/plain; version=0.0.4", text),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "scrape failed\n".into(),
+                ),
+            }
+        }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/readyz") => {
             if control.is_ready() {
@@ -92,7 +122,17 @@ async fn handle(
                 )
             }
         }
-        (&Method::GET, "/status") => json(StatusCode::OK, &status(&control)),
+        (&Method::GET, "/status") => {
+            let control = control.clone();
+            let encoded = tokio::task::spawn_blocking(move || json(StatusCode::OK, &status(&control))).await;
+            encoded.unwrap_or_else(|_| {
+                reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "status failed\n".into(),
+                )
+            })
+        }
         (&Method::GET, "/secondaries") => secondaries(&control, request.uri().query().unwrap_or("")),
         (&Method::POST, "/reload") => {
             if let Some(reason) = from_a_web_page(request.headers()) {
@@ -202,14 +242,32 @@ fn from_a_web_page(headers: &hyper::HeaderMap) -> Option<&'static str> {
     let Some(host) = host else {
         return Some("unreadable Origin");
     };
-    // host[:port] or [v6]:port
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
+    let name = host_name(host);
     let loopback = name.eq_ignore_ascii_case("localhost")
         || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     (!loopback).then_some("Origin is not a loopback address")
+}
+
+/// Why the `Host` header says the request was meant for another site: a page on a name the
+/// attacker controls, rebound to 127.0.0.1 (DNS rebinding), reaches this port with its own
+/// name as `Host`. Accepted: an IP address literal (the endpoint has no name of its own) or
+/// `localhost`, with or without a port; and no header at all (HTTP/1.0 tools).
+fn foreign_host(headers: &hyper::HeaderMap) -> Option<&'static str> {
+    let host = headers.get(hyper::header::HOST)?;
+    let Ok(host) = host.to_str() else {
+        return Some("unreadable Host header");
+    };
+    let name = host_name(host);
+    let ours = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+    (!ours).then_some("Host is not an IP address or localhost (the admin endpoint has no name)")
+}
+
+/// The name or address of `host[:port]` or `[v6]:port`.
+fn host_name(host: &str) -> &str {
+    match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    }
 }
 
 /// The status document of a running server.

@@ -249,10 +249,21 @@ pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, S
 
 /// As `http_request`, with `headers` (each line ending in `\r\n`) added to the request.
 pub async fn http_request_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
+    http_request_to(addr, &addr.to_string(), method, path, headers).await
+}
+
+/// As `http_request_with`, with `host` as the `Host` header.
+pub async fn http_request_to(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String) {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await?;
         let mut raw = Vec::new();

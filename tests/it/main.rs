@@ -1,6 +1,7 @@
 //! Integration tests: one binary, the real server in-process on 127.0.0.1 port 0.
 #![allow(unreachable_pub)]
 
+mod admin;
 mod architecture;
 mod common;
 mod core;
