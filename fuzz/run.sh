@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds="${FUZZ_SECONDS:-60}"
-all_targets=(request zone_parse members_parse snapshot)
+all_targets=(request zone_parse members_parse snapshot transfer config_parse)
 if [[ $# -gt 0 ]]; then
     targets=("$@")
 else

@@ -59,7 +59,9 @@ impl GeoDb {
     /// Opens and checks the database at `path`; the error names the file and the reason.
     pub fn open(path: &Path) -> Result<GeoDb, String> {
         let fail = |reason: String| format!("{}: {reason}", path.display());
-        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read the GeoIP database: {e}")))?;
+        // A city database is some 100 MB; 2 GiB bounds a wrong path (a device, a huge file).
+        let bytes = crate::file_set::read(path, 2 << 30)
+            .map_err(|e| fail(format!("cannot read the GeoIP database: {e}")))?;
         let reader =
             maxminddb::Reader::from_source(bytes).map_err(|e| fail(format!("not a MaxMind DB file: {e}")))?;
         let kind = &reader.metadata().database_type;

@@ -102,8 +102,10 @@ impl TsigKey {
     }
 
     pub fn from_file(name: &Name, algorithm: Algorithm, path: &Path) -> Result<TsigKey, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+        // A key file is a line or a `tsig-keygen` stanza; 64 KiB bounds a wrong path.
+        let bytes = crate::file_set::read(path, 64 << 10).map_err(|e| format!("key file: {e}"))?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| format!("key file {} is not UTF-8 text", path.display()))?;
         let encoded = match text.find("secret") {
             Some(at) => text[at + 6..].split('"').nth(1).unwrap_or("").to_string(),
             None => text.trim().to_string(),

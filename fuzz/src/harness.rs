@@ -8,8 +8,10 @@ use std::sync::OnceLock;
 
 use consortium_dns::dnssec::{self, CdsPolicy, KeySet, keys};
 use consortium_dns::health::spec::HealthSettings;
+use consortium_dns::peers::{TransferAcl, ZonePeers};
 use consortium_dns::server::answer::{self, Outcome};
 use consortium_dns::snapshot::{BuildOptions, Snapshot};
+use consortium_dns::tsig::{Algorithm, TsigKey};
 use consortium_dns::zone::name::Name;
 use consortium_dns::zone::{self, Diagnostic, master, members};
 use rand::Rng;
@@ -105,6 +107,93 @@ pub fn example_snapshot() -> &'static Snapshot {
         Ok(None) => panic!("the example consortium does not validate"),
         Err(e) => panic!("example: {e}"),
     })
+}
+
+/// The TSIG key the transfer snapshot allows transfers from 10.0.0.0/8 with.
+pub const TRANSFER_KEY_SECRET: &[u8] = b"fuzz-transfer-key-secret-32-byte";
+
+/// The example consortium signed, with transfers allowed from 127.0.0.0/8 unsigned and from
+/// 10.0.0.0/8 with the key `xfr.` (hmac-sha256), built once: the transfer and TSIG paths.
+pub fn transfer_snapshot() -> &'static Snapshot {
+    static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
+    static KEYS: OnceLock<Vec<TsigKey>> = OnceLock::new();
+    SNAPSHOT.get_or_init(|| {
+        let origin = origin();
+        let records = master::parse_str(EXAMPLE_ZONE, Path::new(ZONE_PATH), &origin).expect("example zone");
+        let (members, pools) = members::parse(
+            EXAMPLE_MEMBERS,
+            Path::new(MEMBERS_PATH),
+            &origin,
+            &HealthSettings::default(),
+        )
+        .expect("example members");
+        let data = zone::assemble(&origin, Path::new(ZONE_PATH), records, members, pools).expect("example");
+        let key_name = Name::parse("xfr.", None).expect("key name");
+        let keys = KEYS.get_or_init(|| {
+            vec![TsigKey::new(
+                &key_name,
+                Algorithm::HmacSha256,
+                TRANSFER_KEY_SECRET,
+            )]
+        });
+        let acl = |network: [u8; 4], prefix, key: Option<Name>| TransferAcl {
+            network: std::net::IpAddr::from(network),
+            prefix,
+            key,
+        };
+        let mut options = BuildOptions {
+            keys,
+            ..BuildOptions::default()
+        };
+        options.peers.insert(
+            data.origin.key(),
+            ZonePeers {
+                allow_transfer: vec![
+                    acl([127, 0, 0, 0], 8, None),
+                    acl([10, 0, 0, 0], 8, Some(key_name)),
+                ],
+                notify: Vec::new(),
+            },
+        );
+        let signed =
+            dnssec::sign_zone(&data, fuzz_keys(), 1_800_000_000, &Default::default()).expect("signs");
+        options.signed.insert(data.origin.key(), signed);
+        Snapshot::build(vec![data], &options)
+    })
+}
+
+/// The length-prefixed messages of a TCP byte stream (RFC 1035 §4.2.2); a cut last one is left
+/// out, as the server waits for the rest of it.
+pub fn tcp_frames(mut stream: &[u8]) -> Vec<&[u8]> {
+    let mut frames = Vec::new();
+    while let [high, low, rest @ ..] = stream {
+        let len = usize::from(u16::from_be_bytes([*high, *low]));
+        let Some(frame) = rest.get(..len) else { break };
+        frames.push(frame);
+        stream = &rest[len..];
+    }
+    frames
+}
+
+/// Every message of a transfer answer must be a whole DNS message with QR set and the
+/// request's ID, and fit a TCP frame.
+pub fn check_transfer_answer(request: &[u8], messages: &[Vec<u8>]) -> Result<(), String> {
+    if messages.is_empty() {
+        return Err("no message at all".into());
+    }
+    for (i, message) in messages.iter().enumerate() {
+        if message.len() > 65_535 {
+            return Err(format!("message {i}: {} bytes, over a TCP frame", message.len()));
+        }
+        let walked = check::walk(message).map_err(|e| format!("message {i}: {e}"))?;
+        if walked.flags & 0x8000 == 0 {
+            return Err(format!("message {i}: QR clear"));
+        }
+        if request.len() >= 2 && walked.id != u16::from_be_bytes([request[0], request[1]]) {
+            return Err(format!("message {i}: ID not echoed"));
+        }
+    }
+    Ok(())
 }
 
 /// Every error of a parser must name `file` and a line of `text` (or the line just after its

@@ -212,11 +212,57 @@ async fn resolve(spec: &ProbeSpec, host: &str) -> Result<SocketAddr, String> {
     if let Some(addr) = spec.address {
         return Ok(addr);
     }
-    tokio::net::lookup_host((host, spec.port))
-        .await
-        .map_err(|e| format!("resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("resolve {host}: no address"))
+    resolve_within(host, spec.port, spec.timeout, system_lookup).await
+}
+
+/// Name lookups (the system resolver's `getaddrinfo`, which blocks) in flight at most. Each
+/// holds a thread of the runtime's blocking pool until the resolver answers, however long:
+/// a hung resolver would otherwise fill the pool with probes' lookups, and zone transfers
+/// and reloads, which need it too, would wait behind them.
+const LOOKUP_BUDGET: usize = 8;
+
+fn lookup_slots() -> &'static Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(LOOKUP_BUDGET)))
+}
+
+fn system_lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+/// `host`'s first address by `lookup`, run on the blocking pool within the lookup budget and
+/// given up after `wait` (the lookup itself then ends when the resolver lets it, still
+/// holding its slot).
+async fn resolve_within(
+    host: &str,
+    port: u16,
+    wait: Duration,
+    lookup: fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
+) -> Result<SocketAddr, String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let slot = match tokio::time::timeout_at(deadline, lookup_slots().clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        _ => {
+            return Err(format!(
+                "resolve {host}: {LOOKUP_BUDGET} lookups already waiting on the resolver"
+            ));
+        }
+    };
+    let name = host.to_string();
+    let lookup = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        lookup(&name, port)
+    });
+    match tokio::time::timeout_at(deadline, lookup).await {
+        Ok(Ok(Ok(addresses))) => addresses
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("resolve {host}: no address")),
+        Ok(Ok(Err(e))) => Err(format!("resolve {host}: {e}")),
+        Ok(Err(_)) => Err(format!("resolve {host}: lookup failed")),
+        Err(_) => Err(format!("resolve {host}: no answer from the resolver in time")),
+    }
 }
 
 /// A minimal HTTP/1.1 GET with `Connection: close`; checks status and body.
@@ -288,6 +334,52 @@ fn parse_status_line(response: &[u8]) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    /// A resolver that does not answer (in this test: for 1 s, thrice the probes' patience).
+    fn hung_lookup(_: &str, _: u16) -> std::io::Result<Vec<SocketAddr>> {
+        std::thread::sleep(Duration::from_secs(1));
+        Err(std::io::Error::other("late"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_resolver_holds_at_most_the_lookup_budget_of_blocking_threads() {
+        let probes: Vec<_> = (0..600)
+            .map(|i| {
+                tokio::spawn(async move {
+                    resolve_within(
+                        &format!("m{i}.example"),
+                        443,
+                        Duration::from_millis(300),
+                        hung_lookup,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Other blocking work (a transfer, a reload) runs at once meanwhile.
+        let started = Instant::now();
+        let other = tokio::task::spawn_blocking(|| 42).await.expect("blocking task");
+        assert_eq!(other, 42);
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+        for probe in probes {
+            let outcome = probe.await.expect("probe task");
+            let reason = outcome.expect_err("a hung resolver resolves nothing");
+            assert!(
+                reason.contains("no answer from the resolver in time")
+                    || reason.contains("lookups already waiting"),
+                "{reason}"
+            );
+        }
+        // Once the hung lookups end, their slots serve again (here the real resolver, on a
+        // literal).
+        let addr = resolve_within("127.0.0.1", 53, Duration::from_secs(3), system_lookup).await;
+        assert_eq!(addr, Ok("127.0.0.1:53".parse().expect("addr")));
+    }
+
     use super::*;
 
     #[test]

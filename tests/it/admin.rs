@@ -39,10 +39,7 @@ async fn scrapes_and_status_never_hold_up_dns_over_tcp() {
     let (code, metrics) = http_request(http, "GET", "/metrics").await;
     let scrape_alone = started.elapsed();
     assert_eq!(code, 200);
-    assert!(
-        metrics.contains("consortium_dns_pool_members"),
-        "no pool series"
-    );
+    assert!(metrics.contains("consortium_dns_pool_members"), "no pool series");
     let started = Instant::now();
     let (code, _) = http_request(http, "GET", "/status").await;
     let status_alone = started.elapsed();
