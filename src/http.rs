@@ -52,6 +52,9 @@ pub struct ChallengeStatus {
     pub expires_in_s: i64,
 }
 
+/// Members per pool a default `/status` lists (`?members=all` lists every one).
+pub const STATUS_MEMBERS_PER_POOL: usize = 1_000;
+
 /// Admin connections served at once; more are closed at once (scrapers and the status
 /// command need a handful; an endless stream of connections must not pile up tasks).
 const MAX_ADMIN_CONNECTIONS: usize = 16;
@@ -124,7 +127,25 @@ async fn handle(
         }
         (&Method::GET, "/status") => {
             let control = control.clone();
-            let encoded = tokio::task::spawn_blocking(move || json(StatusCode::OK, &status(&control))).await;
+            // `?members=all` lists every member of every pool; by default a large pool is
+            // summarised (its members not up first), so a status of 100,000 members stays
+            // small and cheap.
+            let every_member = request
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .any(|p| p == "members=all");
+            let encoded = tokio::task::spawn_blocking(move || {
+                let mut document = status(&control);
+                if !every_member {
+                    for pool in &mut document.health.pools {
+                        pool.summarise(STATUS_MEMBERS_PER_POOL);
+                    }
+                }
+                json(StatusCode::OK, &document)
+            })
+            .await;
             encoded.unwrap_or_else(|_| {
                 reply(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -195,6 +195,12 @@ fn render(document: &StatusDocument) -> String {
                 cert
             ));
         }
+        if pool.members_omitted > 0 {
+            out.push_str(&format!(
+                "  ... {} more members, all up, not listed (GET /status?members=all lists every member)\n",
+                pool.members_omitted
+            ));
+        }
     }
     out
 }

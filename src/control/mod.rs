@@ -683,6 +683,13 @@ impl Control {
         })
         .await
         .map_err(|join_error| {
+            // A bug, never expected: counted and reported; the previous data keeps serving.
+            if join_error.is_panic() {
+                self.metrics.panics.with_label_values(&["reload"]).inc();
+                tracing::error!(
+                    "a rebuild panicked; the previous data keeps serving (this is a bug: please report it)"
+                );
+            }
             vec![Diagnostic::file(
                 std::path::Path::new("reload"),
                 format!("reload task failed: {join_error}"),

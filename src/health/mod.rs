@@ -456,6 +456,7 @@ impl HealthManager {
                     policy: pool.def.policy.label().to_string(),
                     fail_open: table.is_fail_open(),
                     members,
+                    members_omitted: 0,
                 });
             }
         }
@@ -523,6 +524,28 @@ pub struct PoolReport {
     pub policy: String,
     pub fail_open: bool,
     pub members: Vec<MemberReport>,
+    /// Members of the pool that `members` leaves out (a summary of a large pool lists the
+    /// ones not up first; `/status?members=all` lists every one).
+    #[serde(default)]
+    pub members_omitted: usize,
+}
+
+impl PoolReport {
+    /// Keeps at most `limit` members: those not up first, in order, then up ones.
+    pub fn summarise(&mut self, limit: usize) {
+        if self.members.len() <= limit {
+            return;
+        }
+        let total = self.members.len();
+        let (mut kept, up): (Vec<_>, Vec<_>) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|m| m.state != "up");
+        kept.truncate(limit);
+        let room = limit - kept.len();
+        kept.extend(up.into_iter().take(room));
+        self.members_omitted = total - kept.len();
+        self.members = kept;
+    }
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]

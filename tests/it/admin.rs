@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use consortium_dns::http::StatusDocument;
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,9 +42,25 @@ async fn scrapes_and_status_never_hold_up_dns_over_tcp() {
     assert_eq!(code, 200);
     assert!(metrics.contains("consortium_dns_pool_members"), "no pool series");
     let started = Instant::now();
-    let (code, _) = http_request(http, "GET", "/status").await;
+    let (code, summary) = http_request(http, "GET", "/status").await;
     let status_alone = started.elapsed();
     assert_eq!(code, 200);
+    // A large pool is summarised by default (its members not up first), listed whole on
+    // request.
+    let pool_of = |body: &str| -> (usize, usize) {
+        let document: StatusDocument = serde_json::from_str(body).expect("status JSON");
+        let pool = &document.health.pools[0];
+        (pool.members.len(), pool.members_omitted)
+    };
+    assert_eq!(pool_of(&summary), (1_000, 19_000));
+    let (code, every) = http_request(http, "GET", "/status?members=all").await;
+    assert_eq!(code, 200);
+    assert_eq!(pool_of(&every), (20_000, 0));
+    eprintln!(
+        "status of 20,000 members: {} bytes summarised, {} bytes listed whole",
+        summary.len(),
+        every.len()
+    );
 
     // Eight of each at once, while a resolver queries over TCP.
     let mut scrapers = Vec::new();
