@@ -119,6 +119,39 @@ impl TsigKey {
     }
 }
 
+/// Request MACs remembered against replay, at most (a key's request rate bounds how fast the
+/// memory fills; a window is 2 × `MAX_FUDGE`).
+const MAX_REMEMBERED_MACS: usize = 65_536;
+
+/// The request MACs already accepted, each until it is outside every time window. RFC 8945
+/// §5.2.3 leaves replay defence to the server (the time window alone allows a captured request
+/// to be sent again for up to 2 × fudge); anything that changes state or hands out the zone
+/// (UPDATE, AXFR/IXFR) accepts each signed request once.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    /// Request MAC -> Unix time after which it is outside every TSIG window.
+    seen: std::collections::HashMap<Box<[u8]>, u64>,
+}
+
+impl ReplayGuard {
+    /// Remembers a verified request MAC; false when it was seen before (a replay), or when
+    /// the memory is full of live entries (refused rather than forgotten, which would allow
+    /// replays).
+    pub fn first_use(&mut self, mac: &[u8], now: u64) -> bool {
+        if self.seen.len() >= MAX_REMEMBERED_MACS {
+            self.seen.retain(|_, until| *until >= now);
+        }
+        if self.seen.get(mac).is_some_and(|until| *until >= now) {
+            return false;
+        }
+        if self.seen.len() >= MAX_REMEMBERED_MACS {
+            return false;
+        }
+        self.seen.insert(mac.into(), now + 2 * u64::from(MAX_FUDGE));
+        true
+    }
+}
+
 /// Decodes standard base64 (padding optional, whitespace ignored).
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);

@@ -71,6 +71,14 @@ fn error_message(
     message
 }
 
+/// Whether this verified request MAC is new: each signed transfer request is answered once
+/// (`tsig::ReplayGuard`). Process-wide, as the transfers are: snapshots are immutable.
+fn first_use(request_mac: &[u8]) -> bool {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<tsig::ReplayGuard>> = std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    crate::sync::lock(seen).first_use(request_mac, wire::unix_now())
+}
+
 /// Builds the response messages to a transfer request from `client`.
 pub fn respond(snapshot: &Snapshot, query: &[u8], client: IpAddr) -> Vec<Vec<u8>> {
     let Some(question) = transfer_question(query) else {
@@ -89,6 +97,15 @@ pub fn respond(snapshot: &Snapshot, query: &[u8], client: IpAddr) -> Vec<Vec<u8>
         Err(tsig::Malformed) => return vec![refused(Rcode::FORMERR, None)],
         Ok(None) => None,
         Ok(Some(record)) => match tsig::verify(query, record, &snapshot.tsig_keys, wire::unix_now()) {
+            Verified::Valid { key, request_mac, .. } if !first_use(&request_mac) => {
+                // A captured request sent again: as stale as one outside the time window.
+                let mut message = refused(Rcode::NOTAUTH, None);
+                if let Ok(Some(record)) = tsig::find(query, question.end) {
+                    tsig::append_rejection(&mut message, tsig::BADTIME, Some(key), &record);
+                }
+                tracing::info!(%client, "transfer refused: a replayed TSIG request");
+                return vec![message];
+            }
             Verified::Valid { key, request_mac, .. } => Some((key, request_mac)),
             Verified::Rejected { error, key, record } => {
                 // RFC 8945 §5.2: NOTAUTH with the TSIG error; signed only when the key and MAC

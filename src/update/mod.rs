@@ -95,15 +95,11 @@ impl<'a> ZoneView<'a> {
 pub const CHALLENGE_LABEL: &str = "_acme-challenge";
 /// An ACME DNS-01 value: base64url of a SHA-256 digest, without padding (RFC 8555 §8.4).
 const ACME_VALUE_LEN: usize = 43;
-/// Request MACs remembered against replay, at most (each key's rate bounds how fast it fills).
-const MAX_REMEMBERED_MACS: usize = 65_536;
-
 /// Per-key state that is not zone data: the rate buckets and the MACs already accepted.
 #[derive(Debug, Default)]
 pub struct Guard {
     buckets: HashMap<Box<str>, (f64, Instant)>,
-    /// Request MAC -> Unix time after which it is outside every TSIG window.
-    seen: HashMap<Box<[u8]>, u64>,
+    seen: tsig::ReplayGuard,
 }
 
 impl Guard {
@@ -125,21 +121,9 @@ impl Guard {
         }
     }
 
-    /// Remembers a verified request MAC; false when it was seen before (a replay, RFC 8945
-    /// §5.2.3 leaves the defence to the server: the time window alone allows one).
+    /// Remembers a verified request MAC; false when it was seen before (a replay).
     fn first_use(&mut self, mac: &[u8], now: u64) -> bool {
-        if self.seen.len() >= MAX_REMEMBERED_MACS {
-            self.seen.retain(|_, until| *until >= now);
-        }
-        if self.seen.get(mac).is_some_and(|until| *until >= now) {
-            return false;
-        }
-        if self.seen.len() >= MAX_REMEMBERED_MACS {
-            // Still full of live entries: refuse rather than forget (which would allow replays).
-            return false;
-        }
-        self.seen.insert(mac.into(), now + 2 * u64::from(tsig::MAX_FUDGE));
-        true
+        self.seen.first_use(mac, now)
     }
 }
 

@@ -197,6 +197,17 @@ async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
         "{}",
         diff_text("signed AXFR", &records, &expected)
     );
+    // The same signed request again, byte for byte (a captured one replayed within its time
+    // window): refused as stale, NOTAUTH with BADTIME, nothing transferred.
+    let replayed = transfer(dns, &request, localhost).await;
+    assert_refused_plainly(&replayed, ResponseCode::NotAuth, "a replayed signed AXFR");
+    let tsig = verify_response(&replayed.messages, &key, &request_mac)
+        .unwrap_or_else(|e| panic!("the refusal of a replay is signed: {e}"));
+    assert_eq!(tsig.error, 18, "BADTIME");
+    // A fresh request with the same key is served again.
+    let mut fresh = axfr_request(9);
+    sign_request(&mut fresh, &key, unix_now());
+    assert_eq!(transfer(dns, &fresh, localhost).await.form, Form::Full);
 
     // An outside judge: BIND's dig checks the TSIG of every message of the transfer and
     // warns when one fails. (kdig 3.2 was tried first: with every message after the first
