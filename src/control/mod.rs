@@ -578,6 +578,9 @@ impl Control {
             for e in errors {
                 tracing::error!(trigger, "reload failed, still serving the previous data: {e}");
             }
+            // The failed load's tables are free now: give their pages back (a broken
+            // 1M-member file would otherwise leave its peak resident).
+            let _ = tokio::task::spawn_blocking(crate::memory::release_freed_memory).await;
         }
         let report = self.report(trigger, started, outcome);
         if report.ok {

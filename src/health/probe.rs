@@ -255,10 +255,17 @@ async fn resolve_within(
         lookup(&name, port)
     });
     match tokio::time::timeout_at(deadline, lookup).await {
-        Ok(Ok(Ok(addresses))) => addresses
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("resolve {host}: no address")),
+        Ok(Ok(Ok(addresses))) => match addresses.into_iter().next() {
+            // A member's name that leads to this host's own services (loopback, or the
+            // unspecified address) is not probed: the name is the member operator's to set,
+            // a probe of a local service is the consortium operator's, by `address`.
+            Some(addr) if addr.ip().is_loopback() || addr.ip().is_unspecified() => Err(format!(
+                "resolve {host}: {} is this host itself; not probed (set the member's probe `address` to probe a local service on purpose)",
+                addr.ip()
+            )),
+            Some(addr) => Ok(addr),
+            None => Err(format!("resolve {host}: no address")),
+        },
         Ok(Ok(Err(e))) => Err(format!("resolve {host}: {e}")),
         Ok(Err(_)) => Err(format!("resolve {host}: lookup failed")),
         Err(_) => Err(format!("resolve {host}: no answer from the resolver in time")),
@@ -375,9 +382,16 @@ mod tests {
             );
         }
         // Once the hung lookups end, their slots serve again (here the real resolver, on a
-        // literal).
-        let addr = resolve_within("127.0.0.1", 53, Duration::from_secs(3), system_lookup).await;
-        assert_eq!(addr, Ok("127.0.0.1:53".parse().expect("addr")));
+        // literal); a name leading to this host itself is refused.
+        let addr = resolve_within("192.0.2.7", 53, Duration::from_secs(3), system_lookup).await;
+        assert_eq!(addr, Ok("192.0.2.7:53".parse().expect("addr")));
+        for local in ["127.0.0.1", "::1", "0.0.0.0", "localhost"] {
+            let refused = resolve_within(local, 53, Duration::from_secs(3), system_lookup).await;
+            assert!(
+                refused.as_ref().is_err_and(|e| e.contains("is this host itself")),
+                "{local}: {refused:?}"
+            );
+        }
     }
 
     use super::*;

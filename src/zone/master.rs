@@ -18,6 +18,9 @@ use crate::diag::quoted;
 const MAX_INCLUDE_DEPTH: usize = 8;
 /// Largest zone file read (a safety bound against a wrong path pointing at a huge file).
 pub const MAX_ZONE_FILE_BYTES: u64 = 1 << 30;
+/// Why a raw UTF-8 owner name is refused, in the zone file as in the members file: the octets
+/// a resolver would have to send are not what a user types (RFC 5890 §2.3.2.1).
+pub const RAW_UTF8_NAME: &str = "raw UTF-8 in a name: write an internationalised name as its A-label (xn--...), or other octets as \\DDD escapes";
 /// Longest TTL accepted (RFC 2181 §8).
 const MAX_TTL: u32 = 0x7fff_ffff;
 
@@ -243,7 +246,11 @@ impl Parser {
                 .ok_or("record with a blank owner but no previous owner to inherit")?
         } else {
             let token = tokens.next().ok_or("empty entry")?;
-            Name::parse(text_of(&token)?, Some(origin)).map_err(name_error)?
+            let text = text_of(&token)?;
+            if !text.is_ascii() {
+                return Err(RAW_UTF8_NAME.into());
+            }
+            Name::parse(text, Some(origin)).map_err(name_error)?
         };
         *last_owner = Some(owner.clone());
 
@@ -732,6 +739,27 @@ mod tests {
     fn parse(text: &str) -> Result<Vec<Record>, Vec<Diagnostic>> {
         let origin = Name::parse("example.", None).expect("origin");
         parse_str(text, Path::new("test.zone"), &origin)
+    }
+
+    #[test]
+    fn raw_utf8_owner_names_are_refused_as_in_members_files() {
+        let errors = parse("$TTL 1h\nbücher A 192.0.2.1\nxn--bcher-kva A 192.0.2.2\n").expect_err("refused");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].line, Some(2));
+        assert!(
+            errors[0].message.contains("A-label (xn--"),
+            "{}",
+            errors[0].message
+        );
+        let origin = Name::parse("example.", None).expect("origin");
+        let members = "[[member]]\nlabel = \"bücher\"\ntarget = \"a.example.net\"\n";
+        let errors = crate::zone::members::parse(members, Path::new("m.toml"), &origin, &Default::default())
+            .expect_err("refused");
+        assert!(
+            errors[0].message.contains("A-label (xn--"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]

@@ -651,6 +651,9 @@ fn relative_label(label: &str, origin: &Name) -> Result<Name, String> {
     if label.is_empty() || label.ends_with('.') || label == "@" {
         return Err("must be a name relative to the zone, such as \"node1\"".into());
     }
+    if !label.is_ascii() {
+        return Err(super::master::RAW_UTF8_NAME.into());
+    }
     let name = Name::parse(label, Some(origin)).map_err(|e| e.to_string())?;
     if !name.is_hostname() {
         return Err("is not a valid hostname label (letters, digits, inner hyphens)".into());

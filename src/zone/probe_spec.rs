@@ -201,15 +201,22 @@ impl HealthSettings {
 }
 
 fn parse_probe_address(text: &str, port: u16) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        if addr.port() == 0 {
-            return Err(format!("probe address {text:?} has port 0"));
-        }
-        return Ok(addr);
+    let addr = match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => return Err(format!("probe address {text:?} has port 0")),
+        Ok(addr) => addr,
+        Err(_) => text
+            .parse::<IpAddr>()
+            .map(|ip| SocketAddr::new(ip, port))
+            .map_err(|_| format!("bad probe address {text:?} (want IP or IP:PORT)"))?,
+    };
+    // Connecting to 0.0.0.0 or :: reaches this host's own services: never a member's address
+    // (a loopback address, written here on purpose, is allowed: a local test or a sidecar).
+    if addr.ip().is_unspecified() {
+        return Err(format!(
+            "probe address {text:?} is the unspecified address, which reaches this host itself; write the member's address"
+        ));
     }
-    text.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, port))
-        .map_err(|_| format!("bad probe address {text:?} (want IP or IP:PORT)"))
+    Ok(addr)
 }
 
 fn parse_status(text: &str) -> Result<(u16, u16), String> {
@@ -243,6 +250,22 @@ mod tests {
         assert_eq!(spec.port, 443);
         assert_eq!(spec.expect_status, (200, 299));
         assert!(spec.timeout < spec.interval);
+    }
+
+    #[test]
+    fn the_unspecified_address_is_never_a_probe_address() {
+        for text in ["0.0.0.0:8053", "[::]:443", "0.0.0.0"] {
+            let settings = HealthSettings {
+                kind: Some(ProbeKind::Tcp),
+                port: Some(80),
+                address: Some(text.into()),
+                ..HealthSettings::default()
+            };
+            let error = settings
+                .resolve()
+                .expect_err("the unspecified address is refused");
+            assert!(error.contains("unspecified address"), "{text}: {error}");
+        }
     }
 
     #[test]
