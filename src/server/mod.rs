@@ -46,7 +46,12 @@ pub struct Shared {
     /// Where NOTIFYs from a secondary zone's primaries go (the zone's key): the control plane
     /// checks that zone at once. Unset when no zone is a secondary.
     pub notifies: OnceLock<mpsc::Sender<Box<[u8]>>>,
+    /// Zone transfers built or being written at once, at most (`MAX_CONCURRENT_TRANSFERS`).
+    pub transfer_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Zone transfers in memory at once, at most; more wait their turn.
+pub const MAX_CONCURRENT_TRANSFERS: usize = 8;
 
 /// An RFC 2136 UPDATE handed by a listener to the control plane, which owns the dynamic data
 /// and answers once the change is published (so an acknowledged value is served).
@@ -89,6 +94,7 @@ impl Shared {
             rrl: rrl::Limiter::new(rrl_rates, settings.rrl_table_size),
             updates: OnceLock::new(),
             notifies: OnceLock::new(),
+            transfer_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TRANSFERS)),
         }
     }
 

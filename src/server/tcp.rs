@@ -285,7 +285,7 @@ fn push_frame(frames: &mut Vec<u8>, message: &[u8]) {
 /// a full send buffer has drained, which at 300 KB/s takes longer than any sensible stall).
 async fn write_loop(
     mut writer: OwnedWriteHalf,
-    mut chunks: mpsc::Receiver<Vec<u8>>,
+    mut chunks: mpsc::Receiver<Chunk>,
     stall: Duration,
     peer: SocketAddr,
 ) {
@@ -293,7 +293,7 @@ async fn write_loop(
     // (acknowledged) at the last stall check.
     let mut sent_total: u64 = 0;
     let mut taken: u64 = 0;
-    while let Some(chunk) = chunks.recv().await {
+    while let Some(Chunk { bytes: chunk, .. }) = chunks.recv().await {
         let mut written = 0;
         while written < chunk.len() {
             match tokio::time::timeout(stall, writer.write(&chunk[written..])).await {
@@ -359,7 +359,7 @@ async fn read_loop(
     peer: SocketAddr,
     shared: &Arc<Shared>,
     stop: Shutdown,
-    chunks: mpsc::Sender<Vec<u8>>,
+    chunks: mpsc::Sender<Chunk>,
     activity: &Activity,
 ) {
     let mut connection = Connection {
@@ -396,7 +396,7 @@ async fn read_loop(
             }
         }
         // The answers owed are written, also when the connection closes after them.
-        if (!frames.is_empty() && connection.chunks.send(frames).await.is_err()) || !open {
+        if (!frames.is_empty() && connection.chunks.send(frames.into()).await.is_err()) || !open {
             break;
         }
     }
@@ -410,7 +410,7 @@ struct Connection<'s> {
     shared: &'s Arc<Shared>,
     stop: Shutdown,
     /// To the writer task.
-    chunks: mpsc::Sender<Vec<u8>>,
+    chunks: mpsc::Sender<Chunk>,
     /// Idle or busy, for the accept loop's eviction of the idlest connection.
     activity: &'s Activity,
     rng: SmallRng,
@@ -484,7 +484,7 @@ impl Connection<'_> {
     /// before it: the transfer follows when built, whole (its messages are never interleaved
     /// with other answers). False when the writer has gone.
     async fn start_transfer(&mut self, frames: &mut Vec<u8>) -> bool {
-        if !frames.is_empty() && self.chunks.send(std::mem::take(frames)).await.is_err() {
+        if !frames.is_empty() && self.chunks.send(std::mem::take(frames).into()).await.is_err() {
             return false;
         }
         if let Some(previous) = self.transfer.take() {
@@ -594,11 +594,17 @@ fn spawn_transfer(
     shared: &Arc<Shared>,
     query: Vec<u8>,
     peer: SocketAddr,
-    chunks: mpsc::Sender<Vec<u8>>,
+    chunks: mpsc::Sender<Chunk>,
 ) -> tokio::task::JoinHandle<()> {
-    let snapshot = shared.snapshot.load_full();
     let shared = shared.clone();
     tokio::spawn(async move {
+        // At most `super::MAX_CONCURRENT_TRANSFERS` are built and held in memory at once, each until
+        // its last byte is written: 300 clients asking for a large zone and never reading
+        // cannot hold 300 copies of it.
+        let Ok(slot) = shared.transfer_slots.clone().acquire_owned().await else {
+            return;
+        };
+        let snapshot = shared.snapshot.load_full();
         let request = query.clone();
         let built = tokio::task::spawn_blocking(move || {
             let messages = crate::transfer::respond(&snapshot, &request, peer.ip());
@@ -633,6 +639,23 @@ fn spawn_transfer(
                 frames
             }
         };
-        let _ = chunks.send(frames).await;
+        let _ = chunks
+            .send(Chunk {
+                bytes: frames,
+                _slot: Some(slot),
+            })
+            .await;
     })
+}
+
+/// Bytes for the writer, with the transfer slot they hold until written.
+pub(super) struct Chunk {
+    bytes: Vec<u8>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl From<Vec<u8>> for Chunk {
+    fn from(bytes: Vec<u8>) -> Chunk {
+        Chunk { bytes, _slot: None }
+    }
 }

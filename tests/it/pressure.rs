@@ -237,3 +237,70 @@ async fn clients_holding_the_cap_with_periodic_queries_lock_nobody_out() {
     assert_eq!(caught_panics(&server), 0);
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unread_transfers_hold_at_most_eight_copies_of_the_zone() {
+    let tree = Tree::example();
+    let zone = tree.read(ZONE_FILE);
+    let filler: String = (0..64_000)
+        .map(|i| format!("t{i} 300 IN TXT \"{}\"\n", "y".repeat(40)))
+        .collect();
+    tree.write(ZONE_FILE, &format!("{zone}{filler}"));
+    append_to_zone_table(&tree, "allow-transfer = [{ network = \"127.0.0.0/8\" }]\n");
+    let server = tree.start().await;
+    let a = server.dns_addrs[0];
+    let mut request = raw_header(0x4243, 0, [1, 0, 0, 0]);
+    request.extend(raw_question("consortium.example.", 252, 1));
+    // Twelve clients ask for the zone (5 MB, more than the kernel's socket buffers take) and
+    // never read a byte.
+    let mut unread = Vec::new();
+    for i in 0..12u8 {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4 * 1024).expect("SO_RCVBUF");
+        socket
+            .bind(std::net::SocketAddr::new(
+                Ipv4Addr::new(127, 0, 9, 1 + i).into(),
+                0,
+            ))
+            .expect("bind");
+        let mut stream = socket.connect(a).await.expect("connect");
+        stream.write_all(&frame(&request)).await.expect("send AXFR");
+        unread.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let slots = &server.shared.transfer_slots;
+    assert_eq!(
+        slots.available_permits(),
+        0,
+        "eight transfers in memory, the others waiting"
+    );
+    // The stalled ones are closed (no progress for 5 s), the waiting ones follow, and a
+    // reader that reads gets the whole zone in the end.
+    let mut reader = TcpSocket::new_v4()
+        .expect("socket")
+        .connect(a)
+        .await
+        .expect("connect");
+    reader.write_all(&frame(&request)).await.expect("send AXFR");
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !ends_with_closing_soa(&received) {
+        match tokio::time::timeout(Duration::from_secs(30), reader.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    eprintln!(
+        "12 unread transfers: a reading client got its {} bytes after {:?}",
+        received.len(),
+        started.elapsed()
+    );
+    assert!(
+        ends_with_closing_soa(&received),
+        "the reading client's transfer is whole"
+    );
+    drop(unread);
+    assert_eq!(caught_panics(&server), 0);
+    server.shutdown(Duration::from_secs(1)).await;
+}
