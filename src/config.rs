@@ -122,8 +122,9 @@ struct ServerSection {
     #[serde(default = "default_true")]
     query_metrics: bool,
     /// File keeping each zone's served serial across restarts, so that it never goes
-    /// backwards (the directory must be writable). Unset = not kept: after a restart the
-    /// serial policy starts again from the zone files' serials.
+    /// backwards (the directory must be writable). Default `$STATE_DIRECTORY/state.json`
+    /// under systemd, else `consortium-dns.state.json` beside the config; "" = not kept (a
+    /// restart then asks the NOTIFY targets for their serials and continues above them).
     #[serde(default)]
     state_file: Option<PathBuf>,
 }
@@ -625,6 +626,21 @@ impl ZoneConfig {
     }
 }
 
+/// Where served serials are kept when the config does not say: the systemd unit's
+/// StateDirectory (`$STATE_DIRECTORY`, writable by its dynamic user), else beside the config.
+/// On by default: without it a restart would serve the files' serials again, lower than what
+/// secondaries hold, and they would stop following (RFC 1982 comparison).
+fn default_state_file(config_dir: &Path) -> PathBuf {
+    match std::env::var_os("STATE_DIRECTORY") {
+        // systemd passes a colon-separated list; the first is the unit's own.
+        Some(dirs) if !dirs.is_empty() => {
+            let dirs = dirs.to_string_lossy().into_owned();
+            PathBuf::from(dirs.split(':').next().unwrap_or_default()).join("state.json")
+        }
+        _ => config_dir.join("consortium-dns.state.json"),
+    }
+}
+
 /// The admin endpoint a config names (`[server] http-listen`, its default when absent; None
 /// when set to ""), read without the rest of the config: `ctl` must find a running server even
 /// while the config on disk is being edited or is broken.
@@ -703,14 +719,15 @@ impl Config {
         // A reference to a key whose secret failed to load is that key's error, not its own.
         let declared: Vec<&str> = file.keys.iter().map(|k| k.get_ref().name.as_str()).collect();
         // A secondary's copy defaults to the state file's directory (writable under systemd).
-        let state_dir = file.server.state_file.as_ref().map(|f| {
-            parser
-                .base
-                .join(f)
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-        });
+        let state_file = match &file.server.state_file {
+            // `state-file = ""`: served serials are not kept (restarts ask the secondaries).
+            Some(f) if f.as_os_str().is_empty() => None,
+            Some(f) => Some(parser.base.join(f)),
+            None => Some(default_state_file(parser.base)),
+        };
+        let state_dir = state_file
+            .as_ref()
+            .map(|f| f.parent().map(Path::to_path_buf).unwrap_or_default());
         let file_limits = parser.file_limits(&file.limits);
         let key_files: Vec<PathBuf> = file
             .keys
@@ -751,7 +768,7 @@ impl Config {
             live: LiveSettings {
                 identity: file.server.identity,
                 version: file.server.version,
-                state_file: file.server.state_file.map(|f| parser.base.join(f)),
+                state_file,
                 geo,
                 rrl,
                 health_defaults: file.health,
@@ -1163,6 +1180,20 @@ mod tests {
             PathBuf::from("/etc/cdns/example.zone")
         );
         assert_eq!(config.live.zones[0].origin().to_string(), "example.");
+        // Served serials are kept by default (beside the config outside systemd), and
+        // `state-file = ""` turns that off.
+        if std::env::var_os("STATE_DIRECTORY").is_none() {
+            assert_eq!(
+                config.live.state_file,
+                Some(PathBuf::from("/etc/cdns/consortium-dns.state.json"))
+            );
+        }
+        let off = Config::parse(
+            "[server]\nstate-file = \"\"\n[[zone]]\norigin = \"example\"\nfile = \"example.zone\"\n",
+            Path::new("/etc/cdns/c.toml"),
+        )
+        .expect("valid");
+        assert_eq!(off.live.state_file, None);
     }
 
     #[test]

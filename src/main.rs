@@ -195,6 +195,19 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    if config.live.state_file.is_none() {
+        for zone in config
+            .live
+            .zones
+            .iter()
+            .filter(|z| !z.is_secondary() && z.peers.notify.is_empty())
+        {
+            eprintln!(
+                "warning: zone {}: state-file is off and no NOTIFY targets can be asked, so a restart serves the zone file's serial, which may be below what secondaries hold",
+                zone.origin()
+            );
+        }
+    }
     match consortium_dns::control::load(&config) {
         Ok(snapshot) => {
             for zone in snapshot.zones() {

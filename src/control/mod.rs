@@ -73,8 +73,9 @@ impl Overrides {
 
 /// What a rebuild starts from.
 enum Change {
-    /// The first load: this config, serials continuing from the state file.
-    Start(Box<Config>),
+    /// The first load: this config, serials continuing from the state file, or for a zone
+    /// it does not know, above the highest serial its secondaries said they hold (`floors`).
+    Start(Box<Config>, HashMap<Box<[u8]>, u32>),
     /// The config file and every zone file read again; `force` publishes even what the
     /// hold-back guard (`held_back`) would keep.
     Reload { force: bool },
@@ -336,6 +337,68 @@ fn held_back(previous: &Snapshot, zones: &[ZoneData], config: &Config) -> Vec<Di
     held
 }
 
+/// For each primary zone the state file does not know (no file, a lost file, a new zone),
+/// the highest serial its NOTIFY targets answer for it (SOA over TCP, signed with the target's
+/// key, 2 s each, all at once): the restart then serves a serial above it, and the secondaries
+/// keep following. Zones with neither are warned about: a restart may move their serial back.
+async fn serials_held_by_secondaries(config: &Config) -> HashMap<Box<[u8]>, u32> {
+    let state = config.live.state_file.as_deref().map(SerialState::read);
+    let mut asks = tokio::task::JoinSet::new();
+    for zone in config.live.zones.iter().filter(|z| !z.is_secondary()) {
+        if state
+            .as_ref()
+            .is_some_and(|s| s.previous(zone.origin()).is_some())
+        {
+            continue;
+        }
+        if zone.peers.notify.is_empty() {
+            if config.live.state_file.is_none() {
+                tracing::warn!(
+                    zone = %zone.origin(),
+                    "no state-file and no NOTIFY targets to ask: the served serial starts from the zone file's and may be lower than what secondaries hold"
+                );
+            }
+            continue;
+        }
+        for target in &zone.peers.notify {
+            let key = target
+                .key
+                .as_ref()
+                .and_then(|name| config.live.keys.iter().find(|k| k.name.key() == name.key()))
+                .cloned();
+            let (origin, address) = (zone.origin().clone(), target.address);
+            asks.spawn(async move {
+                let primary = crate::secondary::client::Primary {
+                    address,
+                    key: key.as_ref(),
+                    timeout: Duration::from_secs(2),
+                };
+                let answer = crate::secondary::client::soa_serial(primary, &origin).await;
+                (origin, address, answer)
+            });
+        }
+    }
+    let mut floors: HashMap<Box<[u8]>, u32> = HashMap::new();
+    while let Some(asked) = asks.join_next().await {
+        let Ok((origin, address, answer)) = asked else {
+            continue;
+        };
+        match answer {
+            Ok(serial) => {
+                tracing::info!(zone = %origin, secondary = %address, serial, "no served serial on record: the secondary holds this one");
+                let floor = floors.entry(origin.key()).or_insert(serial);
+                if zone::serial::serial_gt(serial, *floor) {
+                    *floor = serial;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(zone = %origin, secondary = %address, "no served serial on record, and the secondary did not say what it holds: {e}")
+            }
+        }
+    }
+    floors
+}
+
 /// Sets each zone's served serial by its policy, from what `previous` says was served.
 fn apply_serial_policy(
     zones: &mut [ZoneData],
@@ -365,7 +428,7 @@ fn load_change(
 ) -> Result<(Config, Vec<ZoneData>), Vec<Diagnostic>> {
     let now = wire::unix_now();
     match change {
-        Change::Start(config) => {
+        Change::Start(config, floors) => {
             let mut zones = load_zones(&config)?;
             *keys = signing::load_keys(&config)?;
             signing::set_digests(&mut zones, keys, now);
@@ -378,7 +441,10 @@ fn load_change(
             }
             updates::attach(&mut zones, challenges, &config);
             apply_serial_policy(&mut zones, &config, |origin| {
-                state.as_ref().and_then(|s| s.previous(origin))
+                state.as_ref().and_then(|s| s.previous(origin)).or_else(|| {
+                    // Content unknown (digest 0): the policy moves above what they hold.
+                    floors.get(&origin.key()).map(|serial| (*serial, 0))
+                })
             });
             Ok((*config, zones))
         }
@@ -526,7 +592,10 @@ impl Control {
         let config = lock(&self.config).clone();
         let started = Instant::now();
         self.secondaries.load_stores(&config);
-        let published = self.rebuild(&mut state, Change::Start(Box::new(config))).await?;
+        let floors = serials_held_by_secondaries(&config).await;
+        let published = self
+            .rebuild(&mut state, Change::Start(Box::new(config), floors))
+            .await?;
         let report = self.report("start", started, Ok(published));
         self.record(&report);
         Ok(report)
@@ -645,7 +714,7 @@ impl Control {
         let (bumped, starting, reread) = match &change {
             Change::TransferPicks(due) => (due.clone(), false, false),
             Change::Dynamic(_) | Change::Resign(_) | Change::Transferred => (Vec::new(), false, false),
-            Change::Start(_) => (Vec::new(), true, true),
+            Change::Start(..) => (Vec::new(), true, true),
             Change::Reload { .. } => (Vec::new(), false, true),
         };
         let (running_now, previous_now) = (running.clone(), previous.clone());

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::common::Nsd;
+use crate::common::{Nsd, edit};
 
 // ---------------------------------------------------------------------------------------------
 // A relay that watches NSD's transfers
@@ -398,4 +398,125 @@ async fn nsd_secondary_follows_edits_and_health() {
     drop(nsd);
     drop(relay);
     server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Issue 21: a restart of the primary without its state file (lost, or turned off) must not
+/// serve a serial below what the secondaries hold, or they stop following. The primary asks
+/// its NOTIFY targets for their SOA before serving and continues above the highest; NSD then
+/// takes the restarted primary's zone, and its shared name keeps following health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() {
+    let key = Key::transfer();
+    let mut endpoints = [Endpoint::start().await, Endpoint::start().await];
+    let members = vec![
+        MemberSpec::new("node1", "node1.operator-a.com.", 5, &endpoints[0].probe()),
+        MemberSpec::new("node2", "api.operator-b.net.", 3, &endpoints[1].probe()),
+    ];
+    let tree = Tree::example();
+    let (dns_port, nsd_port) = (common::free_port(), common::free_port());
+    // A fixed port, so that NSD finds the restarted primary; no state file at all.
+    edit(
+        &tree,
+        "config/consortium-dns.toml",
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:{dns_port}\"]\nstate-file = \"\""),
+    );
+    configure(
+        &tree,
+        &format!(
+            "allow-transfer = [{{ network = \"127.0.0.1\", key = \"{k}\" }}]\n\
+             notify = [{{ address = \"127.0.0.1:{nsd_port}\", key = \"{k}\" }}]\n\
+             transfer-pick-refresh = \"1s\"\n",
+            k = key.name
+        ),
+        &[&key],
+    );
+    tree.write(MEMBERS_FILE, &members_file(&members));
+    let server = tree.start().await;
+    let ours = server.dns_addrs[0];
+    let mut nsd = Nsd::secondary(nsd_port, ORIGIN, ours, &key.nsd());
+    let soa_is = |serial: u32| {
+        move |(_, records): &(ResponseCode, BTreeSet<Rr>)| {
+            records.iter().any(|r| {
+                r.rtype == u16::from(RecordType::SOA)
+                    && r.rdata.len() >= 20
+                    && soa_serial_of_rdata(&r.rdata) == serial
+            })
+        }
+    };
+    let file_serial = served_serial(ours).await.expect("our SOA");
+    nsd.wait_for(
+        ORIGIN,
+        RecordType::SOA,
+        Duration::from_secs(10),
+        soa_is(file_serial),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("NSD did not load the zone: {e}"));
+
+    // An edit without a serial change in the file: the policy raises the served serial, NSD
+    // follows. The files' serial is now below what NSD holds.
+    edit(
+        &tree,
+        ZONE_FILE,
+        "api     IN A    192.0.2.80",
+        "api     IN A    192.0.2.81",
+    );
+    assert!(server.control.reload("test").await.ok);
+    let raised = served_serial(ours).await.expect("our SOA");
+    assert_eq!(raised, file_serial + 1);
+    nsd.wait_for(ORIGIN, RecordType::SOA, Duration::from_secs(10), soa_is(raised))
+        .await
+        .unwrap_or_else(|e| panic!("NSD did not follow the edit: {e}"));
+    server.shutdown(Duration::from_secs(1)).await;
+
+    // The restart: no state file, so it asks NSD, and serves above what NSD holds.
+    let server = tree.start().await;
+    let after = served_serial(ours).await.expect("our SOA");
+    assert!(
+        serial_gt(after, raised),
+        "served {after} after the restart, not above the secondary's {raised}"
+    );
+    nsd.wait_for(ORIGIN, RecordType::SOA, Duration::from_secs(15), soa_is(after))
+        .await
+        .unwrap_or_else(|e| panic!("NSD did not follow the restarted primary: {e}"));
+    let any = format!("any.{ORIGIN}");
+    let expect_pick = |picked: &MemberSpec| {
+        let record = pool_record(picked);
+        move |(rcode, records): &(ResponseCode, BTreeSet<Rr>)| {
+            *rcode == ResponseCode::NoError && records.len() == 1 && records.contains(&record)
+        }
+    };
+    nsd.wait_for(
+        &any,
+        RecordType::CNAME,
+        Duration::from_secs(5),
+        expect_pick(&members[0]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("NSD's shared name before the failure: {e}"));
+    // Health still moves NSD's shared name after the restart.
+    endpoints[0].stop().await;
+    let took = nsd
+        .wait_for(
+            &any,
+            RecordType::CNAME,
+            Duration::from_secs(15),
+            expect_pick(&members[1]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("NSD's shared name did not follow node1 going down: {e}"));
+    eprintln!(
+        "restart without state: served {after} above NSD's {raised}; node1 down reached NSD in {took:?}"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+fn soa_serial_of_rdata(rdata: &[u8]) -> u32 {
+    let at = rdata.len() - 20;
+    u32::from_be_bytes([rdata[at], rdata[at + 1], rdata[at + 2], rdata[at + 3]])
+}
+
+fn serial_gt(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 31
 }
