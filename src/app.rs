@@ -68,7 +68,7 @@ pub async fn start_with(mut config: Config, overrides: Overrides) -> Result<Serv
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(StartError::BindHttp)?,
+                .map_err(|e| StartError::BindHttp(std::io::Error::new(e.kind(), format!("{addr}: {e}"))))?,
         ),
         None => None,
     };

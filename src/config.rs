@@ -666,6 +666,31 @@ pub fn admin_address(path: &Path) -> Result<Option<SocketAddr>, String> {
 
 impl Config {
     /// The settings of the zone `origin`, if it is configured.
+    /// What is allowed but probably not meant, for `check` and the start-up log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for zone in &self.live.zones {
+            let open = zone
+                .peers
+                .allow_transfer
+                .iter()
+                .any(|acl| acl.prefix == 0 && acl.key.is_none());
+            if open {
+                warnings.push(format!(
+                    "zone {}: allow-transfer lets anyone on the internet transfer the zone without a key",
+                    zone.origin()
+                ));
+            }
+            if self.live.state_file.is_none() && !zone.is_secondary() && zone.peers.notify.is_empty() {
+                warnings.push(format!(
+                    "zone {}: state-file is off and no NOTIFY targets can be asked, so a restart serves the zone file's serial, which may be below what secondaries hold",
+                    zone.origin()
+                ));
+            }
+        }
+        warnings
+    }
+
     pub fn zone(&self, origin: &Name) -> Option<&ZoneConfig> {
         let key = origin.key();
         self.live.zones.iter().find(|z| z.origin().key() == key)
@@ -1121,10 +1146,19 @@ impl Parser<'_> {
     ) -> Vec<NotifyTarget> {
         let mut targets = Vec::new();
         for target in sections {
-            let Ok(address) = target.address.parse::<SocketAddr>() else {
+            // An address without a port means DNS's own, 53 (as NSD and Knot read it).
+            let parsed = target.address.parse::<SocketAddr>().or_else(|_| {
+                target
+                    .address
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            let Ok(address) = parsed else {
                 self.at(
                     location,
-                    format!("notify: bad address {:?} (want IP:PORT)", target.address),
+                    format!("notify: bad address {:?} (want IP or IP:PORT)", target.address),
                 );
                 continue;
             };

@@ -12,10 +12,14 @@ use consortium_dns::control::ReloadReport;
 /// to its end on the server whatever happens to this command).
 const RELOAD_WAIT: Duration = Duration::from_secs(600);
 
-/// The admin endpoint: `--http-listen` when given, else the config's `[server] http-listen`.
-fn admin_address(config: &Path, http_listen: Option<SocketAddr>) -> Result<SocketAddr, String> {
+/// The admin endpoint: `--http-listen` when given, else the config's `[server] http-listen`
+/// (the default 127.0.0.1:8053 when there is no config file at that path).
+pub(crate) fn admin_address(config: &Path, http_listen: Option<SocketAddr>) -> Result<SocketAddr, String> {
     if let Some(addr) = http_listen {
         return Ok(addr);
+    }
+    if !config.exists() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], 8053)));
     }
     match consortium_dns::config::admin_address(config)? {
         Some(addr) => Ok(addr),

@@ -3,6 +3,14 @@
 //!
 //! ARCHITECTURE.md at the repository root maps the modules and which may use which.
 
+/// The version and the commit built from, as `--version` and the start-up line show them.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CONSORTIUM_DNS_COMMIT"),
+    ")"
+);
+
 pub mod app;
 pub mod config;
 pub mod control;

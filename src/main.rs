@@ -23,7 +23,7 @@ const EX_OSERR: u8 = 71;
 #[derive(Parser)]
 #[command(
     name = "consortium-dns",
-    version,
+    version = consortium_dns::VERSION,
     about = "Authoritative DNS for a consortium's nodes",
     args_conflicts_with_subcommands = true
 )]
@@ -44,15 +44,15 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Show pools and members of a running server (from its loopback admin endpoint).
+    /// Show pools and members of a running server (from its loopback admin endpoint). Exit
+    /// code 0 all well, 1 the last reload failed, 2 a pool fails open, 3 no answer.
     Status {
-        /// The server's admin HTTP address.
-        #[arg(
-            long = "http-listen",
-            value_name = "ADDR:PORT",
-            default_value = "127.0.0.1:8053"
-        )]
-        http_listen: SocketAddr,
+        /// The config whose `[server] http-listen` names the admin endpoint.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The server's admin HTTP address, instead of the config's.
+        #[arg(long = "http-listen", value_name = "ADDR:PORT")]
+        http_listen: Option<SocketAddr>,
         /// Print the raw JSON document instead of tables.
         #[arg(long)]
         json: bool,
@@ -148,7 +148,17 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => serve(args),
         Command::Check { config } => check(&config),
-        Command::Status { http_listen, json } => status::run(http_listen, json),
+        Command::Status {
+            config,
+            http_listen,
+            json,
+        } => match ctl::admin_address(&config, http_listen) {
+            Ok(addr) => status::run(addr, json),
+            Err(reason) => {
+                eprintln!("{reason}");
+                ExitCode::from(3)
+            }
+        },
         Command::Dnssec(command) => match command {
             DnssecCommand::Keygen {
                 config,
@@ -172,8 +182,11 @@ fn init_logging(format: LogFormat) {
     // RUST_LOG overrides the default level, e.g. RUST_LOG=consortium_dns=debug.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: in the journal or a file, escape codes are noise.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -195,18 +208,8 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    if config.live.state_file.is_none() {
-        for zone in config
-            .live
-            .zones
-            .iter()
-            .filter(|z| !z.is_secondary() && z.peers.notify.is_empty())
-        {
-            eprintln!(
-                "warning: zone {}: state-file is off and no NOTIFY targets can be asked, so a restart serves the zone file's serial, which may be below what secondaries hold",
-                zone.origin()
-            );
-        }
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
     }
     match consortium_dns::control::load(&config) {
         Ok(snapshot) => {
@@ -273,7 +276,23 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(EX_OSERR);
             }
         };
-        // Zones loaded, sockets bound, first query answerable: tell systemd (Type=notify).
+        // Zones loaded, sockets bound, first query answerable: say what is served, and tell
+        // systemd (Type=notify).
+        tracing::info!(version = consortium_dns::VERSION, listen = ?handle.dns_addrs, "consortium-dns serving");
+        for warning in handle.config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        for zone in handle.shared.snapshot.load().zones() {
+            tracing::info!(
+                zone = %zone.origin,
+                serial = zone.serial,
+                records = zone.records.len(),
+                members = zone.members.len(),
+                pools = zone.pools.len(),
+                signed = zone.dnssec.is_some(),
+                "zone loaded"
+            );
+        }
         let zones = handle.shared.snapshot.load().zones().len();
         sd_notify::notify_or_log(&format!("READY=1\nSTATUS=serving {zones} zone(s)"));
         signals.wait_for_stop(&handle).await;

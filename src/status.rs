@@ -9,28 +9,44 @@ use std::time::Duration;
 
 use consortium_dns::http::StatusDocument;
 
+/// Exit codes, as Nagios-style checks read them: 0 all well, 1 the last reload failed (the
+/// previous data is served), 2 a pool is failing open (no eligible member), 3 no answer.
+const EXIT_RELOAD_FAILED: u8 = 1;
+const EXIT_FAILING_OPEN: u8 = 2;
+const EXIT_UNKNOWN: u8 = 3;
+
 pub(crate) fn run(addr: SocketAddr, raw_json: bool) -> ExitCode {
-    match fetch(addr) {
-        Ok(body) if raw_json => {
-            println!("{body}");
-            ExitCode::SUCCESS
-        }
-        Ok(body) => match serde_json::from_str::<StatusDocument>(&body) {
-            Ok(document) => {
-                print!("{}", render(&document));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("unexpected status document from {addr}: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    let body = match fetch(addr) {
+        Ok(body) => body,
         Err(e) => {
             eprintln!(
                 "cannot read status from http://{addr}/status: {e} (is the server running with --http-listen {addr}?)"
             );
-            ExitCode::FAILURE
+            return ExitCode::from(EXIT_UNKNOWN);
         }
+    };
+    let document = match serde_json::from_str::<StatusDocument>(&body) {
+        Ok(document) => document,
+        Err(e) => {
+            eprintln!("unexpected status document from {addr}: {e}");
+            return ExitCode::from(EXIT_UNKNOWN);
+        }
+    };
+    if raw_json {
+        println!("{body}");
+    } else {
+        print!("{}", render(&document));
+    }
+    exit_code(&document)
+}
+
+fn exit_code(document: &StatusDocument) -> ExitCode {
+    if document.health.pools.iter().any(|p| p.fail_open) {
+        ExitCode::from(EXIT_FAILING_OPEN)
+    } else if document.last_reload.as_ref().is_some_and(|r| !r.ok) {
+        ExitCode::from(EXIT_RELOAD_FAILED)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

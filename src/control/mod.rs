@@ -352,12 +352,7 @@ async fn serials_held_by_secondaries(config: &Config) -> HashMap<Box<[u8]>, u32>
             continue;
         }
         if zone.peers.notify.is_empty() {
-            if config.live.state_file.is_none() {
-                tracing::warn!(
-                    zone = %zone.origin(),
-                    "no state-file and no NOTIFY targets to ask: the served serial starts from the zone file's and may be lower than what secondaries hold"
-                );
-            }
+            // Nobody to ask (`Config::warnings` says so at start-up).
             continue;
         }
         for target in &zone.peers.notify {

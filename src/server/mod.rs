@@ -166,7 +166,9 @@ impl Listeners {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in addrs {
-            let (sockets, listener) = bind_pair(addr, workers)?;
+            // "Address already in use" alone does not say which of several addresses.
+            let (sockets, listener) =
+                bind_pair(addr, workers).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
             udp.push(sockets);
             tcp.push(listener);
         }

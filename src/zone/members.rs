@@ -663,6 +663,10 @@ fn relative_label(label: &str, origin: &Name) -> Result<Name, String> {
 
 /// A target hostname; a missing trailing dot still means the absolute name.
 fn hostname(text: &str) -> Result<Name, String> {
+    if text.parse::<std::net::IpAddr>().is_ok() {
+        // A CNAME points at a name (RFC 1034 §3.6.2); "192.0.2.1" would be looked up as one.
+        return Err("is an IP address; a member's target is the node's hostname (a CNAME target)".into());
+    }
     let absolute = if text.ends_with('.') {
         text.to_string()
     } else {

@@ -1264,7 +1264,8 @@ async fn untrusted_or_misnamed_certificates_fail_the_probe() {
 // The status command
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `consortium-dns status --http-listen ADDR` and returns its stdout.
+/// Runs `consortium-dns status --http-listen ADDR` and returns its stdout; it must exit 0, or
+/// 2 when the output says a pool is failing open (its Nagios-style CRITICAL).
 async fn status_command(addr: SocketAddr) -> String {
     let output = tokio::task::spawn_blocking(move || {
         Command::new(binary())
@@ -1275,9 +1276,11 @@ async fn status_command(addr: SocketAddr) -> String {
     .await
     .expect("status command task");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "status failed: {stdout}\n{}",
+    let expected = if stdout.contains("FAILING OPEN") { 2 } else { 0 };
+    assert_eq!(
+        output.status.code(),
+        Some(expected),
+        "status exit code: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
@@ -1350,7 +1353,7 @@ async fn status_command_prints_pools_and_members() {
     })
     .await
     .expect("task");
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(3), "no answer: UNKNOWN");
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read status"));
     server.shutdown(Duration::from_secs(1)).await;
 }

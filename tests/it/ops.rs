@@ -1428,3 +1428,66 @@ fn sampled_query_log_over_udp_and_tcp_and_nothing_else_per_query() {
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+/// Issue 21 items 7 and 9: `--version` names the commit; `check` refuses an IP address as a
+/// member's target, reads a NOTIFY address without a port as port 53, and warns about an
+/// allow-transfer open to everyone without a key and about serials a restart could lose.
+#[test]
+fn version_names_the_commit_and_check_catches_what_operators_get_wrong() {
+    let output = Command::new(binary())
+        .arg("--version")
+        .output()
+        .expect("--version");
+    let version = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        version.starts_with(&format!("consortium-dns {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+
+    let tree = Tree::example();
+    let members = tree.read("zones/consortium.example.members.toml");
+    tree.write(
+        "zones/consortium.example.members.toml",
+        &members.replacen("target = \"node1.operator-a.com\"", "target = \"192.0.2.10\"", 1),
+    );
+    let (ok, _, stderr) = crate::common::run_check(&tree);
+    assert!(!ok, "an IP address as a target passed");
+    assert!(stderr.contains("is an IP address"), "{stderr}");
+    tree.write("zones/consortium.example.members.toml", &members);
+
+    crate::common::append_to_zone_table(
+        &tree,
+        "allow-transfer = [{ network = \"0.0.0.0/0\" }]\nnotify = [{ address = \"192.0.2.53\" }]\n",
+    );
+    crate::common::edit(
+        &tree,
+        "config/consortium-dns.toml",
+        "[server]\n",
+        "[server]\nstate-file = \"\"\n",
+    );
+    let (ok, _, stderr) = crate::common::run_check(&tree);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("warning: zone consortium.example.: allow-transfer lets anyone"),
+        "{stderr}"
+    );
+    let config = consortium_dns::config::Config::load(&tree.config_path()).expect("config");
+    let notify = &config.live.zones[0].peers.notify;
+    assert_eq!(
+        notify[0].address,
+        "192.0.2.53:53".parse::<SocketAddr>().expect("addr")
+    );
+    // With a NOTIFY target to ask, no warning about serials; without one, a warning.
+    assert!(!stderr.contains("state-file is off"), "{stderr}");
+    crate::common::edit(
+        &tree,
+        "config/consortium-dns.toml",
+        "notify = [{ address = \"192.0.2.53\" }]\n",
+        "",
+    );
+    let (_, _, stderr) = crate::common::run_check(&tree);
+    assert!(
+        stderr.contains("state-file is off and no NOTIFY targets"),
+        "{stderr}"
+    );
+}

@@ -719,8 +719,8 @@ async fn serial_policy_dateserial() {
 // Bad edits never go live, and say where they are
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `consortium-dns status --http-listen addr` and returns its output.
-async fn status_command(addr: SocketAddr) -> String {
+/// Runs `consortium-dns status --http-listen addr` and returns its exit code and output.
+async fn status_command(addr: SocketAddr) -> (Option<i32>, String) {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(common::binary())
             .args(["status", "--http-listen", &addr.to_string()])
@@ -729,8 +729,10 @@ async fn status_command(addr: SocketAddr) -> String {
     })
     .await
     .expect("join");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// The common course of a broken edit: `break_it` makes a valid change plus an error at
@@ -763,10 +765,15 @@ async fn broken_edit_is_refused_then_fixed(
     assert_eq!(success.trigger, "start");
     assert!(metric(server, &reloads("failure")).await > failures);
     assert_eq!(metric(server, &serial_series).await, serial, "serial gauge kept");
-    let shown = status_command(http(server)).await;
+    let (code, shown) = status_command(http(server)).await;
     assert!(
         shown.contains("last reload: FAILED") && shown.contains(&at),
         "{shown}"
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "status exits 1 after a failed reload (Nagios WARNING)"
     );
 
     // Old answers stay, and POST /reload answers 422 with the same errors.
@@ -789,6 +796,11 @@ async fn broken_edit_is_refused_then_fixed(
     let report = last_reload_becomes(http(server), "a good reload in /status", |r| r.ok).await;
     assert!(report.errors.is_empty());
     assert!(metric(server, &reloads("success")).await > successes);
+    assert_eq!(
+        status_command(http(server)).await.0,
+        Some(0),
+        "status exits 0 again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
