@@ -44,6 +44,9 @@ pub const DNSSEC_SIGNATURES_TOTAL: &str = "consortium_dns_dnssec_signatures_tota
 pub const DNSSEC_EARLIEST_EXPIRY: &str = "consortium_dns_dnssec_earliest_signature_expiry_timestamp_seconds";
 pub const DNSSEC_KEYS: &str = "consortium_dns_dnssec_keys";
 pub const POOL_POLICY: &str = "consortium_dns_pool_policy";
+pub const BUILD_INFO: &str = "consortium_dns_build_info";
+pub const TRANSFERS_TOTAL: &str = "consortium_dns_transfers_total";
+pub const NOTIFIES_TOTAL: &str = "consortium_dns_notifies_total";
 
 /// Pools with more members than this get no per-member series (state, weight, probe,
 /// certificate, picks): at 100,000 members those would cost hundreds of megabytes per scrape.
@@ -127,6 +130,12 @@ pub struct Metrics {
     pub dnssec_earliest_expiry: IntGaugeVec,
     /// Keys of each signed zone by role and state.
     pub dnssec_keys: IntGaugeVec,
+    /// 1, labelled with the version and commit.
+    pub build_info: IntGaugeVec,
+    /// Zone transfers answered, by kind (axfr, ixfr) and outcome (the answer's rcode).
+    pub transfers: IntCounterVec,
+    /// NOTIFYs sent, by zone, secondary and outcome (sent, acknowledged, failed).
+    pub notifies: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -166,7 +175,7 @@ impl Metrics {
             "UDP responses held back by response rate limiting, by action (drop, slip).",
             &["action"],
         );
-        Metrics {
+        let metrics = Metrics {
             queries: counter_vec(
                 QUERIES_TOTAL,
                 "Queries answered, by transport, qtype and rcode.",
@@ -282,8 +291,37 @@ impl Metrics {
                 "Updates forwarded to peer instances (update-peers), by peer and outcome.",
                 &["peer", "outcome"],
             ),
+            build_info: gauge_vec(
+                BUILD_INFO,
+                "1, labelled with the version and the commit the binary was built from.",
+                &["version", "commit"],
+            ),
+            transfers: counter_vec(
+                TRANSFERS_TOTAL,
+                "Zone transfers (AXFR/IXFR over TCP) answered, by kind (axfr, ixfr) and outcome (NOERROR, REFUSED, NOTAUTH, FORMERR, SERVFAIL...).",
+                &["kind", "outcome"],
+            ),
+            notifies: counter_vec(
+                NOTIFIES_TOTAL,
+                "NOTIFY messages to secondaries, by zone, secondary and outcome (sent, acknowledged, failed).",
+                &["zone", "secondary", "outcome"],
+            ),
             registry,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CONSORTIUM_DNS_COMMIT")])
+            .set(1);
+        // Present from the start, so a dashboard or an alert sees 0 rather than no series.
+        for kind in ["axfr", "ixfr"] {
+            for outcome in ["NOERROR", "REFUSED", "NOTAUTH"] {
+                metrics.transfers.with_label_values(&[kind, outcome]);
+            }
         }
+        for task in ["udp", "tcp", "transfer", "reload"] {
+            metrics.panics.with_label_values(&[task]);
+        }
+        metrics
     }
 
     /// Text exposition of every metric.

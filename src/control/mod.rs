@@ -563,6 +563,7 @@ impl Control {
         config: Config,
         overrides: Overrides,
     ) -> Control {
+        let notifier = Notifier::counting(shared.metrics.notifies.clone());
         Control {
             metrics: shared.metrics.clone(),
             shared,
@@ -572,7 +573,7 @@ impl Control {
             reports: Mutex::default(),
             rebuilding: tokio::sync::Mutex::default(),
             ready: AtomicBool::new(false),
-            notifier: Notifier::default(),
+            notifier,
             scrape: Mutex::default(),
             watch: OnceLock::new(),
             challenges_published: Mutex::default(),

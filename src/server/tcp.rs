@@ -496,11 +496,8 @@ impl Connection<'_> {
             self.peer,
             self.chunks.clone(),
         ));
-        if self.shared.count_queries {
-            // Counted on arrival, IXFR included, as AXFR NOERROR: the answer is built on
-            // another thread.
-            self.counters.answered(rtype::AXFR, Rcode::NOERROR, false);
-        }
+        // Counted when built, by kind and outcome (`consortium_dns_transfers_total`), not as
+        // ordinary queries.
         true
     }
 
@@ -606,8 +603,22 @@ fn spawn_transfer(
         };
         let snapshot = shared.snapshot.load_full();
         let request = query.clone();
+        let counted = shared.clone();
         let built = tokio::task::spawn_blocking(move || {
             let messages = crate::transfer::respond(&snapshot, &request, peer.ip());
+            let kind = match wire::parse_question(&request).map(|q| q.qtype) {
+                Some(rtype::IXFR) => "ixfr",
+                _ => "axfr",
+            };
+            let outcome = messages
+                .first()
+                .filter(|m| m.len() >= 4)
+                .map_or(Rcode::SERVFAIL, |m| Rcode::from_flags(wire::be16(m, 2)));
+            counted
+                .metrics
+                .transfers
+                .with_label_values(&[kind, outcome.label()])
+                .inc();
             let mut frames = Vec::with_capacity(messages.iter().map(|m| m.len() + 2).sum());
             for message in &messages {
                 push_frame(&mut frames, message);

@@ -18,9 +18,19 @@ pub type SecondarySerials = Arc<Mutex<BTreeMap<(Box<[u8]>, SocketAddr), u32>>>;
 pub struct Notifier {
     generations: Mutex<HashMap<Box<[u8]>, Arc<AtomicU64>>>,
     served: SecondarySerials,
+    /// `consortium_dns_notifies_total`, when the server counts.
+    counts: Option<prometheus::IntCounterVec>,
 }
 
 impl Notifier {
+    /// A notifier that counts each NOTIFY sent, acknowledged or failed in `counts`.
+    pub fn counting(counts: prometheus::IntCounterVec) -> Notifier {
+        Notifier {
+            counts: Some(counts),
+            ..Notifier::default()
+        }
+    }
+
     /// NOTIFYs the zone's secondaries of its current serial; older retries stop.
     pub fn announce(&self, snapshot: &Snapshot, zone: &Zone) {
         let Some(version) = zone.transfer.current.as_ref() else {
@@ -42,7 +52,10 @@ impl Notifier {
             zone.transfer.notify.clone(),
             snapshot.tsig_keys.clone(),
             generation,
-            self.served.clone(),
+            super::notify::Tracking {
+                served: self.served.clone(),
+                counts: self.counts.clone(),
+            },
         );
     }
 

@@ -38,6 +38,14 @@ const FOLLOW_FOR: Duration = Duration::from_secs(300);
 /// as acknowledged: REFUSED or NOTAUTH usually means the secondary does not (yet) accept us
 /// as its primary, and it should hear from us once it does. Tasks do not pile up: a
 /// superseded one ends at its next wake-up, at most `MAX_WAIT` later, without sending.
+/// What NOTIFY tasks report to: the serials secondaries answer, and the counts.
+#[derive(Debug, Clone)]
+pub struct Tracking {
+    pub served: SecondarySerials,
+    /// `consortium_dns_notifies_total`, when the server counts.
+    pub counts: Option<prometheus::IntCounterVec>,
+}
+
 pub fn spawn(
     zone: Name,
     serial: u32,
@@ -45,8 +53,9 @@ pub fn spawn(
     targets: Vec<NotifyTarget>,
     keys: Vec<TsigKey>,
     generation: Arc<AtomicU64>,
-    served: SecondarySerials,
+    tracking: Tracking,
 ) {
+    let Tracking { served, counts } = tracking;
     let mine = generation.load(Ordering::Relaxed);
     for target in targets {
         let key = target
@@ -54,13 +63,25 @@ pub fn spawn(
             .as_ref()
             .and_then(|name| keys.iter().find(|k| k.name.key() == name.key()).cloned());
         let (zone, soa, generation, served) = (zone.clone(), soa.clone(), generation.clone(), served.clone());
+        let counts = counts.clone();
         tokio::spawn(async move {
+            let (zone_label, secondary_label) = (zone.to_string(), target.address.to_string());
+            let count = |outcome: &str| {
+                if let Some(counts) = &counts {
+                    counts
+                        .with_label_values(&[zone_label.as_str(), secondary_label.as_str(), outcome])
+                        .inc();
+                }
+            };
             let mut wait = FIRST_WAIT;
             for attempt in 1u64.. {
                 if generation.load(Ordering::Relaxed) != mine {
                     return; // superseded by a newer serial
                 }
-                match notify_once(&zone, &soa, target.address, key.as_ref()).await {
+                count("sent");
+                let outcome = notify_once(&zone, &soa, target.address, key.as_ref()).await;
+                count(if outcome.is_ok() { "acknowledged" } else { "failed" });
+                match outcome {
                     Ok(()) => {
                         tracing::info!(zone = %zone, serial, secondary = %target.address, attempt, "NOTIFY acknowledged");
                         follow(&zone, serial, target.address, &generation, mine, &served).await;

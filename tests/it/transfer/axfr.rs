@@ -209,6 +209,23 @@ async fn axfr_refused_without_key_wrong_key_or_unlisted_address() {
     sign_request(&mut fresh, &key, unix_now());
     assert_eq!(transfer(dns, &fresh, localhost).await.form, Form::Full);
 
+    // Transfers are counted by kind and outcome, and the build is named.
+    let text = server.control.scrape();
+    let count = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap_or(-1.0)))
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+    };
+    assert!(count("consortium_dns_transfers_total{kind=\"axfr\",outcome=\"NOERROR\"}") >= 3.0);
+    assert!(count("consortium_dns_transfers_total{kind=\"axfr\",outcome=\"REFUSED\"}") >= 3.0);
+    assert!(count("consortium_dns_transfers_total{kind=\"axfr\",outcome=\"NOTAUTH\"}") >= 4.0);
+    assert!(count("consortium_dns_transfers_total{kind=\"ixfr\",outcome=\"REFUSED\"}") >= 1.0);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("consortium_dns_build_info{commit=") && l.ends_with(" 1")),
+        "{text}"
+    );
+
     // An outside judge: BIND's dig checks the TSIG of every message of the transfer and
     // warns when one fails. (kdig 3.2 was tried first: with every message after the first
     // deliberately mis-signed it still printed the transfer without a word.)

@@ -509,6 +509,18 @@ async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() 
     eprintln!(
         "restart without state: served {after} above NSD's {raised}; node1 down reached NSD in {took:?}"
     );
+    let text = server.control.scrape();
+    let notifies = |outcome: &str| {
+        text.lines().any(|l| {
+            l.starts_with("consortium_dns_notifies_total{")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+                && l.contains(&format!("secondary=\"127.0.0.1:{nsd_port}\""))
+        })
+    };
+    assert!(
+        notifies("sent") && notifies("acknowledged"),
+        "NOTIFY counts:\n{text}"
+    );
     server.shutdown(Duration::from_secs(1)).await;
 }
 
