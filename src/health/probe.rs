@@ -35,22 +35,64 @@ pub struct ProbeResult {
     pub certificate: Option<Arc<[u8]>>,
 }
 
-/// TLS client configurations, one per extra CA file, built once.
+/// What identifies one version of a CA file: a replaced or rewritten file is read again.
+type FileVersion = Option<(u64, u64, i64, i64)>;
+
+/// TLS client configurations, one per extra CA file, built again when the file changes (a CA
+/// rotation takes effect at the next probe, reload or not).
 #[derive(Debug, Default)]
 pub struct TlsConfigs {
-    by_ca_file: Mutex<HashMap<Option<PathBuf>, Arc<ClientConfig>>>,
+    by_ca_file: Mutex<HashMap<Option<PathBuf>, BuiltFor>>,
 }
+
+/// A TLS configuration and the CA file version it was built from.
+type BuiltFor = (FileVersion, Arc<ClientConfig>);
 
 impl TlsConfigs {
     fn get(&self, ca_file: Option<&PathBuf>) -> Result<Arc<ClientConfig>, String> {
+        let version = ca_file.and_then(|path| {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec()))
+        });
         let mut map = lock(&self.by_ca_file);
-        if let Some(config) = map.get(&ca_file.cloned()) {
-            return Ok(config.clone());
+        if let Some((seen, config)) = map.get(&ca_file.cloned()) {
+            if *seen == version {
+                return Ok(config.clone());
+            }
         }
         let config = Arc::new(client_config(ca_file)?);
-        map.insert(ca_file.cloned(), config.clone());
+        map.insert(ca_file.cloned(), (version, config.clone()));
         Ok(config)
     }
+}
+
+/// A TLS failure as a sentence (rustls's errors read as Rust debug text).
+fn tls_failure(error: &std::io::Error, host: &str) -> String {
+    let inner = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    let Some(rustls::Error::InvalidCertificate(certificate)) = inner else {
+        return format!("TLS: {error}");
+    };
+    let why = match certificate {
+        CertificateError::UnknownIssuer => {
+            "is not signed by a trusted CA (check the member's ca-file)".to_string()
+        }
+        // webpki's reasons come wrapped, as `Other(OtherError(CaUsedAsEndEntity))`.
+        CertificateError::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+            "is a CA certificate, not a server's own".to_string()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            format!("does not cover {host}")
+        }
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "has expired".to_string(),
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "is not valid yet".to_string()
+        }
+        CertificateError::Revoked => "is revoked".to_string(),
+        CertificateError::BadSignature => "has a bad signature".to_string(),
+        other => format!("was refused ({other:?})"),
+    };
+    format!("TLS: the server's certificate {why}")
 }
 
 fn client_config(ca_file: Option<&PathBuf>) -> Result<ClientConfig, String> {
@@ -193,7 +235,7 @@ async fn probe_inner(spec: &ProbeSpec, host: &str, tls: &TlsConfigs) -> Result<S
             let tls_stream = connector
                 .connect(server_name, stream)
                 .await
-                .map_err(|e| fail(format!("TLS: {e}")))?;
+                .map_err(|e| fail(tls_failure(&e, host)))?;
             let certificate: Option<Arc<[u8]>> = tls_stream
                 .get_ref()
                 .1

@@ -3,7 +3,8 @@
 //!
 //! Adding a node is one `[[member]]` table in this one file. Errors carry file:line.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -403,8 +404,10 @@ struct MemberList<'a> {
     members: Vec<Member>,
     /// Probe settings shared between members (most members have the same).
     specs: std::collections::HashSet<Arc<ProbeSpec>>,
+    /// Each CA file named, checked once: whether it holds PEM certificates.
+    ca_files: HashMap<PathBuf, Result<(), String>>,
     /// Lowercased member name -> index: duplicate checks stay O(1) at 100,000 members.
-    by_name: std::collections::HashMap<Box<[u8]>, usize>,
+    by_name: HashMap<Box<[u8]>, usize>,
 }
 
 impl<'a> MemberList<'a> {
@@ -423,7 +426,8 @@ impl<'a> MemberList<'a> {
             errors: Vec::new(),
             members: Vec::with_capacity(expected),
             specs: std::collections::HashSet::new(),
-            by_name: std::collections::HashMap::with_capacity(expected),
+            ca_files: HashMap::new(),
+            by_name: HashMap::with_capacity(expected),
         }
     }
 
@@ -460,6 +464,16 @@ impl<'a> MemberList<'a> {
         // A relative CA path follows the members file, like every path in our files.
         if let Some(ca) = probe.ca_file.as_mut().filter(|ca| ca.is_relative()) {
             *ca = self.path.parent().unwrap_or(Path::new(".")).join(&*ca);
+        }
+        if let Some(ca) = &probe.ca_file {
+            let checked = self
+                .ca_files
+                .entry(ca.clone())
+                .or_insert_with(|| check_ca_file(ca));
+            if let Err(reason) = checked {
+                let reason = reason.clone();
+                return fail(format!("member {:?} health: {reason}", section.label));
+            }
         }
         let place = match place_of(section) {
             Ok(place) => place,
@@ -659,6 +673,22 @@ fn relative_label(label: &str, origin: &Name) -> Result<Name, String> {
         return Err("is not a valid hostname label (letters, digits, inner hyphens)".into());
     }
     Ok(name)
+}
+
+/// A CA file must hold PEM certificates, each one well-formed (what a probe then trusts).
+fn check_ca_file(path: &Path) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bytes = crate::file_set::read(path, 1 << 20).map_err(|e| format!("ca-file: {e}"))?;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
+        cert.map_err(|e| format!("ca-file {}: not a PEM certificate ({e})", path.display()))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(format!("ca-file {} holds no PEM certificate", path.display()));
+    }
+    Ok(())
 }
 
 /// A target hostname; a missing trailing dot still means the absolute name.

@@ -1497,3 +1497,55 @@ async fn shares_over_the_wire_follow_weights_1_2_7() {
     }
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Issue 21 item 2: a CA file replaced in place is used from the next probe (no restart, no
+/// reload needed), and a TLS failure reads as a sentence.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_ca_file_is_used_from_the_next_probe() {
+    let old_ca = TestCa::new("the consortium's old CA");
+    let new_ca = TestCa::new("the consortium's new CA");
+    // node2's certificate comes from the new CA; the server still trusts only the old one.
+    let endpoint =
+        Endpoint::https(new_ca.server(&["api.operator-b.net", "any.consortium.example"], false)).await;
+    let tree = Tree::example();
+    let ca_file = old_ca.write(&tree);
+    let members = [
+        "[[pool]]\nlabel = \"any\"\n".to_string(),
+        member("node1", 1, "kind = \"none\"\n"),
+        member("node2", 1, &https_probe(&endpoint, &ca_file, "")),
+    ]
+    .concat();
+    tree.write("config/consortium-dns.toml", CONFIG);
+    tree.write(MEMBERS_FILE, &members);
+    let server = tree.start().await;
+    let doc = wait_status(
+        &server,
+        "node2 down: its certificate is from an untrusted CA",
+        |doc| state_of(doc, "node2") == "down",
+    )
+    .await;
+    let detail = member_in(&doc, POOL, "node2")
+        .last_probe
+        .as_ref()
+        .map(|p| p.detail.clone())
+        .unwrap_or_default();
+    assert!(
+        detail.contains("certificate is not signed by a trusted CA"),
+        "a sentence, not debug text: {detail}"
+    );
+
+    // The rotation: the new CA's certificate in the same file.
+    new_ca.write(&tree);
+    wait_status(&server, "node2 up with the new CA", |doc| {
+        state_of(doc, "node2") == "up"
+    })
+    .await;
+
+    // `check` and reloads refuse a CA file that holds no certificate.
+    tree.write("zones/test-ca.pem", "not a certificate\n");
+    let (ok, _, stderr) = crate::common::run_check(&tree);
+    assert!(!ok, "check accepted a garbage ca-file");
+    assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
+    assert!(!server.control.reload("test").await.ok);
+    server.shutdown(Duration::from_secs(1)).await;
+}
