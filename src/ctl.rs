@@ -80,3 +80,83 @@ fn render_reload(report: &ReloadReport) -> String {
     }
     out
 }
+
+/// `ctl notify ZONE`: NOTIFYs the zone's secondaries of its current serial now.
+pub(crate) fn notify(config: &Path, http_listen: Option<SocketAddr>, zone: &str) -> ExitCode {
+    let addr = match admin_address(config, http_listen) {
+        Ok(addr) => addr,
+        Err(reason) => {
+            eprintln!("{reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = format!("/notify?zone={zone}");
+    match crate::status::admin_request(addr, "POST", &path, Duration::from_secs(10)) {
+        Ok((200, _, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((_, status_line, body)) => {
+            eprintln!("{status_line}: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("cannot reach the server at http://{addr}{path}: {e} (is it running?)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `ctl zone-status [ZONE]`: each zone's serial, the last load, and each secondary's last
+/// known serial.
+pub(crate) fn zone_status(config: &Path, http_listen: Option<SocketAddr>, zone: Option<&str>) -> ExitCode {
+    let addr = match admin_address(config, http_listen) {
+        Ok(addr) => addr,
+        Err(reason) => {
+            eprintln!("{reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let document: consortium_dns::http::StatusDocument = match crate::status::fetch(addr)
+        .map_err(|e| e.to_string())
+        .and_then(|body| serde_json::from_str(&body).map_err(|e| e.to_string()))
+    {
+        Ok(document) => document,
+        Err(e) => {
+            eprintln!("cannot read status from http://{addr}/status: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let wanted = zone.map(|z| z.trim_end_matches('.').to_ascii_lowercase());
+    let mut shown = 0;
+    for z in &document.zones {
+        if wanted
+            .as_deref()
+            .is_some_and(|w| z.zone.trim_end_matches('.') != w)
+        {
+            continue;
+        }
+        shown += 1;
+        println!("zone {}  serial {}  members {}", z.zone, z.serial, z.members);
+        for secondary in &z.secondaries {
+            let serial = secondary
+                .serial
+                .map_or("not yet answered".to_string(), |s| s.to_string());
+            let state = if secondary.has_serial {
+                "up to date"
+            } else {
+                "behind"
+            };
+            println!("  secondary {}  serial {serial}  {state}", secondary.address);
+        }
+    }
+    if let Some(report) = &document.last_reload {
+        let outcome = if report.ok { "ok" } else { "FAILED" };
+        println!("last load: {} ({}) {outcome}", report.trigger, report.at_unix);
+    }
+    if shown == 0 {
+        eprintln!("no zone {} served here", zone.unwrap_or(""));
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -188,11 +188,41 @@ async fn handle(
             };
             json(code, &report)
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/secondaries") => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n".into(),
-        ),
+        (&Method::POST, "/notify") => {
+            if let Some(reason) = from_a_web_page(request.headers()) {
+                return Ok(reply(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    format!("refused: {reason}\n"),
+                ));
+            }
+            let query = request.uri().query().unwrap_or("");
+            let zone = query.split('&').find_map(|pair| pair.strip_prefix("zone="));
+            match zone.map(|zone| (zone, control.notify_zone(zone))) {
+                Some((zone, Some(targets))) => reply(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("NOTIFY of {zone} sent to {targets} secondaries\n"),
+                ),
+                Some((zone, None)) => reply(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    format!("zone {zone} is not served here\n"),
+                ),
+                None => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "give ?zone=<origin>\n".into(),
+                ),
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/secondaries" | "/notify") => {
+            reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed\n".into(),
+            )
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     Ok(response)

@@ -80,6 +80,22 @@ enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+    /// NOTIFY a zone's secondaries of its current serial now.
+    Notify {
+        zone: String,
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long = "http-listen", value_name = "ADDR:PORT")]
+        http_listen: Option<SocketAddr>,
+    },
+    /// Each zone's serial, the last load, and each secondary's last known serial.
+    ZoneStatus {
+        zone: Option<String>,
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long = "http-listen", value_name = "ADDR:PORT")]
+        http_listen: Option<SocketAddr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +191,16 @@ fn main() -> ExitCode {
             http_listen,
             force,
         }) => ctl::reload(&config, http_listen, force),
+        Command::Ctl(CtlCommand::Notify {
+            zone,
+            config,
+            http_listen,
+        }) => ctl::notify(&config, http_listen, &zone),
+        Command::Ctl(CtlCommand::ZoneStatus {
+            zone,
+            config,
+            http_listen,
+        }) => ctl::zone_status(&config, http_listen, zone.as_deref()),
     }
 }
 

@@ -602,6 +602,19 @@ impl Control {
         self.notifier.announce_changes(None, &self.shared.snapshot.load());
     }
 
+    /// NOTIFYs the secondaries of `zone` (an origin, with or without the final dot) of its
+    /// current serial now (`ctl notify`): the number of NOTIFY targets, or None for a zone
+    /// not served here.
+    pub fn notify_zone(&self, zone: &str) -> Option<usize> {
+        let origin = zone::name::Name::parse(zone, None)
+            .or_else(|_| zone::name::Name::parse(&format!("{zone}."), None))
+            .ok()?;
+        let snapshot = self.shared.snapshot.load();
+        let served = snapshot.zones().iter().find(|z| z.origin.key() == origin.key())?;
+        self.notifier.announce(&snapshot, served);
+        Some(served.transfer.notify.len())
+    }
+
     /// Connects the file watcher, which then learns of files that later reloads read.
     pub fn attach_watcher(&self, handle: WatchHandle) {
         let _ = self.watch.set(handle);

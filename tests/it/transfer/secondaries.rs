@@ -413,6 +413,7 @@ async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() 
         MemberSpec::new("node2", "api.operator-b.net.", 3, &endpoints[1].probe()),
     ];
     let tree = Tree::example();
+    tree.enable_http();
     let (dns_port, nsd_port) = (common::free_port(), common::free_port());
     // A fixed port, so that NSD finds the restarted primary; no state file at all.
     edit(
@@ -521,6 +522,37 @@ async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() 
         notifies("sent") && notifies("acknowledged"),
         "NOTIFY counts:\n{text}"
     );
+
+    // The control command: a forced NOTIFY, and each secondary's serial.
+    let http = server.http_addr.expect("admin endpoint").to_string();
+    let ctl = |args: &[&str]| {
+        let output = std::process::Command::new(common::binary())
+            .arg("ctl")
+            .args(args)
+            .args(["--http-listen", &http])
+            .output()
+            .expect("run ctl");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, out) = ctl(&["notify", ORIGIN]);
+    assert!(ok && out.contains("sent to 1 secondaries"), "{out}");
+    let (ok, out) = ctl(&["notify", "nonexistent.example"]);
+    assert!(!ok && out.contains("not served here"), "{out}");
+    let serial_now = served_serial(ours).await.expect("SOA");
+    let wanted = format!("secondary 127.0.0.1:{nsd_port}  serial {serial_now}  up to date");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out) = ctl(&["zone-status", ORIGIN]);
+        assert!(ok, "{out}");
+        if out.contains(&wanted) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "want {wanted:?} in\n{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     server.shutdown(Duration::from_secs(1)).await;
 }
 
