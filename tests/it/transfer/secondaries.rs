@@ -526,7 +526,7 @@ async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() 
     // The control command: a forced NOTIFY, and each secondary's serial.
     let http = server.http_addr.expect("admin endpoint").to_string();
     let ctl = |args: &[&str]| {
-        let output = std::process::Command::new(common::binary())
+        let output = Command::new(common::binary())
             .arg("ctl")
             .args(args)
             .args(["--http-listen", &http])
