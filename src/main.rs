@@ -141,15 +141,28 @@ struct ServeArgs {
     /// DNS listen address (UDP and TCP), repeatable; replaces the config's list. Port 0 allowed.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     listen: Vec<SocketAddr>,
-    /// Metrics/admin HTTP address.
-    #[arg(long = "http-listen", value_name = "ADDR:PORT")]
-    http_listen: Option<SocketAddr>,
+    /// Metrics/admin HTTP address; "" turns the endpoint off.
+    #[arg(long = "http-listen", value_name = "ADDR:PORT", value_parser = admin_listen)]
+    http_listen: Option<AdminListen>,
     /// Log format: readable text, or one JSON object per line.
     #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Seconds to let open TCP queries finish on SIGTERM/SIGINT; a second signal exits at once.
     #[arg(long = "shutdown-grace", value_name = "SECONDS", default_value_t = 5)]
     shutdown_grace: u64,
+}
+
+/// `--http-listen` as given: an address, or "" for none (as `http-listen = ""` in the config).
+#[derive(Clone, Copy)]
+struct AdminListen(Option<SocketAddr>);
+
+fn admin_listen(text: &str) -> Result<AdminListen, String> {
+    if text.is_empty() {
+        return Ok(AdminListen(None));
+    }
+    text.parse()
+        .map(|addr| AdminListen(Some(addr)))
+        .map_err(|_| format!("{text:?} is not ADDR:PORT (or \"\" for no admin endpoint)"))
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Default, PartialEq, Eq)]
@@ -270,7 +283,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let overrides = consortium_dns::app::Overrides {
         listen: (!args.listen.is_empty()).then_some(args.listen),
-        http_listen: args.http_listen.map(Some),
+        http_listen: args.http_listen.map(|AdminListen(addr)| addr),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -376,5 +389,25 @@ impl StopSignals {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_listen_on_the_command_line_may_be_off() {
+        assert!(matches!(admin_listen(""), Ok(AdminListen(None))));
+        assert!(matches!(admin_listen("127.0.0.1:8053"), Ok(AdminListen(Some(_)))));
+        assert!(admin_listen("nope").is_err());
+        let cli = Cli::try_parse_from(["consortium-dns", "serve", "--http-listen", ""]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Serve(ServeArgs {
+                http_listen: Some(AdminListen(None)),
+                ..
+            }))
+        ));
     }
 }

@@ -44,6 +44,10 @@ impl Tree {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
             for entry in std::fs::read_dir(repo_root().join(sub)).expect("read example dir") {
                 let entry = entry.expect("dir entry");
+                // A state file left by running the example in the checkout is not the example.
+                if entry.file_name().to_string_lossy().ends_with(".state.json") {
+                    continue;
+                }
                 std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).expect("copy");
             }
         }
