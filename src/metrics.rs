@@ -318,7 +318,7 @@ impl Metrics {
                 metrics.transfers.with_label_values(&[kind, outcome]);
             }
         }
-        for task in ["udp", "tcp", "transfer", "reload"] {
+        for task in ["udp", "tcp", "transfer", "reload", "secondary"] {
             metrics.panics.with_label_values(&[task]);
         }
         metrics

@@ -427,7 +427,13 @@ impl Control {
             })
         })
         .await
-        .map_err(|e| format!("assembling the transfer failed: {e}"))?
+        .map_err(|e| {
+            // A bug, never expected: counted; the copy held keeps serving.
+            if e.is_panic() {
+                self.metrics.panics.with_label_values(&["secondary"]).inc();
+            }
+            format!("assembling the transfer failed: {e}")
+        })?
         .map_err(|e| format!("{}: transfer refused: {e}", primary.address))?;
         for refused in &built.assembled.refused {
             tracing::warn!(zone = %origin, "alternative not offered: {refused}");
