@@ -16,6 +16,16 @@ use crate::hostile::{caught_panics, connect_from};
 const CONFIG: &str = "config/consortium-dns.toml";
 const ZONE_FILE: &str = "zones/consortium.example.zone";
 
+/// 64,000 TXT records added to the zone: an AXFR of about 5 MB, more than the kernel's socket
+/// buffers take (4 MB by default), so a transfer's writes wait on its reader.
+fn add_five_megabytes_of_zone(tree: &Tree) {
+    let zone = tree.read(ZONE_FILE);
+    let filler: String = (0..64_000)
+        .map(|i| format!("t{i} 300 IN TXT \"{}\"\n", "y".repeat(40)))
+        .collect();
+    tree.write(ZONE_FILE, &format!("{zone}{filler}"));
+}
+
 async fn open_connections_become(
     server: &consortium_dns::app::ServerHandle,
     want: i64,
@@ -40,11 +50,7 @@ async fn a_slow_secondary_finishes_a_large_transfer() {
     // About 5 MB of zone (more than the kernel's socket buffers hold, 4 MB by default), and a
     // 1 s idle timeout: the transfer takes longer than that to read, and must not be cut while
     // it makes progress.
-    let zone = tree.read(ZONE_FILE);
-    let filler: String = (0..64_000)
-        .map(|i| format!("t{i} 300 IN TXT \"{}\"\n", "y".repeat(40)))
-        .collect();
-    tree.write(ZONE_FILE, &format!("{zone}{filler}"));
+    add_five_megabytes_of_zone(&tree);
     edit(
         &tree,
         CONFIG,
@@ -241,11 +247,7 @@ async fn clients_holding_the_cap_with_periodic_queries_lock_nobody_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unread_transfers_hold_at_most_eight_copies_of_the_zone() {
     let tree = Tree::example();
-    let zone = tree.read(ZONE_FILE);
-    let filler: String = (0..64_000)
-        .map(|i| format!("t{i} 300 IN TXT \"{}\"\n", "y".repeat(40)))
-        .collect();
-    tree.write(ZONE_FILE, &format!("{zone}{filler}"));
+    add_five_megabytes_of_zone(&tree);
     append_to_zone_table(&tree, "allow-transfer = [{ network = \"127.0.0.0/8\" }]\n");
     let server = tree.start().await;
     let a = server.dns_addrs[0];

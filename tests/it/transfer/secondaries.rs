@@ -194,6 +194,22 @@ fn static_names(zone: &BTreeSet<Rr>, members: &[MemberSpec]) -> BTreeSet<String>
     names
 }
 
+/// The tree's zone transferred to (and NOTIFYing) an NSD secondary at `nsd_port` with `key`,
+/// health-driven pick changes at most a second apart, and these members.
+fn serve_to_nsd(tree: &Tree, key: &Key, nsd_port: u16, members: &[MemberSpec]) {
+    configure(
+        tree,
+        &format!(
+            "allow-transfer = [{{ network = \"127.0.0.1\", key = \"{k}\" }}]\n\
+             notify = [{{ address = \"127.0.0.1:{nsd_port}\", key = \"{k}\" }}]\n\
+             transfer-pick-refresh = \"1s\"\n",
+            k = key.name
+        ),
+        &[key],
+    );
+    tree.write(MEMBERS_FILE, &members_file(members));
+}
+
 /// NSD as a secondary of consortium-dns, with TSIG on transfers and NOTIFY.
 ///
 /// The shared name `any` is left out of the answer comparison on purpose: consortium-dns
@@ -218,17 +234,7 @@ async fn nsd_secondary_follows_edits_and_health() {
     ];
     let tree = Tree::example();
     let nsd_port = common::free_port();
-    configure(
-        &tree,
-        &format!(
-            "allow-transfer = [{{ network = \"127.0.0.1\", key = \"{k}\" }}]\n\
-             notify = [{{ address = \"127.0.0.1:{nsd_port}\", key = \"{k}\" }}]\n\
-             transfer-pick-refresh = \"1s\"\n",
-            k = key.name
-        ),
-        &[&key],
-    );
-    tree.write(MEMBERS_FILE, &members_file(&members));
+    serve_to_nsd(&tree, &key, nsd_port, &members);
     let server = tree.start().await;
     let ours = server.dns_addrs[0];
     let relay = Relay::start(ours).await;
@@ -422,17 +428,7 @@ async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() 
         "listen = [\"127.0.0.1:0\"]",
         &format!("listen = [\"127.0.0.1:{dns_port}\"]\nstate-file = \"\""),
     );
-    configure(
-        &tree,
-        &format!(
-            "allow-transfer = [{{ network = \"127.0.0.1\", key = \"{k}\" }}]\n\
-             notify = [{{ address = \"127.0.0.1:{nsd_port}\", key = \"{k}\" }}]\n\
-             transfer-pick-refresh = \"1s\"\n",
-            k = key.name
-        ),
-        &[&key],
-    );
-    tree.write(MEMBERS_FILE, &members_file(&members));
+    serve_to_nsd(&tree, &key, nsd_port, &members);
     let server = tree.start().await;
     let ours = server.dns_addrs[0];
     let mut nsd = Nsd::secondary(nsd_port, ORIGIN, ours, &key.nsd());
