@@ -83,6 +83,25 @@ fn render_reload(report: &ReloadReport) -> String {
 
 /// `ctl notify ZONE`: NOTIFYs the zone's secondaries of its current serial now.
 pub(crate) fn notify(config: &Path, http_listen: Option<SocketAddr>, zone: &str) -> ExitCode {
+    post(
+        config,
+        http_listen,
+        &format!("/notify?zone={}", query_value(zone)),
+    )
+}
+
+/// `ctl log-level FILTER`: the running server's log filter (`info`, `debug`,
+/// `consortium_dns=debug,info`...), until the next restart.
+pub(crate) fn log_level(config: &Path, http_listen: Option<SocketAddr>, level: &str) -> ExitCode {
+    post(
+        config,
+        http_listen,
+        &format!("/log-level?level={}", query_value(level)),
+    )
+}
+
+/// A POST to the admin endpoint whose answer is a line of text: printed, exit 0 on 200.
+fn post(config: &Path, http_listen: Option<SocketAddr>, path: &str) -> ExitCode {
     let addr = match admin_address(config, http_listen) {
         Ok(addr) => addr,
         Err(reason) => {
@@ -90,8 +109,7 @@ pub(crate) fn notify(config: &Path, http_listen: Option<SocketAddr>, zone: &str)
             return ExitCode::from(2);
         }
     };
-    let path = format!("/notify?zone={zone}");
-    match crate::status::admin_request(addr, "POST", &path, Duration::from_secs(10)) {
+    match crate::status::admin_request(addr, "POST", path, Duration::from_secs(10)) {
         Ok((200, _, body)) => {
             print!("{body}");
             ExitCode::SUCCESS
@@ -159,4 +177,17 @@ pub(crate) fn zone_status(config: &Path, http_listen: Option<SocketAddr>, zone: 
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `value` percent-encoded for a URL query (RFC 3986 §2.1): all but unreserved characters.
+fn query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

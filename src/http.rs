@@ -52,6 +52,16 @@ pub struct ChallengeStatus {
     pub expires_in_s: i64,
 }
 
+/// Changes the running log filter (`ctl log-level`): set by the binary, which owns the log
+/// subscriber; absent in a server embedded elsewhere (tests), which answers 501.
+type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static LOG_LEVEL: std::sync::OnceLock<LogLevelSetter> = std::sync::OnceLock::new();
+
+/// Lets `POST /log-level?level=...` change the log filter through `set`.
+pub fn control_log_level(set: LogLevelSetter) {
+    let _ = LOG_LEVEL.set(set);
+}
+
 /// Members per pool a default `/status` lists (`?members=all` lists every one).
 pub const STATUS_MEMBERS_PER_POOL: usize = 1_000;
 
@@ -188,6 +198,40 @@ async fn handle(
             };
             json(code, &report)
         }
+        (&Method::POST, "/log-level") => {
+            if let Some(reason) = from_a_web_page(request.headers()) {
+                return Ok(reply(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    format!("refused: {reason}\n"),
+                ));
+            }
+            let query = request.uri().query().unwrap_or("");
+            let level = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("level="))
+                .map(percent_decoded);
+            let level = level.as_deref();
+            match (level, LOG_LEVEL.get()) {
+                (None, _) => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "give ?level=<filter>\n".into(),
+                ),
+                (Some(_), None) => reply(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "text/plain",
+                    "this server's log filter cannot be changed\n".into(),
+                ),
+                (Some(level), Some(set)) => match set(level) {
+                    Ok(()) => {
+                        tracing::info!(level, "log filter changed");
+                        reply(StatusCode::OK, "text/plain", format!("log filter now {level}\n"))
+                    }
+                    Err(reason) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{reason}\n")),
+                },
+            }
+        }
         (&Method::POST, "/notify") => {
             if let Some(reason) = from_a_web_page(request.headers()) {
                 return Ok(reply(
@@ -197,7 +241,11 @@ async fn handle(
                 ));
             }
             let query = request.uri().query().unwrap_or("");
-            let zone = query.split('&').find_map(|pair| pair.strip_prefix("zone="));
+            let zone = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("zone="))
+                .map(percent_decoded);
+            let zone = zone.as_deref();
             match zone.map(|zone| (zone, control.notify_zone(zone))) {
                 Some((zone, Some(targets))) => reply(
                     StatusCode::OK,
@@ -311,6 +359,30 @@ fn foreign_host(headers: &hyper::HeaderMap) -> Option<&'static str> {
     let name = host_name(host);
     let ours = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
     (!ours).then_some("Host is not an IP address or localhost (the admin endpoint has no name)")
+}
+
+/// A URL query value with its percent-escapes decoded (RFC 3986 §2.1; `+` stays `+`).
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The name or address of `host[:port]` or `[v6]:port`.

@@ -88,6 +88,14 @@ enum CtlCommand {
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
     },
+    /// Change the running server's log filter (`info`, `debug`, `consortium_dns=debug`...).
+    LogLevel {
+        level: String,
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long = "http-listen", value_name = "ADDR:PORT")]
+        http_listen: Option<SocketAddr>,
+    },
     /// Each zone's serial, the last load, and each secondary's last known serial.
     ZoneStatus {
         zone: Option<String>,
@@ -209,6 +217,11 @@ fn main() -> ExitCode {
             config,
             http_listen,
         }) => ctl::notify(&config, http_listen, &zone),
+        Command::Ctl(CtlCommand::LogLevel {
+            level,
+            config,
+            http_listen,
+        }) => ctl::log_level(&config, http_listen, &level),
         Command::Ctl(CtlCommand::ZoneStatus {
             zone,
             config,
@@ -218,19 +231,37 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    // RUST_LOG overrides the default level, e.g. RUST_LOG=consortium_dns=debug.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // RUST_LOG overrides the default level, e.g. RUST_LOG=consortium_dns=debug; `ctl
+    // log-level` changes it while running.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colour only on a terminal: in the journal or a file, escape codes are noise.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+    });
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .init();
+    consortium_dns::http::control_log_level(Box::new(move |level: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| format!("bad log filter {level:?}: {e}"))?;
+        handle
+            .reload(filter)
+            .map_err(|e| format!("cannot change the log filter: {e}"))
+    }));
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {

@@ -1491,3 +1491,69 @@ fn version_names_the_commit_and_check_catches_what_operators_get_wrong() {
         "{stderr}"
     );
 }
+
+/// Issue 21 items 4 and 6: logs carry no colour codes when stderr is not a terminal, the
+/// start-up says which version serves which zone, and `ctl log-level` changes the filter of the
+/// running server (debug lines appear after it, not before).
+#[test]
+fn logs_are_plain_off_a_terminal_and_ctl_log_level_changes_them_at_run_time() {
+    let tree = Tree::example();
+    let mut daemon = Daemon::start(&tree, &[]);
+    let dns = daemon.dns_addr();
+    let http_line = daemon.wait_line(START, |l| l.contains("serving metrics and admin over HTTP"));
+    let http: SocketAddr = http_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {http_line:?}"));
+    let zone_line = daemon.wait_line(START, |l| l.contains("zone loaded"));
+    assert!(
+        zone_line.contains("zone=consortium.example.") && zone_line.contains("members=5"),
+        "{zone_line}"
+    );
+    assert!(
+        daemon
+            .log
+            .iter()
+            .any(|l| l.contains("consortium-dns serving") && l.contains("commit ")),
+        "no start-up line with the version: {:?}",
+        daemon.log
+    );
+    // NO_COLOR is not what keeps colour out (the daemon's stderr is a pipe): no escape codes.
+    assert!(
+        daemon.log.iter().all(|l| !l.contains('\u{1b}')),
+        "{:?}",
+        daemon.log
+    );
+
+    let ctl = |level: &str| {
+        Command::new(binary())
+            .args(["ctl", "log-level", level, "--http-listen", &http.to_string()])
+            .output()
+            .expect("run ctl log-level")
+    };
+    assert!(
+        daemon.log.iter().all(|l| !l.contains("DEBUG")),
+        "debug before the change: {:?}",
+        daemon.log
+    );
+    let output = ctl("consortium_dns=debug,info");
+    assert!(output.status.success(), "{output:?}");
+    daemon.wait_line(START, |l| l.contains("log filter changed"));
+    // A query logged at debug level now: a TCP connection's end is logged at debug.
+    let _ = udp_once(dns, &query("ns1.consortium.example.", RecordType::A, None));
+    let output = Command::new(binary())
+        .args(["ctl", "reload", "--http-listen", &http.to_string()])
+        .output()
+        .expect("ctl reload");
+    assert!(output.status.success(), "{output:?}");
+    daemon.wait_line(START, |l| l.contains("DEBUG"));
+    let bad = ctl("not a[filter");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("bad log filter"),
+        "{bad:?}"
+    );
+    daemon.signal("TERM");
+    daemon.wait_exit(START);
+}
