@@ -191,3 +191,57 @@ fn query_value(value: &str) -> String {
     }
     out
 }
+
+/// `ctl history ZONE`: the versions kept for IXFR and what changed in each.
+pub(crate) fn history(config: &Path, http_listen: Option<SocketAddr>, zone: &str) -> ExitCode {
+    let addr = match admin_address(config, http_listen) {
+        Ok(addr) => addr,
+        Err(reason) => {
+            eprintln!("{reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = format!("/history?zone={}", query_value(zone));
+    let history: consortium_dns::http::ZoneHistory =
+        match crate::status::admin_request(addr, "GET", &path, Duration::from_secs(10)) {
+            Ok((200, _, body)) => match serde_json::from_str(&body) {
+                Ok(history) => history,
+                Err(e) => {
+                    eprintln!("unexpected history document: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            Ok((_, status_line, body)) => {
+                eprintln!("{status_line}: {}", body.trim());
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("cannot reach the server at http://{addr}{path}: {e} (is it running?)");
+                return ExitCode::from(2);
+            }
+        };
+    println!(
+        "zone {}  serial {}  {} versions kept for IXFR",
+        history.zone,
+        history.serial,
+        history.versions.len()
+    );
+    for version in &history.versions {
+        println!(
+            "  {} -> {}: {} removed, {} added",
+            version.from_serial, version.to_serial, version.removed_total, version.added_total
+        );
+        for record in &version.removed {
+            println!("    - {record}");
+        }
+        for record in &version.added {
+            println!("    + {record}");
+        }
+        let hidden =
+            version.removed_total + version.added_total - version.removed.len() - version.added.len();
+        if hidden > 0 {
+            println!("    ... and {hidden} more");
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -198,6 +198,26 @@ async fn handle(
             };
             json(code, &report)
         }
+        (&Method::GET, "/history") => {
+            let query = request.uri().query().unwrap_or("");
+            let zone = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("zone="))
+                .map(percent_decoded);
+            match zone.as_deref().map(|zone| history(&control, zone)) {
+                Some(Some(history)) => json(StatusCode::OK, &history),
+                Some(None) => reply(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "zone not served here\n".into(),
+                ),
+                None => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "give ?zone=<origin>\n".into(),
+                ),
+            }
+        }
         (&Method::POST, "/log-level") => {
             if let Some(reason) = from_a_web_page(request.headers()) {
                 return Ok(reply(
@@ -383,6 +403,74 @@ fn percent_decoded(value: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The versions of a zone kept for IXFR (`GET /history?zone=`), oldest first.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ZoneHistory {
+    pub zone: String,
+    pub serial: u32,
+    pub versions: Vec<VersionChange>,
+}
+
+/// What changed from one kept version to the next: records as `owner TYPE`, at most
+/// `HISTORY_RECORDS_SHOWN` of each kind, with the totals.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VersionChange {
+    pub from_serial: u32,
+    pub to_serial: u32,
+    pub removed_total: usize,
+    pub added_total: usize,
+    pub removed: Vec<String>,
+    pub added: Vec<String>,
+}
+
+const HISTORY_RECORDS_SHOWN: usize = 20;
+
+fn history(control: &Control, zone: &str) -> Option<ZoneHistory> {
+    use crate::zone::name::Name;
+    let origin = Name::parse(zone, None)
+        .or_else(|_| Name::parse(&format!("{zone}."), None))
+        .ok()?;
+    let snapshot = control.shared.snapshot.load();
+    let served = snapshot.zones().iter().find(|z| z.origin.key() == origin.key())?;
+    // A whole SOA record ends with serial, refresh, retry, expire, minimum (RFC 1035 §3.3.13).
+    let serial_of = |soa: &[u8]| {
+        soa.len()
+            .checked_sub(20)
+            .and_then(|at| soa.get(at..at + 4))
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let summary = |records: &[Box<[u8]>]| -> Vec<String> {
+        records
+            .iter()
+            .take(HISTORY_RECORDS_SHOWN)
+            .map(|record| match Name::read_uncompressed(record, 0) {
+                Some((name, end)) if record.len() >= end + 2 => {
+                    let rtype = u16::from_be_bytes([record[end], record[end + 1]]);
+                    format!("{name} {}", crate::wire::rtype::mnemonic(rtype))
+                }
+                _ => "(unreadable record)".to_string(),
+            })
+            .collect()
+    };
+    Some(ZoneHistory {
+        zone: served.origin.to_string(),
+        serial: served.serial,
+        versions: served
+            .transfer
+            .diffs
+            .iter()
+            .map(|diff| VersionChange {
+                from_serial: diff.from_serial,
+                to_serial: serial_of(&diff.to_soa),
+                removed_total: diff.removed.len(),
+                added_total: diff.added.len(),
+                removed: summary(&diff.removed),
+                added: summary(&diff.added),
+            })
+            .collect(),
+    })
 }
 
 /// The name or address of `host[:port]` or `[v6]:port`.

@@ -96,6 +96,14 @@ enum CtlCommand {
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
     },
+    /// The versions of a zone kept for IXFR and what changed in each.
+    History {
+        zone: String,
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long = "http-listen", value_name = "ADDR:PORT")]
+        http_listen: Option<SocketAddr>,
+    },
     /// Each zone's serial, the last load, and each secondary's last known serial.
     ZoneStatus {
         zone: Option<String>,
@@ -222,6 +230,11 @@ fn main() -> ExitCode {
             config,
             http_listen,
         }) => ctl::log_level(&config, http_listen, &level),
+        Command::Ctl(CtlCommand::History {
+            zone,
+            config,
+            http_listen,
+        }) => ctl::history(&config, http_listen, &zone),
         Command::Ctl(CtlCommand::ZoneStatus {
             zone,
             config,

@@ -324,3 +324,54 @@ async fn in_place_writes_are_never_served_half_written_and_endless_ones_are_repo
     assert!(report.ok, "{report:?}");
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Issue 21 item 4: `ctl history ZONE` lists the versions kept for IXFR and what changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_history_lists_the_versions_kept_for_ixfr() {
+    let tree = Tree::example();
+    tree.enable_http();
+    crate::common::append_to_zone_table(&tree, "allow-transfer = [{ network = \"127.0.0.1\" }]\n");
+    let server = tree.start().await;
+    edit(
+        &tree,
+        ZONE_FILE,
+        "api     IN A    192.0.2.80",
+        "api     IN A    192.0.2.81",
+    );
+    assert!(server.control.reload("test").await.ok);
+    edit(
+        &tree,
+        ZONE_FILE,
+        "api     IN A    192.0.2.81",
+        "api     IN A    192.0.2.82",
+    );
+    assert!(server.control.reload("test").await.ok);
+    let http = server.http_addr.expect("admin endpoint").to_string();
+    let output = Command::new(binary())
+        .args(["ctl", "history", "consortium.example", "--http-listen", &http])
+        .output()
+        .expect("run ctl history");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("2 versions kept for IXFR"), "{text}");
+    for (from, to) in [(2026112501u32, 2026112502u32), (2026112502, 2026112503)] {
+        assert!(
+            text.contains(&format!("{from} -> {to}: 1 removed, 1 added")),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("- api.consortium.example. A") && text.contains("+ api.consortium.example. A"),
+        "{text}"
+    );
+    let output = Command::new(binary())
+        .args(["ctl", "history", "nowhere.example", "--http-listen", &http])
+        .output()
+        .expect("run ctl history");
+    assert!(!output.status.success());
+    server.shutdown(Duration::from_secs(1)).await;
+}
