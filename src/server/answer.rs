@@ -675,7 +675,7 @@ fn resolve<R: Rng + ?Sized>(
                     at,
                     qtype,
                     &owner,
-                    snapshot.geo.as_deref(),
+                    snapshot,
                     rng,
                     &mut pick,
                 ) {
@@ -855,14 +855,14 @@ fn answer_node<'s, R: Rng + ?Sized>(
     }: Place<'s, '_>,
     qtype: u16,
     owner: &Owner<'_>,
-    geo: Option<&GeoDb>,
+    snapshot: &Snapshot,
     rng: &mut R,
     pick: &mut Option<(u32, u32, u32)>,
 ) -> Next<'s> {
     let (rdata_at, chase) = if let Some(p) = node.pool() {
         let pool = &zone.pools[p as usize];
         let table = pool.table.load();
-        let chosen = choose_member(response, pool, &table, qtype, geo, rng);
+        let chosen = choose_member(response, pool, &table, qtype, snapshot.geo.as_deref(), rng);
         // A pool with no member to offer (none with a positive weight): NODATA, as for a
         // name without records of the type (RFC 2308 §2.2), with the name's NSEC (which
         // then lists no CNAME).
@@ -896,6 +896,9 @@ fn answer_node<'s, R: Rng + ?Sized>(
         .flatten()
     {
         response.answer_rrset(owner, zone, rrset);
+        // The authority section (a wildcard answer's NSEC proof) comes before the additional
+        // one, and is never cut with it: written now, before the additional data begins.
+        response.write_proofs(snapshot);
         response.begin_additional();
         response.additional_for(zone, rrset);
         return Next::Done;
