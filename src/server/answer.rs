@@ -670,15 +670,7 @@ fn resolve<R: Rng + ?Sized>(
                     node,
                     key: current_key,
                 };
-                match answer_node(
-                    response,
-                    at,
-                    qtype,
-                    &owner,
-                    snapshot,
-                    rng,
-                    &mut pick,
-                ) {
+                match answer_node(response, at, qtype, &owner, snapshot, rng, &mut pick) {
                     Next::Done => break,
                     Next::Follow { target, rdata_at } => {
                         current_key = target;
