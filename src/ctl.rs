@@ -14,7 +14,15 @@ const RELOAD_WAIT: Duration = Duration::from_secs(600);
 
 /// The admin endpoint: `--http-listen` when given, else the config's `[server] http-listen`
 /// (the default 127.0.0.1:8053 when there is no config file at that path).
-pub(crate) fn admin_address(config: &Path, http_listen: Option<SocketAddr>) -> Result<SocketAddr, String> {
+fn admin_address(config: &Path, http_listen: Option<SocketAddr>) -> Result<SocketAddr, ExitCode> {
+    admin_address_of(config, http_listen).map_err(|reason| {
+        eprintln!("{reason}");
+        ExitCode::from(2)
+    })
+}
+
+/// As `admin_address`, the reason as text.
+pub(crate) fn admin_address_of(config: &Path, http_listen: Option<SocketAddr>) -> Result<SocketAddr, String> {
     if let Some(addr) = http_listen {
         return Ok(addr);
     }
@@ -34,10 +42,7 @@ pub(crate) fn admin_address(config: &Path, http_listen: Option<SocketAddr>) -> R
 pub(crate) fn reload(config: &Path, http_listen: Option<SocketAddr>, force: bool) -> ExitCode {
     let addr = match admin_address(config, http_listen) {
         Ok(addr) => addr,
-        Err(reason) => {
-            eprintln!("{reason}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let path = if force { "/reload?force=1" } else { "/reload" };
     let (code, status_line, body) = match crate::status::admin_request(addr, "POST", path, RELOAD_WAIT) {
@@ -104,10 +109,7 @@ pub(crate) fn log_level(config: &Path, http_listen: Option<SocketAddr>, level: &
 fn post(config: &Path, http_listen: Option<SocketAddr>, path: &str) -> ExitCode {
     let addr = match admin_address(config, http_listen) {
         Ok(addr) => addr,
-        Err(reason) => {
-            eprintln!("{reason}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match crate::status::admin_request(addr, "POST", path, Duration::from_secs(10)) {
         Ok((200, _, body)) => {
@@ -130,10 +132,7 @@ fn post(config: &Path, http_listen: Option<SocketAddr>, path: &str) -> ExitCode 
 pub(crate) fn zone_status(config: &Path, http_listen: Option<SocketAddr>, zone: Option<&str>) -> ExitCode {
     let addr = match admin_address(config, http_listen) {
         Ok(addr) => addr,
-        Err(reason) => {
-            eprintln!("{reason}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let document: consortium_dns::http::StatusDocument = match crate::status::fetch(addr)
         .map_err(|e| e.to_string())
@@ -196,10 +195,7 @@ fn query_value(value: &str) -> String {
 pub(crate) fn history(config: &Path, http_listen: Option<SocketAddr>, zone: &str) -> ExitCode {
     let addr = match admin_address(config, http_listen) {
         Ok(addr) => addr,
-        Err(reason) => {
-            eprintln!("{reason}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let path = format!("/history?zone={}", query_value(zone));
     let history: consortium_dns::http::ZoneHistory =

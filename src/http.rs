@@ -166,13 +166,8 @@ async fn handle(
         }
         (&Method::GET, "/secondaries") => secondaries(&control, request.uri().query().unwrap_or("")),
         (&Method::POST, "/reload") => {
-            if let Some(reason) = from_a_web_page(request.headers()) {
-                tracing::warn!(reason, "POST /reload refused: sent by a web page");
-                return Ok(reply(
-                    StatusCode::FORBIDDEN,
-                    "text/plain",
-                    format!("refused: {reason}\n"),
-                ));
+            if let Some(refused) = refused_web_page(request.headers()) {
+                return Ok(refused);
             }
             // Run to the end whatever the client does: a client that disconnects (or the
             // connection's time limit) must not cancel a reload half-way, unreported.
@@ -199,11 +194,7 @@ async fn handle(
             json(code, &report)
         }
         (&Method::GET, "/history") => {
-            let query = request.uri().query().unwrap_or("");
-            let zone = query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix("zone="))
-                .map(percent_decoded);
+            let zone = query_value(&request, "zone");
             match zone.as_deref().map(|zone| history(&control, zone)) {
                 Some(Some(history)) => json(StatusCode::OK, &history),
                 Some(None) => reply(
@@ -219,18 +210,10 @@ async fn handle(
             }
         }
         (&Method::POST, "/log-level") => {
-            if let Some(reason) = from_a_web_page(request.headers()) {
-                return Ok(reply(
-                    StatusCode::FORBIDDEN,
-                    "text/plain",
-                    format!("refused: {reason}\n"),
-                ));
+            if let Some(refused) = refused_web_page(request.headers()) {
+                return Ok(refused);
             }
-            let query = request.uri().query().unwrap_or("");
-            let level = query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix("level="))
-                .map(percent_decoded);
+            let level = query_value(&request, "level");
             let level = level.as_deref();
             match (level, LOG_LEVEL.get()) {
                 (None, _) => reply(
@@ -253,18 +236,10 @@ async fn handle(
             }
         }
         (&Method::POST, "/notify") => {
-            if let Some(reason) = from_a_web_page(request.headers()) {
-                return Ok(reply(
-                    StatusCode::FORBIDDEN,
-                    "text/plain",
-                    format!("refused: {reason}\n"),
-                ));
+            if let Some(refused) = refused_web_page(request.headers()) {
+                return Ok(refused);
             }
-            let query = request.uri().query().unwrap_or("");
-            let zone = query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix("zone="))
-                .map(percent_decoded);
+            let zone = query_value(&request, "zone");
             let zone = zone.as_deref();
             match zone.map(|zone| (zone, control.notify_zone(zone))) {
                 Some((zone, Some(targets))) => reply(
@@ -284,13 +259,15 @@ async fn handle(
                 ),
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/secondaries" | "/notify") => {
-            reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "method not allowed\n".into(),
-            )
-        }
+        (
+            _,
+            "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/secondaries" | "/notify"
+            | "/log-level" | "/history",
+        ) => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     Ok(response)
@@ -381,6 +358,26 @@ fn foreign_host(headers: &hyper::HeaderMap) -> Option<&'static str> {
     (!ours).then_some("Host is not an IP address or localhost (the admin endpoint has no name)")
 }
 
+/// The 403 for a state-changing request a browser marks as sent by a web page, logged.
+fn refused_web_page(headers: &hyper::HeaderMap) -> Option<Response<Full<Bytes>>> {
+    let reason = from_a_web_page(headers)?;
+    tracing::warn!(reason, "admin request refused: sent by a web page");
+    Some(reply(
+        StatusCode::FORBIDDEN,
+        "text/plain",
+        format!("refused: {reason}\n"),
+    ))
+}
+
+/// The value of `name=` in the request's query, percent-decoded.
+fn query_value(request: &Request<Incoming>, name: &str) -> Option<String> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        pair.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+            .map(percent_decoded)
+    })
+}
+
 /// A URL query value with its percent-escapes decoded (RFC 3986 §2.1; `+` stays `+`).
 fn percent_decoded(value: &str) -> String {
     let bytes = value.as_bytes();
@@ -429,9 +426,7 @@ const HISTORY_RECORDS_SHOWN: usize = 20;
 
 fn history(control: &Control, zone: &str) -> Option<ZoneHistory> {
     use crate::zone::name::Name;
-    let origin = Name::parse(zone, None)
-        .or_else(|_| Name::parse(&format!("{zone}."), None))
-        .ok()?;
+    let origin = Name::parse_origin(zone).ok()?;
     let snapshot = control.shared.snapshot.load();
     let served = snapshot.zones().iter().find(|z| z.origin.key() == origin.key())?;
     // A whole SOA record ends with serial, refresh, retry, expire, minimum (RFC 1035 §3.3.13).

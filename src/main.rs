@@ -197,7 +197,7 @@ fn main() -> ExitCode {
             config,
             http_listen,
             json,
-        } => match ctl::admin_address(&config, http_listen) {
+        } => match ctl::admin_address_of(&config, http_listen) {
             Ok(addr) => status::run(addr, json),
             Err(reason) => {
                 eprintln!("{reason}");

@@ -606,9 +606,7 @@ impl Control {
     /// current serial now (`ctl notify`): the number of NOTIFY targets, or None for a zone
     /// not served here.
     pub fn notify_zone(&self, zone: &str) -> Option<usize> {
-        let origin = zone::name::Name::parse(zone, None)
-            .or_else(|_| zone::name::Name::parse(&format!("{zone}."), None))
-            .ok()?;
+        let origin = zone::name::Name::parse_origin(zone).ok()?;
         let snapshot = self.shared.snapshot.load();
         let served = snapshot.zones().iter().find(|z| z.origin.key() == origin.key())?;
         self.notifier.announce(&snapshot, served);

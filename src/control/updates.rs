@@ -123,9 +123,7 @@ impl Control {
     /// Each NOTIFY target of `zone` with the serial it was last seen serving, against
     /// `serial` (default: the one served here). None when the zone is not served.
     pub fn secondaries(&self, zone: &str, serial: Option<u32>) -> Option<SecondariesReport> {
-        let origin = Name::parse(zone, None)
-            .or_else(|_| Name::parse(&format!("{zone}."), None))
-            .ok()?;
+        let origin = Name::parse_origin(zone).ok()?;
         let snapshot = self.shared.snapshot.load();
         let served = snapshot.zones().iter().find(|z| z.origin.key() == origin.key())?;
         let wanted = serial.unwrap_or(served.serial);

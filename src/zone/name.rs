@@ -30,6 +30,16 @@ pub enum NameError {
 }
 
 impl Name {
+    /// A zone's origin as operators type it on a command line: absolute, with or without the
+    /// final dot.
+    pub fn parse_origin(text: &str) -> Result<Name, NameError> {
+        if text.ends_with('.') {
+            Name::parse(text, None)
+        } else {
+            Name::parse(&format!("{text}."), None)
+        }
+    }
+
     /// The root name `.`.
     pub fn root() -> Name {
         Name(Box::new([0]))

@@ -124,6 +124,16 @@ async fn foreign_host_names_are_refused_and_connections_are_capped() {
         assert_eq!(code, 200, "Host {host}: {body}");
     }
 
+    // Every path answers the wrong method with 405, the new ones included.
+    for (method, path) in [
+        ("GET", "/log-level"),
+        ("GET", "/notify"),
+        ("POST", "/history"),
+        ("GET", "/reload"),
+    ] {
+        assert_eq!(http_request(http, method, path).await.0, 405, "{method} {path}");
+    }
+
     // Connections beyond the cap (16) are closed at once; the capped ones still work after.
     let mut held = Vec::new();
     for _ in 0..16 {
