@@ -436,9 +436,33 @@ fn expect_count(tokens: &[Token], n: usize, rtype: u16) -> Result<(), String> {
     Ok(())
 }
 
+/// Types whose RDATA this parser reads in text form (the arms of `parse_rdata`).
+const HAS_TEXT_FORM: [u16; 11] = [
+    rtype::A,
+    rtype::AAAA,
+    rtype::NS,
+    rtype::CNAME,
+    rtype::SOA,
+    rtype::MX,
+    rtype::TXT,
+    rtype::SRV,
+    rtype::CAA,
+    rtype::PTR,
+    rtype::DS,
+];
+
 /// Parses presentation RDATA into uncompressed wire RDATA.
 fn parse_rdata(rtype: u16, tokens: &[Token], origin: &Name) -> Result<Vec<u8>, String> {
     if tokens.first().is_some_and(|t| !t.quoted && t.text == b"\\#") {
+        // RFC 3597 §5 allows the generic form for known types, but their RDATA (domain names
+        // the answers chase and compress) must be well-formed: a known type is written in its
+        // own text form, which is checked.
+        if HAS_TEXT_FORM.contains(&rtype) {
+            return Err(format!(
+                "write {} in its text form: the \\# form is for types without one (RFC 3597)",
+                rtype::mnemonic(rtype)
+            ));
+        }
         return parse_generic(tokens);
     }
     let mut out = Vec::new();
