@@ -326,6 +326,10 @@ struct ZoneSection {
     /// When CDS/CDNSKEY are published: "none", "always", "rollover" (default).
     #[serde(default)]
     cds: crate::dnssec::CdsPolicy,
+    /// Authenticated denial of existence: "nsec" (default) or "nsec3" (RFC 5155 with the
+    /// RFC 9276 parameters: SHA-1, no extra iterations, empty salt, no opt-out).
+    #[serde(default)]
+    denial: crate::dnssec::Denial,
     /// Directories `$INCLUDE` may read besides the zone file's own (and those below it).
     /// Relative to the config file. Default none.
     #[serde(default)]
@@ -989,6 +993,7 @@ impl Parser<'_> {
             let signing = section.dnssec.then(|| crate::dnssec::SigningConfig {
                 keys_dir: keys_dir.clone(),
                 cds: section.cds,
+                denial: section.denial,
             });
             if !(0.0..=1.0).contains(&section.hold_back_removal) {
                 self.at(

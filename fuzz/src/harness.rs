@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use consortium_dns::dnssec::{self, CdsPolicy, KeySet, keys};
+use consortium_dns::dnssec::{self, CdsPolicy, Denial, KeySet, keys};
 use consortium_dns::health::spec::HealthSettings;
 use consortium_dns::peers::{TransferAcl, ZonePeers};
 use consortium_dns::server::answer::{self, Outcome};
@@ -95,6 +95,7 @@ fn fuzz_keys() -> &'static KeySet {
             dir: "/nonexistent/fuzz/keys".into(),
             keys: vec![key],
             cds: CdsPolicy::Always,
+            denial: Denial::Nsec,
         }
     })
 }

@@ -42,11 +42,26 @@ pub enum CdsPolicy {
     Rollover,
 }
 
+/// How a signed zone proves that a name or type does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Denial {
+    /// The NSEC chain (RFC 4035 §2.3): names in canonical order.
+    #[default]
+    Nsec,
+    /// The NSEC3 chain (RFC 5155) over hashed names, with the parameters RFC 9276 §3.1
+    /// asks for: no additional iterations, an empty salt, opt-out clear. Larger iteration
+    /// counts buy nothing against zone walking and make validators treat the zone as
+    /// insecure (RFC 9276 §3.2), so they are not offered.
+    Nsec3,
+}
+
 /// A zone's signing settings, from its `[[zone]]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SigningConfig {
     pub keys_dir: PathBuf,
     pub cds: CdsPolicy,
+    pub denial: Denial,
 }
 
 /// A zone's key pairs as read from its key directory.
@@ -55,6 +70,7 @@ pub struct KeySet {
     pub dir: PathBuf,
     pub keys: Vec<ZoneKey>,
     pub cds: CdsPolicy,
+    pub denial: Denial,
 }
 
 /// Reads a zone's key directory; errors name the file and the reason.
@@ -69,6 +85,7 @@ pub fn load_keys(config: &SigningConfig, origin: &Name) -> Result<KeySet, Vec<Di
         dir: config.keys_dir.clone(),
         keys,
         cds: config.cds,
+        denial: config.denial,
     };
     // A key set that cannot sign now is refused at load, not at the first query.
     set.roles(wire::unix_now())
@@ -155,7 +172,7 @@ impl KeySet {
         for key in &self.keys {
             (key.tag, key.flags, &key.public, key.timing.state(now)).hash(&mut hasher);
         }
-        (self.cds as u8).hash(&mut hasher);
+        (self.cds as u8, self.denial as u8).hash(&mut hasher);
         hasher.finish()
     }
 
@@ -377,6 +394,11 @@ pub fn sign_zone(
         }
     }
 
+    if keys.denial == Denial::Nsec3 {
+        // RFC 5155 §3.1: the parameters of the chain, at the apex, signed like the rest.
+        generated.push(record(rtype::NSEC3PARAM, negative_ttl, NSEC3PARAM_RDATA.to_vec()));
+    }
+
     // The shared names' alternatives first: their RRSIGs go into the pool records
     // (`zone::carrier`), which are then signed like any RRset.
     let mut pool_jobs: Vec<(Slot<'_>, Job<'_>)> = Vec::with_capacity(data.members.len());
@@ -424,10 +446,10 @@ pub fn sign_zone(
     let mut all: Vec<Record> = data.records.iter().chain(&data.dynamic).cloned().collect();
     all.extend(generated.iter().cloned());
     let owners = Owners::new(&all, &data.members);
-    // One walk over the owners: the RRsets to sign, and the names of the NSEC chain with
+    // One walk over the owners: the RRsets to sign, and the names of the denial chain with
     // their types (RFC 4035 §2.3: authoritative names and delegation points; not glue).
     let mut jobs: Vec<(Slot<'_>, Job<'_>)> = Vec::with_capacity(owners.len() * 2 + data.members.len());
-    let mut chain: Vec<(&Name, Vec<u16>)> = Vec::with_capacity(owners.len() + data.pools.len());
+    let mut chain: Vec<ChainName<'_>> = Vec::with_capacity(owners.len() + data.pools.len());
     for owner in owners.iter() {
         let name = owner.name().wire();
         if owners.cut_above(name, origin).is_some() {
@@ -456,7 +478,13 @@ pub fn sign_zone(
                 },
             ));
         }
-        chain.push((owner.name(), types));
+        // An insecure delegation owns no signature (RFC 4035 §2.2: its NS is the child's).
+        let signed = !cut || types.contains(&rtype::DS);
+        chain.push(ChainName {
+            name: owner.name(),
+            types,
+            signed,
+        });
     }
     for pool in &data.pools {
         if owners.find(pool.name.wire()).is_none() {
@@ -466,16 +494,28 @@ pub fn sign_zone(
                 .members
                 .iter()
                 .any(|&m| data.members.get(m).is_some_and(|member| member.weight > 0));
-            chain.push((&pool.name, if offers { vec![rtype::CNAME] } else { Vec::new() }));
+            chain.push(ChainName {
+                name: &pool.name,
+                types: if offers { vec![rtype::CNAME] } else { Vec::new() },
+                signed: offers,
+            });
         }
     }
-    let nsec = nsec_records(chain, negative_ttl, &location);
-    for record in &nsec {
+    let denial_type = match keys.denial {
+        Denial::Nsec => rtype::NSEC,
+        Denial::Nsec3 => rtype::NSEC3,
+    };
+    let denial_records = match keys.denial {
+        Denial::Nsec => nsec_records(chain, negative_ttl, &location),
+        Denial::Nsec3 => nsec3_records(origin, chain, negative_ttl, &location)
+            .map_err(|reason| vec![Diagnostic::file(&keys.dir, reason)])?,
+    };
+    for record in &denial_records {
         jobs.push((
-            Slot::RRset(record.name.wire(), rtype::NSEC),
+            Slot::RRset(record.name.wire(), denial_type),
             Job {
                 owner: record.name.wire(),
-                rtype: rtype::NSEC,
+                rtype: denial_type,
                 ttl: record.ttl,
                 rdatas: vec![&record.rdata],
                 key_rrset: false,
@@ -491,7 +531,7 @@ pub fn sign_zone(
             signed.signatures.insert(rrset_key(owner, t), rdatas);
         }
     }
-    generated.extend(nsec);
+    generated.extend(denial_records);
     signed.records = generated;
     signed.report.earliest_expiry = if earliest == u64::MAX { 0 } else { earliest };
     let resign_at = signed.report.earliest_expiry.saturating_sub(REFRESH);
@@ -664,20 +704,31 @@ fn canonical_rdata(t: u16, rdata: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A name of the denial chain: the types it owns, and whether any of them is signed.
+struct ChainName<'a> {
+    name: &'a Name,
+    types: Vec<u16>,
+    signed: bool,
+}
+
+/// NSEC3PARAM RDATA (RFC 5155 §4.2) with the RFC 9276 parameters: SHA-1, flags 0, no
+/// additional iterations, salt length 0.
+pub const NSEC3PARAM_RDATA: [u8; 5] = [1, 0, 0, 0, 0];
+
 /// The NSEC chain (RFC 4035 §2.3) over `names` (each with the types it owns): one NSEC per
 /// name in canonical order, the last pointing back to the apex, which comes first.
-fn nsec_records(mut names: Vec<(&Name, Vec<u16>)>, ttl: u32, location: &Location) -> Vec<Record> {
-    names.sort_by_cached_key(|(name, _)| {
+fn nsec_records(mut names: Vec<ChainName<'_>>, ttl: u32, location: &Location) -> Vec<Record> {
+    names.sort_by_cached_key(|c| {
         let mut key = [0u8; wire::CANONICAL_KEY_MAX];
-        let len = wire::canonical_key(name.wire(), &mut key);
+        let len = wire::canonical_key(c.name.wire(), &mut key);
         key[..len].to_vec()
     });
-    names.dedup_by(|a, b| a.0.wire().eq_ignore_ascii_case(b.0.wire()));
+    names.dedup_by(|a, b| a.name.wire().eq_ignore_ascii_case(b.name.wire()));
     let count = names.len();
     (0..count)
         .map(|i| {
-            let (name, types) = &names[i];
-            let next = names[(i + 1) % count].0;
+            let ChainName { name, types, .. } = &names[i];
+            let next = names[(i + 1) % count].name;
             let mut all = types.clone();
             all.extend([rtype::RRSIG, rtype::NSEC]);
             // The next name lowercased: its canonical form either way (RFC 6840 §5.1).
@@ -690,6 +741,83 @@ fn nsec_records(mut names: Vec<(&Name, Vec<u16>)>, ttl: u32, location: &Location
                 rdata,
                 location: location.clone(),
             }
+        })
+        .collect()
+}
+
+/// The NSEC3 chain (RFC 5155 §7.1) over `names` and the empty non-terminals between them and
+/// the apex (which own an NSEC3 with an empty type map, §7.1 step 4), in the order of their
+/// hashes, the last pointing back to the first. A name's map lists RRSIG when the name owns a
+/// signed RRset; NSEC3 itself lives at the hashed owner and is in no map.
+fn nsec3_records(
+    origin: &Name,
+    mut names: Vec<ChainName<'_>>,
+    ttl: u32,
+    location: &Location,
+) -> Result<Vec<Record>, String> {
+    let mut known: std::collections::HashSet<Box<[u8]>> = names.iter().map(|c| c.name.key()).collect();
+    let mut empty_non_terminals = Vec::new();
+    for chain_name in &names {
+        for ancestor in crate::zone::owners::ancestors(chain_name.name.wire()) {
+            if ancestor.len() <= origin.wire().len()
+                || !known.insert(ancestor.to_ascii_lowercase().into_boxed_slice())
+            {
+                break;
+            }
+            empty_non_terminals.push(Name::from_wire_unchecked(ancestor));
+        }
+    }
+    drop(known);
+    let mut hashed: Vec<([u8; wire::NSEC3_HASH_LEN], Vec<u16>)> = names
+        .drain(..)
+        .map(|c| {
+            let mut types = c.types;
+            if c.signed {
+                types.push(rtype::RRSIG);
+            }
+            (wire::nsec3_hash(&c.name.key()), types)
+        })
+        .chain(
+            empty_non_terminals
+                .iter()
+                .map(|n| (wire::nsec3_hash(&n.key()), Vec::new())),
+        )
+        .collect();
+    hashed.sort_unstable_by_key(|h| h.0);
+    if let Some(pair) = hashed.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        // RFC 5155 §7.1: two names with one hash cannot be told apart by a validator.
+        return Err(format!(
+            "two names of the zone have the same NSEC3 hash {}; use denial = \"nsec\"",
+            String::from_utf8_lossy(&wire::base32hex(&pair[0].0))
+        ));
+    }
+    let count = hashed.len();
+    (0..count)
+        .map(|i| {
+            let (hash, mut types) = hashed[i].clone();
+            let next = hashed[(i + 1) % count].0;
+            let mut owner = Vec::with_capacity(33 + origin.wire().len());
+            owner.push(32);
+            owner.extend_from_slice(&wire::base32hex(&hash));
+            owner.extend_from_slice(&origin.key());
+            if owner.len() > wire::MAX_NAME_LEN {
+                return Err(format!(
+                    "the zone's name is too long for NSEC3 owner names ({} octets past 255); use denial = \"nsec\"",
+                    owner.len() - wire::MAX_NAME_LEN
+                ));
+            }
+            // Hash algorithm, flags (opt-out clear), iterations, salt length, then the next
+            // hashed owner and the type map (RFC 5155 §3.2).
+            let mut rdata = vec![1, 0, 0, 0, 0, wire::NSEC3_HASH_LEN as u8];
+            rdata.extend_from_slice(&next);
+            rdata.extend_from_slice(&type_bitmap(&mut types));
+            Ok(Record {
+                name: Name::from_wire_unchecked(&owner),
+                rtype: rtype::NSEC3,
+                ttl,
+                rdata,
+                location: location.clone(),
+            })
         })
         .collect()
 }

@@ -119,11 +119,18 @@ pub fn from_transfer(
     negative_ttl: u32,
     now: u64,
 ) -> Result<FromTransfer, String> {
-    if dnssec_records
+    // The request path hashes names with the RFC 9276 parameters (what a consortium-dns
+    // primary signs with); a chain made with others would be proofs of the wrong names.
+    let nsec3 = dnssec_records.iter().any(|r| r.rtype == rtype::NSEC3);
+    let params: Vec<&[u8]> = dnssec_records
         .iter()
-        .any(|r| matches!(r.rtype, rtype::NSEC3 | rtype::NSEC3PARAM))
-    {
-        return Err("the zone is signed with NSEC3, which this secondary does not serve yet".into());
+        .filter(|r| r.rtype == rtype::NSEC3PARAM && r.name.key() == origin.key())
+        .map(|r| r.rdata.as_slice())
+        .collect();
+    if (nsec3 || !params.is_empty()) && params != [&super::NSEC3PARAM_RDATA[..]] {
+        return Err(
+            "the zone is signed with NSEC3 parameters other than RFC 9276's (SHA-1, 0 iterations, empty salt, no opt-out), which this secondary does not serve".into(),
+        );
     }
     let dnskeys: Vec<Vec<u8>> = dnssec_records
         .iter()

@@ -238,7 +238,8 @@ struct Response<'o> {
     glue_required: bool,
     /// The query set DO (RFC 3225): signed zones add their RRSIGs and denial proofs.
     dnssec: bool,
-    /// NSEC records to add to the authority section: (zone, node) pairs, without repeats.
+    /// Denial records to add to the authority section, without repeats: (zone, node owning
+    /// the NSEC) pairs, or in a zone signed with NSEC3 (zone, index into its NSEC3 table).
     proofs: [(u32, u32); 4],
     proof_count: usize,
     /// Who asked: the source address, and the query's client subnet (RFC 7871).
@@ -308,22 +309,81 @@ impl<'o> Response<'o> {
     }
 
     /// The NODATA proof at node `n` (RFC 4035 §3.1.3.1): the name's own NSEC, or for an
-    /// empty non-terminal (which owns none) the NSEC that covers `key`.
+    /// empty non-terminal (which owns none) the NSEC that covers `key`. With NSEC3 the record
+    /// that matches the name (RFC 5155 §7.2.3; empty non-terminals own one too), and for a
+    /// wildcard's NODATA also the one that matches the closest encloser (§7.2.5: the
+    /// wildcard branch proved the next closer name absent).
     fn prove_no_data(&mut self, (z, zone, node, n): (u32, &Zone, &Node, u32), key: &[u8]) {
         if !self.dnssec {
+            return;
+        }
+        if zone.nsec3_table().is_some() {
+            let name = zone.node_name(n);
+            self.prove(z, zone.nsec3_matching(name));
+            if let Some(encloser) = name.strip_prefix(b"\x01*")
+                && !key.eq_ignore_ascii_case(name)
+            {
+                self.prove(z, zone.nsec3_matching(encloser));
+            }
             return;
         }
         let own = rrset_of(zone, node, rtype::NSEC).map(|_| n);
         self.prove(z, own.or_else(|| zone.covering_nsec(key)));
     }
 
-    /// Writes the denial proofs into the authority section: each NSEC and its RRSIGs.
+    /// The NXDOMAIN proof for `key`, whose closest encloser starts at `encloser_at`: the
+    /// name does not exist, nor the wildcard that could have stood for it (RFC 4035
+    /// §3.1.3.2). With NSEC3 the closest encloser proof (the encloser's own record, one
+    /// covering the next closer name) and one covering the wildcard (RFC 5155 §7.2.2).
+    fn prove_name_error(&mut self, z: u32, zone: &Zone, key: &[u8], encloser_at: usize) {
+        if !self.dnssec {
+            return;
+        }
+        let encloser = &key[encloser_at..];
+        let mut wildcard = [0u8; wire::MAX_NAME_LEN + 2];
+        wildcard[..2].copy_from_slice(b"\x01*");
+        wildcard[2..2 + encloser.len()].copy_from_slice(encloser);
+        let wildcard = &wildcard[..2 + encloser.len()];
+        if zone.nsec3_table().is_some() {
+            self.prove(z, zone.nsec3_matching(encloser));
+            self.prove(z, zone.nsec3_covering(next_closer(key, encloser_at)));
+            self.prove(z, zone.nsec3_covering(wildcard));
+        } else {
+            self.prove(z, zone.covering_nsec(key));
+            self.prove(z, zone.covering_nsec(wildcard));
+        }
+    }
+
+    /// The proof that a wildcard answer for `key` was right: the name itself does not exist
+    /// (RFC 4035 §3.1.3.3), or with NSEC3 that the next closer name does not (RFC 5155
+    /// §7.2.6; the RRSIG labels field tells the closest encloser). `wildcard` is the name of
+    /// the wildcard node.
+    fn prove_wildcard_expansion(&mut self, z: u32, zone: &Zone, key: &[u8], wildcard: &[u8]) {
+        if !self.dnssec {
+            return;
+        }
+        if zone.nsec3_table().is_some() {
+            let encloser_at = key.len().saturating_sub(wildcard.len().saturating_sub(2));
+            self.prove(z, zone.nsec3_covering(next_closer(key, encloser_at)));
+        } else {
+            self.prove(z, zone.covering_nsec(key));
+        }
+    }
+
+    /// Writes the denial proofs into the authority section: each NSEC or NSEC3 and its
+    /// RRSIGs.
     fn write_proofs(&mut self, snapshot: &Snapshot) {
         for i in 0..std::mem::take(&mut self.proof_count) {
             let (z, n) = self.proofs[i];
             let Some(zone) = snapshot.zones.get(z as usize) else {
                 continue;
             };
+            if zone.nsec3_table().is_some() {
+                if let Some((owner, nsec3)) = zone.nsec3_record(n) {
+                    self.authority_rrset(&Owner::Name(owner), zone, nsec3);
+                }
+                continue;
+            }
             let Some(nsec) = zone.node(n).and_then(|node| rrset_of(zone, node, rtype::NSEC)) else {
                 continue;
             };
@@ -581,6 +641,19 @@ fn find<'s>(snapshot: &'s Snapshot, key: &[u8], qtype: u16) -> Found<'s> {
     }
 }
 
+/// The next closer name of `key` (RFC 5155 §1.3): the ancestor one label longer than its
+/// closest encloser, which starts at `encloser_at`.
+fn next_closer(key: &[u8], encloser_at: usize) -> &[u8] {
+    let mut at = 0;
+    loop {
+        let next = at + 1 + usize::from(key.get(at).copied().unwrap_or(0));
+        if next >= encloser_at || next >= key.len() {
+            return key.get(at..).unwrap_or_default();
+        }
+        at = next;
+    }
+}
+
 fn rrset_of<'z>(zone: &'z Zone, node: &Node, rtype: u16) -> Option<&'z RRset> {
     zone.rrsets(node).iter().find(|r| r.rtype == rtype)
 }
@@ -638,16 +711,7 @@ fn resolve<R: Rng + ?Sized>(
                 response.rcode = NXDOMAIN;
                 if let Some(zone) = snapshot.zones.get(z as usize) {
                     response.negative_soa(zone);
-                    if response.dnssec {
-                        // RFC 4035 §3.1.3.2: the name does not exist, nor the wildcard that
-                        // could have stood for it.
-                        response.prove(z, zone.covering_nsec(current_key));
-                        let encloser = &current_key[encloser_at..];
-                        let mut wildcard = [0u8; wire::MAX_NAME_LEN + 2];
-                        wildcard[..2].copy_from_slice(b"\x01*");
-                        wildcard[2..2 + encloser.len()].copy_from_slice(encloser);
-                        response.prove(z, zone.covering_nsec(&wildcard[..2 + encloser.len()]));
-                    }
+                    response.prove_name_error(z, zone, current_key, encloser_at);
                 }
                 break;
             }
@@ -660,8 +724,7 @@ fn resolve<R: Rng + ?Sized>(
                 response.aa = true;
                 chain_zone = Some(z);
                 if wildcard {
-                    // RFC 4035 §3.1.3.3: the name itself does not exist.
-                    response.prove(z, zone.covering_nsec(current_key));
+                    response.prove_wildcard_expansion(z, zone, current_key, zone.node_name(n));
                 }
                 let at = Place {
                     z,
@@ -810,12 +873,19 @@ fn refer(response: &mut Response<'_>, zone: &Zone, cut: u32, at_question: bool) 
     response.authority = response.authority.saturating_add(ns.count);
     if response.dnssec {
         // RFC 4035 §3.1.4: a secure delegation's DS with its RRSIGs, or the NSEC proving
-        // there is none (insecure).
+        // there is none (insecure); with NSEC3 the record that matches the cut (RFC 5155
+        // §7.2.7, no opt-out).
         let node = zone.node(cut);
-        let proof = node
-            .and_then(|node| rrset_of(zone, node, rtype::DS))
-            .or_else(|| node.and_then(|node| rrset_of(zone, node, rtype::NSEC)));
-        if let Some(rrset) = proof {
+        let ds = node.and_then(|node| rrset_of(zone, node, rtype::DS));
+        if let Some(rrset) = ds {
+            response.authority_rrset(&owner, zone, rrset);
+        } else if zone.nsec3_table().is_some() {
+            if let Some((nsec3_owner, rrset)) =
+                zone.nsec3_matching(cut_name).and_then(|i| zone.nsec3_record(i))
+            {
+                response.authority_rrset(&Owner::Name(nsec3_owner), zone, rrset);
+            }
+        } else if let Some(rrset) = node.and_then(|node| rrset_of(zone, node, rtype::NSEC)) {
             response.authority_rrset(&owner, zone, rrset);
         }
     }

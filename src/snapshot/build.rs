@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use arc_swap::ArcSwap;
 
 use super::{
-    Additional, Arena, NO_INDEX, Node, NsecEntry, Pool, PoolEntry, RRset, Span, Zone, ZoneDnssec,
+    Additional, Arena, NO_INDEX, Node, Nsec3Entry, NsecEntry, Pool, PoolEntry, RRset, Span, Zone, ZoneDnssec,
     encode_tail, key_is_subdomain,
 };
 use crate::dnssec::Signed;
@@ -42,7 +42,9 @@ pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Optio
     // each alternative's RRSIGs inside.
     // A secondary's come as transferred, among `records`.
     match signed {
-        Some(signed) => records.extend(signed.records.iter().cloned()),
+        // NSEC3 records own hashed names, which are no nodes of the zone (RFC 5155 §7.2.8:
+        // a query for one is answered as if it did not exist); `ZoneDnssec::nsec3` has them.
+        Some(signed) => records.extend(signed.records.iter().filter(|r| r.rtype != rtype::NSEC3).cloned()),
         None if !transferred => records.extend(carrier::records(&members, &pools, None)),
         None => {}
     }
@@ -356,6 +358,7 @@ impl Tables<'_> {
                 }
             })
             .collect();
+        let nsec3 = self.nsec3_table(signed);
         // The SOA's signatures again at the negative TTL, kept apart like `negative_soa`.
         let soa_sigs = signed
             .signatures_of(origin.wire(), rtype::SOA)
@@ -365,10 +368,57 @@ impl Tables<'_> {
         ZoneDnssec {
             nsec_order,
             nsec_keys: nsec_keys.into_boxed_slice(),
+            nsec3,
             negative_soa_sigs: negative_soa_sigs.into_boxed_slice(),
             negative_soa_sig_count: soa_sigs.len() as u16,
             report: signed.report.clone(),
         }
+    }
+
+    /// The NSEC3 records of `signed` in the order of their hashes (RFC 5155 §7.2: the request
+    /// path finds the one that matches or covers a hash by binary search), each encoded as an
+    /// RRset of its own with its RRSIGs; empty for an NSEC zone. A record whose owner is no
+    /// hash is left out, and of two at one hash the first is kept (signing makes neither).
+    fn nsec3_table(&mut self, signed: &Signed) -> Box<[Nsec3Entry]> {
+        let mut table: Vec<Nsec3Entry> = Vec::new();
+        for record in signed.records.iter().filter(|r| r.rtype == rtype::NSEC3) {
+            let wire_name = record.name.wire();
+            let Some(hash) = wire_name
+                .get(1..1 + usize::from(wire_name[0]))
+                .and_then(wire::base32hex_decode)
+            else {
+                continue;
+            };
+            let owner = self.arena.push(wire_name);
+            self.tails.clear();
+            encode_tail(
+                &mut self.tails,
+                rtype::NSEC3,
+                rtype::CLASS_IN,
+                record.ttl,
+                &record.rdata,
+            );
+            let tails = self.arena.push(&self.tails);
+            let (sigs, sig_count) = self.signatures(wire_name, rtype::NSEC3, record.ttl);
+            table.push(Nsec3Entry {
+                hash,
+                owner,
+                rrset: self.rrsets.len() as u32,
+            });
+            self.rrsets.push(RRset {
+                rtype: rtype::NSEC3,
+                count: 1,
+                tails,
+                chase: Span::default(),
+                additional_start: self.additionals.len() as u32,
+                additional_len: 0,
+                sigs,
+                sig_count,
+            });
+        }
+        table.sort_unstable_by_key(|e| e.hash);
+        table.dedup_by(|a, b| a.hash == b.hash);
+        table.into_boxed_slice()
     }
 
     /// The A and AAAA RRsets of `target` when it lies in the zone, as additional records.

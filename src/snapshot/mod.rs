@@ -111,6 +111,15 @@ pub(crate) struct NsecEntry {
     pub(crate) key: Span,
 }
 
+/// One NSEC3 record (RFC 5155): the hash its owner name stands for, the owner, and its RRset
+/// (in the zone's `rrsets`, outside every node's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Nsec3Entry {
+    pub(crate) hash: [u8; crate::wire::NSEC3_HASH_LEN],
+    pub(crate) owner: Span,
+    pub(crate) rrset: u32,
+}
+
 /// What a signed zone adds to its tables.
 #[derive(Debug)]
 pub struct ZoneDnssec {
@@ -119,10 +128,23 @@ pub struct ZoneDnssec {
     pub(crate) nsec_order: Vec<NsecEntry>,
     /// The `wire::canonical_key` of each of `nsec_order`'s names, back to back.
     pub(crate) nsec_keys: Box<[u8]>,
+    /// A zone signed with NSEC3 (`denial = "nsec3"`): its NSEC3 records by hash. Empty for an
+    /// NSEC zone, whose nodes own their NSECs.
+    pub(crate) nsec3: Box<[Nsec3Entry]>,
     /// RRSIG tails of the negative-answer SOA, at its TTL.
     pub(crate) negative_soa_sigs: Box<[u8]>,
     pub(crate) negative_soa_sig_count: u16,
     pub report: SigningReport,
+}
+
+/// The NSEC3 hash of a wire name in any case, lowercased first on the stack.
+fn nsec3_hash_of(name: &[u8]) -> Option<[u8; crate::wire::NSEC3_HASH_LEN]> {
+    let mut key = [0u8; crate::wire::MAX_NAME_LEN];
+    let key = key.get_mut(..name.len())?;
+    for (k, c) in key.iter_mut().zip(name) {
+        *k = c.to_ascii_lowercase();
+    }
+    Some(crate::wire::nsec3_hash(key))
 }
 
 /// The name index: lowercased wire name -> (zone index, node index). It holds only the
@@ -409,6 +431,42 @@ impl Zone {
         order.get(at).map(|e| e.node)
     }
 
+    /// The zone's NSEC3 records when it is signed with NSEC3.
+    pub(crate) fn nsec3_table(&self) -> Option<&[Nsec3Entry]> {
+        self.dnssec
+            .as_ref()
+            .map(|d| &d.nsec3[..])
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The NSEC3 record whose owner is the hash of `name` (any case): the name exists, and
+    /// its type map says which types it has (RFC 5155 §7.2.3). An index into `nsec3_table`.
+    pub(crate) fn nsec3_matching(&self, name: &[u8]) -> Option<u32> {
+        let table = self.nsec3_table()?;
+        let hash = nsec3_hash_of(name)?;
+        table
+            .binary_search_by(|e| e.hash.cmp(&hash))
+            .ok()
+            .map(|i| i as u32)
+    }
+
+    /// The NSEC3 record whose span covers the hash of `name` (any case), a name that does
+    /// not exist: the last one before the hash, or the last of all for a hash before the
+    /// first (the chain wraps, RFC 5155 §7.1).
+    pub(crate) fn nsec3_covering(&self, name: &[u8]) -> Option<u32> {
+        let table = self.nsec3_table()?;
+        let hash = nsec3_hash_of(name)?;
+        let after = table.partition_point(|e| e.hash < hash);
+        let at = after.checked_sub(1).or_else(|| table.len().checked_sub(1))?;
+        Some(at as u32)
+    }
+
+    /// (owner, RRset) of NSEC3 record `i` of `nsec3_table`.
+    pub(crate) fn nsec3_record(&self, i: u32) -> Option<(&[u8], &RRset)> {
+        let entry = self.nsec3_table()?.get(i as usize)?;
+        Some((self.slice(entry.owner), self.rrsets.get(entry.rrset as usize)?))
+    }
+
     #[inline]
     pub(crate) fn rrset_chase(&self, rrset: &RRset) -> Option<&[u8]> {
         self.chase(rrset.chase)
@@ -437,7 +495,7 @@ impl Zone {
     }
 
     /// The zone's records, member CNAMEs included, as a transfer or `check` sees them; for a
-    /// signed zone also DNSKEY, CDS, CDNSKEY, NSEC and every RRSIG but those of the shared
+    /// signed zone also DNSKEY, CDS, CDNSKEY, NSEC (or NSEC3 and NSEC3PARAM) and every RRSIG but those of the shared
     /// names' alternatives (a transfer carries the transfer pick's, `pool_pick_records`).
     pub fn all_records(&self) -> Vec<Record> {
         let mut records = self.records.clone();
@@ -454,7 +512,7 @@ impl Zone {
                     // Pool records are signing's output too, except on a secondary.
                     let generated = matches!(
                         rrset.rtype,
-                        rtype::NSEC | rtype::DNSKEY | rtype::CDS | rtype::CDNSKEY
+                        rtype::NSEC | rtype::NSEC3PARAM | rtype::DNSKEY | rtype::CDS | rtype::CDNSKEY
                     ) || (!self.transferred
                         && crate::zone::carrier::is_pool_record(&name, rrset.rtype));
                     let own = if generated { self.tails(rrset) } else { &[] };
@@ -467,6 +525,21 @@ impl Zone {
                             location: location.clone(),
                         }));
                     }
+                }
+            }
+            for i in 0..self.nsec3_table().map_or(0, <[_]>::len) as u32 {
+                let Some((owner, rrset)) = self.nsec3_record(i) else {
+                    continue;
+                };
+                let name = Name::from_wire_unchecked(owner);
+                for tail in [self.tails(rrset), self.sigs(rrset)] {
+                    records.extend(split_tails(tail).map(|(t, ttl, rdata)| Record {
+                        name: name.clone(),
+                        rtype: t,
+                        ttl,
+                        rdata: rdata.to_vec(),
+                        location: location.clone(),
+                    }));
                 }
             }
         }

@@ -481,6 +481,56 @@ fn label_starts(name: &[u8]) -> ([u8; 128], usize) {
     (starts, n)
 }
 
+/// Octets of an NSEC3 hash with algorithm 1, SHA-1 (RFC 5155 §11).
+pub const NSEC3_HASH_LEN: usize = 20;
+
+/// The NSEC3 hash (RFC 5155 §5) of a lowercased wire name with the RFC 9276 parameters: no
+/// additional iterations and an empty salt, so one SHA-1 over the name. No allocation: the
+/// request path hashes the names it must prove absent.
+pub fn nsec3_hash(key: &[u8]) -> [u8; NSEC3_HASH_LEN] {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, key);
+    let mut out = [0u8; NSEC3_HASH_LEN];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The base32hex form (RFC 4648 §7, lowercase, no padding) of an NSEC3 hash: the first
+/// label of its NSEC3 owner name (RFC 5155 §3).
+pub fn base32hex(hash: &[u8; NSEC3_HASH_LEN]) -> [u8; 32] {
+    const DIGITS: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+    let mut out = [0u8; 32];
+    for (group, chars) in hash.chunks(5).zip(out.chunks_mut(8)) {
+        let bits = group.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        for (i, c) in chars.iter_mut().enumerate() {
+            *c = DIGITS[((bits >> (35 - 5 * i)) & 31) as usize];
+        }
+    }
+    out
+}
+
+/// The NSEC3 hash a base32hex label stands for (either case), or None if it is not one.
+pub fn base32hex_decode(label: &[u8]) -> Option<[u8; NSEC3_HASH_LEN]> {
+    if label.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; NSEC3_HASH_LEN];
+    for (chars, group) in label.chunks(8).zip(out.chunks_mut(5)) {
+        let mut bits = 0u64;
+        for &c in chars {
+            let digit = match c.to_ascii_lowercase() {
+                d @ b'0'..=b'9' => d - b'0',
+                l @ b'a'..=b'v' => l - b'a' + 10,
+                _ => return None,
+            };
+            bits = (bits << 5) | u64::from(digit);
+        }
+        for (i, b) in group.iter_mut().enumerate() {
+            *b = (bits >> (32 - 8 * i)) as u8;
+        }
+    }
+    Some(out)
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it): TSIG times (RFC 8945 §4.3.3)
 /// and timestamps.
 pub fn unix_now() -> u64 {
@@ -519,6 +569,20 @@ pub fn error_reply(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nsec3_owner_labels_match_an_independent_sha1_and_base32hex() {
+        use super::{base32hex, base32hex_decode, nsec3_hash};
+        assert_eq!(base32hex_decode(b"3msev9usmd4br9s97v51r2tdvmr9iqo!"), None);
+        // Computed with Python's hashlib and base64.b32hexencode.
+        for (name, label) in [
+            (&b"\x07example\x00"[..], "3msev9usmd4br9s97v51r2tdvmr9iqo1"),
+            (&b"\x01a\x07example\x00"[..], "6cd522290vma0nr8lqu1ivtcofj94rga"),
+        ] {
+            assert_eq!(std::str::from_utf8(&base32hex(&nsec3_hash(name))), Ok(label));
+            assert_eq!(base32hex_decode(label.as_bytes()), Some(nsec3_hash(name)));
+        }
+    }
+
     #[test]
     fn canonical_order_is_rfc_4034s() {
         use super::{CANONICAL_KEY_MAX, canonical_cmp, canonical_key};

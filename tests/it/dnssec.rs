@@ -18,7 +18,7 @@ use crate::common::{Tree, binary, edit, free_port, program, run_check};
 pub(crate) const ORIGIN: &str = "consortium.example";
 
 /// The example tree with `dnssec = true` (and `zone_lines`) in its `[[zone]]`, and no keys yet.
-fn signed_tree(zone_lines: &str) -> Tree {
+pub(crate) fn signed_tree(zone_lines: &str) -> Tree {
     let tree = Tree::example();
     crate::common::append_to_zone_table(&tree, &format!("dnssec = true\n{zone_lines}"));
     tree

@@ -12,6 +12,7 @@ mod guard;
 mod health;
 mod hostile;
 mod limits;
+mod nsec3;
 mod ops;
 mod pressure;
 mod protocol;
