@@ -506,6 +506,18 @@ impl Zone {
             records.extend(crate::zone::carrier::records(&self.members, &defs, None));
         } else {
             let location = crate::diag::Location::new(Arc::from(std::path::Path::new("dnssec")), 0);
+            // Records of `name` from record tails (own records, then RRSIGs).
+            let push_tails = |records: &mut Vec<Record>, name: &Name, tails: [&[u8]; 2]| {
+                for tail in tails {
+                    records.extend(split_tails(tail).map(|(t, ttl, rdata)| Record {
+                        name: name.clone(),
+                        rtype: t,
+                        ttl,
+                        rdata: rdata.to_vec(),
+                        location: location.clone(),
+                    }));
+                }
+            };
             for node in &self.nodes {
                 let name = Name::from_wire_unchecked(self.slice(node.name));
                 for rrset in self.rrsets(node) {
@@ -516,15 +528,7 @@ impl Zone {
                     ) || (!self.transferred
                         && crate::zone::carrier::is_pool_record(&name, rrset.rtype));
                     let own = if generated { self.tails(rrset) } else { &[] };
-                    for tail in [own, self.sigs(rrset)] {
-                        records.extend(split_tails(tail).map(|(t, ttl, rdata)| Record {
-                            name: name.clone(),
-                            rtype: t,
-                            ttl,
-                            rdata: rdata.to_vec(),
-                            location: location.clone(),
-                        }));
-                    }
+                    push_tails(&mut records, &name, [own, self.sigs(rrset)]);
                 }
             }
             for i in 0..self.nsec3_table().map_or(0, <[_]>::len) as u32 {
@@ -532,15 +536,7 @@ impl Zone {
                     continue;
                 };
                 let name = Name::from_wire_unchecked(owner);
-                for tail in [self.tails(rrset), self.sigs(rrset)] {
-                    records.extend(split_tails(tail).map(|(t, ttl, rdata)| Record {
-                        name: name.clone(),
-                        rtype: t,
-                        ttl,
-                        rdata: rdata.to_vec(),
-                        location: location.clone(),
-                    }));
-                }
+                push_tails(&mut records, &name, [self.tails(rrset), self.sigs(rrset)]);
             }
         }
         records
