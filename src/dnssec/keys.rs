@@ -396,8 +396,15 @@ fn parse_private(text: &str) -> Result<PrivateFields, String> {
         return Err("not a Private-key-format file".into());
     }
     let algorithm = algorithm.ok_or("no Algorithm line")?;
-    let private_key =
+    let mut private_key =
         private_key.ok_or("no PrivateKey line (only ECDSAP256SHA256 and ED25519 keys are supported)")?;
+    if algorithm == ECDSAP256SHA256 && (1..32).contains(&private_key.len()) {
+        // An ECDSA private key is an integer, and BIND writes it without its leading zero
+        // octets (one key in 256 is 31 octets long): put them back.
+        let mut padded = vec![0u8; 32 - private_key.len()];
+        padded.append(&mut private_key);
+        private_key = padded;
+    }
     if private_key.len() != 32 {
         return Err(format!("PrivateKey of {} octets, 32 expected", private_key.len()));
     }
@@ -577,6 +584,22 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ecdsa_private_key_written_without_its_leading_zero_is_read_as_32_octets() {
+        let short: Vec<u8> = (1..=31).collect();
+        let text = format!(
+            "Private-key-format: v1.3\nAlgorithm: 13 (ECDSAP256SHA256)\nPrivateKey: {}\n",
+            encode_base64(&short)
+        );
+        let fields = parse_private(&text).expect("a 31-octet ECDSA key is valid");
+        assert_eq!(fields.private_key.len(), 32);
+        assert_eq!(fields.private_key[0], 0);
+        assert_eq!(fields.private_key[1..], short[..]);
+        // Ed25519 keys are 32 octets by definition: a short one stays refused.
+        let text = text.replace("13 (ECDSAP256SHA256)", "15 (ED25519)");
+        assert!(parse_private(&text).is_err());
+    }
 
     #[test]
     fn timestamps_round_trip() {
