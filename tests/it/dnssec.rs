@@ -536,21 +536,7 @@ async fn axfr_of_the_signed_zone_passes_dnssec_verify_and_ldns_verify_zone() {
     }
     let server = tree.start().await;
     let addr = dns_addr(&server);
-    let dig = program("dig", "bind9-dnsutils", "it transfers the zone");
-    let output = Command::new(dig)
-        .args([
-            &format!("@{}", addr.ip()),
-            "-p",
-            &addr.port().to_string(),
-            "+nocmd",
-            "+nostats",
-            "+onesoa",
-            ORIGIN,
-            "AXFR",
-        ])
-        .output()
-        .expect("dig AXFR");
-    let zone_text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let zone_text = axfr_text(addr);
     for kind in ["DNSKEY", "RRSIG", "NSEC"] {
         assert!(
             zone_text.contains(&format!("\t{kind}\t")),
@@ -568,27 +554,8 @@ async fn axfr_of_the_signed_zone_passes_dnssec_verify_and_ldns_verify_zone() {
     std::fs::write(&file, &zone_text).expect("write AXFR");
 
     let verify = |path: &Path| {
-        let dnssec_verify = program("dnssec-verify", "bind9-utils", "it checks the signed zone");
-        let bind = Command::new(dnssec_verify)
-            .args(["-o", ORIGIN])
-            .arg(path)
-            .output()
-            .expect("dnssec-verify");
-        let ldns = program("ldns-verify-zone", "ldnsutils", "it checks the signed zone");
-        let ldns = Command::new(ldns).arg(path).output().expect("ldns-verify-zone");
-        let text = |o: &std::process::Output| {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        };
-        (
-            bind.status.success(),
-            text(&bind),
-            ldns.status.success(),
-            text(&ldns),
-        )
+        let [(bind_ok, bind_text), (ldns_ok, ldns_text)] = verify_zone_file(path, &[]);
+        (bind_ok, bind_text, ldns_ok, ldns_text)
     };
     let (bind_ok, bind_text, ldns_ok, ldns_text) = verify(&file);
     assert!(bind_ok, "dnssec-verify: {bind_text}");
@@ -620,6 +587,50 @@ async fn axfr_of_the_signed_zone_passes_dnssec_verify_and_ldns_verify_zone() {
         !ldns_ok,
         "ldns-verify-zone accepted a tampered signature: {ldns_text}"
     );
+}
+
+/// The zone as `dig AXFR` from `server` prints it (one SOA).
+pub(crate) fn axfr_text(server: SocketAddr) -> String {
+    let dig = program("dig", "bind9-dnsutils", "it transfers the zone");
+    let output = Command::new(dig)
+        .args([
+            &format!("@{}", server.ip()),
+            "-p",
+            &server.port().to_string(),
+            "+nocmd",
+            "+nostats",
+            "+onesoa",
+            ORIGIN,
+            "AXFR",
+        ])
+        .output()
+        .expect("dig AXFR");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// (success, output) of `dnssec-verify` (with `bind_args`) and of `ldns-verify-zone` on a
+/// zone file.
+pub(crate) fn verify_zone_file(path: &Path, bind_args: &[&str]) -> [(bool, String); 2] {
+    let text = |o: std::process::Output| {
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let dnssec_verify = program("dnssec-verify", "bind9-utils", "it checks the signed zone");
+    let bind = Command::new(dnssec_verify)
+        .args(bind_args)
+        .args(["-o", ORIGIN])
+        .arg(path)
+        .output()
+        .expect("dnssec-verify");
+    let ldns = program("ldns-verify-zone", "ldnsutils", "it checks the signed zone");
+    let ldns = Command::new(ldns).arg(path).output().expect("ldns-verify-zone");
+    [text(bind), text(ldns)]
 }
 
 /// Missing, malformed, mismatched, foreign and unsupported keys: `check` names the file and

@@ -6,7 +6,10 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::program;
-use crate::dnssec::{ORIGIN, Unbound, bind_keygen, delv, ds_records, signed_tree, write_delv_anchor};
+use crate::dnssec::{
+    ORIGIN, Unbound, axfr_text, bind_keygen, delv, ds_records, signed_tree, verify_zone_file,
+    write_delv_anchor,
+};
 
 /// The records of dig output (comments left out) whose type is `rtype`, as fields.
 fn records_of<'t>(text: &'t str, rtype: &str) -> Vec<Vec<&'t str>> {
@@ -35,28 +38,10 @@ fn dig_dnssec(server: std::net::SocketAddr, name: &str, qtype: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// (success, output) of `dnssec-verify` and of `ldns-verify-zone` on a zone file.
+/// Both zone verifiers on a file; `-z`: the one key is a CSK (KSK flag set, signing
+/// everything).
 fn verify(path: &Path) -> [(bool, String); 2] {
-    let text = |o: std::process::Output| {
-        (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
-    };
-    let dnssec_verify = program("dnssec-verify", "bind9-utils", "it checks the signed zone");
-    // -z: the one key is a CSK (KSK flag set, signing everything).
-    let bind = Command::new(dnssec_verify)
-        .args(["-z", "-o", ORIGIN])
-        .arg(path)
-        .output()
-        .expect("dnssec-verify");
-    let ldns = program("ldns-verify-zone", "ldnsutils", "it checks the signed zone");
-    let ldns = Command::new(ldns).arg(path).output().expect("ldns-verify-zone");
-    [text(bind), text(ldns)]
+    verify_zone_file(path, &["-z"])
 }
 
 /// Every kind of denial of the example zone signed with NSEC3 validates (NXDOMAIN, NODATA, a
@@ -146,21 +131,7 @@ async fn an_nsec3_signed_zone_validates_everywhere_and_a_tampered_chain_fails() 
         );
     }
 
-    let dig = program("dig", "bind9-dnsutils", "it transfers the zone");
-    let output = Command::new(dig)
-        .args([
-            &format!("@{}", addr.ip()),
-            "-p",
-            &addr.port().to_string(),
-            "+nocmd",
-            "+nostats",
-            "+onesoa",
-            ORIGIN,
-            "AXFR",
-        ])
-        .output()
-        .expect("dig AXFR");
-    let zone_text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let zone_text = axfr_text(addr);
     let params = records_of(&zone_text, "NSEC3PARAM");
     assert_eq!(params.len(), 1, "{zone_text}");
     assert_eq!(params[0][4..], ["1", "0", "0", "-"], "{zone_text}");
