@@ -24,10 +24,12 @@ const EX_OSERR: u8 = 71;
 #[command(
     name = "consortium-dns",
     version = consortium_dns::VERSION,
-    about = "Authoritative DNS for a consortium's nodes",
-    args_conflicts_with_subcommands = true
+    about = "Authoritative DNS for a consortium's nodes"
 )]
 struct Cli {
+    /// Config file (before or after the command).
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
     /// Without a command: `serve`, with these options.
@@ -40,16 +42,10 @@ enum Command {
     /// Serve the zones of the config (the default command).
     Serve(ServeArgs),
     /// Validate config, zone and members files without serving; prints file:line: reason.
-    Check {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-    },
+    Check,
     /// Show pools and members of a running server (from its loopback admin endpoint). Exit
     /// code 0 all well, 1 the last reload failed, 2 a pool fails open, 3 no answer.
     Status {
-        /// The config whose `[server] http-listen` names the admin endpoint.
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
         /// The server's admin HTTP address, instead of the config's.
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
@@ -71,8 +67,6 @@ enum CtlCommand {
     /// Read the config and every zone file again and print the outcome; exit 0 when the new
     /// data is served, 1 when the server keeps the previous data.
     Reload {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
         /// The admin address, instead of the config's `[server] http-listen`.
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
@@ -83,32 +77,24 @@ enum CtlCommand {
     /// NOTIFY a zone's secondaries of its current serial now.
     Notify {
         zone: String,
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
     },
     /// Change the running server's log filter (`info`, `debug`, `consortium_dns=debug`...).
     LogLevel {
         level: String,
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
     },
     /// The versions of a zone kept for IXFR and what changed in each.
     History {
         zone: String,
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
     },
     /// Each zone's serial, the last load, and each secondary's last known serial.
     ZoneStatus {
         zone: Option<String>,
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
     },
@@ -118,8 +104,6 @@ enum CtlCommand {
 enum DnssecCommand {
     /// Write a new key pair into the zone's key directory (default: one CSK, ECDSAP256SHA256).
     Keygen {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
         #[arg(long)]
         zone: String,
         #[arg(long, value_enum, default_value_t = dnssec_cli::Algorithm::Ecdsap256sha256)]
@@ -133,16 +117,12 @@ enum DnssecCommand {
     },
     /// Print the DS records (SHA-256) of the zone's active and published KSKs, for the parent.
     Ds {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
         #[arg(long)]
         zone: String,
     },
     /// Show each signed zone's keys and states and, from the running server, the earliest
     /// signature expiry.
     Status {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
         /// Only this zone.
         #[arg(long)]
         zone: Option<String>,
@@ -151,9 +131,6 @@ enum DnssecCommand {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Config file.
-    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
     /// DNS listen address (UDP and TCP), repeatable; replaces the config's list. Port 0 allowed.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     listen: Vec<SocketAddr>,
@@ -189,15 +166,12 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
+    let config = cli.config;
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-        Command::Serve(args) => serve(args),
-        Command::Check { config } => check(&config),
-        Command::Status {
-            config,
-            http_listen,
-            json,
-        } => match ctl::admin_address_of(&config, http_listen) {
+        Command::Serve(args) => serve(&config, args),
+        Command::Check => check(&config),
+        Command::Status { http_listen, json } => match ctl::admin_address_of(&config, http_listen) {
             Ok(addr) => status::run(addr, json),
             Err(reason) => {
                 eprintln!("{reason}");
@@ -206,41 +180,48 @@ fn main() -> ExitCode {
         },
         Command::Dnssec(command) => match command {
             DnssecCommand::Keygen {
-                config,
-                zone,
-                algorithm,
-                zsk,
-                ..
+                zone, algorithm, zsk, ..
             } => dnssec_cli::keygen(&config, &zone, algorithm, zsk),
-            DnssecCommand::Ds { config, zone } => dnssec_cli::ds(&config, &zone),
-            DnssecCommand::Status { config, zone } => dnssec_cli::status(&config, zone.as_deref()),
+            DnssecCommand::Ds { zone } => dnssec_cli::ds(&config, &zone),
+            DnssecCommand::Status { zone } => dnssec_cli::status(&config, zone.as_deref()),
         },
-        Command::Ctl(CtlCommand::Reload {
-            config,
-            http_listen,
-            force,
-        }) => ctl::reload(&config, http_listen, force),
-        Command::Ctl(CtlCommand::Notify {
-            zone,
-            config,
-            http_listen,
-        }) => ctl::notify(&config, http_listen, &zone),
-        Command::Ctl(CtlCommand::LogLevel {
-            level,
-            config,
-            http_listen,
-        }) => ctl::log_level(&config, http_listen, &level),
-        Command::Ctl(CtlCommand::History {
-            zone,
-            config,
-            http_listen,
-        }) => ctl::history(&config, http_listen, &zone),
-        Command::Ctl(CtlCommand::ZoneStatus {
-            zone,
-            config,
-            http_listen,
-        }) => ctl::zone_status(&config, http_listen, zone.as_deref()),
+        Command::Ctl(CtlCommand::Reload { http_listen, force }) => ctl::reload(&config, http_listen, force),
+        Command::Ctl(CtlCommand::Notify { zone, http_listen }) => ctl::notify(&config, http_listen, &zone),
+        Command::Ctl(CtlCommand::LogLevel { level, http_listen }) => {
+            ctl::log_level(&config, http_listen, &level)
+        }
+        Command::Ctl(CtlCommand::History { zone, http_listen }) => ctl::history(&config, http_listen, &zone),
+        Command::Ctl(CtlCommand::ZoneStatus { zone, http_listen }) => {
+            ctl::zone_status(&config, http_listen, zone.as_deref())
+        }
     }
+}
+
+/// The command line, refusing `serve`'s options in front of another command (`consortium-dns
+/// --listen ... check` would otherwise ignore them). `--config` is global: it may come before
+/// or after the command, as with `knotc -c`.
+fn parse_command_line() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    let matches = command.get_matches_mut();
+    let serve_only = ["listen", "http_listen", "log_format", "shutdown_grace"];
+    if let Some((name, _)) = matches.subcommand() {
+        let given = serve_only
+            .iter()
+            .find(|id| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine));
+        if let Some(id) = given {
+            let flag = format!("--{}", id.replace('_', "-"));
+            let message = if name == "serve" {
+                format!("write {flag} after `serve`, not before it")
+            } else {
+                format!("{flag} is an option of `serve`, not of `{name}`")
+            };
+            command
+                .error(clap::error::ErrorKind::ArgumentConflict, message)
+                .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn init_logging(format: LogFormat) {
@@ -318,10 +299,10 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(config_path: &std::path::Path, args: ServeArgs) -> ExitCode {
     init_logging(args.log_format);
     let shutdown_grace = args.shutdown_grace;
-    let config = match load_config(&args.config) {
+    let config = match load_config(config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };

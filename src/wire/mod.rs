@@ -277,7 +277,7 @@ pub fn skip_name(message: &[u8], start: usize) -> Option<usize> {
             0 => return Some(pos + 1),
             1..=63 => {
                 pos += usize::from(len) + 1;
-                if pos - start > MAX_NAME_LEN {
+                if pos - start >= MAX_NAME_LEN {
                     return None;
                 }
             }
@@ -324,7 +324,7 @@ fn read_name_cased(message: &[u8], start: usize, lowercase: bool) -> Option<(Vec
                 } else {
                     name.extend_from_slice(label);
                 }
-                if name.len() > MAX_NAME_LEN {
+                if name.len() >= MAX_NAME_LEN {
                     return None;
                 }
                 pos += usize::from(len) + 1;
@@ -569,6 +569,38 @@ pub fn error_reply(
 
 #[cfg(test)]
 mod tests {
+    /// Labels of 63, 63, 63 and `last` octets: `last + 193` octets with the root label.
+    fn long_name(last: u8) -> Vec<u8> {
+        let mut name = Vec::new();
+        for len in [63, 63, 63, last] {
+            name.push(len);
+            name.extend(std::iter::repeat_n(b'a', usize::from(len)));
+        }
+        name.push(0);
+        name
+    }
+
+    #[test]
+    fn names_are_at_most_255_octets_root_label_included() {
+        // Found by the request fuzzer: a TSIG key name of 256 octets was read, and echoed in
+        // the BADKEY answer, which no client could then parse (RFC 1035 §3.1).
+        let longest = long_name(61);
+        assert_eq!(longest.len(), 255);
+        assert_eq!(read_name(&longest, 0), Some((longest.clone(), 255)));
+        assert_eq!(skip_name(&longest, 0), Some(255));
+        let too_long = long_name(62);
+        assert_eq!(too_long.len(), 256);
+        assert_eq!(read_name(&too_long, 0), None);
+        assert_eq!(skip_name(&too_long, 0), None);
+        // The same 256 octets reached through a pointer.
+        let mut compressed = too_long[..64].to_vec();
+        compressed.extend_from_slice(&too_long[64..]);
+        let pointer_at = compressed.len();
+        compressed.extend_from_slice(&too_long[..64]);
+        compressed.extend_from_slice(&[0xc0, 64]);
+        assert_eq!(read_name(&compressed, pointer_at), None);
+    }
+
     #[test]
     fn nsec3_owner_labels_match_an_independent_sha1_and_base32hex() {
         use super::{base32hex, base32hex_decode, nsec3_hash};

@@ -284,8 +284,16 @@ pub fn parse(
     let (list, pools) = match split {
         Some(parsed) => parsed,
         None => {
-            let file: MembersFile =
-                toml::from_str(text).map_err(|e| vec![Diagnostic::toml(path, text, &e)])?;
+            let file: MembersFile = toml::from_str(text).map_err(|e| {
+                // A misspelt table name (`[[memebr]]`) makes TOML complain about something
+                // else ("duplicate key" at a later `[member.health]`): name it instead.
+                let unknown = unknown_tables(text, &file_path);
+                if unknown.is_empty() {
+                    vec![Diagnostic::toml(path, text, &e)]
+                } else {
+                    unknown
+                }
+            })?;
             let lines = LineIndex::new(text);
             let at = |offset: usize| Location::new(file_path.clone(), lines.line(offset));
             let sections = file.members.unwrap_or_default();
@@ -660,6 +668,66 @@ fn split_sections(text: &str) -> Option<Sections> {
     open.is_none().then_some(Sections { rest, members })
 }
 
+/// The tables a members file may have, beside its `member-ttl` key.
+const MEMBERS_FILE_TABLES: [&str; 2] = ["member", "pool"];
+
+/// Table headers whose first key is not one of `MEMBERS_FILE_TABLES`, each with the nearest
+/// known name when it is a likely misspelling. Looks at header lines only, so a header-like
+/// line inside a multi-line string may be reported: this runs only once the file has failed
+/// to parse, to explain why.
+fn unknown_tables(text: &str, path: &Arc<Path>) -> Vec<Diagnostic> {
+    let mut found = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let Some(header) = line.trim_start().strip_prefix('[') else {
+            continue;
+        };
+        let (array, inner) = match header.strip_prefix('[') {
+            Some(inner) => (true, inner),
+            None => (false, header),
+        };
+        let Some(close) = inner.find(']') else {
+            continue;
+        };
+        let first = inner[..close].split('.').next().unwrap_or_default().trim();
+        let first = first.trim_matches(['"', '\'']);
+        if MEMBERS_FILE_TABLES.contains(&first) {
+            continue;
+        }
+        let written = if array {
+            format!("[[{}]]", &inner[..close])
+        } else {
+            format!("[{}]", &inner[..close])
+        };
+        let nearest = MEMBERS_FILE_TABLES
+            .iter()
+            .map(|known| (edit_distance(first, known), known))
+            .min()
+            .filter(|(distance, _)| *distance <= 2);
+        let message = match nearest {
+            Some((_, known)) if array => format!("unknown table {written}: did you mean [[{known}]]?"),
+            Some((_, known)) => format!("unknown table {written}: did you mean [{known}...]?"),
+            None => format!("unknown table {written}: a members file has [[member]] and [[pool]] tables"),
+        };
+        found.push(Diagnostic::at(Location::new(path.clone(), index + 1), message));
+    }
+    found
+}
+
+/// Levenshtein distance, for the few short table names of a misspelling hint.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != *cb);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
 /// A label (or dotted relative name) below the zone, made of hostname labels.
 fn relative_label(label: &str, origin: &Name) -> Result<Name, String> {
     if label.is_empty() || label.ends_with('.') || label == "@" {
@@ -765,6 +833,25 @@ mod tests {
 
     /// The same file parsed as one document: a quoted header key (`[["member"]]`, the same
     /// table in TOML) makes `split_sections` give up.
+    #[test]
+    fn a_misspelt_table_name_is_named_with_its_line() {
+        let text = "[[member]]\nlabel = \"node1\"\ntarget = \"a.com\"\n\
+                    [[memebr]]\nlabel = \"node2\"\ntarget = \"b.com\"\n[member.health]\nkind = \"tcp\"\n\
+                    [[memebr]]\nlabel = \"node3\"\ntarget = \"c.com\"\n[member.health]\nkind = \"tcp\"\n\
+                    [[zone]]\n";
+        let errs = parse_members(text).expect_err("typo");
+        assert_eq!(
+            errs,
+            [
+                "m.toml:4: unknown table [[memebr]]: did you mean [[member]]?",
+                "m.toml:9: unknown table [[memebr]]: did you mean [[member]]?",
+                "m.toml:14: unknown table [[zone]]: a members file has [[member]] and [[pool]] tables",
+            ]
+        );
+        assert_eq!(edit_distance("memebr", "member"), 2);
+        assert_eq!(edit_distance("pol", "pool"), 1);
+    }
+
     fn parse_whole(text: &str) -> Result<(Vec<Member>, Vec<PoolDef>), Vec<String>> {
         let forced = text.replace("[[member]]\nlabel = \"node", "[[\"member\"]]\nlabel = \"node");
         assert!(split_sections(&forced).is_none());

@@ -18,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::common::{
-    Tree, edit, frame, line_of, query, raw_header, raw_id, raw_name, raw_question, raw_rcode, recv_within,
-    run_check, start_example, tcp, tcp_raw, udp, udp_raw,
+    Tree, binary, edit, frame, line_of, query, raw_header, raw_id, raw_name, raw_question, raw_rcode,
+    recv_within, run_check, start_example, tcp, tcp_raw, udp, udp_raw,
 };
 
 const ZONE_FILE: &str = "zones/consortium.example.zone";
@@ -1899,6 +1899,56 @@ fn check_reports_duplicate_member_label_with_line() {
     assert!(!ok, "check accepts a duplicate member:\n{stdout}\n{stderr}");
     let wanted = format!("consortium.example.members.toml:{line}: duplicate member label");
     assert!(stderr.contains(&wanted), "want {wanted:?} in:\n{stderr}");
+}
+
+#[test]
+fn check_names_a_misspelt_member_table_and_config_goes_before_or_after_the_command() {
+    // Found by an operator: `[[memebr]]` gave "duplicate key" at a later line.
+    let tree = Tree::example();
+    let text = tree.read(MEMBERS_FILE);
+    let line = line_of(&text, "label = \"node4\"") - 1;
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i + 1 == line {
+                "[[memebr]]".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(
+        text.lines()
+            .nth(line - 1)
+            .is_some_and(|l| l.trim() == "[[member]]")
+    );
+    tree.write(MEMBERS_FILE, &(lines.join("\n") + "\n"));
+    for config_first in [false, true] {
+        let mut command = Command::new(binary());
+        if config_first {
+            command.arg("--config").arg(tree.config_path()).arg("check");
+        } else {
+            command.arg("check").arg("--config").arg(tree.config_path());
+        }
+        let output = command.output().expect("run check");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(65), "{stderr}");
+        let wanted = format!(
+            "consortium.example.members.toml:{line}: unknown table [[memebr]]: did you mean [[member]]?"
+        );
+        assert!(stderr.contains(&wanted), "want {wanted:?} in:\n{stderr}");
+    }
+    // A serve option before another command is refused, not silently ignored.
+    let output = Command::new(binary())
+        .args(["--listen", "127.0.0.1:5399", "check"])
+        .output()
+        .expect("run check");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--listen is an option of `serve`, not of `check`"),
+        "{output:?}"
+    );
 }
 
 /// The example zone file is a plain RFC 1035 master file that BIND's checker accepts (member

@@ -1641,6 +1641,27 @@ fn fuzz_regressions() {
         harness::snapshot_from_text(zone, Some(members)),
         Ok(Some(_))
     ));
+
+    // Found by the request fuzzer in CI: a TSIG key name of 256 octets (root label included)
+    // was read as valid and echoed in the BADKEY answer, which then did not parse. It is a
+    // malformed request now (FORMERR), and the answer parses.
+    let mut query = raw_header(0x9534, 0, [1, 0, 0, 1]);
+    query.extend_from_slice(&raw_question("consortium.example.", 1, 1));
+    let key_name = format!("{0}.{0}.{0}.{1}.", "k".repeat(63), "k".repeat(62));
+    assert_eq!(raw_name(&key_name).len(), 256);
+    query.extend_from_slice(&raw_name(&key_name));
+    let algorithm = raw_name("hmac-sha256.");
+    query.extend_from_slice(&250u16.to_be_bytes()); // TSIG
+    query.extend_from_slice(&255u16.to_be_bytes()); // class ANY
+    query.extend_from_slice(&0u32.to_be_bytes());
+    query.extend_from_slice(&((algorithm.len() + 16) as u16).to_be_bytes());
+    query.extend_from_slice(&algorithm);
+    query.extend_from_slice(&[0, 0, 0x6a, 0, 0, 0, 1, 0x2c, 0, 0, 0x95, 0x34, 0, 0, 0, 0]);
+    let mut out = Vec::new();
+    let mut rng = SmallRng::seed_from_u64(1);
+    harness::answer_and_check(harness::example_snapshot(), &query, &mut out, &mut rng)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out[3] & 0x0f, 1, "FORMERR");
 }
 
 #[tokio::test(flavor = "multi_thread")]
