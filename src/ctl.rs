@@ -105,6 +105,22 @@ pub(crate) fn log_level(config: &Path, http_listen: Option<SocketAddr>, level: &
     )
 }
 
+/// `ctl drain MEMBER` / `ctl undrain MEMBER`.
+pub(crate) fn drain(
+    config: &Path,
+    http_listen: Option<SocketAddr>,
+    member: &str,
+    zone: Option<&str>,
+    drained: bool,
+) -> ExitCode {
+    let verb = if drained { "drain" } else { "undrain" };
+    let mut path = format!("/{verb}?member={}", query_value(member));
+    if let Some(zone) = zone {
+        path.push_str(&format!("&zone={}", query_value(zone)));
+    }
+    post(config, http_listen, &path)
+}
+
 /// A POST to the admin endpoint whose answer is a line of text: printed, exit 0 on 200.
 fn post(config: &Path, http_listen: Option<SocketAddr>, path: &str) -> ExitCode {
     let addr = match admin_address(config, http_listen) {

@@ -259,10 +259,30 @@ async fn handle(
                 ),
             }
         }
+        (&Method::POST, path @ ("/drain" | "/undrain")) => {
+            if let Some(refused) = refused_web_page(request.headers()) {
+                return Ok(refused);
+            }
+            let drained = path == "/drain";
+            match query_value(&request, "member") {
+                Some(member) => {
+                    let zone = query_value(&request, "zone");
+                    match control.set_drained(&member, zone.as_deref(), drained).await {
+                        Ok(outcome) => reply(StatusCode::OK, "text/plain", outcome),
+                        Err(reason) => reply(StatusCode::NOT_FOUND, "text/plain", format!("{reason}\n")),
+                    }
+                }
+                None => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "give ?member=<label>[&zone=<origin>]\n".into(),
+                ),
+            }
+        }
         (
             _,
             "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/secondaries" | "/notify"
-            | "/log-level" | "/history",
+            | "/log-level" | "/history" | "/drain" | "/undrain",
         ) => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",

@@ -92,6 +92,25 @@ enum CtlCommand {
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
     },
+    /// Take a member out of every pool it is in (maintenance), whatever its health; kept in
+    /// the state file across restarts. Its own name keeps answering.
+    Drain {
+        /// The member's label (`node1`) or full name.
+        member: String,
+        /// The zone, when the label is in several.
+        #[arg(long)]
+        zone: Option<String>,
+        #[arg(long = "http-listen", value_name = "ADDR:PORT")]
+        http_listen: Option<SocketAddr>,
+    },
+    /// Put a drained member back into its pools (picked as its health allows).
+    Undrain {
+        member: String,
+        #[arg(long)]
+        zone: Option<String>,
+        #[arg(long = "http-listen", value_name = "ADDR:PORT")]
+        http_listen: Option<SocketAddr>,
+    },
     /// Each zone's serial, the last load, and each secondary's last known serial.
     ZoneStatus {
         zone: Option<String>,
@@ -191,6 +210,16 @@ fn main() -> ExitCode {
             ctl::log_level(&config, http_listen, &level)
         }
         Command::Ctl(CtlCommand::History { zone, http_listen }) => ctl::history(&config, http_listen, &zone),
+        Command::Ctl(CtlCommand::Drain {
+            member,
+            zone,
+            http_listen,
+        }) => ctl::drain(&config, http_listen, &member, zone.as_deref(), true),
+        Command::Ctl(CtlCommand::Undrain {
+            member,
+            zone,
+            http_listen,
+        }) => ctl::drain(&config, http_listen, &member, zone.as_deref(), false),
         Command::Ctl(CtlCommand::ZoneStatus { zone, http_listen }) => {
             ctl::zone_status(&config, http_listen, zone.as_deref())
         }

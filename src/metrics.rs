@@ -24,6 +24,7 @@ pub const MALFORMED_TOTAL: &str = "consortium_dns_malformed_queries_total";
 pub const POOL_PICKS_TOTAL: &str = "consortium_dns_pool_picks_total";
 pub const POOL_FAIL_OPEN: &str = "consortium_dns_pool_fail_open";
 pub const MEMBER_UP: &str = "consortium_dns_member_up";
+pub const MEMBER_DRAINED: &str = "consortium_dns_member_drained";
 pub const MEMBER_EFFECTIVE_WEIGHT: &str = "consortium_dns_member_effective_weight";
 pub const MEMBER_PROBE_DURATION: &str = "consortium_dns_member_probe_duration_seconds";
 pub const MEMBER_CERT_EXPIRY_DAYS: &str = "consortium_dns_member_certificate_expiry_days";
@@ -101,6 +102,7 @@ pub struct Metrics {
     pub pool_fail_open: IntGaugeVec,
     pub pool_members: IntGaugeVec,
     pub member_up: IntGaugeVec,
+    pub member_drained: IntGaugeVec,
     pub member_effective_weight: GaugeVec,
     pub member_probe_duration: GaugeVec,
     pub member_cert_expiry_days: IntGaugeVec,
@@ -198,12 +200,17 @@ impl Metrics {
             ),
             pool_members: gauge_vec(
                 POOL_MEMBERS,
-                "Members of the pool by health state (up, down).",
+                "Members of the pool by state (up, down, drained: taken out by `ctl drain`).",
                 &["zone", "pool", "state"],
             ),
             member_up: gauge_vec(
                 MEMBER_UP,
                 "1 when the member's health checks pass.",
+                &["zone", "member"],
+            ),
+            member_drained: gauge_vec(
+                MEMBER_DRAINED,
+                "1 while the member is drained by `ctl drain` (never picked, whatever its health).",
                 &["zone", "member"],
             ),
             member_effective_weight: float_vec(

@@ -181,7 +181,7 @@ fn render(document: &StatusDocument) -> String {
             pool.name, pool.ttl, pool.policy, pool.cert_policy
         ));
         out.push_str(&format!(
-            "  {:<12} {:<32} {:<6} {:<5} {:>8} {:<24} {:>9} {:<18}\n",
+            "  {:<12} {:<32} {:<6} {:<7} {:>8} {:<24} {:>9} {:<18}\n",
             "MEMBER", "TARGET", "PROBE", "STATE", "WEIGHT", "LAST PROBE", "LATENCY", "CERTIFICATE"
         ));
         for m in &pool.members {
@@ -200,11 +200,11 @@ fn render(document: &StatusDocument) -> String {
                 None => "-".to_string(),
             };
             out.push_str(&format!(
-                "  {:<12} {:<32} {:<6} {:<5} {:>8.2} {:<24} {:>9} {:<18}\n",
+                "  {:<12} {:<32} {:<6} {:<7} {:>8.2} {:<24} {:>9} {:<18}\n",
                 m.label,
                 m.target,
                 m.probe,
-                m.state,
+                if m.drained { "drained" } else { &m.state },
                 m.effective_weight,
                 truncate(&last, 24),
                 latency,

@@ -587,6 +587,10 @@ impl Control {
         let mut state = self.rebuilding.lock().await;
         let config = lock(&self.config).clone();
         let started = Instant::now();
+        if let Some(path) = &config.live.state_file {
+            // Maintenance set by `ctl drain` before the restart still holds.
+            self.health.set_drained(SerialState::read(path).drained());
+        }
         self.secondaries.load_stores(&config);
         let floors = serials_held_by_secondaries(&config).await;
         let published = self
@@ -611,6 +615,88 @@ impl Control {
         let served = snapshot.zones().iter().find(|z| z.origin.key() == origin.key())?;
         self.notifier.announce(&snapshot, served);
         Some(served.transfer.notify.len())
+    }
+
+    /// `ctl drain` / `ctl undrain`: takes `member` (a label such as `node1`, or its full name)
+    /// out of every pool it is in, or puts it back, at once; kept in the state file. `zone`
+    /// chooses when the label is in several zones. The outcome as a sentence, or why not.
+    pub async fn set_drained(
+        &self,
+        member: &str,
+        zone: Option<&str>,
+        drained: bool,
+    ) -> Result<String, String> {
+        // Serialised with rebuilds, which also write the state file.
+        let _rebuilding = self.rebuilding.lock().await;
+        let snapshot = self.shared.snapshot.load_full();
+        let wanted_zone = match zone {
+            Some(zone) => {
+                Some(zone::name::Name::parse_origin(zone).map_err(|e| format!("zone {zone:?}: {e}"))?)
+            }
+            None => None,
+        };
+        let full = member.trim_end_matches('.').to_ascii_lowercase();
+        let mut found = Vec::new();
+        for served in snapshot.zones() {
+            if wanted_zone
+                .as_ref()
+                .is_some_and(|w| w.key() != served.origin.key())
+            {
+                continue;
+            }
+            let hit = served.members.iter().find(|m| {
+                m.label().eq_ignore_ascii_case(&full)
+                    || m.name
+                        .to_string()
+                        .trim_end_matches('.')
+                        .eq_ignore_ascii_case(&full)
+            });
+            if let Some(hit) = hit {
+                found.push((served, hit));
+            }
+        }
+        let (served, hit) = match found.as_slice() {
+            [] => {
+                return Err(format!(
+                    "no member {member:?} in {}",
+                    zone.unwrap_or("any zone served here")
+                ));
+            }
+            [one] => *one,
+            several => {
+                let zones: Vec<String> = several.iter().map(|(z, _)| z.origin.to_string()).collect();
+                return Err(format!(
+                    "member {member:?} is in several zones ({}): say which with --zone",
+                    zones.join(", ")
+                ));
+            }
+        };
+        let changed = self
+            .health
+            .set_member_drained(&snapshot, &served.origin, hit, drained);
+        let config = self.config();
+        let kept = match &config.live.state_file {
+            Some(path) => {
+                let state = SerialState::of(
+                    &snapshot,
+                    &lock(&self.challenges_published),
+                    self.health.drained(),
+                );
+                save_state(&config, Some(state));
+                format!("kept in {}", path.display())
+            }
+            None => "not kept across a restart: no [server] state-file".to_string(),
+        };
+        let name = &hit.name;
+        if changed {
+            tracing::info!(member = %name, drained, "member {}", if drained { "drained" } else { "undrained" });
+        }
+        Ok(match (drained, changed) {
+            (true, true) => format!("{name} drained: no longer picked for any pool ({kept})\n"),
+            (true, false) => format!("{name} was already drained\n"),
+            (false, true) => format!("{name} undrained: picked again as its health allows ({kept})\n"),
+            (false, false) => format!("{name} was not drained\n"),
+        })
     }
 
     /// Connects the file watcher, which then learns of files that later reloads read.
@@ -728,7 +814,7 @@ impl Control {
         let mut challenges = state.challenges.clone();
         let mut keys = state.keys.clone();
         let caches = state.signatures.clone();
-        let state_before = SerialState::of(&previous, &state.challenges);
+        let state_before = SerialState::of(&previous, &state.challenges, self.health.drained());
         let serving = self.secondaries.serving();
         // Parsing, signing and building are CPU and file work: off the async workers.
         let (config, snapshot, challenges, keys, caches) = tokio::task::spawn_blocking(move || {
@@ -787,7 +873,7 @@ impl Control {
         for zone in bumped {
             state.bumps.insert(zone, Instant::now());
         }
-        let state_after = SerialState::of(&snapshot, &challenges);
+        let state_after = SerialState::of(&snapshot, &challenges, self.health.drained());
         // Also when `state-file` was just set: the file exists from now on.
         let new_file = config.live.state_file != running.live.state_file;
         let changed_state = (starting || new_file || state_after != state_before).then_some(state_after);

@@ -7,22 +7,26 @@
 //! every zone are written after each change and read at start, so the served serial never
 //! goes backwards, restarts included.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::DrainedMember;
 use crate::snapshot::Snapshot;
 use crate::update::store::{SavedChallenge, Store};
 use crate::zone::name::Name;
 
 /// What was last served: zone (lowercased, absolute) -> serial and content digest; and the
-/// ACME challenge values members added by UPDATE (a restart during an issuance keeps them).
+/// ACME challenge values members added by UPDATE (a restart during an issuance keeps them);
+/// and the members drained by `ctl drain` (maintenance outlives a restart).
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialState {
     zones: BTreeMap<String, ServedZone>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     challenges: Vec<SavedChallenge>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    drained: BTreeSet<DrainedMember>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,10 +69,16 @@ impl SerialState {
         Store::from_saved(&self.challenges)
     }
 
-    /// The state of a snapshot's zones and the challenge values it serves.
-    pub fn of(snapshot: &Snapshot, challenges: &Store) -> SerialState {
+    /// The members drained when the state was saved.
+    pub fn drained(&self) -> BTreeSet<DrainedMember> {
+        self.drained.clone()
+    }
+
+    /// The state of a snapshot's zones, the challenge values it serves and the drained members.
+    pub fn of(snapshot: &Snapshot, challenges: &Store, drained: BTreeSet<DrainedMember>) -> SerialState {
         SerialState {
             challenges: challenges.saved(),
+            drained,
             zones: snapshot
                 .zones()
                 .iter()
@@ -116,6 +126,9 @@ mod tests {
                 digest: u64::MAX - 1,
             },
         );
+        state
+            .drained
+            .insert(("consortium.example.".into(), "node2".into()));
         state.write(&path).expect("write");
         let read = SerialState::read(&path);
         assert_eq!(read, state);

@@ -9,6 +9,7 @@ impl HealthManager {
     pub fn refresh_gauges(&self, snapshot: &Snapshot, m: &Metrics) {
         let report = self.report(snapshot);
         m.member_up.reset();
+        m.member_drained.reset();
         m.member_effective_weight.reset();
         m.member_probe_duration.reset();
         m.member_cert_expiry_days.reset();
@@ -19,13 +20,21 @@ impl HealthManager {
             m.pool_fail_open
                 .with_label_values(&[&pool.zone, &pool.name])
                 .set(i64::from(pool.fail_open));
-            let up = pool.members.iter().filter(|m| m.state == "up").count();
-            m.pool_members
-                .with_label_values(&[&pool.zone, &pool.name, "up"])
-                .set(up as i64);
-            m.pool_members
-                .with_label_values(&[&pool.zone, &pool.name, "down"])
-                .set((pool.members.len() - up) as i64);
+            let drained = pool.members.iter().filter(|m| m.drained).count();
+            let up = pool
+                .members
+                .iter()
+                .filter(|m| m.state == "up" && !m.drained)
+                .count();
+            for (state, count) in [
+                ("up", up),
+                ("down", pool.members.len() - up - drained),
+                ("drained", drained),
+            ] {
+                m.pool_members
+                    .with_label_values(&[&pool.zone, &pool.name, state])
+                    .set(count as i64);
+            }
             // Per-member series cost memory per scrape; past the limit only the counts above.
             if pool.members.len() > PER_MEMBER_SERIES_LIMIT {
                 continue;
@@ -34,6 +43,9 @@ impl HealthManager {
                 m.member_up
                     .with_label_values(&[&pool.zone, &member.label])
                     .set(i64::from(member.state == "up"));
+                m.member_drained
+                    .with_label_values(&[&pool.zone, &member.label])
+                    .set(i64::from(member.drained));
                 m.member_effective_weight
                     .with_label_values(&[&pool.zone, &pool.name, &member.label])
                     .set(member.effective_weight);

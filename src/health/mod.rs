@@ -11,7 +11,7 @@ pub mod probe;
 /// Probe settings are zone data (members carry them); re-exported under their old home.
 pub use crate::zone::probe_spec as spec;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -229,10 +229,24 @@ struct Tracked {
     task: Option<AbortHandle>,
 }
 
+/// A member taken out of its pools by `ctl drain`: (zone as written by `Name`'s Display,
+/// lowercased; member label, lowercased). Kept by name, not by `MemberKey`, so a drain
+/// outlives reloads that change the member's target, weight or probe.
+pub type DrainedMember = (String, String);
+
+fn drained_key(zone: &Name, member: &Member) -> DrainedMember {
+    (
+        zone.to_string().to_ascii_lowercase(),
+        member.label().to_ascii_lowercase(),
+    )
+}
+
 /// Runs the probes and keeps the pick tables of the published snapshot current.
 pub struct HealthManager {
     snapshot: Published,
     members: Mutex<HashMap<MemberKey, Tracked>>,
+    /// Members in maintenance: never picked, not even when their pool fails open.
+    drained: Mutex<BTreeSet<DrainedMember>>,
     fail_open: Mutex<HashMap<(String, String), bool>>,
     wake: Arc<Notify>,
     /// A ramp is running or a `latency` pool exists: the tables are republished every
@@ -254,6 +268,7 @@ impl HealthManager {
         let manager = Arc::new(HealthManager {
             snapshot,
             members: Mutex::default(),
+            drained: Mutex::default(),
             fail_open: Mutex::default(),
             wake: Arc::new(Notify::new()),
             tls: Arc::default(),
@@ -317,11 +332,47 @@ impl HealthManager {
         self.publish_tables(snapshot);
     }
 
+    /// The members drained now.
+    pub fn drained(&self) -> BTreeSet<DrainedMember> {
+        lock(&self.drained).clone()
+    }
+
+    /// Replaces the drained set (at start, from the state file). Tables follow at the next
+    /// `sync`.
+    pub fn set_drained(&self, drained: BTreeSet<DrainedMember>) {
+        *lock(&self.drained) = drained;
+    }
+
+    /// Drains (or undrains) `member` of `zone` and republishes `snapshot`'s tables at once.
+    /// Returns false when it already was in that state.
+    pub fn set_member_drained(
+        &self,
+        snapshot: &Snapshot,
+        zone: &Name,
+        member: &Member,
+        drained: bool,
+    ) -> bool {
+        let key = drained_key(zone, member);
+        let changed = {
+            let mut set = lock(&self.drained);
+            if drained {
+                set.insert(key)
+            } else {
+                set.remove(&key)
+            }
+        };
+        if changed {
+            self.publish_tables(snapshot);
+        }
+        changed
+    }
+
     /// Rebuilds every pool's table from current health. Returns true while a ramp is running.
     pub fn publish_tables(&self, snapshot: &Snapshot) -> bool {
         let now = Instant::now();
         let now_unix = unix_now();
         let members = lock(&self.members);
+        let drained = lock(&self.drained);
         let mut ramping = false;
         let mut fail_open = lock(&self.fail_open);
         for zone in snapshot.zones() {
@@ -332,6 +383,11 @@ impl HealthManager {
                     .iter()
                     .map(|&m| {
                         let member = &zone.members[m];
+                        if !drained.is_empty() && drained.contains(&drained_key(&zone.origin, member)) {
+                            // Out of the pool entirely, fail-open included: the operator
+                            // asked for no traffic.
+                            return (0, 0);
+                        }
                         let configured = u64::from(member.weight) * WEIGHT_SCALE;
                         let Some(tracked) = members.get(&MemberKey::of(&zone.origin, member)) else {
                             return (configured, configured);
@@ -395,6 +451,7 @@ impl HealthManager {
     pub fn report(&self, snapshot: &Snapshot) -> StatusReport {
         let now = Instant::now();
         let now_unix = unix_now();
+        let drained = self.drained();
         let mut pools = Vec::new();
         for zone in snapshot.zones() {
             for pool in &zone.pools {
@@ -422,8 +479,10 @@ impl HealthManager {
                         let eligible = state.as_ref().is_none_or(|s| {
                             certificate_eligible(s, &pool.def.name, pool.def.cert_policy, now_unix)
                         });
-                        // As the pick table sees it: an ineligible member has no weight here.
-                        let effective = if eligible { effective } else { 0 };
+                        let is_drained = drained.contains(&drained_key(&zone.origin, member));
+                        // As the pick table sees it: an ineligible or drained member has no
+                        // weight here.
+                        let effective = if eligible && !is_drained { effective } else { 0 };
                         MemberReport {
                             label: member.label(),
                             target: member.target.to_string(),
@@ -438,6 +497,7 @@ impl HealthManager {
                             configured_weight: member.weight,
                             effective_weight: effective as f64 / WEIGHT_SCALE as f64,
                             cert_eligible: eligible,
+                            drained: is_drained,
                             last_probe: state.as_ref().and_then(|s| s.last.as_ref()).map(|l| ProbeReport {
                                 ok: l.ok,
                                 detail: l.detail.clone(),
@@ -531,7 +591,7 @@ pub struct PoolReport {
 }
 
 impl PoolReport {
-    /// Keeps at most `limit` members: those not up first, in order, then up ones.
+    /// Keeps at most `limit` members: those not up (or drained) first, in order, then up ones.
     pub fn summarise(&mut self, limit: usize) {
         if self.members.len() <= limit {
             return;
@@ -539,7 +599,7 @@ impl PoolReport {
         let total = self.members.len();
         let (mut kept, up): (Vec<_>, Vec<_>) = std::mem::take(&mut self.members)
             .into_iter()
-            .partition(|m| m.state != "up");
+            .partition(|m| m.state != "up" || m.drained);
         kept.truncate(limit);
         let room = limit - kept.len();
         kept.extend(up.into_iter().take(room));
@@ -557,6 +617,9 @@ pub struct MemberReport {
     pub configured_weight: u32,
     pub effective_weight: f64,
     pub cert_eligible: bool,
+    /// Taken out of its pools by `ctl drain` (its own name still answers).
+    #[serde(default)]
+    pub drained: bool,
     pub last_probe: Option<ProbeReport>,
     pub certificate: Option<CertReport>,
 }

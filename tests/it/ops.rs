@@ -1500,12 +1500,7 @@ fn logs_are_plain_off_a_terminal_and_ctl_log_level_changes_them_at_run_time() {
     let tree = Tree::example();
     let mut daemon = Daemon::start(&tree, &[]);
     let dns = daemon.dns_addr();
-    let http_line = daemon.wait_line(START, |l| l.contains("serving metrics and admin over HTTP"));
-    let http: SocketAddr = http_line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no admin address in {http_line:?}"));
+    let http = admin_addr(&mut daemon);
     let zone_line = daemon.wait_line(START, |l| l.contains("zone loaded"));
     assert!(
         zone_line.contains("zone=consortium.example.") && zone_line.contains("members=5"),
@@ -1554,6 +1549,115 @@ fn logs_are_plain_off_a_terminal_and_ctl_log_level_changes_them_at_run_time() {
         String::from_utf8_lossy(&bad.stderr).contains("bad log filter"),
         "{bad:?}"
     );
+    daemon.signal("TERM");
+    daemon.wait_exit(START);
+}
+
+/// The admin address from the daemon's log.
+fn admin_addr(daemon: &mut Daemon) -> SocketAddr {
+    let line = daemon.wait_line(START, |l| l.contains("serving metrics and admin over HTTP"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {line:?}"))
+}
+
+/// The targets of `count` picks of the shared name.
+fn pick_targets(dns: SocketAddr, count: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..count {
+        let m = udp_once(dns, &query(POOL, RecordType::A, None));
+        *seen.entry(cname_target(&m)).or_default() += 1;
+    }
+    seen
+}
+
+/// Issue 21: `ctl drain MEMBER` takes a member out of the pool at once, even while the pool
+/// fails open (the example's probes all fail); status and metrics show it; the drain outlives
+/// a restart (the state file); `ctl undrain` puts it back. An unknown member is an error.
+#[test]
+fn ctl_drain_takes_a_member_out_of_the_pool_across_a_restart_and_undrain_puts_it_back() {
+    const DRAINED_TARGET: &str = "api.operator-b.net."; // node2, weight 2 of 7
+    let tree = Tree::example();
+    let ctl = |http: SocketAddr, args: &[&str]| {
+        let output = Command::new(binary())
+            .arg("ctl")
+            .args(args)
+            .args(["--http-listen", &http.to_string()])
+            .output()
+            .expect("run ctl");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let mut daemon = Daemon::start(&tree, &[]);
+    let dns = daemon.dns_addr();
+    let http = admin_addr(&mut daemon);
+    // Before: node2 gets about 2/7 of the picks (P(none in 100) = (5/7)^100, about 1e-15).
+    assert!(pick_targets(dns, 100).contains_key(DRAINED_TARGET));
+
+    let (code, stdout, stderr) = ctl(http, &["drain", "node2"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("node2.consortium.example. drained") && stdout.contains("consortium-dns.state.json"),
+        "{stdout}"
+    );
+    let after = pick_targets(dns, 200);
+    assert!(
+        !after.contains_key(DRAINED_TARGET),
+        "drained member picked: {after:?}"
+    );
+    assert_eq!(
+        after.len(),
+        4,
+        "the four other members still share the picks: {after:?}"
+    );
+    // Its own name still answers.
+    let own = udp_once(dns, &query("node2.consortium.example.", RecordType::A, None));
+    assert_eq!(cname_target(&own), DRAINED_TARGET);
+    let (_, _, body) = http_get(http, "/metrics");
+    let scrape = Scrape::parse(&body);
+    let member = |m: &'static str| [("zone", ZONE), ("member", m)];
+    assert_eq!(scrape.get(metrics::MEMBER_DRAINED, &member("node2")), Some(1.0));
+    assert_eq!(scrape.get(metrics::MEMBER_DRAINED, &member("node1")), Some(0.0));
+    let pool_state = |s: &'static str| [("zone", ZONE), ("pool", POOL), ("state", s)];
+    assert_eq!(
+        scrape.get(metrics::POOL_MEMBERS, &pool_state("drained")),
+        Some(1.0)
+    );
+    let status = Command::new(binary())
+        .args(["status", "--http-listen", &http.to_string()])
+        .output()
+        .expect("status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.trim_start().starts_with("node2") && l.contains("drained")),
+        "{status}"
+    );
+    let (code, _, stderr) = ctl(http, &["drain", "node9"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no member \"node9\""), "{stderr}");
+
+    // A restart keeps the maintenance.
+    daemon.signal("TERM");
+    daemon.wait_exit(START);
+    let mut daemon = Daemon::start(&tree, &[]);
+    let dns = daemon.dns_addr();
+    let http = admin_addr(&mut daemon);
+    let after = pick_targets(dns, 200);
+    assert!(
+        !after.contains_key(DRAINED_TARGET),
+        "drained member picked after a restart: {after:?}"
+    );
+
+    let (code, stdout, stderr) = ctl(http, &["undrain", "node2.consortium.example."]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("undrained"), "{stdout}");
+    assert!(pick_targets(dns, 100).contains_key(DRAINED_TARGET));
     daemon.signal("TERM");
     daemon.wait_exit(START);
 }
