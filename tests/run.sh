@@ -28,6 +28,8 @@ command -v curl >/dev/null || need_pkgs+=(curl)
 # dnssec-verify come with bind9-dnsutils and bind9-utils above).
 command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need_pkgs+=(unbound)
 command -v ldns-verify-zone >/dev/null || need_pkgs+=(ldnsutils)
+# The HTML status page is checked in a real browser (issue 21).
+command -v chromium >/dev/null || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${need_pkgs[*]}" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

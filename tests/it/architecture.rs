@@ -50,6 +50,8 @@ fn used_modules(source: &str) -> BTreeSet<String> {
                         used.insert(first.to_string());
                     }
                 }
+            } else if name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                // An item of the crate root (`crate::VERSION`), not a module.
             } else if !name.is_empty() {
                 used.insert(name);
             }

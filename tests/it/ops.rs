@@ -1661,3 +1661,166 @@ fn ctl_drain_takes_a_member_out_of_the_pool_across_a_restart_and_undrain_puts_it
     daemon.signal("TERM");
     daemon.wait_exit(START);
 }
+
+/// Runs Debian's chromium headless on `url` with `extra` flags (`--dump-dom`,
+/// `--screenshot=...`): its stdout. Fails after 90 s.
+fn headless_chromium(url: &str, extra: &[String]) -> String {
+    let chromium = program("chromium", "chromium", "it renders the HTML status page");
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            // The tests run as root in CI, where chromium's sandbox refuses to start.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            // Nothing off the machine: no updates, no sync, no safe-browsing lists.
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1400,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        if child.try_wait().expect("wait for chromium").is_some() {
+            break;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("chromium did not finish on {url} within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    reader.join().expect("chromium output")
+}
+
+/// The state `/status` reports for member `label` of the example pool.
+fn member_state(http: SocketAddr, label: &str) -> Option<String> {
+    let (_, _, body) = http_get(http, "/status");
+    let document: serde_json::Value = serde_json::from_str(&body).ok()?;
+    document["health"]["pools"][0]["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["label"] == label && m["last_probe"].is_object())
+        .and_then(|m| m["state"].as_str().map(str::to_string))
+}
+
+/// Issue 21: the HTML status page at `/`, in a real browser: it lists the pool's members with
+/// their state, reloads itself, and shows a member going down. The screenshot of the second
+/// rendering is kept in target/test-artifacts/.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_page_in_headless_chromium_shows_a_member_going_down() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepting = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let tree = Tree::example();
+    tree.write(
+        "zones/consortium.example.members.toml",
+        &format!(
+            r#"[[pool]]
+label = "any"
+
+[[member]]
+label = "node1"
+target = "node1.operator-a.com"
+[member.health]
+kind = "none"
+
+[[member]]
+label = "node2"
+target = "api.operator-b.net"
+weight = 2
+[member.health]
+kind = "tcp"
+port = {port}
+address = "127.0.0.1:{port}"
+initial = "up"
+fall = 1
+interval = "200ms"
+timeout = "100ms"
+jitter = "0s"
+"#
+        ),
+    );
+    let server = start_with_http(&tree).await;
+    let http = server.http_addr.expect("HTTP endpoint bound");
+    let url = format!("http://{http}/");
+    let until = Instant::now() + Duration::from_secs(10);
+    while member_state(http, "node2").as_deref() != Some("up") {
+        assert!(Instant::now() < until, "node2 never probed up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = url.clone();
+    let before = tokio::task::spawn_blocking(move || headless_chromium(&page, &["--dump-dom".into()]))
+        .await
+        .expect("chromium");
+    assert!(
+        before.contains("<tr class=\"up\" data-member=\"node2\">"),
+        "node2 up on the page:\n{before}"
+    );
+    assert!(
+        before.contains("<tr class=\"up\" data-member=\"node1\">"),
+        "{before}"
+    );
+    assert!(
+        before.contains("any.consortium.example."),
+        "the pool is named:\n{before}"
+    );
+    assert!(
+        before.contains("http-equiv=\"refresh\""),
+        "the page reloads itself:\n{before}"
+    );
+    assert!(!before.contains("FAILING OPEN"), "{before}");
+
+    // node2's port closes: one refused connect takes it down (fall = 1).
+    accepting.abort();
+    let until = Instant::now() + Duration::from_secs(10);
+    while member_state(http, "node2").as_deref() != Some("down") {
+        assert!(Instant::now() < until, "node2 never went down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let artifacts = repo_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifact dir");
+    let screenshot = artifacts.join("status-page-member-down.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let flags = vec![
+        "--dump-dom".to_string(),
+        format!("--screenshot={}", screenshot.display()),
+    ];
+    let after = tokio::task::spawn_blocking(move || headless_chromium(&url, &flags))
+        .await
+        .expect("chromium");
+    assert!(
+        after.contains("<tr class=\"down\" data-member=\"node2\">"),
+        "node2 down on the page:\n{after}"
+    );
+    assert!(
+        after.contains("<tr class=\"up\" data-member=\"node1\">"),
+        "{after}"
+    );
+    let png = std::fs::read(&screenshot).unwrap_or_else(|e| panic!("{}: {e}", screenshot.display()));
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000,
+        "a real screenshot: {} bytes",
+        png.len()
+    );
+}

@@ -1,7 +1,10 @@
 //! The loopback HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
-//! `/status` (JSON for `consortium-dns status`) and `POST /reload`.
+//! `/status` (JSON for `consortium-dns status`), `/` (the same as an HTML page, `page`) and the
+//! `ctl` commands (`POST /reload`, `/notify`, `/drain`...).
 //!
 //! It reads through `control::Control`; it never holds zone data of its own.
+
+mod page;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -135,7 +138,8 @@ async fn handle(
                 )
             }
         }
-        (&Method::GET, "/status") => {
+        (&Method::GET, path @ ("/" | "/status")) => {
+            let html = path == "/";
             let control = control.clone();
             // `?members=all` lists every member of every pool; by default a large pool is
             // summarised (its members not up first), so a status of 100,000 members stays
@@ -153,7 +157,20 @@ async fn handle(
                         pool.summarise(STATUS_MEMBERS_PER_POOL);
                     }
                 }
-                json(StatusCode::OK, &document)
+                if html {
+                    let body = page::render(&document, crate::VERSION);
+                    let mut response = reply(StatusCode::OK, "text/html; charset=utf-8", body);
+                    // No script, no outside resource: only the inline style and the page itself.
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_SECURITY_POLICY,
+                        hyper::header::HeaderValue::from_static(
+                            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                        ),
+                    );
+                    response
+                } else {
+                    json(StatusCode::OK, &document)
+                }
             })
             .await;
             encoded.unwrap_or_else(|_| {
@@ -281,7 +298,7 @@ async fn handle(
         }
         (
             _,
-            "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/secondaries" | "/notify"
+            "/" | "/metrics" | "/healthz" | "/readyz" | "/status" | "/reload" | "/secondaries" | "/notify"
             | "/log-level" | "/history" | "/drain" | "/undrain",
         ) => reply(
             StatusCode::METHOD_NOT_ALLOWED,
