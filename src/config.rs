@@ -65,6 +65,32 @@ struct KeySection {
     secret_file: PathBuf,
 }
 
+/// A `secret-file` that starts so is a credential systemd hands the service
+/// (`LoadCredential=`): a copy only the service's user can read, `DynamicUser=yes` included,
+/// so the secret itself can stay readable by root alone.
+const CREDENTIALS_PREFIX: &str = "$CREDENTIALS_DIRECTORY/";
+
+/// Where a key's `secret-file` is: `$CREDENTIALS_DIRECTORY/NAME` in the directory systemd
+/// names in that variable, anything else relative to the config's directory.
+fn secret_path(base: &Path, written: &Path) -> Result<PathBuf, String> {
+    let Some(name) = written
+        .to_str()
+        .and_then(|text| text.strip_prefix(CREDENTIALS_PREFIX))
+    else {
+        return Ok(base.join(written));
+    };
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(directory) => Ok(Path::new(&directory).join(name)),
+        None => Err(format!(
+            "secret-file {:?} is a systemd credential, but $CREDENTIALS_DIRECTORY is not set: \
+             systemd sets it for a unit with LoadCredential= (outside the unit, run \
+             `CREDENTIALS_DIRECTORY=/etc/consortium-dns/credentials consortium-dns check`, or \
+             give the file's own path)",
+            written.display()
+        )),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct TransferAclSection {
@@ -761,7 +787,7 @@ impl Config {
         let key_files: Vec<PathBuf> = file
             .keys
             .iter()
-            .map(|k| parser.base.join(&k.get_ref().secret_file))
+            .filter_map(|k| secret_path(parser.base, &k.get_ref().secret_file).ok())
             .collect();
         let zones = parser.zones(
             &file.zones,
@@ -930,7 +956,9 @@ impl Parser<'_> {
                 self.at(&location, format!("key {} defined twice", section.name));
                 continue;
             }
-            match TsigKey::from_file(&name, algorithm, &self.base.join(&section.secret_file)) {
+            let loaded = secret_path(self.base, &section.secret_file)
+                .and_then(|path| TsigKey::from_file(&name, algorithm, &path));
+            match loaded {
                 Ok(key) => keys.push(key),
                 Err(reason) => self.at(&location, format!("key {}: {reason}", section.name)),
             }

@@ -753,6 +753,8 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "SystemCallFilter=@system-service",
+        // A TSIG secret readable by the dynamic user alone (issue 21).
+        "LoadCredential=tsig:/etc/consortium-dns/credentials",
     ] {
         assert!(unit.lines().any(|l| l.trim() == line), "unit lacks {line:?}");
     }
@@ -804,6 +806,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(tree: &Tree, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(tree, extra, &[])
+    }
+
+    /// As `start`, with `env` added to the server's environment.
+    fn start_with_env(tree: &Tree, extra: &[&str], env: &[(&str, &Path)]) -> Daemon {
         let notify_dir = tempfile::tempdir().expect("temp dir");
         let socket_path = notify_dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
@@ -819,6 +826,7 @@ impl Daemon {
             .env("NOTIFY_SOCKET", &socket_path)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1822,5 +1830,81 @@ jitter = "0s"
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000,
         "a real screenshot: {} bytes",
         png.len()
+    );
+}
+
+/// Issue 21: under `DynamicUser=yes` a TSIG secret readable by the service had to be readable by
+/// everyone. With `secret-file = "$CREDENTIALS_DIRECTORY/NAME"` the unit's `LoadCredential=`
+/// hands the service a private copy; the secret itself stays root's alone.
+#[test]
+fn a_tsig_secret_is_read_from_the_systemd_credentials_directory() {
+    const SECRET: &str = "c2VjcmV0LWZvci10aGUtY3JlZGVudGlhbHMtdGVzdC0zMmI=";
+    let tree = Tree::example();
+    let credentials = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        credentials.path().join("tsig_transfer.key"),
+        format!("{SECRET}\n"),
+    )
+    .expect("write secret");
+    let config = tree.read("config/consortium-dns.toml").replacen(
+        "\n[[zone]]",
+        "\n[[key]]\nname = \"transfer-key\"\nalgorithm = \"hmac-sha256\"\n\
+         secret-file = \"$CREDENTIALS_DIRECTORY/tsig_transfer.key\"\n\n[[zone]]\n\
+         allow-transfer = [{ network = \"127.0.0.1\", key = \"transfer-key\" }]",
+        1,
+    );
+    tree.write("config/consortium-dns.toml", &config);
+
+    // Outside the unit, the variable is unset: a clear error naming it, not "file not found".
+    let output = Command::new(binary())
+        .arg("check")
+        .arg("--config")
+        .arg(tree.config_path())
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("consortium-dns.toml:") && stderr.contains("$CREDENTIALS_DIRECTORY is not set"),
+        "{stderr}"
+    );
+    let output = Command::new(binary())
+        .arg("check")
+        .arg("--config")
+        .arg(tree.config_path())
+        .env("CREDENTIALS_DIRECTORY", credentials.path())
+        .output()
+        .expect("run check");
+    assert!(output.status.success(), "{output:?}");
+
+    let mut daemon = Daemon::start_with_env(&tree, &[], &[("CREDENTIALS_DIRECTORY", credentials.path())]);
+    let addr = daemon.dns_addr();
+    let dig = program("dig", "bind9-dnsutils", "it transfers the zone with the key");
+    let axfr = |secret: &str| {
+        let output = Command::new(&dig)
+            .args([&format!("@{}", addr.ip()), "-p", &addr.port().to_string()])
+            .args([
+                "-y",
+                &format!("hmac-sha256:transfer-key:{secret}"),
+                "+tcp",
+                "consortium.example",
+                "AXFR",
+            ])
+            .output()
+            .expect("run dig");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let signed = axfr(SECRET);
+    assert_eq!(
+        signed.lines().filter(|l| l.contains("\tSOA\t")).count(),
+        2,
+        "the AXFR signed with the credential's secret is served whole:\n{signed}"
+    );
+    // Negative control: another secret under the same key name gets no zone.
+    let forged = axfr("b3RoZXItc2VjcmV0LW5vdC10aGUtY3JlZGVudGlhbC0zMmI=");
+    assert!(
+        !forged.contains("\tSOA\t"),
+        "a wrong secret must not transfer:\n{forged}"
     );
 }
