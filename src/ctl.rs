@@ -38,14 +38,30 @@ pub(crate) fn admin_address_of(config: &Path, http_listen: Option<SocketAddr>) -
     }
 }
 
-/// `ctl reload [--force]`: reloads, prints the outcome; exit 0 when it was published.
-pub(crate) fn reload(config: &Path, http_listen: Option<SocketAddr>, force: bool) -> ExitCode {
+/// `ctl reload [ZONE] [--force]`: reloads, prints the outcome; exit 0 when it was published.
+pub(crate) fn reload(
+    config: &Path,
+    http_listen: Option<SocketAddr>,
+    zone: Option<&str>,
+    force: bool,
+) -> ExitCode {
     let addr = match admin_address(config, http_listen) {
         Ok(addr) => addr,
         Err(code) => return code,
     };
-    let path = if force { "/reload?force=1" } else { "/reload" };
-    let (code, status_line, body) = match crate::status::admin_request(addr, "POST", path, RELOAD_WAIT) {
+    let mut parameters = Vec::new();
+    if let Some(zone) = zone {
+        parameters.push(format!("zone={}", query_value(zone)));
+    }
+    if force {
+        parameters.push("force=1".to_string());
+    }
+    let path = if parameters.is_empty() {
+        "/reload".to_string()
+    } else {
+        format!("/reload?{}", parameters.join("&"))
+    };
+    let (code, status_line, body) = match crate::status::admin_request(addr, "POST", &path, RELOAD_WAIT) {
         Ok(answer) => answer,
         Err(e) => {
             eprintln!("cannot reach the server at http://{addr}{path}: {e} (is it running?)");

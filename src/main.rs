@@ -67,6 +67,9 @@ enum CtlCommand {
     /// Read the config and every zone file again and print the outcome; exit 0 when the new
     /// data is served, 1 when the server keeps the previous data.
     Reload {
+        /// Only this zone's files (zone file, members file, keys), under the running config;
+        /// without it, the config and every zone.
+        zone: Option<String>,
         /// The admin address, instead of the config's `[server] http-listen`.
         #[arg(long = "http-listen", value_name = "ADDR:PORT")]
         http_listen: Option<SocketAddr>,
@@ -204,7 +207,11 @@ fn main() -> ExitCode {
             DnssecCommand::Ds { zone } => dnssec_cli::ds(&config, &zone),
             DnssecCommand::Status { zone } => dnssec_cli::status(&config, zone.as_deref()),
         },
-        Command::Ctl(CtlCommand::Reload { http_listen, force }) => ctl::reload(&config, http_listen, force),
+        Command::Ctl(CtlCommand::Reload {
+            zone,
+            http_listen,
+            force,
+        }) => ctl::reload(&config, http_listen, zone.as_deref(), force),
         Command::Ctl(CtlCommand::Notify { zone, http_listen }) => ctl::notify(&config, http_listen, &zone),
         Command::Ctl(CtlCommand::LogLevel { level, http_listen }) => {
             ctl::log_level(&config, http_listen, &level)

@@ -76,9 +76,13 @@ enum Change {
     /// The first load: this config, serials continuing from the state file, or for a zone
     /// it does not know, above the highest serial its secondaries said they hold (`floors`).
     Start(Box<Config>, HashMap<Box<[u8]>, u32>),
-    /// The config file and every zone file read again; `force` publishes even what the
-    /// hold-back guard (`held_back`) would keep.
-    Reload { force: bool },
+    /// The config file and every zone file read again, or with `zone` only that zone's files
+    /// and keys under the running config (`ctl reload ZONE`, as `knotc zone-reload`); `force`
+    /// publishes even what the hold-back guard (`held_back`) would keep.
+    Reload {
+        force: bool,
+        zone: Option<zone::name::Name>,
+    },
     /// The published data again, with a new serial for these zones (lowercased origins):
     /// health moved their transfer pick.
     TransferPicks(Vec<Box<[u8]>>),
@@ -443,18 +447,24 @@ fn load_change(
             });
             Ok((*config, zones))
         }
-        Change::Reload { force } => {
-            let (config, mut zones) = read_consistently(&running.path, || {
-                let mut config = Config::load(&running.path)?;
-                overrides.apply(&mut config);
-                let zones = load_zones(&config)?;
-                Ok((config, zones))
-            })?;
+        Change::Reload { force, zone } => {
+            let (config, mut zones) = match &zone {
+                None => read_consistently(&running.path, || {
+                    let mut config = Config::load(&running.path)?;
+                    overrides.apply(&mut config);
+                    let zones = load_zones(&config)?;
+                    Ok((config, zones))
+                })?,
+                Some(origin) => (running.clone(), zones_with_one_reread(running, previous, origin)?),
+            };
             let held = held_back(previous, &zones, &config);
             if !force && !held.is_empty() {
                 return Err(held);
             }
-            *keys = signing::load_keys(&config)?;
+            match &zone {
+                None => *keys = signing::load_keys(&config)?,
+                Some(origin) => signing::reload_keys_of(keys, &config, origin)?,
+            }
             signing::set_digests(&mut zones, keys, now);
             updates::attach(&mut zones, challenges, &config);
             apply_serial_policy(&mut zones, &config, |origin| {
@@ -488,6 +498,39 @@ fn load_change(
             Ok((running.clone(), zones))
         }
     }
+}
+
+/// The published zones as data again, with the zone `origin`'s files read anew (under the
+/// running config: a zone it does not serve from files is an error naming the reason).
+fn zones_with_one_reread(
+    running: &Config,
+    previous: &Snapshot,
+    origin: &zone::name::Name,
+) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
+    let refuse = |why: String| vec![Diagnostic::file(&running.path, why)];
+    let Some(settings) = running.zone(origin) else {
+        return Err(refuse(format!(
+            "no zone {origin} in the running config (a new zone comes with a whole reload)"
+        )));
+    };
+    if settings.is_secondary() {
+        return Err(refuse(format!(
+            "zone {origin} is a secondary: its data comes from its primaries, not from files"
+        )));
+    }
+    let reread = read_consistently(&running.path, || {
+        let data = zone::load(&settings.source, &running.live.health_defaults)?;
+        let errors = updates::check_update_keys(&data, running);
+        if errors.is_empty() { Ok(data) } else { Err(errors) }
+    })?;
+    let mut zones = zones_of(previous);
+    // Only file-served zones, as a whole reload reads them; secondaries join afterwards.
+    zones.retain(|data| !data.transferred);
+    match zones.iter_mut().find(|data| data.origin.key() == origin.key()) {
+        Some(slot) => *slot = reread,
+        None => zones.push(reread),
+    }
+    Ok(zones)
 }
 
 /// The published zones as data again; each zone in `due` is changed by `change`, which returns
@@ -727,15 +770,20 @@ impl Control {
     /// Reads the config and every zone again; on success swaps the new Snapshot in at once,
     /// on failure keeps serving the old one. Reloads never overlap.
     pub async fn reload(&self, trigger: &str) -> ReloadReport {
-        self.reload_with(trigger, false).await
+        self.reload_with(trigger, false, None).await
     }
 
     /// `reload`, and with `force` also a change the hold-back guard would keep (an operator
-    /// confirming that most of a zone is to go).
-    pub async fn reload_with(&self, trigger: &str, force: bool) -> ReloadReport {
+    /// confirming that most of a zone is to go); with `zone`, that zone's files alone.
+    pub async fn reload_with(
+        &self,
+        trigger: &str,
+        force: bool,
+        zone: Option<zone::name::Name>,
+    ) -> ReloadReport {
         let mut state = self.rebuilding.lock().await;
         let started = Instant::now();
-        let outcome = self.rebuild(&mut state, Change::Reload { force }).await;
+        let outcome = self.rebuild(&mut state, Change::Reload { force, zone }).await;
         if let Err(errors) = &outcome {
             for e in errors {
                 tracing::error!(trigger, "reload failed, still serving the previous data: {e}");

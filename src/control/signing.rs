@@ -36,6 +36,24 @@ pub(super) fn load_keys(config: &Config) -> Result<KeySets, Vec<Diagnostic>> {
     if errors.is_empty() { Ok(sets) } else { Err(errors) }
 }
 
+/// Reads the key directory of the zone `origin` again, the other zones' key sets kept.
+pub(super) fn reload_keys_of(
+    sets: &mut KeySets,
+    config: &Config,
+    origin: &crate::zone::name::Name,
+) -> Result<(), Vec<Diagnostic>> {
+    match config.zone(origin).and_then(|zone| zone.signing.as_ref()) {
+        Some(signing) => {
+            let set = dnssec::load_keys(signing, origin)?;
+            sets.insert(origin.key(), Arc::new(set));
+        }
+        None => {
+            sets.remove(&origin.key());
+        }
+    }
+    Ok(())
+}
+
 /// Puts each signed zone's key states into its content digest, so that a new or retired
 /// key raises the serial like any other change.
 pub(super) fn set_digests(zones: &mut [ZoneData], keys: &KeySets, now: u64) {

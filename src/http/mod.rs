@@ -195,7 +195,21 @@ async fn handle(
                 .unwrap_or("")
                 .split('&')
                 .any(|pair| matches!(pair, "force" | "force=1" | "force=true"));
-            let reload = tokio::spawn(async move { control.reload_with("http", force).await });
+            // `?zone=NAME`: that zone's files alone (`ctl reload ZONE`).
+            let zone = match query_value(&request, "zone") {
+                None => None,
+                Some(text) => match crate::zone::name::Name::parse_origin(&text) {
+                    Ok(origin) => Some(origin),
+                    Err(e) => {
+                        return Ok(reply(
+                            StatusCode::BAD_REQUEST,
+                            "text/plain",
+                            format!("zone {text:?}: {e}\n"),
+                        ));
+                    }
+                },
+            };
+            let reload = tokio::spawn(async move { control.reload_with("http", force, zone).await });
             let Ok(report) = reload.await else {
                 return Ok(reply(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -28,16 +28,19 @@ async fn rcode_of(server: &ServerHandle, name: &str, qtype: RecordType) -> Respo
 
 /// `consortium-dns ctl reload` against the running server: exit success, stdout.
 fn ctl_reload(server: &ServerHandle, tree: &Tree, force: bool) -> (bool, String) {
+    ctl_reload_with(server, tree, if force { &["--force"] } else { &[] })
+}
+
+/// `consortium-dns ctl reload ARGS...`: exit success, stdout and stderr.
+fn ctl_reload_with(server: &ServerHandle, tree: &Tree, args: &[&str]) -> (bool, String) {
     let http = server.http_addr.expect("admin endpoint on");
     let mut command = Command::new(binary());
     command
         .args(["ctl", "reload", "--config"])
         .arg(tree.config_path())
         .arg("--http-listen")
-        .arg(http.to_string());
-    if force {
-        command.arg("--force");
-    }
+        .arg(http.to_string())
+        .args(args);
     let output = command.output().expect("run ctl reload");
     (
         output.status.success(),
@@ -373,5 +376,62 @@ async fn ctl_history_lists_the_versions_kept_for_ixfr() {
         .output()
         .expect("run ctl history");
     assert!(!output.status.success());
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// `ctl reload ZONE` (issue 21) reads that zone's files alone: one operator's edit goes live
+/// while another zone's file is broken, which fails every whole reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_reload_of_one_zone_publishes_it_while_another_zone_is_broken() {
+    let tree = Tree::example();
+    tree.enable_http();
+    let other_zone = "$ORIGIN other.example.\n$TTL 300\n@ IN SOA ns1 hostmaster 7 7200 3600 1209600 300\n  IN NS ns1\nns1 IN A 192.0.2.7\n";
+    tree.write("zones/other.example.zone", other_zone);
+    let config = tree.read(CONFIG);
+    tree.write(
+        CONFIG,
+        &format!("{config}\n[[zone]]\norigin = \"other.example\"\nfile = \"../zones/other.example.zone\"\n"),
+    );
+    let server = tree.start().await;
+    assert_eq!(
+        rcode_of(&server, "ns1.other.example.", RecordType::A).await,
+        ResponseCode::NoError
+    );
+
+    // The other zone breaks (a typo), and consortium.example gets a new member.
+    tree.write(
+        "zones/other.example.zone",
+        &other_zone.replace("IN A 192.0.2.7", "IN A 192.0.2.777"),
+    );
+    let members = tree.read(MEMBERS_FILE);
+    tree.write(
+        MEMBERS_FILE,
+        &format!("{members}\n[[member]]\nlabel = \"node9\"\ntarget = \"node9.operator-z.net.\"\n"),
+    );
+    let (ok, out) = ctl_reload_with(&server, &tree, &[]);
+    assert!(!ok, "a whole reload must fail on the broken zone:\n{out}");
+    assert!(out.contains("other.example.zone:5:"), "{out}");
+    assert_eq!(
+        rcode_of(&server, "node9.consortium.example.", RecordType::CNAME).await,
+        ResponseCode::NXDomain,
+        "nothing of the failed reload is served"
+    );
+
+    let (ok, out) = ctl_reload_with(&server, &tree, &["consortium.example"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("consortium.example"), "{out}");
+    assert_eq!(
+        rcode_of(&server, "node9.consortium.example.", RecordType::CNAME).await,
+        ResponseCode::NoError
+    );
+    // The broken zone keeps its last good data.
+    assert_eq!(
+        rcode_of(&server, "ns1.other.example.", RecordType::A).await,
+        ResponseCode::NoError
+    );
+    let (ok, out) = ctl_reload_with(&server, &tree, &["other.example"]);
+    assert!(!ok && out.contains("other.example.zone:5:"), "{out}");
+    let (ok, out) = ctl_reload_with(&server, &tree, &["nowhere.example"]);
+    assert!(!ok && out.contains("no zone nowhere.example"), "{out}");
     server.shutdown(Duration::from_secs(1)).await;
 }
