@@ -60,12 +60,19 @@ enum Command {
     /// `[server] http-listen`).
     #[command(subcommand)]
     Ctl(CtlCommand),
+    /// Print the man page (roff) on stdout; the Debian package installs it.
+    Manpage,
+    /// Print the completion script for SHELL on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Read the config and every zone file again and print the outcome; exit 0 when the new
-    /// data is served, 1 when the server keeps the previous data.
+    /// Read the config and every zone file again (or one zone's files) and print the outcome;
+    /// exit 0 when the new data is served, 1 when the server keeps the previous data.
     Reload {
         /// Only this zone's files (zone file, members file, keys), under the running config;
         /// without it, the config and every zone.
@@ -230,6 +237,80 @@ fn main() -> ExitCode {
         Command::Ctl(CtlCommand::ZoneStatus { zone, http_listen }) => {
             ctl::zone_status(&config, http_listen, zone.as_deref())
         }
+        Command::Manpage => print_manpage(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "consortium-dns", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot write the completion script: {e}");
+                    ExitCode::from(EX_OSERR)
+                }
+            }
+        }
+    }
+}
+
+/// `manpage`: one page for the binary with every command's options in it, as `man
+/// consortium-dns` shows it.
+fn print_manpage() -> ExitCode {
+    use clap::CommandFactory;
+    let command = Cli::command().long_about(
+        "consortium-dns answers a consortium's zone: one CNAME per member node and shared names \
+         picked per query among the healthy members, hot-reloaded when the files change.",
+    );
+    let page = clap_mangen::Man::new(command.clone());
+    let mut out = Vec::new();
+    // clap_mangen's own SUBCOMMANDS section points at one page per command; this page holds
+    // them all instead.
+    let written = page
+        .render_title(&mut out)
+        .and_then(|()| page.render_name_section(&mut out))
+        .and_then(|()| page.render_synopsis_section(&mut out))
+        .and_then(|()| page.render_description_section(&mut out))
+        .and_then(|()| page.render_options_section(&mut out))
+        .and_then(|()| render_subcommands(&command, "consortium-dns", &mut out))
+        .and_then(|()| page.render_version_section(&mut out))
+        .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the man page: {e}");
+            ExitCode::from(EX_OSERR)
+        }
+    }
+}
+
+/// Each subcommand as a section of the page (`ctl reload`, `dnssec keygen`...), its options
+/// listed: one page to search, as `man knotc` is.
+fn render_subcommands(command: &clap::Command, path: &str, out: &mut Vec<u8>) -> std::io::Result<()> {
+    for sub in command
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("{path} {}", sub.get_name());
+        let mut section = Vec::new();
+        clap_mangen::Man::new(sub.clone()).render_options_section(&mut section)?;
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        out.extend_from_slice(
+            format!(".SH \"{}\"\n{}\n", name.to_uppercase(), roff_escaped(&about)).as_bytes(),
+        );
+        // The options go under the command's own heading.
+        let text = String::from_utf8_lossy(&section).replacen(".SH OPTIONS\n", "", 1);
+        out.extend_from_slice(text.as_bytes());
+        render_subcommands(sub, &name, out)?;
+    }
+    Ok(())
+}
+
+/// Text safe in a roff line: a leading `.` or `'` would be read as a request, `\` as an escape.
+fn roff_escaped(text: &str) -> String {
+    let text = text.replace('\\', "\\e");
+    match text.chars().next() {
+        Some('.' | '\'') => format!("\\&{text}"),
+        _ => text,
     }
 }
 
