@@ -30,6 +30,13 @@ command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || need_pkgs+=(unbound
 command -v ldns-verify-zone >/dev/null || need_pkgs+=(ldnsutils)
 # The HTML status page is checked in a real browser (issue 21).
 command -v chromium >/dev/null || need_pkgs+=(chromium)
+# The Debian package (issue 21): cargo-deb reads library dependencies with dpkg-shlibdeps,
+# build-deb.sh strips with binutils, systemd-analyze looks the man page up with man, the pull
+# unit runs git.
+command -v dpkg-shlibdeps >/dev/null || need_pkgs+=(dpkg-dev)
+command -v strip >/dev/null || need_pkgs+=(binutils)
+command -v man >/dev/null || need_pkgs+=(man-db)
+command -v git >/dev/null || need_pkgs+=(git)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${need_pkgs[*]}" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -60,5 +67,11 @@ if ! "$venv/bin/python" -c 'import mmdb_writer' 2>/dev/null; then
     "$venv/bin/python" -m pip install --quiet mmdb-writer
 fi
 export CONSORTIUM_DNS_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# The package test builds the .deb with cargo-deb, a cargo tool from crates.io.
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "tests/run.sh: installing cargo-deb" >&2
+    cargo install --locked cargo-deb
+fi
 
 cargo test --locked --profile ci "$@"

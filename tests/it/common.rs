@@ -475,3 +475,53 @@ pub fn line_of(text: &str, needle: &str) -> usize {
         .unwrap_or_else(|| panic!("{needle:?} not found"))
         + 1
 }
+
+// ---------------------------------------------------------------------------------------------
+// systemd units (issue 21): the checkout's and the package's
+// ---------------------------------------------------------------------------------------------
+
+/// Whether `systemd-analyze verify` looks up the man pages the units' `Documentation=` names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ManPages {
+    Checked,
+    Unchecked,
+}
+
+/// Runs `systemd-analyze verify` on `units`; returns its complaints about them, if any.
+pub fn verify_units(units: &[&Path], man_pages: ManPages) -> Result<(), String> {
+    let analyze = program(
+        "systemd-analyze",
+        "systemd",
+        "the unit tests check the units with it",
+    );
+    let man = if man_pages == ManPages::Checked {
+        program(
+            "man",
+            "man-db",
+            "systemd-analyze verify looks up the units' man page with it",
+        );
+        "--man=yes"
+    } else {
+        "--man=no"
+    };
+    let output = Command::new(analyze)
+        .arg("verify")
+        .arg(man)
+        .args(units)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .expect("run systemd-analyze");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // verify exits 0 on many warnings ("Unknown key ..., ignoring"): any line about our units
+    // or our binary is a failure too.
+    let complaints: Vec<&str> = text.lines().filter(|l| l.contains("consortium-dns")).collect();
+    if output.status.success() && complaints.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}:\n{text}", output.status))
+    }
+}

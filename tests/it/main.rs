@@ -14,6 +14,7 @@ mod hostile;
 mod limits;
 mod nsec3;
 mod ops;
+mod package;
 mod pressure;
 mod protocol;
 mod reload;

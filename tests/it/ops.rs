@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream, UdpSocket as StdUdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -20,7 +20,9 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{Tree, binary, frame, program, query, repo_root, tcp_raw, udp, udp_raw};
+use crate::common::{
+    ManPages, Tree, binary, frame, program, query, repo_root, tcp_raw, udp, udp_raw, verify_units,
+};
 
 const ZONE: &str = "consortium.example.";
 const POOL: &str = "any.consortium.example.";
@@ -708,40 +710,8 @@ slow-start = "0s"
 // systemd unit
 // ---------------------------------------------------------------------------------------------
 
-fn systemd_analyze() -> PathBuf {
-    program(
-        "systemd-analyze",
-        "systemd",
-        "the unit test checks systemd/consortium-dns.service with it",
-    )
-}
-
-/// Runs `systemd-analyze verify` on `unit`; returns its complaints about our unit, if any.
-fn verify_unit(analyze: &Path, unit: &Path) -> Result<(), String> {
-    let output = Command::new(analyze)
-        .arg("verify")
-        .arg(unit)
-        .env("SYSTEMD_LOG_COLOR", "0")
-        .output()
-        .expect("run systemd-analyze");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // verify exits 0 on many warnings ("Unknown key ..., ignoring"): any line about our unit
-    // or our binary is a failure too.
-    let complaints: Vec<&str> = text.lines().filter(|l| l.contains("consortium-dns")).collect();
-    if output.status.success() && complaints.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{}:\n{text}", output.status))
-    }
-}
-
 #[test]
 fn systemd_unit_passes_systemd_analyze_verify() {
-    let analyze = systemd_analyze();
     let unit =
         std::fs::read_to_string(repo_root().join("systemd/consortium-dns.service")).expect("read the unit");
     for line in [
@@ -774,7 +744,9 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("consortium-dns.service");
     std::fs::write(&path, &unit).expect("write unit");
-    if let Err(why) = verify_unit(&analyze, &path) {
+    // The man page its Documentation= names is installed by the package (tests/it/package.rs
+    // verifies the installed units with it); a checkout has none.
+    if let Err(why) = verify_units(&[&path], ManPages::Unchecked) {
         panic!("systemd-analyze verify rejects the unit: {why}");
     }
     // The check itself catches mistakes: a misspelled key is reported.
@@ -784,7 +756,7 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     )
     .expect("write unit");
     assert!(
-        verify_unit(&analyze, &path).is_err(),
+        verify_units(&[&path], ManPages::Unchecked).is_err(),
         "a misspelled key went unnoticed"
     );
 }
