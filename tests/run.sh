@@ -13,6 +13,8 @@ command -v named-checkzone >/dev/null || need_pkgs+=(bind9-utils)
 command -v nsd >/dev/null || [ -x /usr/sbin/nsd ] || need_pkgs+=(nsd)
 command -v knotd >/dev/null || [ -x /usr/sbin/knotd ] || need_pkgs+=(knot)
 command -v kdig >/dev/null || need_pkgs+=(knot-dnsutils)
+# BIND's named as a third standard secondary, with the README's snippet (issue 21).
+command -v named >/dev/null || [ -x /usr/sbin/named ] || need_pkgs+=(bind9)
 command -v dnsperf >/dev/null || need_pkgs+=(dnsperf)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 # The certificate test (issue 18): the ACME test CA, two ACME clients, openssl and curl.
@@ -40,7 +42,7 @@ command -v git >/dev/null || need_pkgs+=(git)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${need_pkgs[*]}" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-    # Keep the packaged daemons (nsd, knot) from starting on port 53: tests run their own.
+    # Keep the packaged daemons (nsd, knot, named) from starting on port 53: tests run their own.
     created_policy=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null

@@ -22,8 +22,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 mod nsd;
+mod secondary;
 
 pub use nsd::{Nsd, NsdKey};
+pub use secondary::Secondary;
 
 /// The repository root (where `config/` and `zones/` live).
 pub fn repo_root() -> PathBuf {

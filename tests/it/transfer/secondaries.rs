@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::common::{Nsd, edit};
+use crate::common::{Nsd, Secondary, edit};
 
 // ---------------------------------------------------------------------------------------------
 // A relay that watches NSD's transfers
@@ -125,12 +125,17 @@ async fn relay_connection(mut client: TcpStream, upstream: SocketAddr, seen: Arc
     }
 }
 
-/// Polling NSD as the secondary test compares answers (as `Rr` sets); starting and stopping NSD
-/// is `common::Nsd`'s.
-impl Nsd {
-    /// Polls NSD until `check` holds for its answer to `qname`/`qtype`; returns how long that
-    /// took, or an explanation with NSD's log.
-    pub(super) async fn wait_for(
+/// A standard secondary whose answers the tests poll (as `Rr` sets): NSD, Knot or BIND;
+/// starting and stopping them is `common`'s.
+pub(super) trait Polled {
+    fn server(&self) -> &str;
+    fn addr(&self) -> SocketAddr;
+    fn check_running(&mut self) -> Result<(), String>;
+    fn log(&self) -> String;
+
+    /// Polls until `check` holds for the answer to `qname`/`qtype`; returns how long that
+    /// took, or an explanation with the server's log.
+    async fn wait_for(
         &mut self,
         qname: &str,
         qtype: RecordType,
@@ -141,7 +146,7 @@ impl Nsd {
         let mut last = String::from("no answer yet");
         while started.elapsed() < within {
             self.check_running()?;
-            match answer_of(self.addr, qname, qtype).await {
+            match answer_of(self.addr(), qname, qtype).await {
                 Ok(answer) if check(&answer) => return Ok(started.elapsed()),
                 Ok((rcode, records)) => {
                     last = format!(
@@ -154,9 +159,40 @@ impl Nsd {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(format!(
-            "NSD's answer to {qname} {qtype} did not come within {within:?}; last: {last}\nNSD's log:\n{}",
+            "{}'s answer to {qname} {qtype} did not come within {within:?}; last: {last}\nits log:\n{}",
+            self.server(),
             self.log()
         ))
+    }
+}
+
+impl Polled for Nsd {
+    fn server(&self) -> &str {
+        "NSD"
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn check_running(&mut self) -> Result<(), String> {
+        Nsd::check_running(self)
+    }
+    fn log(&self) -> String {
+        Nsd::log(self)
+    }
+}
+
+impl Polled for Secondary {
+    fn server(&self) -> &str {
+        self.server
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn check_running(&mut self) -> Result<(), String> {
+        Secondary::check_running(self)
+    }
+    fn log(&self) -> String {
+        Secondary::log(self)
     }
 }
 
@@ -194,16 +230,21 @@ fn static_names(zone: &BTreeSet<Rr>, members: &[MemberSpec]) -> BTreeSet<String>
     names
 }
 
-/// The tree's zone transferred to (and NOTIFYing) an NSD secondary at `nsd_port` with `key`,
+/// The tree's zone transferred to (and NOTIFYing) secondaries at `ports` with `key`,
 /// health-driven pick changes at most a second apart, and these members.
-fn serve_to_nsd(tree: &Tree, key: &Key, nsd_port: u16, members: &[MemberSpec]) {
+fn serve_to(tree: &Tree, key: &Key, ports: &[u16], members: &[MemberSpec]) {
+    let notify: Vec<String> = ports
+        .iter()
+        .map(|port| format!("{{ address = \"127.0.0.1:{port}\", key = \"{}\" }}", key.name))
+        .collect();
     configure(
         tree,
         &format!(
             "allow-transfer = [{{ network = \"127.0.0.1\", key = \"{k}\" }}]\n\
-             notify = [{{ address = \"127.0.0.1:{nsd_port}\", key = \"{k}\" }}]\n\
+             notify = [{notify}]\n\
              transfer-pick-refresh = \"1s\"\n",
-            k = key.name
+            k = key.name,
+            notify = notify.join(", ")
         ),
         &[key],
     );
@@ -234,7 +275,7 @@ async fn nsd_secondary_follows_edits_and_health() {
     ];
     let tree = Tree::example();
     let nsd_port = common::free_port();
-    serve_to_nsd(&tree, &key, nsd_port, &members);
+    serve_to(&tree, &key, &[nsd_port], &members);
     let server = tree.start().await;
     let ours = server.dns_addrs[0];
     let relay = Relay::start(ours).await;
@@ -407,11 +448,13 @@ async fn nsd_secondary_follows_edits_and_health() {
 }
 
 /// Issue 21: a restart of the primary without its state file (lost, or turned off) must not
-/// serve a serial below what the secondaries hold, or they stop following. The primary asks
-/// its NOTIFY targets for their SOA before serving and continues above the highest; NSD then
-/// takes the restarted primary's zone, and its shared name keeps following health.
+/// serve a serial below what the secondaries hold, or they stop following (NSD and BIND say
+/// "up to date", Knot "remote is outdated"). The primary asks its NOTIFY targets for their SOA
+/// before serving and continues above the highest; NSD, Knot and BIND (the last two with the
+/// README's snippets) then take the restarted primary's zone, and their shared name keeps
+/// following health.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() {
+async fn a_restart_without_a_state_file_continues_above_the_secondaries_serials() {
     let key = Key::transfer();
     let mut endpoints = [Endpoint::start().await, Endpoint::start().await];
     let members = vec![
@@ -420,18 +463,21 @@ async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() 
     ];
     let tree = Tree::example();
     tree.enable_http();
-    let (dns_port, nsd_port) = (common::free_port(), common::free_port());
-    // A fixed port, so that NSD finds the restarted primary; no state file at all.
+    let ports = [common::free_port(), common::free_port(), common::free_port()];
+    let dns_port = common::free_port();
+    // A fixed port, so that the secondaries find the restarted primary; no state file at all.
     edit(
         &tree,
         "config/consortium-dns.toml",
         "listen = [\"127.0.0.1:0\"]",
         &format!("listen = [\"127.0.0.1:{dns_port}\"]\nstate-file = \"\""),
     );
-    serve_to_nsd(&tree, &key, nsd_port, &members);
+    serve_to(&tree, &key, &ports, &members);
     let server = tree.start().await;
     let ours = server.dns_addrs[0];
-    let mut nsd = Nsd::secondary(nsd_port, ORIGIN, ours, &key.nsd());
+    let mut nsd = Nsd::secondary(ports[0], ORIGIN, ours, &key.nsd());
+    let mut knot = Secondary::knot(ports[1], ours, &key.nsd());
+    let mut bind = Secondary::named(ports[2], ours, &key.nsd());
     let soa_is = |serial: u32| {
         move |(_, records): &(ResponseCode, BTreeSet<Rr>)| {
             records.iter().any(|r| {
@@ -441,18 +487,30 @@ async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() 
             })
         }
     };
+    // The same wait on each of the three, in turn (they follow concurrently meanwhile).
+    macro_rules! all_serve {
+        ($qname:expr, $qtype:expr, $within:expr, $check:expr, $what:expr $(,)?) => {{
+            let check = $check;
+            let took: [Duration; 3] = [
+                nsd.wait_for($qname, $qtype, $within, &check).await,
+                knot.wait_for($qname, $qtype, $within, &check).await,
+                bind.wait_for($qname, $qtype, $within, &check).await,
+            ]
+            .map(|took| took.unwrap_or_else(|e| panic!("{}: {e}", $what)));
+            took
+        }};
+    }
     let file_serial = served_serial(ours).await.expect("our SOA");
-    nsd.wait_for(
+    all_serve!(
         ORIGIN,
         RecordType::SOA,
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         soa_is(file_serial),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("NSD did not load the zone: {e}"));
+        "did not load the zone",
+    );
 
-    // An edit without a serial change in the file: the policy raises the served serial, NSD
-    // follows. The files' serial is now below what NSD holds.
+    // An edit without a serial change in the file: the policy raises the served serial, the
+    // secondaries follow. The files' serial is now below what they hold.
     edit(
         &tree,
         ZONE_FILE,
@@ -462,62 +520,72 @@ async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() 
     assert!(server.control.reload("test").await.ok);
     let raised = served_serial(ours).await.expect("our SOA");
     assert_eq!(raised, file_serial + 1);
-    nsd.wait_for(ORIGIN, RecordType::SOA, Duration::from_secs(10), soa_is(raised))
-        .await
-        .unwrap_or_else(|e| panic!("NSD did not follow the edit: {e}"));
+    all_serve!(
+        ORIGIN,
+        RecordType::SOA,
+        Duration::from_secs(10),
+        soa_is(raised),
+        "did not follow the edit",
+    );
     server.shutdown(Duration::from_secs(1)).await;
 
-    // The restart: no state file, so it asks NSD, and serves above what NSD holds.
+    // The restart: no state file, so it asks the secondaries, and serves above what they hold.
     let server = tree.start().await;
     let after = served_serial(ours).await.expect("our SOA");
     assert!(
         serial_gt(after, raised),
-        "served {after} after the restart, not above the secondary's {raised}"
+        "served {after} after the restart, not above the secondaries' {raised}"
     );
-    nsd.wait_for(ORIGIN, RecordType::SOA, Duration::from_secs(15), soa_is(after))
-        .await
-        .unwrap_or_else(|e| panic!("NSD did not follow the restarted primary: {e}"));
+    all_serve!(
+        ORIGIN,
+        RecordType::SOA,
+        Duration::from_secs(15),
+        soa_is(after),
+        "did not follow the restarted primary",
+    );
     let any = format!("any.{ORIGIN}");
-    let expect_pick = |picked: &MemberSpec| {
+    let pick_is = |picked: &MemberSpec| {
         let record = pool_record(picked);
         move |(rcode, records): &(ResponseCode, BTreeSet<Rr>)| {
             *rcode == ResponseCode::NoError && records.len() == 1 && records.contains(&record)
         }
     };
-    nsd.wait_for(
+    let before = pick_is(&members[0]);
+    all_serve!(
         &any,
         RecordType::CNAME,
         Duration::from_secs(5),
-        expect_pick(&members[0]),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("NSD's shared name before the failure: {e}"));
-    // Health still moves NSD's shared name after the restart.
+        &before,
+        "the shared name before the failure",
+    );
+    // Health still moves the secondaries' shared name after the restart.
     endpoints[0].stop().await;
-    let took = nsd
-        .wait_for(
-            &any,
-            RecordType::CNAME,
-            Duration::from_secs(15),
-            expect_pick(&members[1]),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("NSD's shared name did not follow node1 going down: {e}"));
+    let failed_over = pick_is(&members[1]);
+    let took = all_serve!(
+        &any,
+        RecordType::CNAME,
+        Duration::from_secs(15),
+        &failed_over,
+        "the shared name did not follow node1 going down",
+    );
     eprintln!(
-        "restart without state: served {after} above NSD's {raised}; node1 down reached NSD in {took:?}"
+        "restart without state: served {after} above the secondaries' {raised}; node1 down \
+         reached NSD, Knot, BIND within {took:?} (polled in turn)"
     );
     let text = server.control.scrape();
-    let notifies = |outcome: &str| {
-        text.lines().any(|l| {
-            l.starts_with("consortium_dns_notifies_total{")
-                && l.contains(&format!("outcome=\"{outcome}\""))
-                && l.contains(&format!("secondary=\"127.0.0.1:{nsd_port}\""))
-        })
-    };
-    assert!(
-        notifies("sent") && notifies("acknowledged"),
-        "NOTIFY counts:\n{text}"
-    );
+    for port in ports {
+        let notifies = |outcome: &str| {
+            text.lines().any(|l| {
+                l.starts_with("consortium_dns_notifies_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+                    && l.contains(&format!("secondary=\"127.0.0.1:{port}\""))
+            })
+        };
+        assert!(
+            notifies("sent") && notifies("acknowledged"),
+            "NOTIFY counts for 127.0.0.1:{port}:\n{text}"
+        );
+    }
 
     // The control command: a forced NOTIFY, and each secondary's serial.
     let http = server.http_addr.expect("admin endpoint").to_string();
@@ -534,16 +602,19 @@ async fn a_restart_without_a_state_file_continues_above_the_secondarys_serial() 
         )
     };
     let (ok, out) = ctl(&["notify", ORIGIN]);
-    assert!(ok && out.contains("sent to 1 secondaries"), "{out}");
+    assert!(ok && out.contains("sent to 3 secondaries"), "{out}");
     let (ok, out) = ctl(&["notify", "nonexistent.example"]);
     assert!(!ok && out.contains("not served here"), "{out}");
     let serial_now = served_serial(ours).await.expect("SOA");
-    let wanted = format!("secondary 127.0.0.1:{nsd_port}  serial {serial_now}  up to date");
+    let wanted: Vec<String> = ports
+        .iter()
+        .map(|port| format!("secondary 127.0.0.1:{port}  serial {serial_now}  up to date"))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (ok, out) = ctl(&["zone-status", ORIGIN]);
         assert!(ok, "{out}");
-        if out.contains(&wanted) {
+        if wanted.iter().all(|w| out.contains(w.as_str())) {
             break;
         }
         assert!(Instant::now() < deadline, "want {wanted:?} in\n{out}");

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
 
+use super::secondaries::Polled;
 use super::update::{nsupdate, op_a, update_tree};
 use super::*;
 use crate::common::{Nsd, free_port};

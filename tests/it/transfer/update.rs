@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
+use super::secondaries::Polled;
 use super::*;
 use crate::common::{Nsd, edit, free_port, http_request, unix_now};
 
