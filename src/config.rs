@@ -109,6 +109,10 @@ struct NotifySection {
     /// Sign the NOTIFY with this TSIG key.
     #[serde(default)]
     key: Option<String>,
+    /// The address NOTIFY and the SOA queries that follow it are sent from (BIND's
+    /// `notify-source`, Knot's `via`), for a secondary that accepts NOTIFY from one address.
+    #[serde(default)]
+    source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +123,10 @@ struct PrimarySection {
     /// Sign SOA queries and transfer requests with this TSIG key; check the answers with it.
     #[serde(default)]
     key: Option<String>,
+    /// The address SOA queries and transfers are sent from (BIND's `transfer-source`), for a
+    /// primary whose transfer ACL names one address of this host.
+    #[serde(default)]
+    source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -644,6 +652,8 @@ pub struct Primary {
     pub address: SocketAddr,
     /// Lowercased TSIG key name, as declared in a `[[key]]`.
     pub key: Option<Name>,
+    /// The local address to send from; the system's choice when unset.
+    pub source: Option<IpAddr>,
 }
 
 impl ZoneConfig {
@@ -1111,8 +1121,12 @@ impl Parser<'_> {
                 );
                 continue;
             };
+            let Ok(source) = self.source_address(location, "primaries", primary.source.as_deref(), address)
+            else {
+                continue;
+            };
             match key_ref(&primary.key, declared) {
-                Ok(key) => primaries.push(Primary { address, key }),
+                Ok(key) => primaries.push(Primary { address, key, source }),
                 Err(reason) => self.at(location, format!("primaries: {reason}")),
             }
         }
@@ -1195,12 +1209,48 @@ impl Parser<'_> {
                 );
                 continue;
             };
+            let Ok(source) = self.source_address(location, "notify", target.source.as_deref(), address)
+            else {
+                continue;
+            };
             match key_ref(&target.key, declared) {
-                Ok(key) => targets.push(NotifyTarget { address, key }),
+                Ok(key) => targets.push(NotifyTarget { address, key, source }),
                 Err(reason) => self.at(location, format!("notify: {reason}")),
             }
         }
         targets
+    }
+
+    /// A `source` address: an IP of the same family as the peer's (`Err` once reported).
+    fn source_address(
+        &mut self,
+        location: &Location,
+        what: &str,
+        source: Option<&str>,
+        peer: SocketAddr,
+    ) -> Result<Option<IpAddr>, ()> {
+        let Some(text) = source else { return Ok(None) };
+        match text
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) if ip.is_ipv4() == peer.is_ipv4() => Ok(Some(ip)),
+            Ok(_) => {
+                self.at(
+                    location,
+                    format!("{what}: source {text:?} and address {peer} are not of one IP family"),
+                );
+                Err(())
+            }
+            Err(_) => {
+                self.at(
+                    location,
+                    format!("{what}: bad source {text:?} (want an IP address of this host, no port)"),
+                );
+                Err(())
+            }
+        }
     }
 }
 

@@ -45,6 +45,8 @@ impl TransferAcl {
 pub struct NotifyTarget {
     pub address: SocketAddr,
     pub key: Option<Name>,
+    /// The local address NOTIFY is sent from; the system's choice when unset.
+    pub source: Option<IpAddr>,
 }
 
 /// Who may transfer one zone and whom to notify of its changes.

@@ -365,12 +365,13 @@ async fn serials_held_by_secondaries(config: &Config) -> HashMap<Box<[u8]>, u32>
                 .as_ref()
                 .and_then(|name| config.live.keys.iter().find(|k| k.name.key() == name.key()))
                 .cloned();
-            let (origin, address) = (zone.origin().clone(), target.address);
+            let (origin, address, source) = (zone.origin().clone(), target.address, target.source);
             asks.spawn(async move {
                 let primary = crate::secondary::client::Primary {
                     address,
                     key: key.as_ref(),
                     timeout: Duration::from_secs(2),
+                    source,
                 };
                 let answer = crate::secondary::client::soa_serial(primary, &origin).await;
                 (origin, address, answer)

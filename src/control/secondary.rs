@@ -273,6 +273,7 @@ impl Control {
                     address: primary.address,
                     key: tsig,
                     timeout: TIMEOUT,
+                    source: primary.source,
                 };
                 match self.check_one(&config, zone, target, held.as_ref()).await {
                     Ok(result) => {

@@ -22,6 +22,8 @@ pub struct Primary<'k> {
     pub key: Option<&'k TsigKey>,
     /// For each read and for connecting.
     pub timeout: Duration,
+    /// The local address to connect from; the system's choice when unset.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// One step of an incremental transfer (RFC 1995 §4): the old SOA, what to delete, the new SOA,
@@ -151,7 +153,7 @@ async fn exchange(
         verifier = Some(ResponseVerifier::new(key, signer.last_mac()));
     }
     let io = |e: std::io::Error| at(e.to_string());
-    let mut stream = tokio::time::timeout(primary.timeout, TcpStream::connect(address))
+    let mut stream = tokio::time::timeout(primary.timeout, connect_from(primary.source, address))
         .await
         .map_err(|_| at("connect timed out".into()))?
         .map_err(io)?;
@@ -305,4 +307,20 @@ fn push_record(message: &mut Vec<u8>, record: &Record) {
     message.extend_from_slice(&record.ttl.to_be_bytes());
     message.extend_from_slice(&(record.rdata.len() as u16).to_be_bytes());
     message.extend_from_slice(&record.rdata);
+}
+
+/// A TCP connection to `address`, from `source` when one is set.
+async fn connect_from(source: Option<std::net::IpAddr>, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(address).await;
+    };
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot send from {source}: {e}")))?;
+    socket.connect(address).await
 }

@@ -79,12 +79,12 @@ pub fn spawn(
                     return; // superseded by a newer serial
                 }
                 count("sent");
-                let outcome = notify_once(&zone, &soa, target.address, key.as_ref()).await;
+                let outcome = notify_once(&zone, &soa, &target, key.as_ref()).await;
                 count(if outcome.is_ok() { "acknowledged" } else { "failed" });
                 match outcome {
                     Ok(()) => {
                         tracing::info!(zone = %zone, serial, secondary = %target.address, attempt, "NOTIFY acknowledged");
-                        follow(&zone, serial, target.address, &generation, mine, &served).await;
+                        follow(&zone, serial, &target, &generation, mine, &served).await;
                         return;
                     }
                     // Warn once per serial and secondary: a secondary that is down would
@@ -108,14 +108,15 @@ pub fn spawn(
 async fn follow(
     zone: &Name,
     serial: u32,
-    address: SocketAddr,
+    target: &NotifyTarget,
     generation: &AtomicU64,
     mine: u64,
     served: &SecondarySerials,
 ) {
+    let address = target.address;
     let until = tokio::time::Instant::now() + FOLLOW_FOR;
     while tokio::time::Instant::now() < until && generation.load(Ordering::Relaxed) == mine {
-        if let Ok(seen) = soa_serial_of(zone, address).await {
+        if let Ok(seen) = soa_serial_of(zone, target).await {
             lock(served).insert((zone.key(), address), seen);
             if !serial_gt(serial, seen) {
                 tracing::info!(zone = %zone, serial = seen, secondary = %address, "secondary serves the announced serial");
@@ -127,7 +128,7 @@ async fn follow(
 }
 
 /// The serial in the secondary's answer to an SOA query for `zone`.
-async fn soa_serial_of(zone: &Name, address: SocketAddr) -> Result<u32, String> {
+async fn soa_serial_of(zone: &Name, target: &NotifyTarget) -> Result<u32, String> {
     let id: u16 = rand::rngs::SmallRng::from_os_rng().random();
     let mut query = Vec::with_capacity(HEADER_LEN + zone.wire().len() + 4);
     query.extend_from_slice(&id.to_be_bytes());
@@ -135,7 +136,7 @@ async fn soa_serial_of(zone: &Name, address: SocketAddr) -> Result<u32, String> 
     query.extend_from_slice(zone.wire());
     query.extend_from_slice(&rtype::SOA.to_be_bytes());
     query.extend_from_slice(&rtype::CLASS_IN.to_be_bytes());
-    let reply = exchange(&query, address).await?;
+    let reply = exchange(&query, target).await?;
     if be16(&reply, 6) == 0 {
         return Err("no answer record".into());
     }
@@ -153,10 +154,11 @@ async fn soa_serial_of(zone: &Name, address: SocketAddr) -> Result<u32, String> 
         .ok_or_else(|| "malformed SOA".into())
 }
 
-/// Sends `query` to `address` over UDP and returns the first reply from there with its ID,
-/// within `REPLY_TIMEOUT`.
-async fn exchange(query: &[u8], address: SocketAddr) -> Result<Vec<u8>, String> {
-    let socket = bind_for(address).await?;
+/// Sends `query` to the target over UDP (from its `source`, if set) and returns the first
+/// reply from there with its ID, within `REPLY_TIMEOUT`.
+async fn exchange(query: &[u8], target: &NotifyTarget) -> Result<Vec<u8>, String> {
+    let address = target.address;
+    let socket = bind_for(target).await?;
     socket
         .send_to(query, address)
         .await
@@ -174,12 +176,15 @@ async fn exchange(query: &[u8], address: SocketAddr) -> Result<Vec<u8>, String> 
     }
 }
 
-async fn bind_for(address: SocketAddr) -> Result<UdpSocket, String> {
-    let local: SocketAddr = match address {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+async fn bind_for(target: &NotifyTarget) -> Result<UdpSocket, String> {
+    let local: SocketAddr = match (target.source, target.address) {
+        (Some(source), _) => (source, 0).into(),
+        (None, SocketAddr::V4(_)) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        (None, SocketAddr::V6(_)) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    UdpSocket::bind(local).await.map_err(|e| format!("bind: {e}"))
+    UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("cannot send from {}: {e}", local.ip()))
 }
 
 /// Builds the NOTIFY message: opcode 4, AA, the zone's SOA question, the SOA as a hint.
@@ -199,7 +204,7 @@ pub fn message(id: u16, zone: &Name, soa: &[u8]) -> Vec<u8> {
 async fn notify_once(
     zone: &Name,
     soa: &[u8],
-    address: SocketAddr,
+    target: &NotifyTarget,
     key: Option<&TsigKey>,
 ) -> Result<(), String> {
     let id: u16 = rand::rngs::SmallRng::from_os_rng().random();
@@ -207,7 +212,7 @@ async fn notify_once(
     if let Some(key) = key {
         Signer::new(key, Vec::new()).sign(&mut query, 0, &[]);
     }
-    let reply = exchange(&query, address).await?;
+    let reply = exchange(&query, target).await?;
     let flags = be16(&reply, 2);
     let is_notify_response = flags & QR != 0 && wire::opcode(flags) == OPCODE_NOTIFY;
     let rcode = Rcode::from_flags(flags);

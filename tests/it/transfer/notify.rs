@@ -14,6 +14,8 @@ use super::*;
 #[derive(Debug, Clone, Copy)]
 struct NotifySeen {
     at: Instant,
+    /// Where it came from.
+    from: SocketAddr,
     serial: u32,
     /// The rcode the secondary answered with.
     answered: u8,
@@ -70,6 +72,7 @@ impl RefusingSecondary {
                     let rcode = if earlier < REFUSALS_PER_SERIAL { 5 } else { 0 };
                     seen.push(NotifySeen {
                         at,
+                        from,
                         serial,
                         answered: rcode,
                     });
@@ -217,4 +220,56 @@ async fn notify_retried_with_backoff_until_acknowledged_or_superseded() {
         (0.8..2.5).contains(&first_gap),
         "the old serial was retried about 1 s after its refusal: {first_gap:.2} s"
     );
+}
+
+/// `notify = [{ ..., source = IP }]` (issue 21): NOTIFY goes out from the configured address
+/// (for a secondary that accepts NOTIFY from one address only); without one, from the system's
+/// choice (127.0.0.1 towards 127.0.0.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_is_sent_from_the_configured_source_address() {
+    let mut pinned = RefusingSecondary::start().await;
+    let mut default = RefusingSecondary::start().await;
+    let tree = Tree::example();
+    configure(
+        &tree,
+        &format!(
+            "notify = [{{ address = \"{}\", source = \"127.0.0.2\" }}, {{ address = \"{}\" }}]\n",
+            pinned.addr, default.addr
+        ),
+        &[],
+    );
+    let server = tree.start().await;
+    for secondary in [&mut pinned, &mut default] {
+        secondary
+            .wait_for(Duration::from_secs(5), "a NOTIFY", |seen| !seen.is_empty())
+            .await;
+    }
+    server.shutdown(Duration::from_secs(1)).await;
+    let sources = |seen: Vec<NotifySeen>| -> BTreeSet<IpAddr> { seen.iter().map(|s| s.from.ip()).collect() };
+    assert_eq!(
+        sources(pinned.stop().await),
+        BTreeSet::from([[127, 0, 0, 2].into()])
+    );
+    assert_eq!(
+        sources(default.stop().await),
+        BTreeSet::from([[127, 0, 0, 1].into()])
+    );
+
+    // A source of the other IP family, or not an address, is refused with the file and line.
+    for (source, reason) in [
+        ("::1", "are not of one IP family"),
+        ("127.0.0.2:53", "bad source"),
+    ] {
+        let tree = Tree::example();
+        configure(
+            &tree,
+            &format!("notify = [{{ address = \"127.0.0.1:53\", source = \"{source}\" }}]\n"),
+            &[],
+        );
+        let (ok, _, stderr) = common::run_check(&tree);
+        assert!(
+            !ok && stderr.contains(reason) && stderr.contains("consortium-dns.toml:"),
+            "{source}: {stderr}"
+        );
+    }
 }

@@ -757,6 +757,53 @@ async fn secondaries_serve_until_expire_catch_up_by_ixfr_and_refuse_bad_transfer
     primary.shutdown(Duration::from_millis(200)).await;
 }
 
+/// `primaries = [{ ..., source = IP }]` (issue 21): a primary whose transfer ACL names one
+/// address of the secondary's host transfers to it only when the secondary sends from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_transfers_from_its_configured_source_address() {
+    let tree = Tree::example();
+    configure(&tree, "allow-transfer = [{ network = \"127.0.0.2\" }]\n", &[]);
+    let primary = tree.start().await;
+    let primary_addr = primary.dns_addrs[0];
+    let serial = served_serial(primary_addr).await.expect("the primary's serial");
+
+    // Negative control: from the system's choice of address (127.0.0.1) the primary refuses.
+    let secondary = SecondaryTree::new(primary_addr, None, "");
+    let handle = secondary.start().await;
+    let started = Instant::now();
+    loop {
+        let status = handle.control.secondary_status();
+        if let Some(error) = &status[0].last_error {
+            assert!(error.contains("REFUSED"), "refused by the ACL: {error}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no refusal: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served_serial(secondary.addr()).await, None, "nothing transferred");
+    handle.shutdown(Duration::from_millis(200)).await;
+
+    // From 127.0.0.2, the address the ACL names: transferred.
+    edit_file(
+        &secondary.config_path(),
+        &format!("primaries = [{{ address = \"{primary_addr}\" }}]"),
+        &format!("primaries = [{{ address = \"{primary_addr}\", source = \"127.0.0.2\" }}]"),
+    );
+    let handle = secondary.start().await;
+    wait_for_serial(secondary.addr(), serial, Duration::from_secs(10)).await;
+    handle.shutdown(Duration::from_millis(200)).await;
+    primary.shutdown(Duration::from_millis(200)).await;
+}
+
+fn edit_file(path: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read");
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, text.replace(from, to)).expect("write");
+}
+
 /// Knot DNS as a primary of `zone_text`, NOTIFYing `secondary`, transfers signed with `key`.
 struct Knot {
     child: std::process::Child,
