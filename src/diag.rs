@@ -22,8 +22,30 @@ impl Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
+        write!(f, "{}:{}", shown(&self.file).display(), self.line)
     }
+}
+
+/// `path` as an operator reads it in a message: `config/../zones/a.zone` (a config's
+/// relative path joined to its directory) shown as `zones/a.zone`. Only for display: files
+/// are opened by the path as joined, so a symlinked directory still resolves as the system
+/// resolves it.
+pub fn shown(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for component in path.components() {
+        match (component, out.last()) {
+            (Component::CurDir, Some(_)) => {}
+            (Component::ParentDir, Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            _ => out.push(component),
+        }
+    }
+    if out.is_empty() {
+        return std::path::PathBuf::from(".");
+    }
+    out.iter().collect()
 }
 
 /// A problem found in a file, shown as `file:line: message`.
@@ -65,8 +87,8 @@ impl Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
+            Some(line) => write!(f, "{}:{}: {}", shown(&self.file).display(), line, self.message),
+            None => write!(f, "{}: {}", shown(&self.file).display(), self.message),
         }
     }
 }
@@ -156,6 +178,20 @@ impl LineIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_paths_drop_a_directory_and_its_dot_dot() {
+        let cases = [
+            ("config/../zones/a.zone", "zones/a.zone"),
+            ("/etc/dns/config/../zones/./a.zone", "/etc/dns/zones/a.zone"),
+            ("../zones/a.zone", "../zones/a.zone"),
+            ("a/../../b", "../b"),
+            ("config/..", "."),
+        ];
+        for (path, want) in cases {
+            assert_eq!(shown(Path::new(path)), Path::new(want), "{path}");
+        }
+    }
 
     #[test]
     fn quotes_only_a_prefix_of_long_text() {
