@@ -18,6 +18,13 @@
 #                      and Knot the same zone pre-signed with that key by `dnssec-signzone`
 #                      (NSEC); their shared name is one pre-signed CNAME, ours picks among
 #                      pre-signed alternatives
+#   GEO [0]            1 = also a pool `near` with policy nearest (nearest-k 3) over every
+#                      member, each member placed on the globe, and a GeoIP database shaped
+#                      like GeoLite2-City (benches/geo_db.py: 50,000 networks, full records;
+#                      dnsperf's 127.0.0.1 is in it); query set `near` (and `nearecs`, the same
+#                      with an EDNS Client Subnet option for 198.51.100.0/24) to compare with
+#                      `shared` (issue 20: a nearest pool within 1.2x a weighted one's CPU per
+#                      query). NSD and Knot serve `near` as one fixed CNAME, like `any`
 #   KEEP [0]           1 = keep the work directory (configs, zones, logs, raw results)
 #   BASELINE_BIN       another consortium-dns binary (say, a build of the previous commit) to run
 #                      as server "baseline" beside the others, same config, on BASE_PORT + 3
@@ -81,6 +88,8 @@ STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-1800}"
 KEEP="${KEEP:-0}"
 DNSSEC="${DNSSEC:-0}"
 case $DNSSEC in 0 | 1) ;; *) echo "load.sh: DNSSEC must be 0 or 1" >&2; exit 1 ;; esac
+GEO="${GEO:-0}"
+case $GEO in 0 | 1) ;; *) echo "load.sh: GEO must be 0 or 1" >&2; exit 1 ;; esac
 ORIGIN="consortium.example"
 if [ $# -gt 0 ]; then MEMBER_COUNTS=("$@"); else MEMBER_COUNTS=(10); fi
 
@@ -109,6 +118,9 @@ read -r -a set_list <<<"$SETS"
 for line in "${set_list[@]}"; do
     case $line in nodes:udp | shared:udp | nxdomain:udp | mix:udp | \
         nodes:tcp | shared:tcp | nxdomain:tcp | mix:tcp) ;;
+    near:udp | near:tcp | nearecs:udp | nearecs:tcp)
+        [ "$GEO" = 1 ] || die "query set '${line%%:*}' needs GEO=1"
+        ;;
     *) die "unknown set:transport '$line' in SETS" ;;
     esac
 done
@@ -149,6 +161,13 @@ for prog in dnsperf nsd nsd-checkconf nsd-checkzone knotd knotc dig taskset pgre
     command -v "$prog" >/dev/null || missing+=("$prog")
 done
 [ ${#missing[@]} -eq 0 ] || die "missing program(s): ${missing[*]}"
+GEO_PYTHON="${CONSORTIUM_DNS_TEST_PYTHON:-$ROOT/target/test-python/bin/python}"
+if [ "$GEO" = 1 ] && ! "$GEO_PYTHON" -c 'import mmdb_writer' 2>/dev/null; then
+    note "installing mmdb-writer into target/test-python (for the GeoIP database)"
+    python3 -m venv "$ROOT/target/test-python" && "$ROOT/target/test-python/bin/python" -m pip install --quiet mmdb-writer ||
+        die "cannot install PyPI's mmdb-writer (GEO=1 writes its GeoIP database with it)"
+    GEO_PYTHON="$ROOT/target/test-python/bin/python"
+fi
 
 cpus="$(getconf _NPROCESSORS_ONLN)"
 for c in "$SERVER_CPU" "$CLIENT_CPU"; do
@@ -207,11 +226,15 @@ generate_tree() { # $1 = members, $2 = dir
     local n=$1 d=$2
     mkdir -p "$d/ours" "$d/ref" "$d/queries"
     cp "$ROOT/zones/$ORIGIN.zone" "$d/ours/$ORIGIN.zone"
-    awk -v n="$n" 'BEGIN {
+    awk -v n="$n" -v geo="$GEO" 'BEGIN {
         print "member-ttl = 300\n\n[[pool]]\nlabel = \"any\"\nttl = 30"
-        for (i = 1; i <= n; i++)
+        if (geo) print "\n[[pool]]\nlabel = \"near\"\nttl = 30\npolicy = \"nearest\"\nnearest-k = 3"
+        for (i = 1; i <= n; i++) {
             printf "\n[[member]]\nlabel = \"node%d\"\ntarget = \"node%d.operator-%d.example.net\"\nweight = %d\n",
                 i, i, i % 500, i % 3 + 1
+            # Spread over the inhabited latitudes, a fixed pattern.
+            if (geo) printf "location = { latitude = %d, longitude = %d }\n", (i * 37) % 130 - 60, (i * 71) % 360 - 180
+        }
     }' >"$d/ours/$ORIGIN.members.toml"
     # The reference servers: the same zone with the members written out as CNAMEs, and the
     # shared name fixed to member 1.
@@ -224,6 +247,7 @@ generate_tree() { # $1 = members, $2 = dir
         }'
         echo "; the shared name: a fixed CNAME here (consortium-dns picks per query)"
         echo "any 30 IN CNAME $(member_target 1)"
+        [ "$GEO" = 0 ] || echo "near 30 IN CNAME $(member_target 1)"
     } >"$d/ref/$ORIGIN.zone"
 
     # Query files (dnsperf format). Fixed seeds: every server gets the same files.
@@ -231,6 +255,11 @@ generate_tree() { # $1 = members, $2 = dir
     awk -v n="$n" -v l="$lines" -v o="$ORIGIN" 'BEGIN { srand(1);
         for (i = 0; i < l; i++) printf "node%d.%s A\n", int(rand() * n) + 1, o }' >"$q/nodes"
     echo "any.$ORIGIN A" >"$q/shared"
+    if [ "$GEO" = 1 ]; then
+        echo "near.$ORIGIN A" >"$q/near"
+        echo "near.$ORIGIN A" >"$q/nearecs"
+        "$GEO_PYTHON" "$ROOT/benches/geo_db.py" "$d/ours/city.mmdb" 50000 || die "benches/geo_db.py failed"
+    fi
     awk -v l="$lines" -v o="$ORIGIN" 'BEGIN { srand(2);
         for (i = 0; i < l; i++) printf "nx-%d-%d.%s A\n", i, int(rand() * 1e9), o }' >"$q/nxdomain"
     # A realistic mix for a consortium zone: mostly node names and the shared name.
@@ -265,6 +294,10 @@ enabled = false
 
 [health]
 kind = "none"
+
+EOF
+    if [ "$GEO" = 1 ]; then printf '\n[geoip]\ndatabase = "city.mmdb"\n' >>"$d/ours/ours.toml"; fi
+    cat >>"$d/ours/ours.toml" <<EOF
 
 [[zone]]
 origin = "$ORIGIN"
@@ -452,6 +485,8 @@ run_once() { # members set transport server round dir
         -q "$OUTSTANDING" -m "$transport" -v)
     if [ "$EDNS" = 1 ]; then args+=(-e); fi
     if [ "$DNSSEC" = 1 ]; then args+=(-D); fi
+    # EDNS Client Subnet (option 8, RFC 7871 §6): family 1, source /24, scope 0, 198.51.100.
+    if [ "$set" = nearecs ]; then args+=(-E 8:00011800c63364); fi
     if [ -n "$MAX_QPS" ]; then args+=(-Q "$MAX_QPS"); fi
     before=$(cpu_ticks "$pid")
     taskset -c "$CLIENT_CPU" dnsperf "${args[@]}" >"$out" 2>&1 || {
@@ -565,6 +600,7 @@ extra_env=
 [ "$BASELINE_QUERY_METRICS" = true ] || extra_env+="BASELINE_QUERY_METRICS=false "
 [ -z "$MAX_QPS" ] || extra_env+="MAX_QPS=$MAX_QPS "
 [ "$DNSSEC" = 0 ] || extra_env+="DNSSEC=1 "
+[ "$GEO" = 0 ] || extra_env+="GEO=1 "
 echo "Command: \`${extra_env}DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING EDNS=$EDNS benches/load.sh ${MEMBER_COUNTS[*]}\`"
 echo
 echo "Servers: $(for s in "${server_list[@]}"; do printf '%s; ' "$(version_of "$s")"; done)dnsperf $(dnsperf -H 2>&1 | awk '/^Version/ { print $2 }' | head -1)."
@@ -596,6 +632,8 @@ awk -F'\t' -v clk="$CLK_TCK" -v servers="$SERVERS" '
         ns = split(servers, srv, " ")
         setname["nodes"] = "node names A"; setname["shared"] = "shared name `any` A (NSD/Knot: fixed CNAME)"
         setname["nxdomain"] = "NXDOMAIN"; setname["mix"] = "realistic mix"
+        setname["near"] = "nearest pool `near` A, no ECS (NSD/Knot: fixed CNAME)"
+        setname["nearecs"] = "nearest pool `near` A, ECS /24 (NSD/Knot: fixed CNAME)"
         print "| members | query set | proto | server | qps (median) | avg ms | p99 ms | lost | peak RSS MiB | CPU µs/query | ours/NSD qps · CPU | ours/Knot qps · CPU |"
         print "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         for (i = 1; i <= nl; i++) {
@@ -621,6 +659,25 @@ awk -F'\t' -v clk="$CLK_TCK" -v servers="$SERVERS" '
             }
         }
     }' "$MEMORY" "$RESULTS"
+
+if [ "$GEO" = 1 ]; then
+    echo
+    echo "consortium-dns CPU per query, nearest pool / weighted pool \`any\` (issue 20: at most 1.2):"
+    echo
+    awk -F'\t' -v clk="$CLK_TCK" '$4 == "consortium-dns" && $7 > 0 && ($2 == "shared" || $2 == "near" || $2 == "nearecs") {
+            k = $1 SUBSEP $3 SUBSEP $2; n[k]++; v[k, n[k]] = $11 / clk * 1e6 / $7; sizes[$1 SUBSEP $3] = 1 }
+        function median(k,    i, j, t, a, c) { c = n[k]; if (!c) return ""
+            for (i = 1; i <= c; i++) a[i] = v[k, i]
+            for (i = 2; i <= c; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return (c % 2) ? a[(c + 1) / 2] : (a[c / 2] + a[c / 2 + 1]) / 2 }
+        END { for (m in sizes) { split(m, f, SUBSEP); w = median(m SUBSEP "shared")
+                if (w == "") continue
+                a = median(m SUBSEP "near"); e = median(m SUBSEP "nearecs")
+                printf "- %s members, %s: weighted %.2f µs", f[1], toupper(f[2]), w
+                if (a != "") printf "; nearest %.2f µs (%.2fx)", a, a / w
+                if (e != "") printf "; nearest with ECS %.2f µs (%.2fx)", e, e / w
+                print "" } }' "$RESULTS"
+fi
 
 echo
 echo "Start-up (launch to first answer, i.e. full zone load) and memory:"

@@ -62,10 +62,18 @@ pub fn snapshot_from_text(zone_text: &str, members_text: Option<&str>) -> Result
                 identity: Some("ns1.fuzz"),
                 ..BuildOptions::default()
             };
-            // Signed as `dnssec = true` would: DO queries then take the DNSSEC paths. A zone
+            // Signed as `dnssec = true` would: DO queries then take the DNSSEC paths, with
+            // NSEC or NSEC3 denial by the input's length (each input always the same). A zone
             // signing refuses (one that brings its own RRSIG or NSEC records) is served
             // unsigned, as an unsigned zone may hold them.
-            if let Ok(signed) = dnssec::sign_zone(&data, fuzz_keys(), 1_800_000_000, &Default::default()) {
+            let denial = if zone_text.len() % 2 == 0 {
+                Denial::Nsec
+            } else {
+                Denial::Nsec3
+            };
+            if let Ok(signed) =
+                dnssec::sign_zone(&data, fuzz_keys(denial), 1_800_000_000, &Default::default())
+            {
                 options.signed.insert(data.origin.key(), signed);
             }
             Ok(Some(Snapshot::build(vec![data], &options)))
@@ -86,30 +94,51 @@ pub fn snapshot_from_text(zone_text: &str, members_text: Option<&str>) -> Result
     }
 }
 
-/// One P-256 CSK made once per process, signing every fuzzed zone.
-fn fuzz_keys() -> &'static KeySet {
-    static KEYS: OnceLock<KeySet> = OnceLock::new();
-    KEYS.get_or_init(|| {
+/// A P-256 CSK made once per process for each denial, signing every fuzzed zone.
+fn fuzz_keys(denial: Denial) -> &'static KeySet {
+    static NSEC: OnceLock<KeySet> = OnceLock::new();
+    static NSEC3: OnceLock<KeySet> = OnceLock::new();
+    let cell = match denial {
+        Denial::Nsec => &NSEC,
+        Denial::Nsec3 => &NSEC3,
+    };
+    cell.get_or_init(|| {
         let (key, _) = keys::generate_pair(keys::ECDSAP256SHA256, keys::Role::Ksk, 0).expect("a key");
         KeySet {
             dir: "/nonexistent/fuzz/keys".into(),
             keys: vec![key],
             cds: CdsPolicy::Always,
-            denial: Denial::Nsec,
+            denial,
         }
     })
 }
 
-/// The example consortium, built once.
+/// The example consortium signed with NSEC, built once.
 pub fn example_snapshot() -> &'static Snapshot {
     static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
-    SNAPSHOT.get_or_init(|| match snapshot_from_text(EXAMPLE_ZONE, Some(EXAMPLE_MEMBERS)) {
+    SNAPSHOT.get_or_init(|| example_with_denial(Denial::Nsec))
+}
+
+/// The example consortium signed with NSEC3, built once: the NSEC3 denial paths (RFC 5155
+/// §7.2) of the request path.
+pub fn example_nsec3_snapshot() -> &'static Snapshot {
+    static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
+    SNAPSHOT.get_or_init(|| example_with_denial(Denial::Nsec3))
+}
+
+/// `snapshot_from_text` picks the denial by the zone text's length: a comment line of one or
+/// two characters gives the example the length that picks `denial`.
+fn example_with_denial(denial: Denial) -> Snapshot {
+    let mut zone = format!("{EXAMPLE_ZONE}\n;");
+    if (zone.len() % 2 == 0) != (denial == Denial::Nsec) {
+        zone.push(';');
+    }
+    match snapshot_from_text(&zone, Some(EXAMPLE_MEMBERS)) {
         Ok(Some(snapshot)) => snapshot,
         Ok(None) => panic!("the example consortium does not validate"),
         Err(e) => panic!("example: {e}"),
-    })
+    }
 }
-
 /// The TSIG key the transfer snapshot allows transfers from 10.0.0.0/8 with.
 pub const TRANSFER_KEY_SECRET: &[u8] = b"fuzz-transfer-key-secret-32-byte";
 
@@ -156,8 +185,8 @@ pub fn transfer_snapshot() -> &'static Snapshot {
                 notify: Vec::new(),
             },
         );
-        let signed =
-            dnssec::sign_zone(&data, fuzz_keys(), 1_800_000_000, &Default::default()).expect("signs");
+        let signed = dnssec::sign_zone(&data, fuzz_keys(Denial::Nsec), 1_800_000_000, &Default::default())
+            .expect("signs");
         options.signed.insert(data.origin.key(), signed);
         Snapshot::build(vec![data], &options)
     })

@@ -1388,7 +1388,22 @@ fn mutate(prng: &mut Gen, seeds: &[Vec<u8>], out: &mut Vec<u8>) {
 
 #[test]
 fn smoke_fuzz_request_path() {
-    let snapshot = harness::example_snapshot();
+    // Every other packet against the example signed with NSEC3 (its denial paths).
+    let snapshots = [harness::example_snapshot(), harness::example_nsec3_snapshot()];
+    // Each denies with its own kind of record (NSEC 47, NSEC3 50).
+    for (snapshot, denial) in snapshots.iter().zip([RecordType::NSEC, RecordType::NSEC3]) {
+        let mut query = query("nope.consortium.example.", RecordType::A, Some(1232));
+        query.edns.as_mut().expect("edns").set_dnssec_ok(true);
+        let mut out = Vec::new();
+        let mut rng = SmallRng::seed_from_u64(1);
+        harness::answer_and_check(snapshot, &query.to_vec().expect("encode"), &mut out, &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let answer = Message::from_vec(&out).expect("answer parses");
+        assert!(
+            answer.authorities.iter().any(|r| r.record_type() == denial),
+            "no {denial} in {answer:?}"
+        );
+    }
     let seeds = request_seeds();
     let mut prng = Gen::new(0xD15_EA5E);
     let mut rng = SmallRng::seed_from_u64(1);
@@ -1403,7 +1418,7 @@ fn smoke_fuzz_request_path() {
         } else {
             mutate(&mut prng, &seeds, &mut packet);
         }
-        if let Err(e) = harness::answer_and_check(snapshot, &packet, &mut out, &mut rng) {
+        if let Err(e) = harness::answer_and_check(snapshots[i % 2], &packet, &mut out, &mut rng) {
             panic!(
                 "packet {i}: {e}\nquery    {}\nresponse {}",
                 check::hex(&packet),

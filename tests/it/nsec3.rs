@@ -12,7 +12,7 @@ use crate::dnssec::{
 };
 
 /// The records of dig output (comments left out) whose type is `rtype`, as fields.
-fn records_of<'t>(text: &'t str, rtype: &str) -> Vec<Vec<&'t str>> {
+pub(crate) fn records_of<'t>(text: &'t str, rtype: &str) -> Vec<Vec<&'t str>> {
     text.lines()
         .filter(|l| !l.starts_with(';'))
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -21,7 +21,7 @@ fn records_of<'t>(text: &'t str, rtype: &str) -> Vec<Vec<&'t str>> {
 }
 
 /// `dig` at `server` with DO set: its whole output.
-fn dig_dnssec(server: std::net::SocketAddr, name: &str, qtype: &str) -> String {
+pub(crate) fn dig_dnssec(server: std::net::SocketAddr, name: &str, qtype: &str) -> String {
     let dig = program("dig", "bind9-dnsutils", "it queries the server");
     let output = Command::new(dig)
         .args([

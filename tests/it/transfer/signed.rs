@@ -16,11 +16,22 @@ const V1: &str = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nsd_secondary_serves_the_signed_zone_and_updates_are_signed_before_their_answer() {
+    nsd_secondary_serves_the_signed_zone("").await;
+}
+
+/// The same with NSEC3 denial (RFC 5155): NSD serves the transferred NSEC3 chain (and the
+/// NSEC3PARAM) and its NXDOMAIN and NODATA answers validate, a new member's too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nsd_secondary_serves_the_nsec3_signed_zone_and_its_denials_validate() {
+    nsd_secondary_serves_the_signed_zone("denial = \"nsec3\"\n").await;
+}
+
+async fn nsd_secondary_serves_the_signed_zone(denial: &str) {
     let nsd_port = free_port();
     let xfr = Key::transfer();
     let tree = update_tree(
         &format!(
-            "dnssec = true\n\
+            "dnssec = true\n{denial}\
              allow-transfer = [{{ network = \"127.0.0.1\", key = \"{k}\" }}]\n\
              notify = [{{ address = \"127.0.0.1:{nsd_port}\", key = \"{k}\" }}]\n",
             k = xfr.name
@@ -61,6 +72,16 @@ async fn an_nsd_secondary_serves_the_signed_zone_and_updates_are_signed_before_t
     })
     .await
     .unwrap_or_else(|e| panic!("NSD did not load the signed zone at serial {serial}: {e}"));
+    if !denial.is_empty() {
+        // NSD's own NXDOMAIN carries the transferred NSEC3 proof, and no NSEC.
+        let nxdomain = crate::nsec3::dig_dnssec(nsd.addr, "nope.consortium.example", "A");
+        assert!(
+            nxdomain.contains("NXDOMAIN")
+                && crate::nsec3::records_of(&nxdomain, "NSEC3").len() >= 2
+                && crate::nsec3::records_of(&nxdomain, "NSEC").is_empty(),
+            "NSD's NXDOMAIN lacks the NSEC3 proof:\n{nxdomain}"
+        );
+    }
 
     // Unbound, validating, with NSD as the zone's only server.
     let unbound = tokio::task::spawn_blocking({
@@ -88,6 +109,8 @@ async fn an_nsd_secondary_serves_the_signed_zone_and_updates_are_signed_before_t
                 // NSD serves the transfer pick with its pre-signed RRSIG.
                 ("any.consortium.example", "CNAME", "NOERROR"),
                 ("nope.consortium.example", "A", "NXDOMAIN"),
+                // NODATA: the name exists, the type does not.
+                ("api.consortium.example", "MX", "NOERROR"),
                 ("someone.teams.consortium.example", "TXT", "NOERROR"),
                 ("_acme-challenge.node1.consortium.example", "TXT", "NOERROR"),
             ],
