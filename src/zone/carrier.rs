@@ -18,6 +18,7 @@
 //! u8 count, then per signature: u16 length, RRSIG RDATA
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +68,9 @@ pub fn records(
 ) -> Vec<Record> {
     let location = Location::new(Arc::from(std::path::Path::new("pool records")), 0);
     let mut out = Vec::new();
+    // Most members share one `ProbeSpec` (the members file's loader dedups them): its text is
+    // written once per spec, not once per member (a tenth of a 100,000-member build).
+    let mut probe_texts: HashMap<*const ProbeSpec, String> = HashMap::new();
     for (p, pool) in pools.iter().enumerate() {
         let Some(owner) = owner(&pool.name) else {
             continue;
@@ -78,11 +82,14 @@ pub fn records(
             let sigs = signatures
                 .and_then(|s| s.get(p)?.get(slot))
                 .map_or(&[][..], Vec::as_slice);
+            let probe = probe_texts
+                .entry(Arc::as_ptr(&member.probe))
+                .or_insert_with(|| probe_text(&member.probe));
             out.push(Record {
                 name: owner.clone(),
                 rtype: POOL_MEMBER,
                 ttl: pool.ttl,
-                rdata: encode(member, pool, sigs),
+                rdata: encode(member, pool, probe, sigs),
                 location: location.clone(),
             });
         }
@@ -90,9 +97,9 @@ pub fn records(
     out
 }
 
-fn encode(member: &Member, pool: &PoolDef, sigs: &[Arc<[u8]>]) -> Vec<u8> {
+/// One member's pool record; `probe` is `probe_text(&member.probe)`.
+fn encode(member: &Member, pool: &PoolDef, probe: &str, sigs: &[Arc<[u8]>]) -> Vec<u8> {
     let policy = pool.cert_policy;
-    let probe = probe_text(&member.probe);
     let mut rdata = Vec::with_capacity(64 + probe.len() + sigs.iter().map(|s| s.len() + 2).sum::<usize>());
     rdata.push(VERSION);
     rdata.push(if policy == CertPolicy::Strict {
@@ -338,7 +345,7 @@ mod tests {
             nearest_k: 2,
             location,
         };
-        let rdata = encode(&member(spec.clone()), &pool, &[sig]);
+        let rdata = encode(&member(spec.clone()), &pool, &probe_text(&spec), &[sig]);
         let back = parse(&rdata).expect("parses");
         assert!(back.strict);
         assert_eq!((back.weight, back.ttl), (7, 300));

@@ -259,13 +259,16 @@ pub fn parse(
         if head.members.is_some() {
             return None;
         }
-        let mut list = MemberList::new(&file_path, origin, health_defaults, head.member_ttl, 0);
-        for piece in &sections.members {
-            let one: OneMember = toml::from_str(&text[piece.start..piece.end]).ok()?;
-            let [section] = <[_; 1]>::try_from(one.member).ok()?;
-            let before = &text.as_bytes()[piece.start..piece.start + section.span().start];
-            let line = piece.line + before.iter().filter(|&&c| c == b'\n').count();
-            list.add(Location::new(file_path.clone(), line), section.get_ref());
+        let count = sections.members.len();
+        let mut list = MemberList::new(&file_path, origin, health_defaults, head.member_ttl, count);
+        // In batches: the parsed tables of one batch at a time are alive, not the whole file's.
+        for batch in sections.members.chunks(PARSE_BATCH) {
+            let parsed = parse_pieces(text, batch)?;
+            for (piece, section) in batch.iter().zip(&parsed) {
+                let before = &text.as_bytes()[piece.start..piece.start + section.span().start];
+                let line = piece.line + before.iter().filter(|&&c| c == b'\n').count();
+                list.add(Location::new(file_path.clone(), line), section.get_ref());
+            }
         }
         // The rest keeps every line where it was, so its line numbers are the file's.
         let rest_lines = LineIndex::new(&sections.rest);
@@ -400,6 +403,40 @@ pub fn parse(
     } else {
         Err(errors)
     }
+}
+
+/// Batches with fewer tables than this are parsed on one thread: starting a thread costs more.
+const PARALLEL_PIECES: usize = 2_000;
+/// Tables parsed (on every core) before they are checked and added, one batch at a time.
+const PARSE_BATCH: usize = 8_192;
+
+/// Each piece parsed as one `[[member]]` table, on every core for a large file (the TOML
+/// parse is most of a load's time, and the pieces are independent); None if any piece is not
+/// exactly one well-formed table.
+fn parse_pieces(text: &str, pieces: &[Piece]) -> Option<Vec<toml::Spanned<MemberSection>>> {
+    let parse_one = |piece: &Piece| -> Option<toml::Spanned<MemberSection>> {
+        let one: OneMember = toml::from_str(&text[piece.start..piece.end]).ok()?;
+        let [section] = <[_; 1]>::try_from(one.member).ok()?;
+        Some(section)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if pieces.len() < PARALLEL_PIECES || threads < 2 {
+        return pieces.iter().map(parse_one).collect();
+    }
+    let chunk = pieces.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = pieces
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(parse_one).collect::<Option<Vec<_>>>()))
+            .collect();
+        let mut all = Vec::with_capacity(pieces.len());
+        for worker in workers {
+            // A worker that panicked (it cannot: parse errors are values) counts as unsure,
+            // and the whole-file parse below gives the verdict.
+            all.extend(worker.join().ok()??);
+        }
+        Some(all)
+    })
 }
 
 /// The members read so far, with the state their checks need.

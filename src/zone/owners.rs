@@ -34,9 +34,18 @@ pub(crate) struct Owners<'a> {
 
 /// Compares two wire names as their lowercased keys would compare, without lowercasing a copy.
 pub(crate) fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
-    a.iter()
-        .map(u8::to_ascii_lowercase)
-        .cmp(b.iter().map(u8::to_ascii_lowercase))
+    // A plain loop: the iterator `cmp` of two mapped iterators compiled to a closure per
+    // byte, and this is the sort and binary-search comparison of every load (a tenth of a
+    // 100,000-member `check`).
+    for (&x, &y) in a.iter().zip(b) {
+        if x != y {
+            let (x, y) = (x.to_ascii_lowercase(), y.to_ascii_lowercase());
+            if x != y {
+                return x.cmp(&y);
+            }
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// The proper ancestors of a wire name, nearest first, down to the root: suffixes that start
