@@ -19,6 +19,9 @@ pub struct PickTable {
     cumulative: Vec<u64>,
     /// True when no member was eligible and the table falls back to configured weights.
     fail_open: bool,
+    /// Each slot's weight in this table (0: not a candidate), when `with_slot_weights` made
+    /// it: the nearest search looks members up by slot. Empty otherwise.
+    slot_weights: Box<[u64]>,
 }
 
 impl PickTable {
@@ -57,7 +60,30 @@ impl PickTable {
             candidates,
             cumulative,
             fail_open,
+            slot_weights: Box::default(),
         }
+    }
+
+    /// The table with each of `slots` slots' weight at hand (`weight_of`).
+    pub fn with_slot_weights(mut self, slots: usize) -> PickTable {
+        let mut weights = vec![0; slots];
+        for (candidate, weight) in self.candidates() {
+            if let Some(w) = weights.get_mut(candidate as usize) {
+                *w = weight;
+            }
+        }
+        self.slot_weights = weights.into_boxed_slice();
+        self
+    }
+
+    /// Slot `slot`'s weight in this table (0: not a candidate); None when the table was built
+    /// without `with_slot_weights`.
+    #[inline]
+    pub fn weight_of(&self, slot: u32) -> Option<u64> {
+        if self.slot_weights.is_empty() {
+            return None;
+        }
+        Some(self.slot_weights.get(slot as usize).copied().unwrap_or(0))
     }
 
     /// Draws one member index, or `None` when the pool has nobody to offer.

@@ -809,42 +809,128 @@ fn nearest<R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Option<u32> {
     let client = place.point?;
-    let mut best = [(f32::NEG_INFINITY, 0u32, 0u64); crate::zone::members::MAX_NEAREST_K as usize];
-    let k = k.clamp(1, best.len());
-    let mut found = 0;
-    for (slot, weight) in table.candidates() {
-        let Some(&(point, _)) = pool.places.get(slot as usize) else {
+    let mut best = NearestK::new(k);
+    if table.weight_of(0).is_some() && !pool.by_latitude.is_empty() {
+        nearest_by_latitude(pool, table, client, &mut best);
+    } else {
+        for (slot, weight) in table.candidates() {
+            if let Some(&(point, _)) = pool.places.get(slot as usize) {
+                best.offer(closeness(point, client), slot, weight);
+            }
+        }
+    }
+    best.draw(rng)
+}
+
+/// The cosine of the angle between two unit vectors: larger is nearer; NaN without a location.
+#[inline]
+fn closeness(point: [f32; 3], client: [f32; 3]) -> f32 {
+    point[0] * client[0] + point[1] * client[1] + point[2] * client[2]
+}
+
+/// Offers the pool's eligible located members to `best` outwards from the client's latitude,
+/// nearest latitude first, and stops once the latitude gap alone exceeds the k-th nearest's
+/// distance: the great-circle angle between two points is at least their latitude difference,
+/// so nobody further out in latitude can be nearer. A pool of 1,000 members spread over the
+/// globe looks at a few dozen of them instead of all.
+fn nearest_by_latitude(pool: &Pool, table: &PickTable, client: [f32; 3], best: &mut NearestK) {
+    let order = &pool.by_latitude;
+    let latitude = client[2].clamp(-1.0, 1.0).asin();
+    let start = order.partition_point(|&(l, _)| l < latitude);
+    let (mut below, mut above) = (start, start);
+    // The latitude gap beyond which no member can enter `best`; a hair wider than the exact
+    // bound, against rounding in asin and acos.
+    let mut reach = f32::INFINITY;
+    loop {
+        let gap_below = if below > 0 {
+            latitude - order[below - 1].0
+        } else {
+            f32::INFINITY
+        };
+        let gap_above = order.get(above).map_or(f32::INFINITY, |&(l, _)| l - latitude);
+        let (gap, slot) = if gap_below <= gap_above {
+            if gap_below == f32::INFINITY {
+                break; // both ends reached
+            }
+            below -= 1;
+            (gap_below, order[below].1)
+        } else {
+            above += 1;
+            (gap_above, order[above - 1].1)
+        };
+        if gap > reach {
+            break;
+        }
+        let weight = table.weight_of(slot).unwrap_or(0);
+        let Some(&(point, _)) = pool.places.get(slot as usize).filter(|_| weight > 0) else {
             continue;
         };
-        let closeness = point[0] * client[0] + point[1] * client[1] + point[2] * client[2];
-        if closeness.is_nan() {
-            continue; // no location
+        if best.offer(closeness(point, client), slot, weight) {
+            if let Some(worst) = best.worst_when_full() {
+                reach = worst.clamp(-1.0, 1.0).acos() + 1e-4;
+            }
         }
-        // Insertion into the k best so far, nearest first.
+    }
+}
+
+/// The k candidates nearest the client so far, nearest first: (closeness, slot, weight).
+struct NearestK {
+    best: [(f32, u32, u64); crate::zone::members::MAX_NEAREST_K as usize],
+    found: usize,
+    k: usize,
+}
+
+impl NearestK {
+    fn new(k: usize) -> NearestK {
+        NearestK {
+            best: [(f32::NEG_INFINITY, 0, 0); crate::zone::members::MAX_NEAREST_K as usize],
+            found: 0,
+            k: k.clamp(1, crate::zone::members::MAX_NEAREST_K as usize),
+        }
+    }
+
+    /// Takes the candidate if it is among the k nearest so far (a tie with the k-th does not
+    /// displace it); true when taken.
+    fn offer(&mut self, closeness: f32, slot: u32, weight: u64) -> bool {
+        if closeness.is_nan() {
+            return false; // no location
+        }
+        let (k, found) = (self.k, self.found);
         let mut at = found.min(k);
-        while at > 0 && best[at - 1].0 < closeness {
+        while at > 0 && self.best[at - 1].0 < closeness {
             at -= 1;
         }
-        if at < k {
-            let end = found.min(k - 1);
-            best.copy_within(at..end, at + 1);
-            best[at] = (closeness, slot, weight);
-            found = (found + 1).min(k);
+        if at >= k {
+            return false;
         }
+        let end = found.min(k - 1);
+        self.best.copy_within(at..end, at + 1);
+        self.best[at] = (closeness, slot, weight);
+        self.found = (found + 1).min(k);
+        true
     }
-    let chosen = &best[..found];
-    let total: u64 = chosen.iter().map(|c| c.2).sum();
-    if total == 0 {
-        return None;
+
+    /// The k-th nearest's closeness, once k are found.
+    fn worst_when_full(&self) -> Option<f32> {
+        (self.found == self.k).then(|| self.best[self.k - 1].0)
     }
-    let mut point = rng.random_range(0..total);
-    for &(_, slot, weight) in chosen {
-        if point < weight {
-            return Some(slot);
+
+    /// The weighted draw among those found.
+    fn draw<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<u32> {
+        let chosen = &self.best[..self.found];
+        let total: u64 = chosen.iter().map(|c| c.2).sum();
+        if total == 0 {
+            return None;
         }
-        point -= weight;
+        let mut point = rng.random_range(0..total);
+        for &(_, slot, weight) in chosen {
+            if point < weight {
+                return Some(slot);
+            }
+            point -= weight;
+        }
+        None
     }
-    None
 }
 
 /// True when a CNAME chain that began in zone `chain_zone` has reached another zone: the
@@ -1021,6 +1107,76 @@ mod tests {
     use super::*;
     use crate::wire::{CD, RD};
     use rand::SeedableRng;
+
+    /// The latitude-pruned nearest search finds the same k nearest as looking at every
+    /// eligible member: 2,000 random pools (members anywhere, some down, some unplaced) and
+    /// clients, fixed seed. Positions are random reals, so distances never tie.
+    #[test]
+    fn nearest_by_latitude_finds_what_a_full_scan_finds() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(20);
+        let mut pruned_looked = 0usize;
+        for round in 0..2_000 {
+            let n = rng.random_range(1..400usize);
+            let k = rng.random_range(1..=usize::from(crate::zone::members::MAX_NEAREST_K));
+            let places: Box<[([f32; 3], u32)]> = (0..n)
+                .map(|_| {
+                    if rng.random_bool(0.05) {
+                        return ([f32::NAN; 3], 0);
+                    }
+                    let (lat, lon) = (
+                        rng.random_range(-89.0f32..89.0),
+                        rng.random_range(-180.0f32..180.0),
+                    );
+                    (crate::geo::unit_vector(lat, lon), 0)
+                })
+                .collect();
+            let mut by_latitude: Vec<(f32, u32)> = places
+                .iter()
+                .enumerate()
+                .filter(|(_, (p, _))| !p[2].is_nan())
+                .map(|(slot, (p, _))| (p[2].asin(), slot as u32))
+                .collect();
+            by_latitude.sort_by(|a, b| a.0.total_cmp(&b.0));
+            // A tenth of the members down (effective weight 0).
+            let weights: Vec<(u32, u64, u64)> = (0..n as u32)
+                .map(|slot| {
+                    let w = rng.random_range(1..5u64);
+                    (slot, if rng.random_bool(0.1) { 0 } else { w }, w)
+                })
+                .collect();
+            let table = PickTable::build(weights.iter().copied()).with_slot_weights(n);
+            let pool = Pool {
+                def: crate::zone::members::PoolDef {
+                    label: "near".into(),
+                    name: crate::zone::name::Name::parse("near.example.", None).expect("name"),
+                    ttl: 30,
+                    members: (0..n).collect(),
+                    cert_policy: Default::default(),
+                    policy: PickPolicy::Nearest,
+                    nearest_k: k as u8,
+                    location: crate::diag::Location::new(std::sync::Arc::from(std::path::Path::new("t")), 1),
+                },
+                entries: Vec::new(),
+                places,
+                by_latitude: by_latitude.into_boxed_slice(),
+                table: arc_swap::ArcSwap::from_pointee(PickTable::default()),
+            };
+            let client = crate::geo::unit_vector(
+                rng.random_range(-90.0f32..90.0),
+                rng.random_range(-180.0f32..180.0),
+            );
+            let mut scanned = NearestK::new(k);
+            for (slot, weight) in table.candidates() {
+                scanned.offer(closeness(pool.places[slot as usize].0, client), slot, weight);
+            }
+            let mut pruned = NearestK::new(k);
+            nearest_by_latitude(&pool, &table, client, &mut pruned);
+            let slots = |best: &NearestK| best.best[..best.found].iter().map(|c| c.1).collect::<Vec<_>>();
+            assert_eq!(slots(&pruned), slots(&scanned), "round {round}: n {n}, k {k}");
+            pruned_looked += pruned.found;
+        }
+        assert!(pruned_looked > 0, "some rounds found members");
+    }
 
     fn snapshot() -> Snapshot {
         crate::snapshot::tiny_for_tests()

@@ -340,6 +340,9 @@ pub struct Pool {
     /// Per member slot, for the geographic policies (empty otherwise): the unit vector of its
     /// location (NaN without one) and its region code (`geo::region_code`, 0 without one).
     pub places: Box<[([f32; 3], u32)]>,
+    /// The located slots by latitude (radians, ascending), for the `nearest` search: a
+    /// member more than the k-th nearest's distance away in latitude alone is never looked at.
+    pub by_latitude: Box<[(f32, u32)]>,
     /// Rebuilt by the health checker whenever an effective weight changes.
     pub table: ArcSwap<PickTable>,
 }
@@ -576,7 +579,14 @@ impl Pool {
             .iter()
             .enumerate()
             .map(|(slot, &(eff, conf))| (slot as u32, eff, conf));
-        self.table.store(Arc::new(PickTable::build(triples)));
+        let table = PickTable::build(triples);
+        // The nearest search asks weights by slot.
+        let table = if self.by_latitude.is_empty() {
+            table
+        } else {
+            table.with_slot_weights(weights.len())
+        };
+        self.table.store(Arc::new(table));
     }
 }
 
