@@ -1154,7 +1154,7 @@ mod tests {
                     cert_policy: Default::default(),
                     policy: PickPolicy::Nearest,
                     nearest_k: k as u8,
-                    location: crate::diag::Location::new(std::sync::Arc::from(std::path::Path::new("t")), 1),
+                    location: crate::zone::Location::new(std::sync::Arc::from(std::path::Path::new("t")), 1),
                 },
                 entries: Vec::new(),
                 places,
