@@ -76,6 +76,12 @@ impl PickTable {
         self
     }
 
+    /// True when `with_slot_weights` made the table, so `weight_of` answers.
+    #[inline]
+    pub fn has_slot_weights(&self) -> bool {
+        !self.slot_weights.is_empty()
+    }
+
     /// Slot `slot`'s weight in this table (0: not a candidate); None when the table was built
     /// without `with_slot_weights`.
     #[inline]

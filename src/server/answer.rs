@@ -810,7 +810,7 @@ fn nearest<R: Rng + ?Sized>(
 ) -> Option<u32> {
     let client = place.point?;
     let mut best = NearestK::new(k);
-    if table.weight_of(0).is_some() && !pool.by_latitude.is_empty() {
+    if table.has_slot_weights() && !pool.by_latitude.is_empty() {
         nearest_by_latitude(pool, table, client, &mut best);
     } else {
         for (slot, weight) in table.candidates() {
@@ -1130,13 +1130,7 @@ mod tests {
                     (crate::geo::unit_vector(lat, lon), 0)
                 })
                 .collect();
-            let mut by_latitude: Vec<(f32, u32)> = places
-                .iter()
-                .enumerate()
-                .filter(|(_, (p, _))| !p[2].is_nan())
-                .map(|(slot, (p, _))| (p[2].asin(), slot as u32))
-                .collect();
-            by_latitude.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let by_latitude = crate::snapshot::latitude_index(&places);
             // A tenth of the members down (effective weight 0).
             let weights: Vec<(u32, u64, u64)> = (0..n as u32)
                 .map(|slot| {
@@ -1158,7 +1152,7 @@ mod tests {
                 },
                 entries: Vec::new(),
                 places,
-                by_latitude: by_latitude.into_boxed_slice(),
+                by_latitude,
                 table: arc_swap::ArcSwap::from_pointee(PickTable::default()),
             };
             let client = crate::geo::unit_vector(

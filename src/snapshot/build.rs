@@ -507,18 +507,12 @@ impl Tables<'_> {
                     (point, region)
                 })
                 .collect::<Box<[_]>>();
-            let mut by_latitude: Vec<(f32, u32)> = places
-                .iter()
-                .enumerate()
-                .filter(|(_, (point, _))| !point[2].is_nan())
-                .map(|(slot, (point, _))| (point[2].clamp(-1.0, 1.0).asin(), slot as u32))
-                .collect();
-            by_latitude.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let by_latitude = super::latitude_index(&places);
             let pool = Pool {
                 def,
                 entries,
                 places,
-                by_latitude: by_latitude.into_boxed_slice(),
+                by_latitude,
                 table: ArcSwap::from_pointee(PickTable::default()),
             };
             // Until the health checker has a say, every member counts at its configured weight.

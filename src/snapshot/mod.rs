@@ -571,6 +571,18 @@ impl Zone {
     }
 }
 
+/// The located slots of `places` by latitude (radians, ascending): `Pool::by_latitude`.
+pub(crate) fn latitude_index(places: &[([f32; 3], u32)]) -> Box<[(f32, u32)]> {
+    let mut by_latitude: Vec<(f32, u32)> = places
+        .iter()
+        .enumerate()
+        .filter(|(_, (point, _))| !point[2].is_nan())
+        .map(|(slot, (point, _))| (point[2].clamp(-1.0, 1.0).asin(), slot as u32))
+        .collect();
+    by_latitude.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_latitude.into_boxed_slice()
+}
+
 impl Pool {
     /// Publishes a new table from `(effective, configured)` weights, one per pool member in
     /// order (both scaled by `pick::WEIGHT_SCALE`).
