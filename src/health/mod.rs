@@ -389,7 +389,11 @@ impl HealthManager {
                             return (0, 0);
                         }
                         let configured = u64::from(member.weight) * WEIGHT_SCALE;
-                        let Some(tracked) = members.get(&MemberKey::of(&zone.origin, member)) else {
+                        // Unprobed members are never tracked (`sync`): no key to build.
+                        let tracked = (member.probe.kind != ProbeKind::None)
+                            .then(|| members.get(&MemberKey::of(&zone.origin, member)))
+                            .flatten();
+                        let Some(tracked) = tracked else {
                             return (configured, configured);
                         };
                         let state = tracked.health.state();
@@ -412,7 +416,11 @@ impl HealthManager {
                         .members
                         .iter()
                         .map(|&m| {
-                            let tracked = members.get(&MemberKey::of(&zone.origin, &zone.members[m]))?;
+                            let member = &zone.members[m];
+                            if member.probe.kind == ProbeKind::None {
+                                return None;
+                            }
+                            let tracked = members.get(&MemberKey::of(&zone.origin, member))?;
                             tracked.health.state().rtt
                         })
                         .collect();

@@ -22,7 +22,7 @@ use crate::zone::{ZoneData, carrier, rtype};
 /// Builds one zone, with its signatures when `signed`; with `metrics`, its pools' picks are
 /// counted.
 pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Option<&Metrics>) -> Zone {
-    let content_digest = data.content_digest();
+    let content_digest = data.digest();
     let ZoneData {
         origin,
         mut records,
@@ -30,6 +30,7 @@ pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Optio
         pools,
         dynamic,
         transferred,
+        member_texts,
         ..
     } = data;
     // The dynamic records are served like the files' (control checked that they own names of
@@ -104,6 +105,7 @@ pub(super) fn build_zone(data: ZoneData, signed: Option<&Signed>, metrics: Optio
         transfer: Default::default(),
         dnssec,
         transferred,
+        member_texts,
     }
 }
 
@@ -149,17 +151,17 @@ impl<'n, 'a> Numbering<'n, 'a> {
         let bare_before = self
             .bare
             .partition_point(|b| compare_keys(b.wire(), wire).is_lt());
-        let rank = match self.owners.search(wire) {
-            Ok(k) => k,
-            Err(k)
-                if self
-                    .bare
-                    .get(bare_before)
-                    .is_some_and(|b| b.wire().eq_ignore_ascii_case(wire)) =>
-            {
-                k
-            }
-            Err(_) => return None,
+        let is_bare = || {
+            self.bare
+                .get(bare_before)
+                .is_some_and(|b| b.wire().eq_ignore_ascii_case(wire))
+        };
+        // A name of no node (most member targets lie outside the zone) costs one hash probe:
+        // the binary search for its place runs only for the few bare names.
+        let rank = match self.owners.position(wire) {
+            Some(k) => k,
+            None if is_bare() => self.owners.search(wire).err()?,
+            None => return None,
         };
         Some((rank + bare_before) as u32)
     }
@@ -246,7 +248,13 @@ impl Tables<'_> {
             .cut_above(name.wire(), origin)
             .or_else(|| owners.is_cut(name.wire(), origin).then_some(name.wire()))
             .and_then(|w| numbering.node_of(w));
-        let wildcard = name.wildcard_child().and_then(|w| numbering.node_of(w.wire()));
+        // `*.<name>` on the stack (RFC 4592): a node for every name, no allocation each.
+        let mut child = [0u8; wire::MAX_NAME_LEN];
+        let wildcard = child.get_mut(..name.wire().len() + 2).and_then(|child| {
+            child[..2].copy_from_slice(&[1, b'*']);
+            child[2..].copy_from_slice(name.wire());
+            numbering.node_of(child)
+        });
         let pool = pools
             .iter()
             .position(|p| p.name.wire().eq_ignore_ascii_case(name.wire()))
@@ -279,10 +287,20 @@ impl Tables<'_> {
                 self.push_glue(owners, target);
             }
         }
+        // Lowercased on the stack: most CNAMEs (every member's) point outside the zone and
+        // need no chase key at all.
+        let mut lower = [0u8; wire::MAX_NAME_LEN];
         let chase = (t == rtype::CNAME)
-            .then(|| owners.item(items[0]).rdata.to_ascii_lowercase())
+            .then(|| owners.item(items[0]).rdata)
+            .and_then(|target| {
+                let lower = lower.get_mut(..target.len())?;
+                for (l, c) in lower.iter_mut().zip(target) {
+                    *l = c.to_ascii_lowercase();
+                }
+                Some(&*lower)
+            })
             .filter(|target| key_is_subdomain(target, &self.origin_key))
-            .map_or(Span::default(), |target| self.arena.push(&target));
+            .map_or(Span::default(), |target| self.arena.push(target));
         let tails = self.arena.push(&self.tails);
         let first = owners.item(items[0]);
         let (sigs, sig_count) = self.signatures(first.name.wire(), t, first.ttl);

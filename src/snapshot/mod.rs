@@ -102,6 +102,8 @@ pub struct Zone {
     pub dnssec: Option<ZoneDnssec>,
     /// A secondary's zone (`ZoneData::transferred`).
     pub transferred: bool,
+    /// `ZoneData::member_texts`: what the next load of the members file may reuse.
+    pub member_texts: crate::zone::members::MemberTexts,
 }
 
 /// One NSEC owner in canonical order: its node and its canonical key in `nsec_keys`.

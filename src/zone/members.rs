@@ -19,6 +19,67 @@ pub const DEFAULT_MEMBER_TTL: u32 = 300;
 /// TTL of a pool's picked CNAME when the pool does not say.
 pub const DEFAULT_POOL_TTL: u32 = 30;
 
+/// Where each member of a load came from, so that the next load of the same file reuses the
+/// members whose `[[member]]` table text is unchanged instead of parsing it again: a
+/// one-member change in a 100,000-member file parses one table (issue 23). About 24 B per
+/// member.
+#[derive(Debug, Clone, Default)]
+pub struct MemberTexts {
+    /// The two hashers of `TableText::hash` (random per process start, kept from load to load
+    /// so the hashes compare), with the hash of what every member's parse depends on besides
+    /// its own table: the file's path, the origin, `member-ttl`, the health defaults.
+    hashers: Option<(foldhash::fast::RandomState, foldhash::fast::RandomState)>,
+    context: [u64; 2],
+    /// Per member, in the order of the member list.
+    tables: Vec<TableText>,
+    /// How many members this load took from the previous one.
+    reused: usize,
+}
+
+/// One member's table as read: the hash of its text, and the line of the member's table
+/// within it (its location is the piece's line plus this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TableText {
+    hash: [u64; 2],
+    line_offset: u32,
+}
+
+impl MemberTexts {
+    fn hash(&self, bytes: &[u8]) -> [u64; 2] {
+        use std::hash::BuildHasher;
+        match &self.hashers {
+            Some((a, b)) => [a.hash_one(bytes), b.hash_one(bytes)],
+            None => [0, 0],
+        }
+    }
+
+    /// An empty record of a new load, with the hashers of `previous` (new ones when none).
+    fn next(previous: Option<&MemberTexts>) -> MemberTexts {
+        let hashers = previous
+            .and_then(|p| p.hashers.clone())
+            .unwrap_or_else(|| (Default::default(), Default::default()));
+        MemberTexts {
+            hashers: Some(hashers),
+            context: [0, 0],
+            tables: Vec::new(),
+            reused: 0,
+        }
+    }
+
+    /// How many members the load took from the previous one without parsing their tables.
+    pub fn reused(&self) -> usize {
+        self.reused
+    }
+}
+
+/// A previous load of a members file, to reuse members from: its member list and where each
+/// came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Reuse<'a> {
+    pub members: &'a [Member],
+    pub texts: &'a MemberTexts,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct MembersFile {
@@ -220,12 +281,14 @@ pub struct PoolDef {
     pub location: Location,
 }
 
-/// Reads and validates a members file for the zone `origin`.
+/// Reads and validates a members file for the zone `origin`, reusing the members of
+/// `previous` whose table text is unchanged.
 pub fn load(
     path: &Path,
     origin: &Name,
     health_defaults: &HealthSettings,
-) -> Result<(Vec<Member>, Vec<PoolDef>), Vec<Diagnostic>> {
+    previous: Option<Reuse<'_>>,
+) -> Result<(Vec<Member>, Vec<PoolDef>, MemberTexts), Vec<Diagnostic>> {
     let bytes = super::read_file(path)
         .map_err(|reason| vec![Diagnostic::file(path, format!("members file: {reason}"))])?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -237,7 +300,7 @@ pub fn load(
             "invalid UTF-8 (a members file is UTF-8 text)",
         )]
     })?;
-    parse(&text, path, origin, health_defaults)
+    parse_reusing(&text, path, origin, health_defaults, previous)
 }
 
 /// Parses members-file text as if read from `path`.
@@ -253,31 +316,111 @@ pub fn parse(
     origin: &Name,
     health_defaults: &HealthSettings,
 ) -> Result<(Vec<Member>, Vec<PoolDef>), Vec<Diagnostic>> {
+    parse_reusing(text, path, origin, health_defaults, None).map(|(members, pools, _)| (members, pools))
+}
+
+/// `parse`, taking each member whose table text is unchanged since `previous` from there
+/// instead of parsing it again; also returns where each member came from, for the next load.
+/// A reused member is exactly what parsing its table gives (the parse depends only on the
+/// table's text and on what `MemberTexts::context` covers); the checks across members
+/// (duplicates, pools, CA files) run on every load.
+pub fn parse_reusing(
+    text: &str,
+    path: &Path,
+    origin: &Name,
+    health_defaults: &HealthSettings,
+    previous: Option<Reuse<'_>>,
+) -> Result<(Vec<Member>, Vec<PoolDef>, MemberTexts), Vec<Diagnostic>> {
     let file_path: Arc<Path> = Arc::from(path);
+    let mut texts = MemberTexts::next(previous.map(|p| p.texts));
     let split = split_sections(text).and_then(|sections| {
         let head: MembersFile = toml::from_str(&sections.rest).ok()?;
         if head.members.is_some() {
             return None;
         }
+        texts.context = texts.hash(
+            format!(
+                "{}\0{:?}\0{}\0{health_defaults:?}",
+                path.display(),
+                origin.wire(),
+                head.member_ttl
+            )
+            .as_bytes(),
+        );
+        // Previous members by table hash, when they were parsed in the same context.
+        let reusable: HashMap<[u64; 2], usize, foldhash::fast::RandomState> = match previous {
+            Some(p) if p.texts.hashers.is_some() && p.texts.context == texts.context => p
+                .texts
+                .tables
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i < p.members.len())
+                .map(|(i, t)| (t.hash, i))
+                .collect(),
+            _ => HashMap::default(),
+        };
         let count = sections.members.len();
         let mut list = MemberList::new(&file_path, origin, health_defaults, head.member_ttl, count);
+        texts.tables.reserve_exact(count);
         // In batches: the parsed tables of one batch at a time are alive, not the whole file's.
         for batch in sections.members.chunks(PARSE_BATCH) {
-            let parsed = parse_pieces(text, batch)?;
-            for (piece, section) in batch.iter().zip(&parsed) {
-                let before = &text.as_bytes()[piece.start..piece.start + section.span().start];
-                let line = piece.line + before.iter().filter(|&&c| c == b'\n').count();
-                list.add(Location::new(file_path.clone(), line), section.get_ref());
+            let hashes: Vec<[u64; 2]> = batch
+                .iter()
+                .map(|piece| texts.hash(&text.as_bytes()[piece.start..piece.end]))
+                .collect();
+            let reused: Vec<Option<usize>> = hashes.iter().map(|h| reusable.get(h).copied()).collect();
+            let fresh: Vec<Piece> = batch
+                .iter()
+                .zip(&reused)
+                .filter(|(_, r)| r.is_none())
+                .map(|(piece, _)| piece.clone())
+                .collect();
+            let mut parsed = parse_pieces(text, &fresh)?.into_iter();
+            for ((piece, hash), reuse) in batch.iter().zip(&hashes).zip(&reused) {
+                let before_count = list.members.len();
+                let line_offset = match (reuse, previous) {
+                    (Some(i), Some(p)) => {
+                        let (member, table) = (&p.members[*i], p.texts.tables[*i]);
+                        let line = piece.line + table.line_offset as usize;
+                        list.add_reused(Location::new(file_path.clone(), line), member);
+                        texts.reused += 1;
+                        table.line_offset
+                    }
+                    _ => {
+                        let section = parsed.next()?;
+                        let before = &text.as_bytes()[piece.start..piece.start + section.span().start];
+                        let offset = before.iter().filter(|&&c| c == b'\n').count();
+                        list.add(
+                            Location::new(file_path.clone(), piece.line + offset),
+                            section.get_ref(),
+                        );
+                        offset as u32
+                    }
+                };
+                if list.members.len() > before_count {
+                    texts.tables.push(TableText {
+                        hash: *hash,
+                        line_offset,
+                    });
+                }
             }
         }
         // The rest keeps every line where it was, so its line numbers are the file's.
-        let rest_lines = LineIndex::new(&sections.rest);
+        let rest_index = LineIndex::new(&sections.rest);
+        let rest_line = |offset: usize| {
+            let line = rest_index.line(offset);
+            sections
+                .rest_lines
+                .get(line.wrapping_sub(1))
+                .copied()
+                .unwrap_or(line)
+        };
         let pools = head
             .pools
             .into_iter()
             .map(|p| {
                 (
-                    Location::new(file_path.clone(), rest_lines.line(p.span().start)),
+                    Location::new(file_path.clone(), rest_line(p.span().start)),
                     p.into_inner(),
                 )
             })
@@ -287,6 +430,10 @@ pub fn parse(
     let (list, pools) = match split {
         Some(parsed) => parsed,
         None => {
+            // Parsed whole: nothing to reuse next time.
+            texts.tables.clear();
+            texts.context = [0, 0];
+            texts.reused = 0;
             let file: MembersFile = toml::from_str(text).map_err(|e| {
                 // A misspelt table name (`[[memebr]]`) makes TOML complain about something
                 // else ("duplicate key" at a later `[member.health]`): name it instead.
@@ -336,7 +483,7 @@ pub fn parse(
                 continue;
             }
         };
-        if by_name.contains_key(&name.key()) {
+        if by_name.get(&members, name.wire()).is_some() {
             fail(format!("pool label {:?} is also a member label", section.label));
             continue;
         }
@@ -353,7 +500,7 @@ pub fn parse(
                 for label in labels {
                     let index = relative_label(label, origin)
                         .ok()
-                        .and_then(|n| by_name.get(&n.key()).copied());
+                        .and_then(|n| by_name.get(&members, n.wire()));
                     match index {
                         Some(i) if listed.insert(i) => indexes.push(i),
                         Some(_) => fail(format!("pool {:?} lists member {label:?} twice", section.label)),
@@ -399,7 +546,7 @@ pub fn parse(
     }
 
     if errors.is_empty() {
-        Ok((members, pool_defs))
+        Ok((members, pool_defs, texts))
     } else {
         Err(errors)
     }
@@ -439,6 +586,45 @@ fn parse_pieces(text: &str, pieces: &[Piece]) -> Option<Vec<toml::Spanned<Member
     })
 }
 
+/// Member numbers by name (any case), holding no copy of any name: each entry is read back
+/// from the member list it indexes.
+struct MembersByName {
+    table: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl MembersByName {
+    fn with_capacity(capacity: usize) -> Self {
+        MembersByName {
+            table: hashbrown::HashTable::with_capacity(capacity),
+            hasher: Default::default(),
+        }
+    }
+
+    /// The number of the member of `members` named `wire` (any case).
+    fn get(&self, members: &[Member], wire: &[u8]) -> Option<usize> {
+        let hash = super::owners::key_hash(&self.hasher, wire);
+        self.table
+            .find(hash, |&i| {
+                members
+                    .get(i as usize)
+                    .is_some_and(|m| m.name.wire().eq_ignore_ascii_case(wire))
+            })
+            .map(|&i| i as usize)
+    }
+
+    /// Indexes `name` as the member about to be pushed onto `members` (checked absent).
+    fn insert(&mut self, members: &[Member], name: &Name) {
+        let hash = super::owners::key_hash(&self.hasher, name.wire());
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, members.len() as u32, |&i| {
+            members
+                .get(i as usize)
+                .map_or(0, |m| super::owners::key_hash(hasher, m.name.wire()))
+        });
+    }
+}
+
 /// The members read so far, with the state their checks need.
 struct MemberList<'a> {
     path: &'a Path,
@@ -451,8 +637,8 @@ struct MemberList<'a> {
     specs: std::collections::HashSet<Arc<ProbeSpec>>,
     /// Each CA file named, checked once: whether it holds PEM certificates.
     ca_files: HashMap<PathBuf, Result<(), String>>,
-    /// Lowercased member name -> index: duplicate checks stay O(1) at 100,000 members.
-    by_name: HashMap<Box<[u8]>, usize>,
+    /// Member names (any case) -> index: duplicate checks stay O(1) at 100,000 members.
+    by_name: MembersByName,
 }
 
 impl<'a> MemberList<'a> {
@@ -472,8 +658,51 @@ impl<'a> MemberList<'a> {
             members: Vec::with_capacity(expected),
             specs: std::collections::HashSet::new(),
             ca_files: HashMap::new(),
-            by_name: HashMap::with_capacity(expected),
+            by_name: MembersByName::with_capacity(expected),
         }
+    }
+
+    /// Adds a member reused from the previous load (its table text unchanged) at `location`,
+    /// after the checks that depend on more than its table: its name not taken, its CA file
+    /// (read again: the file may have changed) still holding certificates.
+    fn add_reused(&mut self, location: Location, previous: &Member) {
+        let mut fail = |message: String| self.errors.push(Diagnostic::at(location.clone(), message));
+        let label = || previous.label();
+        if let Some(first) = self
+            .by_name
+            .get(&self.members, previous.name.wire())
+            .map(|i| &self.members[i])
+        {
+            let message = format!(
+                "duplicate member label {:?} (first at {})",
+                label(),
+                first.location
+            );
+            return fail(message);
+        }
+        if let Some(ca) = &previous.probe.ca_file {
+            let checked = self
+                .ca_files
+                .entry(ca.clone())
+                .or_insert_with(|| check_ca_file(ca));
+            if let Err(reason) = checked {
+                let reason = reason.clone();
+                return fail(format!("member {:?} health: {reason}", label()));
+            }
+        }
+        self.by_name.insert(&self.members, &previous.name);
+        let probe = match self.specs.get(&previous.probe) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.specs.insert(previous.probe.clone());
+                previous.probe.clone()
+            }
+        };
+        self.members.push(Member {
+            probe,
+            location,
+            ..previous.clone()
+        });
     }
 
     /// Checks one `[[member]]` table and adds it, or records why not.
@@ -483,7 +712,11 @@ impl<'a> MemberList<'a> {
             Ok(name) => name,
             Err(reason) => return fail(format!("member label {:?}: {reason}", section.label)),
         };
-        if let Some(first) = self.by_name.get(&name.key()).map(|&i| &self.members[i]) {
+        if let Some(first) = self
+            .by_name
+            .get(&self.members, name.wire())
+            .map(|i| &self.members[i])
+        {
             let message = format!(
                 "duplicate member label {:?} (first at {})",
                 section.label, first.location
@@ -524,7 +757,7 @@ impl<'a> MemberList<'a> {
             Ok(place) => place,
             Err(reason) => return fail(format!("member {:?}: {reason}", section.label)),
         };
-        self.by_name.insert(name.key(), self.members.len());
+        self.by_name.insert(&self.members, &name);
         let probe = match self.specs.get(&probe) {
             Some(shared) => shared.clone(),
             None => {
@@ -586,14 +819,16 @@ fn place_of(section: &MemberSection) -> Result<Option<Box<Place>>, String> {
 /// A members file cut into what can be parsed piece by piece.
 #[derive(Debug, PartialEq)]
 struct Sections {
-    /// Everything but the `[[member]]` tables, whose lines are left empty so that every line
-    /// keeps its number.
+    /// Everything but the `[[member]]` tables (left out: parsing 100,000 tables' worth of
+    /// empty lines took a tenth of a reload).
     rest: String,
+    /// The file's line number of each line of `rest`.
+    rest_lines: Vec<usize>,
     /// Each `[[member]]` table with its sub-tables (`[member.health]`).
     members: Vec<Piece>,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Piece {
     /// Byte range in the file.
     start: usize,
@@ -614,6 +849,7 @@ fn split_sections(text: &str) -> Option<Sections> {
     }
     let mut open: Option<Open> = None;
     let mut rest = String::new();
+    let mut rest_lines = Vec::new();
     let mut members: Vec<Piece> = Vec::new();
     let mut in_member = false;
     let mut offset = 0;
@@ -695,14 +931,18 @@ fn split_sections(text: &str) -> Option<Sections> {
             }
         }
         match members.last_mut().filter(|_| in_member) {
-            Some(piece) => {
-                piece.end = offset;
-                rest.push('\n');
+            Some(piece) => piece.end = offset,
+            None => {
+                rest.push_str(line);
+                rest_lines.push(index + 1);
             }
-            None => rest.push_str(line),
         }
     }
-    open.is_none().then_some(Sections { rest, members })
+    open.is_none().then_some(Sections {
+        rest,
+        rest_lines,
+        members,
+    })
 }
 
 /// The tables a members file may have, beside its `member-ttl` key.
@@ -907,7 +1147,9 @@ mod tests {
         assert_eq!(sections.members.len(), 2, "{sections:?}");
         assert_eq!(sections.members[0].line, 4);
         assert_eq!(sections.members[1].line, 13);
-        assert_eq!(sections.rest.lines().count(), text.lines().count());
+        // The rest: the header and the two pools, each line with its number in the file.
+        assert_eq!(sections.rest.lines().count(), sections.rest_lines.len());
+        assert_eq!(sections.rest_lines, [1, 2, 3, 17, 18, 19]);
         let (members, pools) = parse_members(text).expect("valid");
         assert_eq!(members.len(), 2);
         assert_eq!(members[0].ttl, 60);

@@ -106,6 +106,12 @@ pub struct ZoneData {
     /// A secondary's zone as transferred: its pool records (`carrier`) are among `records`,
     /// kept exactly as the primary wrote (and signed) them, not written again.
     pub transferred: bool,
+    /// Where each member came from in the members file, for the next load to reuse.
+    pub member_texts: members::MemberTexts,
+    /// `content_digest` as the serial policy computed it (`remember_digest`), so the build
+    /// does not hash a large zone again; None whenever it has not been computed for the
+    /// data as it stands.
+    pub(crate) digest_memo: Option<u64>,
 }
 
 impl ZoneData {
@@ -139,6 +145,25 @@ impl ZoneData {
     ///
     /// Order does not matter (records are unique after validation, and the per-record hashes
     /// are summed), so no sorted copy of a 100,000-record zone is made to compute it.
+    /// Computes `content_digest` and keeps it for `digest`: call once the content is final
+    /// (the serial, which may still change, is not part of it). Any later change of the
+    /// content must go through `forget_digest`.
+    pub fn remember_digest(&mut self) -> u64 {
+        let digest = self.content_digest();
+        self.digest_memo = Some(digest);
+        digest
+    }
+
+    /// Drops what `remember_digest` kept.
+    pub fn forget_digest(&mut self) {
+        self.digest_memo = None;
+    }
+
+    /// `content_digest`, as remembered when it was.
+    pub fn digest(&self) -> u64 {
+        self.digest_memo.unwrap_or_else(|| self.content_digest())
+    }
+
     pub fn content_digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let records = self
@@ -168,8 +193,15 @@ impl ZoneData {
             (pool.name.key(), pool.ttl, &pool.members, pool.cert_policy).hash(&mut hasher);
             (pool.policy, pool.nearest_k).hash(&mut hasher);
         }
+        let mut key = [0u8; wire::MAX_NAME_LEN];
         for member in &self.members {
-            (member.name.key(), member.weight, &*member.probe).hash(&mut hasher);
+            // `name.key()` lowercased on the stack: a slice hashes as its boxed copy does.
+            let wire = member.name.wire();
+            let key = &mut key[..wire.len().min(wire::MAX_NAME_LEN)];
+            for (to, from) in key.iter_mut().zip(wire) {
+                *to = from.to_ascii_lowercase();
+            }
+            (&*key, member.weight, &*member.probe).hash(&mut hasher);
             if let Some(place) = &member.place {
                 (place.latitude.to_bits(), place.longitude.to_bits(), &place.region).hash(&mut hasher);
             }
@@ -207,11 +239,21 @@ fn record_hash(name: &Name, rtype: u16, ttl: u32, rdata: &[u8]) -> u64 {
 
 /// Loads and validates one configured zone.
 pub fn load(zone: &Source, health_defaults: &HealthSettings) -> Result<ZoneData, Vec<Diagnostic>> {
+    load_reusing(zone, health_defaults, None)
+}
+
+/// `load`, reusing the members of `previous` (the same zone's last load) whose `[[member]]`
+/// table text is unchanged (`members::parse_reusing`).
+pub fn load_reusing(
+    zone: &Source,
+    health_defaults: &HealthSettings,
+    previous: Option<members::Reuse<'_>>,
+) -> Result<ZoneData, Vec<Diagnostic>> {
     let cap = |errors| diag::cap_per_file(errors, zone.limits.errors_per_file);
     let records = master::parse_source(zone).map_err(cap)?;
-    let (members, pools) = match &zone.members {
-        Some(path) => members::load(path, &zone.origin, health_defaults).map_err(cap)?,
-        None => (Vec::new(), Vec::new()),
+    let (members, pools, member_texts) = match &zone.members {
+        Some(path) => members::load(path, &zone.origin, health_defaults, previous).map_err(cap)?,
+        None => Default::default(),
     };
     if records.len() + members.len() > zone.limits.zone_records {
         let path = zone.members.as_deref().unwrap_or(&zone.file);
@@ -226,7 +268,9 @@ pub fn load(zone: &Source, health_defaults: &HealthSettings) -> Result<ZoneData,
             ),
         )]);
     }
-    assemble(&zone.origin, &zone.file, records, members, pools).map_err(cap)
+    let mut data = assemble(&zone.origin, &zone.file, records, members, pools).map_err(cap)?;
+    data.member_texts = member_texts;
+    Ok(data)
 }
 
 /// The zone-level checks of `load`, on records and members already parsed (`file` is the zone
@@ -253,6 +297,8 @@ pub fn assemble(
             dynamic: Vec::new(),
             signing_digest: 0,
             transferred: false,
+            member_texts: Default::default(),
+            digest_memo: None,
         })
     } else {
         Err(errors)
@@ -389,7 +435,7 @@ fn check_pool_loops(
     let node_named = |wire: &[u8]| {
         pool_named(wire)
             .map(WalkNode::Pool)
-            .or_else(|| owners.search(wire).ok().map(WalkNode::Owner))
+            .or_else(|| owners.position(wire).map(WalkNode::Owner))
     };
     let name_of = |node: WalkNode| match node {
         WalkNode::Pool(p) => pools[p].name.to_string(),
@@ -713,7 +759,7 @@ fn check_cname_loops(owners: &Owners<'_>, errors: &mut Vec<Diagnostic>) {
             }
             state[current] = ON_WALK;
             walk.push(current);
-            match cname_of(current).and_then(|i| owners.search(owners.item(i).rdata).ok()) {
+            match cname_of(current).and_then(|i| owners.position(owners.item(i).rdata)) {
                 Some(next) => current = next,
                 None => break,
             }

@@ -11,6 +11,7 @@ mod geo;
 mod guard;
 mod health;
 mod hostile;
+mod incremental;
 mod limits;
 mod nsec3;
 mod ops;
