@@ -167,6 +167,12 @@ fn watch_files(config: &Config, control: &Control) -> (Option<FileWatcher>, mpsc
 /// File changes become reloads, one at a time, in order.
 async fn reload_on_request(control: Arc<Control>, mut incoming: mpsc::Receiver<()>) {
     while incoming.recv().await.is_some() {
+        if control.files_unchanged().await {
+            tracing::debug!(
+                "file event, but every file the served data was read from is unchanged: no reload"
+            );
+            continue;
+        }
         control.reload("file change").await;
     }
 }

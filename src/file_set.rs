@@ -109,6 +109,12 @@ pub fn changed(reads: &[FileRead]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `Ok` when every path of `reads` still names what was read; else the paths that changed.
+pub fn unchanged(reads: &[FileRead]) -> Result<(), Vec<PathBuf>> {
+    let changed = changed(reads);
+    if changed.is_empty() { Ok(()) } else { Err(changed) }
+}
+
 /// Waits until `reads` are one settled version of the files: every path still names what was
 /// read, and has for at least `quiet` (a file written just before it was read may be in the
 /// middle of an in-place write). Sleeps at most `quiet` once; returns the paths that changed.

@@ -72,6 +72,7 @@ impl Overrides {
 }
 
 /// What a rebuild starts from.
+#[derive(Clone)]
 enum Change {
     /// The first load: this config, serials continuing from the state file, or for a zone
     /// it does not know, above the highest serial its secondaries said they hold (`floors`).
@@ -112,6 +113,9 @@ struct Rebuilding {
     signatures: signing::Caches,
     /// When re-signing last failed (it is retried a minute later).
     resign_failed_at: Option<Instant>,
+    /// Every file the last whole reload read, as it read them; empty after any other reload
+    /// from files and after a failed one (`Control::files_unchanged`).
+    last_reads: Vec<crate::file_set::FileRead>,
 }
 
 /// What a published rebuild reports.
@@ -281,14 +285,16 @@ fn with_secondaries(
 /// Reads before a reload gives up on files that keep changing under it.
 const READ_ATTEMPTS: usize = 5;
 
-/// Runs `load` until it read one settled version of every file it read (`file_set`): none
-/// replaced or written while it read, and none written within the watcher's debounce before
-/// that (waited for). Errors found in files that were changing are not reported: the files
-/// are read again. Gives up after `READ_ATTEMPTS`, naming the files.
+/// Runs `load` until it read one version of every file it read (`file_set`): none replaced or
+/// written while it read. Returns what it loaded with the reads, which the caller settles
+/// (`settle_for_publish`) once it has built from them: a large tree is built while the
+/// debounce runs, not after it. A load that failed is settled here, before its errors are
+/// reported: errors found in files that were changing are not reported, the files are read
+/// again. Gives up after `READ_ATTEMPTS`, naming the files.
 fn read_consistently<T>(
     config_path: &std::path::Path,
     mut load: impl FnMut() -> Result<T, Vec<Diagnostic>>,
-) -> Result<T, Vec<Diagnostic>> {
+) -> Result<(T, Vec<crate::file_set::FileRead>), Vec<Diagnostic>> {
     let mut unsettled = Vec::new();
     for attempt in 0..READ_ATTEMPTS {
         if attempt > 0 {
@@ -296,19 +302,45 @@ fn read_consistently<T>(
             std::thread::sleep(watch::DEBOUNCE);
         }
         let (outcome, reads) = crate::file_set::track(&mut load);
-        match crate::file_set::settle(&reads, watch::DEBOUNCE) {
-            Ok(()) => return outcome,
+        let settled = match &outcome {
+            Ok(_) => crate::file_set::unchanged(&reads),
+            Err(_) => crate::file_set::settle(&reads, watch::DEBOUNCE),
+        };
+        match settled {
+            Ok(()) => return outcome.map(|loaded| (loaded, reads)),
             Err(changed) => unsettled = changed,
         }
     }
+    Err(kept_changing(config_path, &unsettled))
+}
+
+/// Why a reload gave up on files that kept changing.
+fn kept_changing(config_path: &std::path::Path, unsettled: &[std::path::PathBuf]) -> Vec<Diagnostic> {
     let names: Vec<String> = unsettled.iter().map(|p| p.display().to_string()).collect();
-    Err(vec![Diagnostic::file(
+    vec![Diagnostic::file(
         config_path,
         format!(
             "files kept changing while being read ({READ_ATTEMPTS} attempts): {}; the previous data keeps serving, and the next change of them reloads again",
             names.join(", ")
         ),
-    )])
+    )]
+}
+
+/// Waits, before a rebuild from files is published, until those files are one settled
+/// version: each unchanged since it was read and quiet for the debounce (by its mtime and by
+/// the watcher's last event, which waits at most its `MAX_POSTPONE`). The same rule the
+/// watcher's debounce kept before reading, kept now before publishing.
+fn settle_for_publish(
+    reads: &[crate::file_set::FileRead],
+    watch: Option<&WatchHandle>,
+) -> Result<(), Vec<std::path::PathBuf>> {
+    if reads.is_empty() {
+        return Ok(());
+    }
+    if let Some(watch) = watch {
+        watch.wait_until_quiet();
+    }
+    crate::file_set::settle(reads, watch::DEBOUNCE)
 }
 
 /// Why each zone of `zones` would be held back: a reload that removes more than the zone's
@@ -441,7 +473,8 @@ fn apply_serial_policy(
     }
 }
 
-/// The config and zone data a change leads to, serials chosen.
+/// The config and zone data a change leads to, serials chosen, and the files read for it
+/// (none but for a reload).
 fn load_change(
     change: Change,
     running: &Config,
@@ -449,7 +482,7 @@ fn load_change(
     overrides: &Overrides,
     challenges: &mut update::store::Store,
     keys: &mut signing::KeySets,
-) -> Result<(Config, Vec<ZoneData>), Vec<Diagnostic>> {
+) -> Result<(Config, Vec<ZoneData>, Vec<crate::file_set::FileRead>), Vec<Diagnostic>> {
     let now = wire::unix_now();
     match change {
         Change::Start(config, floors) => {
@@ -470,17 +503,20 @@ fn load_change(
                     floors.get(&origin.key()).map(|serial| (*serial, 0))
                 })
             });
-            Ok((*config, zones))
+            Ok((*config, zones, Vec::new()))
         }
         Change::Reload { force, zone } => {
-            let (config, mut zones) = match &zone {
+            let ((config, mut zones), reads) = match &zone {
                 None => read_consistently(&running.path, || {
                     let mut config = Config::load(&running.path)?;
                     overrides.apply(&mut config);
                     let zones = load_zones_reusing(&config, Some(previous))?;
                     Ok((config, zones))
                 })?,
-                Some(origin) => (running.clone(), zones_with_one_reread(running, previous, origin)?),
+                Some(origin) => {
+                    let (zones, reads) = zones_with_one_reread(running, previous, origin)?;
+                    ((running.clone(), zones), reads)
+                }
             };
             let held = held_back(previous, &zones, &config);
             if !force && !held.is_empty() {
@@ -499,28 +535,28 @@ fn load_change(
                     .find(|z| z.origin.key() == origin.key())
                     .map(|z| (z.serial, z.content_digest))
             });
-            Ok((config, zones))
+            Ok((config, zones, reads))
         }
         Change::TransferPicks(due) => {
             // The transferred content changed (the pick), whatever the digest says.
             let zones = published_again(previous, running, &due, |zone, _| !zone.content_digest);
-            Ok((running.clone(), zones))
+            Ok((running.clone(), zones, Vec::new()))
         }
         Change::Dynamic(due) => {
             let zones = published_again(previous, running, &due, |zone, data| {
                 data.dynamic = updates::records_for(challenges, &zone.origin, running);
                 data.content_digest()
             });
-            Ok((running.clone(), zones))
+            Ok((running.clone(), zones, Vec::new()))
         }
-        Change::Transferred => Ok((running.clone(), zones_of(previous))),
+        Change::Transferred => Ok((running.clone(), zones_of(previous), Vec::new())),
         Change::Resign(due) => {
             // New signatures (or key states) are new content, whatever the digest says.
             let zones = published_again(previous, running, &due, |zone, data| {
                 signing::set_digests(std::slice::from_mut(data), keys, now);
                 !zone.content_digest
             });
-            Ok((running.clone(), zones))
+            Ok((running.clone(), zones, Vec::new()))
         }
     }
 }
@@ -531,7 +567,7 @@ fn zones_with_one_reread(
     running: &Config,
     previous: &Snapshot,
     origin: &zone::name::Name,
-) -> Result<Vec<ZoneData>, Vec<Diagnostic>> {
+) -> Result<(Vec<ZoneData>, Vec<crate::file_set::FileRead>), Vec<Diagnostic>> {
     let refuse = |why: String| vec![Diagnostic::file(&running.path, why)];
     let Some(settings) = running.zone(origin) else {
         return Err(refuse(format!(
@@ -543,7 +579,7 @@ fn zones_with_one_reread(
             "zone {origin} is a secondary: its data comes from its primaries, not from files"
         )));
     }
-    let reread = read_consistently(&running.path, || {
+    let (reread, reads) = read_consistently(&running.path, || {
         let reuse = reuse_from(Some(previous), origin);
         let data = zone::load_reusing(&settings.source, &running.live.health_defaults, reuse)?;
         let errors = updates::check_update_keys(&data, running);
@@ -556,7 +592,7 @@ fn zones_with_one_reread(
         Some(slot) => *slot = reread,
         None => zones.push(reread),
     }
-    Ok(zones)
+    Ok((zones, reads))
 }
 
 /// The published zones as data again; each zone in `due` is changed by `change`, which returns
@@ -813,6 +849,7 @@ impl Control {
         let started = Instant::now();
         let outcome = self.rebuild(&mut state, Change::Reload { force, zone }).await;
         if let Err(errors) = &outcome {
+            state.last_reads.clear();
             for e in errors {
                 tracing::error!(trigger, "reload failed, still serving the previous data: {e}");
             }
@@ -826,6 +863,15 @@ impl Control {
         }
         self.record(&report);
         report
+    }
+
+    /// True when every file the last whole reload read still stands as it was read (and that
+    /// reload succeeded): a file event since then concerned nothing the served data came from
+    /// (the watcher's second request after one edit, a file beside ours), so reloading would
+    /// build the same snapshot again.
+    pub async fn files_unchanged(&self) -> bool {
+        let state = self.rebuilding.lock().await;
+        !state.last_reads.is_empty() && crate::file_set::unchanged(&state.last_reads).is_ok()
     }
 
     /// When health moved a shared name's transfer pick, raises the zone's serial (at most once
@@ -887,52 +933,74 @@ impl Control {
             Change::Reload { .. } => (Vec::new(), false, true),
         };
         let (running_now, previous_now) = (running.clone(), previous.clone());
-        let mut challenges = state.challenges.clone();
-        let mut keys = state.keys.clone();
+        let (challenges_before, keys_before) = (state.challenges.clone(), state.keys.clone());
         let caches = state.signatures.clone();
         let state_before = SerialState::of(&previous, &state.challenges, self.health.drained());
         let serving = self.secondaries.serving();
+        let watch = self.watch.get().cloned();
         // Parsing, signing and building are CPU and file work: off the async workers.
-        let (config, snapshot, challenges, keys, caches) = tokio::task::spawn_blocking(move || {
-            let stage = Instant::now();
-            let (config, zones) = load_change(
-                change,
-                &running_now,
-                &previous_now,
-                &overrides,
-                &mut challenges,
-                &mut keys,
-            )?;
-            let loaded_ms = stage.elapsed().as_secs_f64() * 1_000.0;
-            let stage = Instant::now();
-            let (mut zones, transferred) = with_secondaries(zones, &config, &serving);
-            let (mut signed, caches) = signing::sign(&zones, &keys, &caches, wire::unix_now())?;
-            let signed_ms = stage.elapsed().as_secs_f64() * 1_000.0;
-            let stage = Instant::now();
-            signed.extend(transferred);
-            zones.sort_by_key(|z| {
-                config
-                    .live
-                    .zones
-                    .iter()
-                    .position(|c| c.origin().key() == z.origin.key())
-            });
-            for (zone, result) in &signed {
-                let zone = zone::name::Name::from_wire_unchecked(zone).to_string();
-                metrics
-                    .dnssec_signatures
-                    .with_label_values(&[zone.as_str()])
-                    .inc_by(result.report.signatures_made);
+        let whole_reload = matches!(change, Change::Reload { zone: None, .. });
+        let (config, snapshot, challenges, keys, caches, reads) = tokio::task::spawn_blocking(move || {
+            for attempt in 0..READ_ATTEMPTS {
+                if attempt > 0 {
+                    // Let the writer finish before reading again.
+                    std::thread::sleep(watch::DEBOUNCE);
+                }
+                let (mut challenges, mut keys) = (challenges_before.clone(), keys_before.clone());
+                let stage = Instant::now();
+                let (config, zones, reads) = load_change(
+                    change.clone(),
+                    &running_now,
+                    &previous_now,
+                    &overrides,
+                    &mut challenges,
+                    &mut keys,
+                )?;
+                let loaded_ms = stage.elapsed().as_secs_f64() * 1_000.0;
+                let stage = Instant::now();
+                let (mut zones, transferred) = with_secondaries(zones, &config, &serving);
+                let (mut signed, caches) = signing::sign(&zones, &keys, &caches, wire::unix_now())?;
+                let signed_ms = stage.elapsed().as_secs_f64() * 1_000.0;
+                let stage = Instant::now();
+                signed.extend(transferred);
+                zones.sort_by_key(|z| {
+                    config
+                        .live
+                        .zones
+                        .iter()
+                        .position(|c| c.origin().key() == z.origin.key())
+                });
+                for (zone, result) in &signed {
+                    let zone = zone::name::Name::from_wire_unchecked(zone).to_string();
+                    metrics
+                        .dnssec_signatures
+                        .with_label_values(&[zone.as_str()])
+                        .inc_by(result.report.signatures_made);
+                }
+                let snapshot = build_snapshot(zones, signed, &config, Some(&metrics));
+                let built_ms = stage.elapsed().as_secs_f64() * 1_000.0;
+                // Published only from one settled version of the files read, waited for now that
+                // the build is done: the debounce and the build run at the same time.
+                let stage = Instant::now();
+                let settled = settle_for_publish(&reads, watch.as_ref());
+                // Where a rebuild's time goes, for whoever tunes a large tree.
+                tracing::debug!(
+                    load_ms = loaded_ms,
+                    sign_ms = signed_ms,
+                    build_ms = built_ms,
+                    settle_ms = stage.elapsed().as_secs_f64() * 1_000.0,
+                    settled = settled.is_ok(),
+                    "rebuild stages"
+                );
+                match settled {
+                    Ok(()) => return Ok((config, snapshot, challenges, keys, caches, reads)),
+                    Err(changed) if attempt + 1 == READ_ATTEMPTS => {
+                        return Err(kept_changing(&running_now.path, &changed));
+                    }
+                    Err(_) => {}
+                }
             }
-            let snapshot = build_snapshot(zones, signed, &config, Some(&metrics));
-            // Where a rebuild's time goes, for whoever tunes a large tree.
-            tracing::debug!(
-                load_ms = loaded_ms,
-                sign_ms = signed_ms,
-                build_ms = stage.elapsed().as_secs_f64() * 1_000.0,
-                "rebuild stages"
-            );
-            Ok::<_, Vec<Diagnostic>>((config, snapshot, challenges, keys, caches))
+            Err(kept_changing(&running_now.path, &[]))
         })
         .await
         .map_err(|join_error| {
@@ -968,6 +1036,11 @@ impl Control {
         state.challenges = challenges;
         state.keys = keys;
         state.signatures = caches;
+        if whole_reload {
+            state.last_reads = reads;
+        } else if reread {
+            state.last_reads.clear();
+        }
         lock(&self.challenges_published).clone_from(&state.challenges);
         let stage = Instant::now();
         let serials = self.publish(snapshot, &config, starting, changed_state);

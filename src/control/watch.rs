@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -19,6 +19,12 @@ use crate::sync::{lock, read, write};
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 /// Longest a burst of events can postpone its reload.
 const MAX_POSTPONE: Duration = Duration::from_secs(2);
+/// Quiet after the first event before the reload starts reading: the events of one edit (a
+/// rename, an editor's write and close) arrive together. The reload then builds while the
+/// rest of `DEBOUNCE` runs, and publishes only once the files have been quiet for all of it
+/// (`WatchHandle::wait_until_quiet`), so a large tree's build no longer comes after the
+/// debounce but during it.
+const GATHER: Duration = Duration::from_millis(25);
 
 /// The files a config reads: itself, every zone file and members file.
 fn watched_files(config: &Config) -> HashSet<PathBuf> {
@@ -71,6 +77,7 @@ fn absolute(path: &Path) -> PathBuf {
 pub struct FileWatcher {
     watcher: Arc<Mutex<notify::RecommendedWatcher>>,
     watched: Arc<RwLock<Watched>>,
+    last_event: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for FileWatcher {
@@ -117,9 +124,28 @@ impl Watched {
 pub struct WatchHandle {
     watcher: Weak<Mutex<notify::RecommendedWatcher>>,
     watched: Arc<RwLock<Watched>>,
+    /// When the last relevant file event arrived, and when the burst it belongs to began.
+    last_event: Arc<Mutex<Option<Instant>>>,
 }
 
 impl WatchHandle {
+    /// Blocks until no relevant file event has arrived for `DEBOUNCE`, but no longer than
+    /// `MAX_POSTPONE` in all (steady writes must not hold a reload back without bound; the
+    /// files read are checked unchanged afterwards all the same).
+    pub fn wait_until_quiet(&self) {
+        let started = Instant::now();
+        loop {
+            let Some(last) = *lock(&self.last_event) else {
+                return;
+            };
+            let quiet = last.elapsed();
+            if quiet >= DEBOUNCE || started.elapsed() >= MAX_POSTPONE {
+                return;
+            }
+            std::thread::sleep(DEBOUNCE - quiet);
+        }
+    }
+
     pub fn extend(&self, files: HashSet<PathBuf>) {
         let Some(watcher) = self.watcher.upgrade() else {
             return;
@@ -147,6 +173,55 @@ enum Change {
     Directory,
 }
 
+/// What arrived while `gather` waited.
+#[derive(Debug, Default)]
+struct Gathered {
+    any: bool,
+    directory: bool,
+}
+
+/// Takes events until none has come for `quiet`, or `deadline` passes.
+async fn gather(
+    raw: &mut mpsc::UnboundedReceiver<Change>,
+    quiet: Duration,
+    deadline: tokio::time::Instant,
+) -> Gathered {
+    let mut seen = Gathered::default();
+    loop {
+        let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, raw.recv()).await {
+            Ok(Some(change)) if !wait.is_zero() => {
+                seen.any = true;
+                seen.directory |= change == Change::Directory;
+            }
+            _ => return seen,
+        }
+    }
+}
+
+/// Watches every directory's path again after one of them was replaced; false once the
+/// watcher is gone.
+fn rearm_watches(
+    watcher: &Weak<Mutex<notify::RecommendedWatcher>>,
+    list: &Arc<RwLock<Watched>>,
+    identities: &mut Vec<(PathBuf, Option<(u64, u64)>)>,
+) -> bool {
+    let Some(watcher) = watcher.upgrade() else {
+        return false;
+    };
+    let dirs = read(list).dirs.clone();
+    let mut w = lock(&watcher);
+    for dir in &dirs {
+        let _ = w.unwatch(dir);
+        if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), "cannot watch again after it was replaced: {e}");
+        }
+    }
+    drop(w);
+    *identities = dirs.iter().map(|d| (d.clone(), directory_identity(d))).collect();
+    true
+}
+
 /// The identity of a directory: (device, inode), or `None` while it does not exist.
 fn directory_identity(dir: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -159,6 +234,8 @@ impl FileWatcher {
         let watched = Arc::new(RwLock::new(Watched::default()));
         let dirs = write(&watched).add(files);
         let seen = watched.clone();
+        let last_event: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let noted = last_event.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if matches!(event.kind, notify::EventKind::Access(_)) {
@@ -166,6 +243,7 @@ impl FileWatcher {
             }
             let watched = read(&seen);
             if event.paths.iter().any(|p| watched.concerns(p)) {
+                *lock(&noted) = Some(Instant::now());
                 let _ = events.send(Change::Files);
             }
         })?;
@@ -189,6 +267,7 @@ impl FileWatcher {
         // event sender goes with it, which ends the task.
         let weak = Arc::downgrade(&watcher);
         let list = watched.clone();
+        let polled = last_event.clone();
         tokio::spawn(async move {
             let mut poll = tokio::time::interval(DIRECTORY_POLL);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,36 +291,39 @@ impl FileWatcher {
                     }
                 };
                 let mut rearm = first == Change::Directory;
-                // Debounce: wait until the files have been quiet for DEBOUNCE, but never
-                // longer than MAX_POSTPONE in all (steady writes must not postpone a reload
-                // without bound; the reload itself waits for a settled set of files).
-                let deadline = tokio::time::Instant::now() + MAX_POSTPONE;
-                loop {
-                    let wait = DEBOUNCE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                    match tokio::time::timeout(wait, raw.recv()).await {
-                        Ok(Some(change)) if !wait.is_zero() => rearm |= change == Change::Directory,
-                        _ => break,
-                    }
-                }
                 if rearm {
-                    let Some(watcher) = weak.upgrade() else { return };
-                    let dirs = read(&list).dirs.clone();
-                    let mut w = lock(&watcher);
-                    for dir in &dirs {
-                        let _ = w.unwatch(dir);
-                        if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
-                            tracing::warn!(dir = %dir.display(), "cannot watch again after it was replaced: {e}");
-                        }
-                    }
-                    drop(w);
-                    identities = identities_of(&list);
+                    *lock(&polled) = Some(Instant::now());
+                }
+                let deadline = tokio::time::Instant::now() + MAX_POSTPONE;
+                // The events of this one edit, then the request at once: the reload reads and
+                // builds while the debounce runs, and publishes once it is over.
+                rearm |= gather(&mut raw, GATHER, deadline).await.directory;
+                if rearm && !rearm_watches(&weak, &list, &mut identities) {
+                    return;
                 }
                 if requests.send(()).await.is_err() {
                     return;
                 }
+                // Events after the request may concern a file that reload did not read (one
+                // created later, after a load that failed for want of it): ask again once they
+                // are quiet. A reload whose files all stand as they were read is skipped
+                // (`Control::files_unchanged`).
+                let later = gather(&mut raw, DEBOUNCE, deadline).await;
+                if later.any {
+                    if later.directory && !rearm_watches(&weak, &list, &mut identities) {
+                        return;
+                    }
+                    if requests.send(()).await.is_err() {
+                        return;
+                    }
+                }
             }
         });
-        Ok(FileWatcher { watcher, watched })
+        Ok(FileWatcher {
+            watcher,
+            watched,
+            last_event,
+        })
     }
 
     /// A handle that adds files to this watcher.
@@ -249,6 +331,7 @@ impl FileWatcher {
         WatchHandle {
             watcher: Arc::downgrade(&self.watcher),
             watched: self.watched.clone(),
+            last_event: self.last_event.clone(),
         }
     }
 }
