@@ -635,6 +635,8 @@ struct MemberList<'a> {
     members: Vec<Member>,
     /// Probe settings shared between members (most members have the same).
     specs: std::collections::HashSet<Arc<ProbeSpec>>,
+    /// The shared settings of `specs` by the address of a reused member's settings.
+    reused_specs: HashMap<usize, Arc<ProbeSpec>>,
     /// Each CA file named, checked once: whether it holds PEM certificates.
     ca_files: HashMap<PathBuf, Result<(), String>>,
     /// Member names (any case) -> index: duplicate checks stay O(1) at 100,000 members.
@@ -657,6 +659,7 @@ impl<'a> MemberList<'a> {
             errors: Vec::new(),
             members: Vec::with_capacity(expected),
             specs: std::collections::HashSet::new(),
+            reused_specs: HashMap::new(),
             ca_files: HashMap::new(),
             by_name: MembersByName::with_capacity(expected),
         }
@@ -691,11 +694,21 @@ impl<'a> MemberList<'a> {
             }
         }
         self.by_name.insert(&self.members, &previous.name);
-        let probe = match self.specs.get(&previous.probe) {
+        // Most reused members share one `Arc` already: look each distinct one up once, by its
+        // address, instead of hashing the settings of every member.
+        let pointer = Arc::as_ptr(&previous.probe) as usize;
+        let probe = match self.reused_specs.get(&pointer) {
             Some(shared) => shared.clone(),
             None => {
-                self.specs.insert(previous.probe.clone());
-                previous.probe.clone()
+                let shared = match self.specs.get(&previous.probe) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        self.specs.insert(previous.probe.clone());
+                        previous.probe.clone()
+                    }
+                };
+                self.reused_specs.insert(pointer, shared.clone());
+                shared
             }
         };
         self.members.push(Member {

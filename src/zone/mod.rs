@@ -21,7 +21,7 @@ pub use crate::diag::{Diagnostic, Location};
 use members::{Member, PoolDef};
 use name::Name;
 use owners::{Owners, compare_keys};
-use probe_spec::HealthSettings;
+use probe_spec::{HealthSettings, ProbeSpec};
 
 /// One zone's origin and the files it is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +194,8 @@ impl ZoneData {
             (pool.policy, pool.nearest_k).hash(&mut hasher);
         }
         let mut key = [0u8; wire::MAX_NAME_LEN];
+        // Each distinct probe setting hashed once (members share them), its hash fed per member.
+        let mut spec_hashes: HashMap<*const ProbeSpec, u64> = HashMap::new();
         for member in &self.members {
             // `name.key()` lowercased on the stack: a slice hashes as its boxed copy does.
             let wire = member.name.wire();
@@ -201,7 +203,14 @@ impl ZoneData {
             for (to, from) in key.iter_mut().zip(wire) {
                 *to = from.to_ascii_lowercase();
             }
-            (&*key, member.weight, &*member.probe).hash(&mut hasher);
+            let spec = *spec_hashes
+                .entry(std::sync::Arc::as_ptr(&member.probe))
+                .or_insert_with(|| {
+                    let mut spec = std::hash::DefaultHasher::new();
+                    member.probe.hash(&mut spec);
+                    spec.finish()
+                });
+            (&*key, member.weight, spec).hash(&mut hasher);
             if let Some(place) = &member.place {
                 (place.latitude.to_bits(), place.longitude.to_bits(), &place.region).hash(&mut hasher);
             }
