@@ -683,15 +683,8 @@ impl<'a> MemberList<'a> {
             );
             return fail(message);
         }
-        if let Some(ca) = &previous.probe.ca_file {
-            let checked = self
-                .ca_files
-                .entry(ca.clone())
-                .or_insert_with(|| check_ca_file(ca));
-            if let Err(reason) = checked {
-                let reason = reason.clone();
-                return fail(format!("member {:?} health: {reason}", label()));
-            }
+        if let Err(reason) = check_ca_once(&mut self.ca_files, &previous.probe) {
+            return fail(format!("member {:?} health: {reason}", label()));
         }
         self.by_name.insert(&self.members, &previous.name);
         // Most reused members share one `Arc` already: look each distinct one up once, by its
@@ -756,15 +749,8 @@ impl<'a> MemberList<'a> {
         if let Some(ca) = probe.ca_file.as_mut().filter(|ca| ca.is_relative()) {
             *ca = self.path.parent().unwrap_or(Path::new(".")).join(&*ca);
         }
-        if let Some(ca) = &probe.ca_file {
-            let checked = self
-                .ca_files
-                .entry(ca.clone())
-                .or_insert_with(|| check_ca_file(ca));
-            if let Err(reason) = checked {
-                let reason = reason.clone();
-                return fail(format!("member {:?} health: {reason}", section.label));
-            }
+        if let Err(reason) = check_ca_once(&mut self.ca_files, &probe) {
+            return fail(format!("member {:?} health: {reason}", section.label));
         }
         let place = match place_of(section) {
             Ok(place) => place,
@@ -791,6 +777,21 @@ impl<'a> MemberList<'a> {
             place,
             location,
         });
+    }
+}
+
+/// Whether the CA file of `probe`, if any, holds PEM certificates; each file is read once per
+/// load (`checked`), since it may have changed since the last.
+fn check_ca_once(
+    checked: &mut HashMap<PathBuf, Result<(), String>>,
+    probe: &ProbeSpec,
+) -> Result<(), String> {
+    match &probe.ca_file {
+        Some(ca) => checked
+            .entry(ca.clone())
+            .or_insert_with(|| check_ca_file(ca))
+            .clone(),
+        None => Ok(()),
     }
 }
 
