@@ -18,6 +18,8 @@
 #                      and Knot the same zone pre-signed with that key by `dnssec-signzone`
 #                      (NSEC); their shared name is one pre-signed CNAME, ours picks among
 #                      pre-signed alternatives
+#   DENIAL [nsec]      with DNSSEC=1: nsec3 = NSEC3 (RFC 9276: SHA-1, 0 extra iterations, empty
+#                      salt) for ours (`denial = "nsec3"`) and for dnssec-signzone (-3 - -H 0)
 #   GEO [0]            1 = also a pool `near` with policy nearest (nearest-k 3) over every
 #                      member, each member placed on the globe, and a GeoIP database shaped
 #                      like GeoLite2-City (benches/geo_db.py: 50,000 networks, full records;
@@ -88,6 +90,8 @@ STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-1800}"
 KEEP="${KEEP:-0}"
 DNSSEC="${DNSSEC:-0}"
 case $DNSSEC in 0 | 1) ;; *) echo "load.sh: DNSSEC must be 0 or 1" >&2; exit 1 ;; esac
+DENIAL="${DENIAL:-nsec}"
+case $DENIAL in nsec | nsec3) ;; *) echo "load.sh: DENIAL must be nsec or nsec3" >&2; exit 1 ;; esac
 GEO="${GEO:-0}"
 case $GEO in 0 | 1) ;; *) echo "load.sh: GEO must be 0 or 1" >&2; exit 1 ;; esac
 ORIGIN="consortium.example"
@@ -355,12 +359,15 @@ zone:
     file: "$ORIGIN.zone"
 EOF
     if [ "$DNSSEC" = 1 ]; then
-        printf 'dnssec = true\nkeys = "keys"\n' >>"$d/ours/ours.toml"
+        printf 'dnssec = true\nkeys = "keys"\ndenial = "%s"\n' "$DENIAL" >>"$d/ours/ours.toml"
         "$OURS_BIN" dnssec keygen --config "$d/ours/ours.toml" --zone "$ORIGIN" >/dev/null ||
             die "dnssec keygen failed"
         # The reference servers serve the same zone pre-signed with the same key (-z: the
         # one KSK signs everything, as our CSK does).
-        dnssec-signzone -q -S -z -d "$d/ref" -K "$d/ours/keys" -o "$ORIGIN" -f "$d/ref/$ORIGIN.zone.signed" \
+        # NSEC3 as RFC 9276 and ours: SHA-1, no extra iterations, empty salt.
+        nsec3_args=()
+        [ "$DENIAL" = nsec3 ] && nsec3_args=(-3 - -H 0)
+        dnssec-signzone -q -S -z "${nsec3_args[@]}" -d "$d/ref" -K "$d/ours/keys" -o "$ORIGIN" -f "$d/ref/$ORIGIN.zone.signed" \
             "$d/ref/$ORIGIN.zone" >/dev/null || die "dnssec-signzone failed"
         mv "$d/ref/$ORIGIN.zone.signed" "$d/ref/$ORIGIN.zone"
     fi
@@ -600,6 +607,7 @@ extra_env=
 [ "$BASELINE_QUERY_METRICS" = true ] || extra_env+="BASELINE_QUERY_METRICS=false "
 [ -z "$MAX_QPS" ] || extra_env+="MAX_QPS=$MAX_QPS "
 [ "$DNSSEC" = 0 ] || extra_env+="DNSSEC=1 "
+[ "$DENIAL" = nsec ] || extra_env+="DENIAL=$DENIAL "
 [ "$GEO" = 0 ] || extra_env+="GEO=1 "
 echo "Command: \`${extra_env}DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING EDNS=$EDNS benches/load.sh ${MEMBER_COUNTS[*]}\`"
 echo

@@ -8,7 +8,8 @@
 //! - resident memory of the served snapshot per member, signed and unsigned (RSS growth of a
 //!   fresh process holding it, from 10 to N members, freed memory returned first).
 //!
-//! `cargo bench --bench signing` (figures in benches/RESULTS.md). Wall-clock medians of a few
+//! `cargo bench --bench signing` (figures in benches/RESULTS.md); `DENIAL=nsec3 cargo bench
+//! --bench signing` signs with NSEC3 (RFC 9276 parameters) instead of NSEC. Wall-clock medians of a few
 //! rounds: these take milliseconds to seconds, so Criterion's sampling would take hours.
 
 use std::fmt::Write as _;
@@ -60,11 +61,21 @@ fn write_tree(dir: &Path, members: usize, signed: bool) -> PathBuf {
             "[server]\nlisten = [\"127.0.0.1:0\"]\nhttp-listen = \"\"\nudp-workers = 1\n\n\
              [health]\nkind = \"none\"\n\n[[zone]]\norigin = \"consortium.example\"\n\
              file = \"consortium.example.zone\"\nmembers = \"consortium.example.members.toml\"\n\
-             dnssec = {signed}\nkeys = \"keys\"\n"
+             dnssec = {signed}\nkeys = \"keys\"\ndenial = \"{}\"\n",
+            denial()
         ),
     )
     .expect("write config");
     config
+}
+
+/// The signed zones' denial of existence, from `DENIAL` ("nsec", the default, or "nsec3").
+fn denial() -> String {
+    match std::env::var("DENIAL").as_deref() {
+        Err(_) | Ok("nsec") => "nsec".into(),
+        Ok("nsec3") => "nsec3".into(),
+        Ok(other) => panic!("DENIAL must be nsec or nsec3, not {other:?}"),
+    }
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -166,6 +177,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    println!("Signed with {}.\n", denial().to_uppercase());
     println!(
         "| members | unsigned from scratch | signed from scratch | ratio | unsigned one-member reload | signed one-member reload | ratio |"
     );

@@ -190,9 +190,13 @@ async fn gather(
     loop {
         let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         match tokio::time::timeout(wait, raw.recv()).await {
-            Ok(Some(change)) if !wait.is_zero() => {
+            Ok(Some(change)) => {
                 seen.any = true;
                 seen.directory |= change == Change::Directory;
+                if wait.is_zero() {
+                    // Past the deadline: what is already queued counts, nothing more waits.
+                    return seen;
+                }
             }
             _ => return seen,
         }
