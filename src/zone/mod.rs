@@ -146,17 +146,12 @@ impl ZoneData {
     /// Order does not matter (records are unique after validation, and the per-record hashes
     /// are summed), so no sorted copy of a 100,000-record zone is made to compute it.
     /// Computes `content_digest` and keeps it for `digest`: call once the content is final
-    /// (the serial, which may still change, is not part of it). Any later change of the
-    /// content must go through `forget_digest`.
+    /// (the serial, which may still change, is not part of it); nothing changes the content
+    /// between the serial policy, which calls this, and the build, which reads it.
     pub fn remember_digest(&mut self) -> u64 {
         let digest = self.content_digest();
         self.digest_memo = Some(digest);
         digest
-    }
-
-    /// Drops what `remember_digest` kept.
-    pub fn forget_digest(&mut self) {
-        self.digest_memo = None;
     }
 
     /// `content_digest`, as remembered when it was.
